@@ -1,0 +1,49 @@
+"""The typer application: one line per command, each wrapped so user errors print one line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from civt_pipe.cli.common import user_errors
+from civt_pipe.pipeline import __version__
+
+app = typer.Typer(
+    name="civt-pipe",
+    help="Train data-efficient vision transformers from several light teachers (Co-advise / CivT), "
+    "with the teachers' logits computed once and stored.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"civt-pipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Co-advise (CivT) distillation from stored multi-teacher logits."""
+
+
+def _register() -> None:
+    # Commands are registered here, one line each, in pipeline order.
+    pass
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Replayable augmentation: parameters sampled from a keyed RNG, applied by pure functions."""

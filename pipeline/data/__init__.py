@@ -1,0 +1,1 @@
+"""Shard sources (make-shards), shard reading and sample identity."""

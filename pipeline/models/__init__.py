@@ -1,0 +1,1 @@
+"""Teachers (CNN, involution) and students (CivT and friends), with a registry."""
