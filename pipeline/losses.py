@@ -1,0 +1,97 @@
+"""Losses of Co-advise / CivT as pure functions on tensors.
+
+Paper Eq. 5 (Ren et al., CVPR 2022):
+
+    L = λ0·CE(σ(z_cls), y) + Σ_t λt·τt²·KL(σ(z_t/τt) ‖ σ(z_s,t/τt))
+
+with z_t teacher t's logits and z_s,t the student's output on teacher t's distillation token.
+
+Reductions, written down because they change the scale of every term:
+- cross-entropy: mean over the batch of the per-sample sum over classes (``-Σ y·log q``);
+- KL: ``batchmean`` — the sum over classes, averaged over the batch (what ``F.kl_div(...,
+  reduction="batchmean")`` computes and what the KL's definition asks for), times τ² so the
+  gradient magnitude does not shrink as τ grows (Hinton et al.). ``reduction="mean"`` would
+  divide by the class count as well and make λ depend on C.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy against a target distribution ``[B, C]`` (mixed labels), batch mean.
+
+    ``label_smoothing`` ε mixes the target with the uniform distribution: ``(1-ε)·y + ε/C``.
+    """
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + label_smoothing / target.shape[-1]
+    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+def distillation_kl(student_logits: Tensor, teacher_probs: Tensor, tau: float) -> Tensor:
+    """``τ²·KL(p_teacher ‖ softmax(z_student/τ))`` with ``batchmean`` reduction.
+
+    ``teacher_probs`` are the teacher's probabilities *already at temperature τ* (for stored
+    logits: ``civt_pipe.stores.topk.dense_target(..., tau=τ)``). Zero-probability classes add
+    nothing (``0·log 0 = 0``).
+    """
+    log_q = F.log_softmax(student_logits.float() / tau, dim=-1)
+    p = teacher_probs.float()
+    kl = (torch.xlogy(p, p) - p * log_q).sum(dim=-1).mean()
+    return kl * (tau * tau)
+
+
+@dataclass(frozen=True, slots=True)
+class CivTLoss:
+    """The loss and its parts (for logging)."""
+
+    total: Tensor
+    cls: Tensor
+    kd: dict[str, Tensor]
+
+
+def civt_loss(
+    outputs: Mapping[str, Tensor],
+    label_target: Tensor,
+    teacher_probs: Mapping[str, Tensor],
+    *,
+    lambda_cls: float = 1.0,
+    lambdas: Mapping[str, float] | None = None,
+    taus: Mapping[str, float] | None = None,
+    label_smoothing: float = 0.0,
+) -> CivTLoss:
+    """Paper Eq. 5 on one batch.
+
+    Args:
+        outputs: the student's logits per token: ``"cls"`` plus one entry per teacher name.
+        label_target: ground-truth distribution ``[B, C]`` (the λ-mix of both labels for a
+            mixed view, a one-hot otherwise).
+        teacher_probs: per teacher, its distribution ``[B, C]`` at that teacher's τ.
+        lambda_cls: λ0, the weight of the class-token cross-entropy.
+        lambdas: λt per teacher (default 1).
+        taus: τt per teacher (default 1); only the τ² factor is applied here, the student's
+            logits are divided by τt inside :func:`distillation_kl`.
+        label_smoothing: ε for the class-token cross-entropy.
+    """
+    lambdas = lambdas or {}
+    taus = taus or {}
+    missing = [name for name in teacher_probs if name not in outputs]
+    if missing:
+        raise ValueError(
+            f"the student has no head for teacher(s) {missing}; heads: {sorted(outputs)}"
+        )
+    cls = soft_cross_entropy(outputs["cls"], label_target, label_smoothing)
+    kd = {
+        name: distillation_kl(outputs[name], probs, taus.get(name, 1.0))
+        for name, probs in teacher_probs.items()
+    }
+    total = lambda_cls * cls
+    for name, term in kd.items():
+        total = total + lambdas.get(name, 1.0) * term
+    return CivTLoss(total=total, cls=cls, kd=kd)
