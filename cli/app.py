@@ -38,7 +38,9 @@ def _root(
 
 def _register() -> None:
     # Commands are registered here, one line each, in pipeline order.
-    pass
+    from civt_pipe.cli import shards
+
+    app.command("make-shards")(user_errors(shards.make_shards_command))
 
 
 _register()

@@ -1,0 +1,274 @@
+"""Reading shards with stable identity: one :class:`Sample` per key, in tar order.
+
+A sample's identity is ``(shard, position)`` plus its ``key``; positions count every key in the
+tar, including those that could not be decoded (``on_error="skip"`` yields them with
+``image=None``), so a consumer's row arithmetic never drifts.
+
+Splitting work follows webdataset's ``split_by_node`` then ``split_by_worker``: shard ``i`` of
+the list goes to rank ``i % world_size``, and within a rank to DataLoader worker
+``j % num_workers`` of that rank's list. :func:`assign_shards` is that rule as a pure function;
+:func:`current_partition` reads rank and worker the way webdataset does (``RANK``/``WORLD_SIZE``
+or ``torch.distributed``; ``torch.utils.data.get_worker_info()``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import IterableDataset
+
+from civt_pipe.pipeline.console import warn
+from civt_pipe.pipeline.errors import UserError
+
+from .imageio import IMAGE_SUFFIXES, decode_image_bytes, tar_looks_complete
+from .index import ShardInfo, key_digest
+from .shard_set import ShardSet
+
+OnError = Literal["fail", "skip"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One sample of a shard, with where it came from."""
+
+    key: str
+    label: int
+    """Class id from ``{key}.cls``; -1 when the label itself could not be read."""
+    image: torch.Tensor | None
+    """uint8 ``[C, H, W]``; None when the sample could not be decoded (``on_error="skip"``)."""
+    shard: str
+    """Basename of the tar."""
+    position: int
+    """Index of the sample within its shard (0-based, counting undecodable samples)."""
+    error: str | None = None
+    """Why ``image`` is None."""
+
+
+def _reason(err: BaseException) -> str:
+    # webdataset appends stream objects to exception args; the first arg is the message.
+    text = str(err.args[0]) if err.args else type(err).__name__
+    return " ".join(text.split()) or type(err).__name__
+
+
+def _label(raw: dict[str, Any]) -> int:
+    data = raw.get("cls")
+    if data is None:
+        raise ValueError("has no .cls label")
+    try:
+        return int(bytes(data).decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        text = bytes(data)[:20]
+        raise ValueError(f"has a .cls label that is not a decimal integer: {text!r}") from None
+
+
+def _image_tensor(raw: dict[str, Any], channels: int) -> torch.Tensor:
+    for suffix in IMAGE_SUFFIXES:
+        if suffix in raw:
+            try:
+                array = decode_image_bytes(raw[suffix], channels)
+            except Exception as err:  # PIL raises many types for corrupt data
+                raise ValueError(f"image .{suffix} cannot be decoded ({_reason(err)})") from None
+            tensor = torch.from_numpy(array)
+            if tensor.ndim == 2:
+                return tensor.unsqueeze(0)
+            return tensor.permute(2, 0, 1).contiguous()
+    raise ValueError("has no image member")
+
+
+def iter_shard(
+    path: str | os.PathLike[str],
+    *,
+    channels: int,
+    on_error: OnError = "fail",
+    expected: ShardInfo | None = None,
+) -> Iterator[Sample]:
+    """Read one tar in order, one :class:`Sample` per key, images as uint8 ``[C, H, W]``.
+
+    Args:
+        path: the tar.
+        channels: 1 (decoded as grayscale) or 3 (RGB).
+        on_error: ``"fail"`` raises :class:`UserError` naming the shard (and key) at the first
+            truncated tar, corrupt image or missing label. ``"skip"`` yields undecodable samples
+            with ``image=None`` and ``error`` set, and stops with a warning where a damaged tar
+            cannot be read further.
+        expected: the shard's index entry; when given, a different sample count or key digest
+            at the end is an error (``fail``) or a warning (``skip``).
+    """
+    import webdataset as wds
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    shard = Path(path)
+    name = shard.name
+    if not shard.is_file():
+        raise UserError(f"shard {shard} does not exist")
+    if on_error == "fail" and not tar_looks_complete(shard):
+        raise UserError(f"shard {shard} is truncated (it lacks the end-of-archive blocks)")
+
+    tar_errors: list[str] = []
+
+    def handler(err: Exception) -> bool:
+        # webdataset stops quietly when a handler returns False, so "fail" must re-raise.
+        if on_error == "fail":
+            raise err
+        tar_errors.append(_reason(err))
+        return True
+
+    stream: Iterator[dict[str, Any]] = iter(
+        wds.tarfile_samples([{"url": str(shard)}], handler=handler)
+    )
+    keys: list[str] = []
+    seen: set[str] = set()
+    while True:
+        try:
+            raw = next(stream)
+        except StopIteration:
+            break
+        except Exception as err:  # tarfile/gzip errors surface here in "fail" mode
+            after = f" after key {keys[-1]}" if keys else ""
+            reason = _reason(err)
+            raise UserError(f"shard {shard} is truncated or corrupt{after}: {reason}") from None
+        key = str(raw["__key__"])
+        position = len(keys)
+        keys.append(key)
+        if key in seen:
+            raise UserError(f"shard {shard} holds the key {key!r} twice")
+        seen.add(key)
+        label = -1
+        try:
+            label = _label(raw)
+            image = _image_tensor(raw, channels)
+        except ValueError as err:
+            if on_error == "fail":
+                raise UserError(f"shard {shard}: sample {key} {err}") from None
+            yield Sample(key, label, None, name, position, error=str(err))
+            continue
+        yield Sample(key, label, image, name, position)
+
+    if on_error == "skip" and (tar_errors or not tar_looks_complete(shard)):
+        reason = tar_errors[0] if tar_errors else "it lacks the end-of-archive blocks"
+        warn(f"shard {shard} is damaged; stopped after {len(keys)} samples: {reason}")
+    if expected is not None:
+        problem = None
+        if len(keys) != expected.num_samples:
+            problem = f"holds {len(keys)} readable samples, the index says {expected.num_samples}"
+        elif key_digest(keys) != expected.key_digest:
+            problem = "has keys that differ from its index entry"
+        if problem is not None:
+            if on_error == "fail":
+                raise UserError(f"shard {shard} {problem}")
+            warn(f"shard {shard} {problem}")
+
+
+# ------------------------------------------------------------------------- splitting the work
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """Which slice of the shard list this process (and DataLoader worker) reads."""
+
+    rank: int = 0
+    world_size: int = 1
+    worker: int = 0
+    num_workers: int = 1
+
+
+def current_partition() -> Partition:
+    """Rank and worker as webdataset's ``split_by_node``/``split_by_worker`` see them."""
+    from webdataset.utils import pytorch_worker_info
+
+    rank, world_size, worker, num_workers = pytorch_worker_info()
+    return Partition(rank, world_size, worker, num_workers)
+
+
+def assign_shards(
+    names: Sequence[str], rank: int, world_size: int, worker_id: int, num_workers: int
+) -> list[str]:
+    """The shards of ``names`` that rank ``rank``'s worker ``worker_id`` reads.
+
+    Pure and deterministic: ``names[rank::world_size][worker_id::num_workers]`` — the same
+    selection as ``wds.split_by_node`` followed by ``wds.split_by_worker``. Over all ranks and
+    workers every shard is read exactly once.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of size {world_size}")
+    if num_workers < 1 or not 0 <= worker_id < num_workers:
+        raise ValueError(f"worker {worker_id} is outside {num_workers} workers")
+    return list(names)[rank::world_size][worker_id::num_workers]
+
+
+def shards_for_this_process(
+    names: Sequence[str], *, split_by_node: bool = True, split_by_worker: bool = True
+) -> list[str]:
+    """:func:`assign_shards` with the rank and worker of the calling process."""
+    part = current_partition()
+    rank, world = (part.rank, part.world_size) if split_by_node else (0, 1)
+    worker, workers = (part.worker, part.num_workers) if split_by_worker else (0, 1)
+    return assign_shards(names, rank, world, worker, workers)
+
+
+def iter_samples(
+    shard_set: ShardSet,
+    *,
+    channels: int | None = None,
+    on_error: OnError = "fail",
+    shards: Sequence[str] | None = None,
+) -> Iterator[Sample]:
+    """Every sample of ``shard_set`` (or of the named ``shards`` of it), shard by shard, in order.
+
+    ``channels`` defaults to the shard set's own. Each shard is checked against its index entry.
+    """
+    wanted = shard_set.names if shards is None else list(shards)
+    for name in wanted:
+        yield from iter_shard(
+            shard_set.path(name),
+            channels=channels or shard_set.channels,
+            on_error=on_error,
+            expected=shard_set.index.shard(name),
+        )
+
+
+class ShardSampleDataset(IterableDataset):  # type: ignore[type-arg]
+    """A DataLoader-ready stream of :class:`Sample` over a shard set.
+
+    Each iteration reads the shards this rank and DataLoader worker own (see
+    :func:`assign_shards`), so with any number of workers or ranks every sample comes out
+    exactly once. Use ``DataLoader(ds, batch_size=None, num_workers=n)`` or a collate function
+    of your own (``Sample.image`` may be None under ``on_error="skip"``).
+    """
+
+    def __init__(
+        self,
+        shard_set: ShardSet,
+        *,
+        channels: int | None = None,
+        on_error: OnError = "fail",
+        split_by_node: bool = True,
+        split_by_worker: bool = True,
+    ) -> None:
+        super().__init__()
+        self.shard_set = shard_set
+        self.channels = channels or shard_set.channels
+        self.on_error: OnError = on_error
+        self.split_by_node = split_by_node
+        self.split_by_worker = split_by_worker
+
+    def shards(self) -> list[str]:
+        """The shards the calling process and worker read."""
+        return shards_for_this_process(
+            self.shard_set.names,
+            split_by_node=self.split_by_node,
+            split_by_worker=self.split_by_worker,
+        )
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter_samples(
+            self.shard_set, channels=self.channels, on_error=self.on_error, shards=self.shards()
+        )

@@ -1,0 +1,218 @@
+"""A set of shards and its index, resolved from a directory or a brace pattern.
+
+``resolve_shards("data/train")`` uses ``data/train/index.json``;
+``resolve_shards("data/train/train-{000000..000003}.tar")`` uses the index of the folder the
+tars sit in, restricted to the named tars. Tars without an index (made by other tools, e.g. an
+ImageNet conversion) are scanned once — member names and ``.cls`` labels, no image decoding
+except the first — to build an equivalent index with class names ``"0"`` .. ``"C-1"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from civt_pipe.pipeline.errors import UserError
+
+from .imageio import IMAGE_SUFFIXES, tar_looks_complete
+from .index import (
+    INCOMPLETE_MARKER,
+    INDEX_FILENAME,
+    ShardIndex,
+    ShardInfo,
+    default_stats,
+    key_digest,
+)
+
+# webdataset's rule: the key is everything up to the first dot of the file's basename.
+_KEY_AND_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSet:
+    """Tars in reading order, with the index entry of each."""
+
+    paths: tuple[Path, ...]
+    index: ShardIndex
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.paths]
+        if names != [s.name for s in self.index.shards]:
+            raise ValueError("ShardSet paths and index shards must name the same tars in order")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def names(self) -> list[str]:
+        """Shard basenames, in order."""
+        return [p.name for p in self.paths]
+
+    @property
+    def num_samples(self) -> int:
+        return self.index.num_samples
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.index.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.index.num_classes
+
+    @property
+    def channels(self) -> int:
+        return self.index.channels
+
+    def path(self, name: str) -> Path:
+        """The tar called ``name``; UserError if it is not part of the set."""
+        for p in self.paths:
+            if p.name == name:
+                return p
+        raise UserError(f"shard {name} is not part of this shard set")
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) over every shard's name, sample count and key digest, in order."""
+        digest = hashlib.sha256()
+        for info in self.index.shards:
+            digest.update(f"{info.name}\t{info.num_samples}\t{info.key_digest}\n".encode())
+        return digest.hexdigest()
+
+
+def _check_not_interrupted(directory: Path) -> None:
+    if (directory / INCOMPLETE_MARKER).exists() and not (directory / INDEX_FILENAME).exists():
+        raise UserError(
+            f"{directory} was left by an interrupted make-shards; run it again with --overwrite"
+        )
+
+
+def _from_directory(directory: Path) -> ShardSet:
+    _check_not_interrupted(directory)
+    if (directory / INDEX_FILENAME).is_file():
+        index = ShardIndex.load(directory)
+        if not index.shards:
+            raise UserError(f"shard index {directory / INDEX_FILENAME} lists no shards")
+        paths = tuple(directory / s.name for s in index.shards)
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"shard {path} is listed in {INDEX_FILENAME} but missing")
+        return ShardSet(paths, index)
+    tars = sorted(p for p in directory.glob("*.tar") if p.is_file())
+    if not tars:
+        raise UserError(f"shard directory {directory} holds no .tar files")
+    return ShardSet(tuple(tars), scan_shards(tars))
+
+
+def _from_pattern(spec: str) -> ShardSet:
+    from braceexpand import braceexpand
+
+    paths = [Path(p).expanduser() for p in braceexpand(spec)]
+    if not paths:
+        raise UserError(f"shard pattern {spec} names no files")
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise UserError(f"shard pattern {spec} names a tar more than once")
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise UserError(f"shard pattern {spec} names two tars with the same basename")
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"shard {path} does not exist")
+    parents = {p.parent.resolve() for p in paths}
+    if len(parents) == 1:
+        parent = paths[0].parent
+        _check_not_interrupted(parent)
+        if (parent / INDEX_FILENAME).is_file():
+            index = ShardIndex.load(parent)
+            listed = {s.name for s in index.shards}
+            if all(n in listed for n in names):
+                return ShardSet(tuple(paths), index.subset(names))
+    return ShardSet(tuple(paths), scan_shards(paths))
+
+
+def resolve_shards(spec: str | os.PathLike[str]) -> ShardSet:
+    """The shard set named by a directory, a brace pattern or a single tar.
+
+    Raises :class:`UserError` when the spec names nothing, a tar is missing, the directory is
+    empty or was left by an interrupted ``make-shards``.
+    """
+    text = os.fspath(spec)
+    if not text:
+        raise UserError("the shard spec is empty")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _from_directory(path)
+    if "{" in text or path.is_file():
+        return _from_pattern(text)
+    raise UserError(f"shard spec {text}: no such directory or file")
+
+
+def scan_shards(paths: Sequence[Path]) -> ShardIndex:
+    """Build an index for tars without one: names and labels from the members, one decode.
+
+    Channels and format come from the first image of the first tar; the classes are
+    ``"0"`` .. ``str(max label)``; mean/std are the ImageNet defaults.
+    """
+    from PIL import Image
+
+    shards: list[ShardInfo] = []
+    all_keys: set[str] = set()
+    max_label = -1
+    channels: int | None = None
+    fmt: str | None = None
+    for path in paths:
+        if not tar_looks_complete(path):
+            raise UserError(f"shard {path} is truncated (it lacks the end-of-archive blocks)")
+        keys: list[str] = []
+        has_label: set[str] = set()
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for member in tar:
+                    if not member.isreg():
+                        continue
+                    match = _KEY_AND_SUFFIX.match(member.name)
+                    if match is None or re.match(r"__[^/]*__($|/)", member.name):
+                        continue
+                    key, suffix = match.group(1), match.group(2).lower()
+                    if not keys or keys[-1] != key:
+                        if key in all_keys:
+                            raise UserError(f"shard {path}: key {key!r} occurs more than once")
+                        all_keys.add(key)
+                        keys.append(key)
+                    extracted = tar.extractfile(member)
+                    if extracted is None:
+                        continue
+                    if suffix == "cls":
+                        text = extracted.read().decode("ascii", errors="replace").strip()
+                        if not text.isdigit():
+                            raise UserError(f"shard {path}: {member.name} is not a class id")
+                        max_label = max(max_label, int(text))
+                        has_label.add(key)
+                    elif channels is None and suffix in IMAGE_SUFFIXES:
+                        with Image.open(extracted) as img:
+                            channels = 1 if img.mode in ("1", "L", "LA", "I;16", "I") else 3
+                        fmt = suffix
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise UserError(f"shard {path} cannot be read: {err}") from None
+        unlabelled = [k for k in keys if k not in has_label]
+        if unlabelled:
+            raise UserError(f"shard {path}: sample {unlabelled[0]} has no .cls label")
+        shards.append(ShardInfo(path.name, len(keys), key_digest(keys)))
+    if channels is None or fmt is None or max_label < 0:
+        raise UserError(f"shards starting with {paths[0]} hold no labelled images")
+    mean, std = default_stats(channels)
+    return ShardIndex(
+        shards=tuple(shards),
+        class_names=tuple(str(c) for c in range(max_label + 1)),
+        source="scan",
+        split="unknown",
+        channels=channels,
+        image_size=None,
+        mean=mean,
+        std=std,
+        format=fmt,
+    )
