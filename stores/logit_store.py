@@ -1,0 +1,562 @@
+"""The zarr v3 logit store: create, write one shard at a time, read one view, finalize.
+
+Concurrency rules (DESIGN §5): every shard owns whole chunks, so writers of different shards
+never touch the same chunk file; ``written`` has one chunk per shard for the same reason. Only
+the creator writes metadata and attributes (``create``, ``finalize``). ``write_shard`` writes the
+data first and the shard's ``written`` flag last, so a killed writer leaves the shard missing,
+never half-present. Fill values never stand for "written": only ``written`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from civt_pipe.pipeline.errors import UserError
+from civt_pipe.stores.schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    FieldSpec,
+    ShardLayout,
+    StoreSpec,
+    TeacherInfo,
+    index_dtype,
+    round_up,
+)
+from civt_pipe.stores.topk import TopKLogits
+
+
+@dataclass
+class ShardBlock:
+    """Everything stored for one shard, rows in shard order (``n`` = shard count).
+
+    ``keys`` list of n str; ``labels`` [n] int; ``view_labels`` [n, V] int (the class a view
+    counts as correct for top-1, e.g. the dominant label of a mixed view); ``digests`` [n, V]
+    uint64 (int64 is reinterpreted bit for bit; 0 means absent); ``aug`` {field: [n, V, ...]};
+    ``teachers`` {name: TopKLogits [n, V, k]}; ``valid`` [n] bool, False for samples skipped as
+    undecodable (their per-view arrays are stored as zeros). ``None`` means all valid.
+    """
+
+    keys: list[str]
+    labels: np.ndarray
+    view_labels: np.ndarray
+    digests: np.ndarray
+    aug: dict[str, np.ndarray]
+    teachers: dict[str, TopKLogits]
+    valid: np.ndarray | None = None
+
+
+@dataclass
+class ViewBlock:
+    """One view of one shard: the fields of :class:`ShardBlock` with the view axis removed."""
+
+    view: int
+    keys: list[str]
+    labels: np.ndarray
+    view_labels: np.ndarray
+    digests: np.ndarray
+    aug: dict[str, np.ndarray]
+    teachers: dict[str, TopKLogits]
+    valid: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+def _compressors(dtype: np.dtype[Any] | str) -> list[BloscCodec]:
+    # Byte shuffle helps multi-byte numbers; single bytes (bool, uint8, strings) gain nothing.
+    itemsize = np.dtype(dtype).itemsize if dtype != "str" else 1
+    shuffle = "shuffle" if itemsize > 1 else "noshuffle"
+    return [BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)]
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class LogitStore:
+    """A logit store on the local file system. Open it with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, path: Path, group: zarr.Group, mode: str) -> None:
+        self.path = path
+        self.mode = mode
+        self._group = group
+        self._attrs: dict[str, Any] = dict(group.attrs)
+        self._arrays: dict[str, zarr.Array] = {}
+        self._layout = [
+            ShardLayout(name=s["name"], count=int(s["count"]), row_offset=int(s["row_offset"]))
+            for s in self._attrs["shards"]
+        ]
+        self._by_name = {s.name: i for i, s in enumerate(self._layout)}
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path: str | Path, spec: StoreSpec, *, overwrite: bool = False) -> LogitStore:
+        """Create an empty store for ``spec`` at ``path`` (rank 0 only).
+
+        An existing path is an error unless ``overwrite``; even then only a zarr group or an
+        empty directory is replaced, never an unrelated directory.
+        """
+        target = Path(path)
+        if target.exists():
+            if not overwrite:
+                raise UserError(f"logit store {target} already exists (use --overwrite to replace)")
+            if target.is_file():
+                raise UserError(f"refusing to overwrite {target}: it is a file, not a store")
+            if any(target.iterdir()) and not (target / "zarr.json").is_file():
+                raise UserError(f"refusing to overwrite {target}: it is not a zarr store")
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(str(target), mode="w-", zarr_format=3)
+        chunk = spec.resolved_chunk_rows
+        rows = spec.num_rows
+        views = spec.num_views
+        k = spec.topk
+
+        def add(name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> None:
+            fill: Any = "" if dtype == "str" else np.zeros((), dtype=dtype).item()
+            group.create_array(
+                name,
+                shape=shape,
+                dtype=str if dtype == "str" else dtype,
+                chunks=chunks,
+                compressors=_compressors(dtype),
+                fill_value=fill,
+            )
+
+        add("keys", (rows,), "str", (chunk,))
+        add("valid", (rows,), "bool", (chunk,))
+        add("labels", (rows,), "int32", (chunk,))
+        add("view_labels", (rows, views), "int32", (chunk, 1))
+        add("digests", (rows, views), "uint64", (chunk, 1))
+        add("written", (len(spec.shards),), "bool", (1,))
+        group.create_group("aug")
+        for fname, fspec in spec.aug_fields.items():
+            add(
+                f"aug/{fname}",
+                (rows, views, *fspec.shape),
+                fspec.dtype,
+                (chunk, 1, *fspec.shape),
+            )
+        group.create_group("teachers")
+        idx = index_dtype(spec.num_classes).name
+        for teacher in spec.teachers:
+            group.create_group(f"teachers/{teacher.name}")
+            base = f"teachers/{teacher.name}"
+            add(f"{base}/values", (rows, views, k), "float16", (chunk, 1, k))
+            add(f"{base}/indices", (rows, views, k), idx, (chunk, 1, k))
+            add(f"{base}/lse", (rows, views), "float32", (chunk, 1))
+        # Attributes last: a store killed during creation is not mistaken for a valid one.
+        group.attrs.update(
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "num_rows": rows,
+                "chunk_rows": chunk,
+                "num_views": views,
+                "topk": k,
+                "num_classes": spec.num_classes,
+                "index_dtype": idx,
+                "shards": [
+                    {"name": s.name, "count": s.count, "row_offset": s.row_offset}
+                    for s in spec.layout()
+                ],
+                "teachers": [t.to_dict() for t in spec.teachers],
+                "aug_fields": {n: f.to_dict() for n, f in spec.aug_fields.items()},
+                "attrs": dict(spec.attrs),
+                "complete": False,
+            }
+        )
+        return cls(target, group, "r+")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: Literal["r", "r+"] = "r") -> LogitStore:
+        """Open an existing store; ``UserError`` if it is missing, not a store, or too new."""
+        target = Path(path)
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        if not target.exists():
+            raise UserError(f"no logit store at {target}")
+        if not target.is_dir() or not (target / "zarr.json").is_file():
+            raise UserError(f"{target} is not a civt-pipe logit store (no zarr group there)")
+        try:
+            group = zarr.open_group(str(target), mode=mode, zarr_format=3)
+        except Exception as err:  # any zarr/JSON failure means "not a store we can read"
+            raise UserError(f"{target} is not a readable zarr v3 group: {err}") from None
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT_NAME:
+            raise UserError(f"{target} is a zarr group but not a civt-pipe logit store")
+        version = attrs.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise UserError(f"{target} has an unknown logit store format version {version!r}")
+        if version > FORMAT_VERSION:
+            raise UserError(
+                f"{target} was written with logit store format version {version}; this "
+                f"civt-pipe reads up to version {FORMAT_VERSION} (upgrade civt-pipe)"
+            )
+        return cls(target, group, mode)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Data-loader workers and spawned ranks reopen the store instead of pickling zarr state.
+        return (LogitStore.open, (self.path, self.mode))
+
+    # ------------------------------------------------------------------ description
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """All group attributes (a copy, as read at open or last update)."""
+        return dict(self._attrs)
+
+    @property
+    def shards(self) -> list[ShardLayout]:
+        """Shards in row order: name, count, row_offset."""
+        return list(self._layout)
+
+    @property
+    def num_views(self) -> int:
+        """V."""
+        return int(self._attrs["num_views"])
+
+    @property
+    def topk(self) -> int:
+        """k."""
+        return int(self._attrs["topk"])
+
+    @property
+    def num_classes(self) -> int:
+        """C."""
+        return int(self._attrs["num_classes"])
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per chunk."""
+        return int(self._attrs["chunk_rows"])
+
+    @property
+    def num_rows(self) -> int:
+        """Rows including padding."""
+        return int(self._attrs["num_rows"])
+
+    @property
+    def num_samples(self) -> int:
+        """Samples over all shards (padding excluded, skipped samples included)."""
+        return sum(s.count for s in self._layout)
+
+    @property
+    def teachers(self) -> list[TeacherInfo]:
+        """Teachers in stored order."""
+        return [TeacherInfo.from_dict(t) for t in self._attrs["teachers"]]
+
+    @property
+    def teacher_names(self) -> list[str]:
+        """Teacher names in stored order."""
+        return [str(t["name"]) for t in self._attrs["teachers"]]
+
+    @property
+    def aug_fields(self) -> dict[str, FieldSpec]:
+        """Augmentation field specs."""
+        return {n: FieldSpec.from_dict(f) for n, f in self._attrs["aug_fields"].items()}
+
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        """The caller's free attributes (dataset fingerprint, augmentation config, seed...)."""
+        return dict(self._attrs.get("attrs", {}))
+
+    @property
+    def is_finalized(self) -> bool:
+        """True once :meth:`finalize` ran."""
+        return bool(self._attrs.get("complete", False))
+
+    @property
+    def spec(self) -> StoreSpec:
+        """The spec the store was created from."""
+        return StoreSpec(
+            shards=[(s.name, s.count) for s in self._layout],
+            num_views=self.num_views,
+            topk=self.topk,
+            num_classes=self.num_classes,
+            teachers=self.teachers,
+            aug_fields=self.aug_fields,
+            attrs=self.user_attrs,
+            chunk_rows=self.chunk_rows,
+        )
+
+    def check_compatible(self, spec: StoreSpec) -> None:
+        """``UserError`` naming the first difference between this store and ``spec`` (resume)."""
+        mine = self.spec
+        checks: list[tuple[str, Any, Any]] = [
+            ("shards", mine.shards, spec.shards),
+            ("views", mine.num_views, spec.num_views),
+            ("top-k", mine.topk, spec.topk),
+            ("class count", mine.num_classes, spec.num_classes),
+            (
+                "teachers",
+                [(t.name, t.arch, t.checkpoint_sha256) for t in mine.teachers],
+                [(t.name, t.arch, t.checkpoint_sha256) for t in spec.teachers],
+            ),
+            ("augmentation fields", mine.aug_fields, spec.aug_fields),
+            ("chunk rows", mine.resolved_chunk_rows, spec.resolved_chunk_rows),
+        ]
+        for key in sorted(set(mine.attrs) | set(spec.attrs)):
+            checks.append((f"attribute {key!r}", mine.attrs.get(key), spec.attrs.get(key)))
+        for what, stored, wanted in checks:
+            if stored != wanted:
+                raise UserError(
+                    f"logit store {self.path} was made with different {what} "
+                    f"({_short(stored)} vs {_short(wanted)} now); use --overwrite or another --out"
+                )
+
+    def shard(self, name: str) -> ShardLayout:
+        """The layout of shard ``name``; ``UserError`` if the store does not list it."""
+        if name not in self._by_name:
+            raise UserError(f"shard {name!r} is not in logit store {self.path}")
+        return self._layout[self._by_name[name]]
+
+    def array(self, name: str) -> zarr.Array:
+        """The zarr array at ``name`` (e.g. ``"teachers/cnn/values"``), cached."""
+        if name not in self._arrays:
+            arr = self._group[name]
+            if not isinstance(arr, zarr.Array):
+                raise UserError(f"logit store {self.path}: {name} is not an array")
+            self._arrays[name] = arr
+        return self._arrays[name]
+
+    # ------------------------------------------------------------------ completeness
+    def written_flags(self) -> np.ndarray:
+        """``[num_shards]`` bool: which shards are completely written."""
+        return np.asarray(self.array("written")[:], dtype=bool)
+
+    def missing_shards(self) -> list[str]:
+        """Names of shards whose ``written`` flag is not set, in store order."""
+        flags = self.written_flags()
+        return [s.name for s, ok in zip(self._layout, flags, strict=True) if not ok]
+
+    def is_complete(self) -> bool:
+        """True when every shard is written."""
+        return bool(self.written_flags().all())
+
+    # ------------------------------------------------------------------ writing
+    def write_shard(self, name: str, block: ShardBlock, *, replace: bool = False) -> None:
+        """Write one shard's block (all views, teachers, aug fields), then set its flag.
+
+        Writes whole chunks (the block padded to the shard's chunk span), so no chunk is shared
+        with another shard and a rewrite produces the same bytes. Raises ``UserError`` if the
+        shard is already written (unless ``replace``) or the store is finalized.
+        """
+        if self.mode != "r+":
+            raise UserError(f"logit store {self.path} is open read-only")
+        if self.is_finalized:
+            raise UserError(f"logit store {self.path} is finalized; it takes no more writes")
+        layout = self.shard(name)
+        flag_index = self._by_name[name]
+        written = self.array("written")
+        if bool(written[flag_index]):
+            if not replace:
+                raise UserError(f"shard {name!r} is already written in {self.path}")
+            # Clear first: a rewrite killed half-way must leave the shard missing.
+            written[flag_index] = False
+        data = self._padded_block(layout, block)
+        rows = slice(layout.row_offset, layout.row_offset + round_up(layout.count, self.chunk_rows))
+        for array_name, values in data.items():
+            self.array(array_name)[rows] = values
+        written[flag_index] = True
+
+    def _padded_block(self, layout: ShardLayout, block: ShardBlock) -> dict[str, np.ndarray]:
+        n = layout.count
+        views = self.num_views
+        k = self.topk
+        span = round_up(n, self.chunk_rows)
+        where = f"shard {layout.name!r}"
+
+        def fit(arr: Any, shape: tuple[int, ...], dtype: Any, what: str) -> np.ndarray:
+            a = _numpy(arr)
+            if a.shape != shape:
+                raise ValueError(f"{where}: {what} has shape {a.shape}, expected {shape}")
+            dt = np.dtype(dtype)
+            if a.dtype == np.int64 and dt == np.uint64:
+                a = a.view(np.uint64)  # digests computed as signed 64-bit keep their bits
+            elif not np.can_cast(a.dtype, dt, casting="same_kind") and a.dtype.kind != "b":
+                raise ValueError(f"{where}: {what} has dtype {a.dtype}, cannot store as {dt}")
+            out = np.zeros((span, *shape[1:]), dtype=dt)
+            out[:n] = a
+            return out
+
+        if len(block.keys) != n:
+            raise ValueError(f"{where}: {len(block.keys)} keys for {n} samples")
+        if any(not k_ for k_ in block.keys):
+            raise ValueError(f"{where}: a sample key is empty")
+        valid = (
+            np.ones(n, dtype=bool)
+            if block.valid is None
+            else fit(block.valid, (n,), bool, "valid")[:n]
+        )
+        keys = np.full(span, "", dtype=object)
+        keys[:n] = list(block.keys)
+        out: dict[str, np.ndarray] = {
+            "keys": keys.astype(str),
+            "labels": fit(block.labels, (n,), np.int32, "labels"),
+            "view_labels": fit(block.view_labels, (n, views), np.int32, "view_labels"),
+            "digests": fit(block.digests, (n, views), np.uint64, "digests"),
+        }
+        valid_padded = np.zeros(span, dtype=bool)
+        valid_padded[:n] = valid
+        out["valid"] = valid_padded
+        expected_fields = set(self._attrs["aug_fields"])
+        if set(block.aug) != expected_fields:
+            raise ValueError(
+                f"{where}: augmentation fields {sorted(block.aug)} != store's "
+                f"{sorted(expected_fields)}"
+            )
+        for fname, fspec in self.aug_fields.items():
+            out[f"aug/{fname}"] = fit(
+                block.aug[fname], (n, views, *fspec.shape), fspec.dtype, f"aug/{fname}"
+            )
+        if set(block.teachers) != set(self.teacher_names):
+            raise ValueError(
+                f"{where}: teachers {sorted(block.teachers)} != store's {self.teacher_names}"
+            )
+        idx = np.dtype(self._attrs["index_dtype"])
+        for tname in self.teacher_names:
+            top = block.teachers[tname]
+            base = f"teachers/{tname}"
+            out[f"{base}/values"] = fit(top.values, (n, views, k), np.float16, f"{base}/values")
+            out[f"{base}/indices"] = fit(top.indices, (n, views, k), idx, f"{base}/indices")
+            out[f"{base}/lse"] = fit(top.lse, (n, views), np.float32, f"{base}/lse")
+        # Skipped samples: every per-view array holds zeros so their content is defined.
+        invalid = ~valid_padded
+        if invalid.any():
+            for arr in out.values():
+                if arr.ndim >= 2:
+                    arr[invalid] = 0
+        return out
+
+    # ------------------------------------------------------------------ reading
+    def read_view(self, name: str, view: int) -> ViewBlock:
+        """One view of one shard: one chunk read per array (when the shard fits one chunk)."""
+        if not 0 <= view < self.num_views:
+            raise UserError(f"view {view} is out of range: {self.path} has {self.num_views} views")
+        layout = self.shard(name)
+        rows = slice(layout.row_offset, layout.row_offset + layout.count)
+
+        def get(array_name: str) -> np.ndarray:
+            return np.asarray(self.array(array_name)[rows, view])
+
+        teachers = {
+            t: TopKLogits(
+                values=torch.from_numpy(get(f"teachers/{t}/values")),
+                indices=torch.from_numpy(get(f"teachers/{t}/indices")),
+                lse=torch.from_numpy(get(f"teachers/{t}/lse")),
+            )
+            for t in self.teacher_names
+        }
+        return ViewBlock(
+            view=view,
+            keys=[str(k) for k in self.array("keys")[rows].tolist()],
+            labels=np.asarray(self.array("labels")[rows]),
+            view_labels=get("view_labels"),
+            digests=get("digests"),
+            aug={f: get(f"aug/{f}") for f in self._attrs["aug_fields"]},
+            teachers=teachers,
+            valid=np.asarray(self.array("valid")[rows], dtype=bool),
+        )
+
+    def read_shard(self, name: str) -> ShardBlock:
+        """All views of one shard (V chunk reads per per-view array)."""
+        layout = self.shard(name)
+        rows = slice(layout.row_offset, layout.row_offset + layout.count)
+
+        def get(array_name: str) -> np.ndarray:
+            return np.asarray(self.array(array_name)[rows])
+
+        teachers = {
+            t: TopKLogits(
+                values=torch.from_numpy(get(f"teachers/{t}/values")),
+                indices=torch.from_numpy(get(f"teachers/{t}/indices")),
+                lse=torch.from_numpy(get(f"teachers/{t}/lse")),
+            )
+            for t in self.teacher_names
+        }
+        return ShardBlock(
+            keys=[str(k) for k in self.array("keys")[rows].tolist()],
+            labels=get("labels"),
+            view_labels=get("view_labels"),
+            digests=get("digests"),
+            aug={f: get(f"aug/{f}") for f in self._attrs["aug_fields"]},
+            teachers=teachers,
+            valid=get("valid").astype(bool),
+        )
+
+    # ------------------------------------------------------------------ finishing
+    def finalize(self, extra_attrs: dict[str, Any] | None = None) -> None:
+        """Record final attributes and consolidate metadata (rank 0, after the last write).
+
+        Adds per-shard ``key_digest`` (sha256 of the shard's keys joined by newlines), per
+        teacher ``top1`` on the stored views, the skipped keys, ``complete: true``, and merges
+        ``extra_attrs`` into the free attributes. ``UserError`` if a shard is missing.
+        """
+        if self.mode != "r+":
+            raise UserError(f"logit store {self.path} is open read-only")
+        missing = self.missing_shards()
+        if missing:
+            shown = ", ".join(missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            raise UserError(f"cannot finalize {self.path}: shards not written: {shown}")
+        names = self.teacher_names
+        hits = dict.fromkeys(names, 0)
+        counted = 0
+        skipped: list[str] = []
+        shards_attr = []
+        for layout in self._layout:
+            rows = slice(layout.row_offset, layout.row_offset + layout.count)
+            keys = [str(k) for k in self.array("keys")[rows].tolist()]
+            valid = np.asarray(self.array("valid")[rows], dtype=bool)
+            view_labels = np.asarray(self.array("view_labels")[rows])[valid]
+            for t in names:
+                top1 = np.asarray(self.array(f"teachers/{t}/indices")[rows, :, 0])[valid]
+                hits[t] += int((top1 == view_labels).sum())
+            counted += int(view_labels.size)
+            skipped.extend(k for k, ok in zip(keys, valid, strict=True) if not ok)
+            digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+            shards_attr.append(
+                {
+                    "name": layout.name,
+                    "count": layout.count,
+                    "row_offset": layout.row_offset,
+                    "key_digest": digest,
+                }
+            )
+        teachers_attr = []
+        for t in self._attrs["teachers"]:
+            entry = dict(t)
+            entry["top1"] = hits[t["name"]] / counted if counted else 0.0
+            teachers_attr.append(entry)
+        user = dict(self._attrs.get("attrs", {}))
+        user.update(extra_attrs or {})
+        update = {
+            "shards": shards_attr,
+            "teachers": teachers_attr,
+            "attrs": user,
+            "num_skipped": len(skipped),
+            "skipped_keys": skipped,
+            "complete": True,
+        }
+        self._group.attrs.update(update)
+        self._attrs.update(update)
+        with warnings.catch_warnings():
+            # zarr warns that consolidated metadata is not in the v3 spec yet; readers that
+            # ignore it still find every array's own zarr.json.
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.path), zarr_format=3)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
