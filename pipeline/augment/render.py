@@ -1,0 +1,243 @@
+"""Rendering views from stored parameters (no RNG), targets of mixed views, digests.
+
+Order of one view, as in timm's DeiT pipeline: crop (resized to image_size, antialiased) →
+horizontal flip → RandAugment on uint8 → float32 in [0, 1] → random erasing with uniform noise
+→ mixing with the partner's *unmixed* view of the same view index (batch-level, like timm's
+Mixup). Views are not normalized: each model normalizes its own input.
+
+Determinism: every step is elementwise or a fixed resampling on the CPU, so the result does not
+depend on thread count, worker, rank or on which other rows are rendered alongside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from torchvision.transforms import InterpolationMode
+
+from .config import AugmentConfig
+from .ops import apply_randaug
+from .params import MIX_CUTMIX, MIX_MIXUP, param_row
+
+_DIGEST_PERSON = b"civt-digest-v1"
+_EVAL_CROP_PCT = 0.875  # resize to size/0.875 then center-crop (timm/DeiT default)
+_EVAL_DIRECT_MAX = 32  # at or below this size, resize straight to the output size
+_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(
+            f"expected a uint8 image [C, H, W] with C = 1 or 3, got {image.dtype} "
+            f"{tuple(image.shape)}"
+        )
+
+
+def render_view(
+    image_u8: torch.Tensor, params_row: Mapping[str, np.ndarray], cfg: AugmentConfig
+) -> torch.Tensor:
+    """The unmixed view: float32 `[C, S, S]` in [0, 1] from one row of stored parameters.
+
+    Only `cfg.image_size`, `cfg.interpolation` and `cfg.ra_fill` are used; everything random
+    comes from `params_row`.
+    """
+    _check_image(image_u8)
+    size = cfg.image_size
+    top, left, height, width = (int(v) for v in np.asarray(params_row["crop"]))
+    view = F.resized_crop(
+        image_u8,
+        top,
+        left,
+        height,
+        width,
+        [size, size],
+        interpolation=_INTERPOLATION[cfg.interpolation],
+        antialias=True,
+    )
+    if int(params_row["flip"]):
+        view = F.horizontal_flip(view)
+    view = apply_randaug(
+        view,
+        [int(v) for v in np.asarray(params_row["ra_ops"]).reshape(-1)],
+        [float(v) for v in np.asarray(params_row["ra_mag"]).reshape(-1)],
+        fill=cfg.ra_fill,
+    )
+    out = view.to(torch.float32).div_(255.0)
+    e_top, e_left, e_height, e_width = (int(v) for v in np.asarray(params_row["erase"]))
+    if e_height > 0 and e_width > 0:
+        noise_gen = torch.Generator(device="cpu")
+        noise_gen.manual_seed(int(params_row["erase_seed"]))
+        noise = torch.rand((out.shape[0], e_height, e_width), generator=noise_gen)
+        out[:, e_top : e_top + e_height, e_left : e_left + e_width] = noise
+    return out
+
+
+def mix_views(
+    unmixed: torch.Tensor, partner_rows: Sequence[int], block_params: Mapping[str, np.ndarray]
+) -> torch.Tensor:
+    """Mix each unmixed view `unmixed[i]` [n, C, S, S] with `unmixed[partner_rows[i]]`.
+
+    Mixup: `own·λ + partner·(1 − λ)` in float32; cutmix: the partner's pixels inside
+    `mix_box`. Rows with `mix_mode` 0 are copied unchanged (their partner row is ignored).
+    Returns a new tensor; `unmixed` is not modified.
+    """
+    n = unmixed.shape[0]
+    modes = np.asarray(block_params["mix_mode"]).reshape(n).tolist()
+    lam = torch.from_numpy(np.asarray(block_params["mix_lam"], dtype=np.float32).reshape(n))
+    rest = 1.0 - lam  # float32, computed once so every caller uses the same (1 - λ) bits
+    boxes = np.asarray(block_params["mix_box"]).reshape(n, 4).tolist()
+    out = unmixed.clone()
+    # One row at a time: only mixed rows cost anything, and each row's arithmetic is the same
+    # elementwise float32 multiply-then-add whatever else is in the block.
+    for i, mode in enumerate(modes):
+        if mode == MIX_MIXUP:
+            partner = unmixed[int(partner_rows[i])]
+            torch.add(unmixed[i] * lam[i], partner * rest[i], out=out[i])
+        elif mode == MIX_CUTMIX:
+            partner = unmixed[int(partner_rows[i])]
+            top, left, height, width = boxes[i]
+            rows, cols = slice(top, top + height), slice(left, left + width)
+            out[i, :, rows, cols] = partner[:, rows, cols]
+    return out
+
+
+def render_block(
+    images: Sequence[torch.Tensor],
+    block_params: Mapping[str, np.ndarray],
+    positions: Sequence[int],
+    cfg: AugmentConfig,
+) -> torch.Tensor:
+    """Final views `[n, C, S, S]` of n samples: render each unmixed, then mix with partners.
+
+    `images[i]` is the uint8 image at shard position `positions[i]`; every partner named in
+    `block_params["mix_partner"]` must be one of `positions`.
+    """
+    n = len(images)
+    if len(positions) != n:
+        raise ValueError(f"got {n} images but {len(positions)} positions")
+    if n == 0:
+        raise ValueError("render_block needs at least one image")
+    unmixed = torch.stack(
+        [render_view(images[i], param_row(block_params, i), cfg) for i in range(n)]
+    )
+    row_of = {int(p): i for i, p in enumerate(positions)}
+    partner_rows = np.arange(n)
+    for i, partner in enumerate(np.asarray(block_params["mix_partner"]).tolist()):
+        if partner >= 0:
+            if partner not in row_of:
+                raise ValueError(
+                    f"position {positions[i]} mixes with position {partner}, "
+                    "which is not among the positions rendered"
+                )
+            partner_rows[i] = row_of[partner]
+    return mix_views(unmixed, partner_rows.tolist(), block_params)
+
+
+def lookup_partner_labels(
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    positions: Sequence[int],
+    block_params: Mapping[str, np.ndarray],
+) -> torch.Tensor:
+    """The partner's label per row (−1 where a row is not mixed); labels[i] is at positions[i]."""
+    label_of = {
+        int(p): int(lbl) for p, lbl in zip(positions, _as_long(labels).tolist(), strict=True)
+    }
+    partners = np.asarray(block_params["mix_partner"]).tolist()
+    return torch.tensor([label_of[p] if p >= 0 else -1 for p in partners], dtype=torch.int64)
+
+
+def _as_long(values: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.to(torch.int64).reshape(-1)
+    return torch.as_tensor(np.asarray(values, dtype=np.int64)).reshape(-1)
+
+
+def mixed_targets(
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    partner_labels: Sequence[int] | np.ndarray | torch.Tensor,
+    block_params: Mapping[str, np.ndarray],
+    num_classes: int,
+) -> torch.Tensor:
+    """Soft targets `[n, num_classes]`: λ·onehot(label) + (1 − λ)·onehot(partner label).
+
+    Rows without a partner (`mix_partner` −1) get their own one-hot whatever their
+    `partner_labels` entry says.
+    """
+    own = _as_long(labels)
+    other = _as_long(partner_labels)
+    n = own.shape[0]
+    lam = torch.from_numpy(np.asarray(block_params["mix_lam"], dtype=np.float32)).reshape(n)
+    has_partner = torch.from_numpy(np.asarray(block_params["mix_partner"]).reshape(n) >= 0)
+    lam = torch.where(has_partner, lam, torch.ones_like(lam))
+    other = torch.where(has_partner, other, own)
+    targets = torch.zeros(n, num_classes, dtype=torch.float32)
+    targets.scatter_add_(1, own.view(n, 1), lam.view(n, 1))
+    targets.scatter_add_(1, other.view(n, 1), (1.0 - lam).view(n, 1))
+    return targets
+
+
+def dominant_labels(
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    partner_labels: Sequence[int] | np.ndarray | torch.Tensor,
+    block_params: Mapping[str, np.ndarray],
+) -> torch.Tensor:
+    """Each view's top-1 target: the label whose weight is ≥ 0.5 (own label on a tie)."""
+    own = _as_long(labels)
+    other = _as_long(partner_labels)
+    n = own.shape[0]
+    lam = torch.from_numpy(np.asarray(block_params["mix_lam"], dtype=np.float32)).reshape(n)
+    has_partner = torch.from_numpy(np.asarray(block_params["mix_partner"]).reshape(n) >= 0)
+    return torch.where(has_partner & (lam < 0.5), other, own)
+
+
+def eval_view(
+    image_u8: torch.Tensor, image_size: int, *, interpolation: str = "bilinear"
+) -> torch.Tensor:
+    """The evaluation view: float32 `[C, S, S]` in [0, 1], resized and center-cropped.
+
+    Images are resized so the shorter side is `image_size / 0.875` (DeiT's crop_pct) and
+    center-cropped; for outputs of 32 px or less the shorter side goes straight to
+    `image_size`, since cropping away an eighth of a tiny image loses too much.
+    """
+    _check_image(image_u8)
+    if image_size <= _EVAL_DIRECT_MAX:
+        resize_to = image_size
+    else:
+        resize_to = math.floor(image_size / _EVAL_CROP_PCT)
+    view = F.resize(
+        image_u8, [resize_to], interpolation=_INTERPOLATION[interpolation], antialias=True
+    )
+    view = F.center_crop(view, [image_size, image_size])
+    return view.to(torch.float32).div_(255.0)
+
+
+def _digest_prefix(shape: Sequence[int]) -> hashlib.blake2b:
+    hasher = hashlib.blake2b(digest_size=8, person=_DIGEST_PERSON)
+    hasher.update(struct.pack(f"<q{len(shape)}q", len(shape), *shape))
+    return hasher
+
+
+def view_digest(t: torch.Tensor) -> int:
+    """64-bit unsigned digest of a view: blake2b over its shape and contiguous float32 bytes."""
+    arr = t.detach().to("cpu", torch.float32).contiguous().numpy()
+    hasher = _digest_prefix(arr.shape)
+    hasher.update(arr.tobytes())
+    return int.from_bytes(hasher.digest(), "little")
+
+
+def view_digests(batch: torch.Tensor) -> np.ndarray:
+    """`view_digest` of every row of `batch` [n, ...] as uint64 [n] (one conversion, C hashing)."""
+    arr = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+    prefix = _digest_prefix(arr.shape[1:])
+    out = np.empty(arr.shape[0], dtype=np.uint64)
+    for i in range(arr.shape[0]):
+        hasher = prefix.copy()
+        hasher.update(memoryview(arr[i]).cast("B"))
+        out[i] = int.from_bytes(hasher.digest(), "little")
+    return out
