@@ -41,6 +41,12 @@ def _register() -> None:
     from civt_pipe.cli import shards
 
     app.command("make-shards")(user_errors(shards.make_shards_command))
+    from civt_pipe.cli import models
+
+    app.command("models")(user_errors(models.models_command))
+    from civt_pipe.cli import inspect_store
+
+    app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))
 
 
 _register()

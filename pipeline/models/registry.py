@@ -77,7 +77,7 @@ def _specs() -> dict[str, ModelSpec]:
             ModelSpec(
                 name,
                 "teacher",
-                f"torchvision {name} (CNN), random init or local weights",
+                f"torchvision {name} (convolution)",
                 functools.partial(_tv, name),
             )
         )
@@ -86,20 +86,23 @@ def _specs() -> dict[str, ModelSpec]:
             ModelSpec(
                 f"rednet{depth}",
                 "teacher",
-                f"RedNet-{depth} (involution, INN)",
+                f"RedNet-{depth} (involution)",
                 functools.partial(_rednet, depth),
             )
         )
     specs.append(
         ModelSpec(
-            "cnn-nano", "teacher", "3-stage CNN for CPUs (<0.3 M)", functools.partial(_nano, "conv")
+            "cnn-nano",
+            "teacher",
+            "3-stage CNN for CPUs and tiny images",
+            functools.partial(_nano, "conv"),
         )
     )
     specs.append(
         ModelSpec(
             "inn-nano",
             "teacher",
-            "cnn-nano with involution in place of convolution",
+            "cnn-nano with involution for convolution",
             functools.partial(_nano, "involution"),
         )
     )
@@ -328,3 +331,17 @@ def reference_parameter_count(arch: str, num_classes: int = 1000, image_size: in
     except (NotImplementedError, RuntimeError):
         model = builder(arch, num_classes=num_classes, image_size=image_size)
     return count_parameters(model)
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """One row per architecture: name, kind, parameters at 1000 classes / 224 px, description."""
+    return [
+        {
+            "name": name,
+            "kind": spec.kind,
+            "params": reference_parameter_count(name),
+            "description": spec.description,
+            "patch_size": spec.patch_size,
+        }
+        for name, spec in SPECS.items()
+    ]
