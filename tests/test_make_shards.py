@@ -289,7 +289,7 @@ def test_failed_run_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
     keys = list(open_source(f"folder:{tmp_path / 'imgs'}", "train").keys)
     assert keys.index("dog_gone_zz") >= 2
     out = tmp_path / "out"
-    with pytest.raises(UserError, match="zz.png"):
+    with pytest.raises(UserError, match=r"zz\.png"):
         make_shards(MakeShardsConfig(f"folder:{tmp_path / 'imgs'}", out, shard_size=2))
     assert list(out.iterdir()) == []
 
