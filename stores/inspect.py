@@ -1,0 +1,307 @@
+"""``inspect-store``: figures about a logit store, and a check of every invariant.
+
+Both walk the store shard by shard, so memory stays bounded by one shard's block whatever the
+store's size (only the set of keys, for the uniqueness check, grows with the dataset).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from civt_pipe.pipeline.errors import UserError
+from civt_pipe.stores.logit_store import LogitStore
+from civt_pipe.stores.schema import FORMAT_VERSION, index_dtype, round_up
+from civt_pipe.stores.topk import leftover_mass, target_entropy
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            total += (Path(root) / name).stat().st_size
+    return total
+
+
+def inspect_store(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
+    """A JSON-ready report on the store at ``path`` (statistics over written shards only).
+
+    Per teacher: ``top1`` (share of valid (sample, view) pairs whose arg-max is the view
+    label), ``mean_entropy`` (nats, of the τ=1 target with the leftover spread uniformly) and
+    ``mean_leftover`` (mass outside the top k). ``agreement``: per teacher pair, the share of
+    views on which both arg-maxes agree. With ``verify``, :func:`verify_store` runs first and
+    the report carries ``"verified": true``.
+    """
+    if verify:
+        verify_store(path)
+    store = LogitStore.open(path)
+    names = store.teacher_names
+    num_classes = store.num_classes
+    flags = store.written_flags()
+    hits = dict.fromkeys(names, 0)
+    entropy = dict.fromkeys(names, 0.0)
+    leftover = dict.fromkeys(names, 0.0)
+    agree = {pair: 0 for pair in itertools.combinations(names, 2)}
+    counted = 0
+    written_samples = 0
+    skipped = 0
+    for layout, ok in zip(store.shards, flags, strict=True):
+        if not ok:
+            continue
+        rows = slice(layout.row_offset, layout.row_offset + layout.count)
+        valid = np.asarray(store.array("valid")[rows], dtype=bool)
+        written_samples += layout.count
+        skipped += int((~valid).sum())
+        view_labels = np.asarray(store.array("view_labels")[rows])[valid]
+        counted += int(view_labels.size)
+        top1: dict[str, np.ndarray] = {}
+        for t in names:
+            base = f"teachers/{t}"
+            values = torch.from_numpy(np.asarray(store.array(f"{base}/values")[rows])[valid])
+            indices = np.asarray(store.array(f"{base}/indices")[rows])[valid]
+            lse = torch.from_numpy(np.asarray(store.array(f"{base}/lse")[rows])[valid])
+            top1[t] = indices[..., 0]
+            hits[t] += int((top1[t] == view_labels).sum())
+            entropy[t] += float(target_entropy(values, lse, num_classes).sum())
+            leftover[t] += float(leftover_mass(values, lse).sum())
+        for a, b in agree:
+            agree[(a, b)] += int((top1[a] == top1[b]).sum())
+
+    def mean(total: float) -> float:
+        return total / counted if counted else 0.0
+
+    views = store.num_views
+    sample_views = written_samples * views
+    bytes_on_disk = _dir_bytes(store.path)
+    teacher_reports = []
+    teacher_bytes_total = 0
+    for info in store.teachers:
+        t_bytes = _dir_bytes(store.path / "teachers" / info.name)
+        teacher_bytes_total += t_bytes
+        teacher_reports.append(
+            {
+                "name": info.name,
+                "arch": info.arch,
+                "checkpoint_sha256": info.checkpoint_sha256,
+                "top1": mean(hits[info.name]),
+                "mean_entropy": mean(entropy[info.name]),
+                "mean_leftover": mean(leftover[info.name]),
+                "bytes_on_disk": t_bytes,
+                "bytes_per_sample_view": t_bytes / sample_views if sample_views else 0.0,
+            }
+        )
+    dense_bytes = sample_views * len(names) * num_classes * 4
+    missing = [s.name for s, ok in zip(store.shards, flags, strict=True) if not ok]
+    report: dict[str, Any] = {
+        "path": str(store.path),
+        "format_version": int(store.attrs["format_version"]),
+        "num_shards": len(store.shards),
+        "num_samples": store.num_samples,
+        "num_written_samples": written_samples,
+        "num_skipped": skipped,
+        "num_classes": num_classes,
+        "num_views": views,
+        "topk": store.topk,
+        "chunk_rows": store.chunk_rows,
+        "complete": not missing,
+        "finalized": store.is_finalized,
+        "missing_shards": missing,
+        "teachers": teacher_reports,
+        "agreement": [{"teachers": [a, b], "agreement": mean(n)} for (a, b), n in agree.items()],
+        "bytes_on_disk": bytes_on_disk,
+        "bytes_per_sample_view": bytes_on_disk / sample_views if sample_views else 0.0,
+        "bytes_per_sample_view_teacher": (
+            teacher_bytes_total / (sample_views * len(names)) if sample_views else 0.0
+        ),
+        "dense_float32_bytes": dense_bytes,
+        "ratio_to_dense_float32": teacher_bytes_total / dense_bytes if dense_bytes else 0.0,
+        "attrs": store.user_attrs,
+    }
+    if verify:
+        report["verified"] = True
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The human form of :func:`inspect_store`'s report: rich tables on stderr."""
+    from rich.table import Table
+
+    from civt_pipe.pipeline.console import console
+
+    status = (
+        "complete" if report["complete"] else f"{len(report['missing_shards'])} shard(s) missing"
+    )
+    if report["complete"] and not report["finalized"]:
+        status += " (not finalized)"
+    summary = Table(title=f"logit store {report['path']}", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value")
+    fingerprint = report["attrs"].get("dataset_fingerprint")
+    rows = [
+        ("shards", str(report["num_shards"])),
+        ("samples", f"{report['num_samples']:,} ({report['num_skipped']} skipped)"),
+        ("classes", str(report["num_classes"])),
+        ("views (V)", str(report["num_views"])),
+        ("top-k (k)", str(report["topk"])),
+        ("status", status),
+        ("bytes on disk", f"{report['bytes_on_disk']:,}"),
+        ("bytes / (sample, view)", f"{report['bytes_per_sample_view']:.1f}"),
+        ("bytes / (sample, view, teacher)", f"{report['bytes_per_sample_view_teacher']:.1f}"),
+        (
+            "logits vs dense float32",
+            f"{report['ratio_to_dense_float32']:.3f}× of {report['dense_float32_bytes']:,} bytes",
+        ),
+    ]
+    if fingerprint:
+        rows.insert(0, ("dataset", str(fingerprint)[:16]))
+    for what, value in rows:
+        summary.add_row(what, value)
+    console.print(summary)
+
+    teachers = Table(title="teachers (over the stored views)")
+    for col in ("name", "arch", "checkpoint", "top-1", "entropy (nats)", "leftover", "B/(s·v)"):
+        teachers.add_column(col)
+    for t in report["teachers"]:
+        teachers.add_row(
+            t["name"],
+            t["arch"],
+            t["checkpoint_sha256"][:12],
+            f"{100 * t['top1']:.2f}%",
+            f"{t['mean_entropy']:.3f}",
+            f"{t['mean_leftover']:.4f}",
+            f"{t['bytes_per_sample_view']:.1f}",
+        )
+    console.print(teachers)
+    if report["agreement"]:
+        pairs = Table(title="teacher agreement (same arg-max)")
+        pairs.add_column("pair")
+        pairs.add_column("agreement")
+        for entry in report["agreement"]:
+            pairs.add_row(" / ".join(entry["teachers"]), f"{100 * entry['agreement']:.2f}%")
+        console.print(pairs)
+    if report["missing_shards"]:
+        shown = ", ".join(report["missing_shards"][:10])
+        more = len(report["missing_shards"]) - 10
+        console.print(f"missing shards: {shown}" + (f" and {more} more" if more > 0 else ""))
+    if report.get("verified"):
+        console.print(
+            f"[green]store OK[/green]: {report['num_shards']} shards, every invariant holds"
+        )
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def _where(row_view: tuple[int, ...]) -> str:
+    return f"row {row_view[0]}" + (f" view {row_view[1]}" if len(row_view) > 1 else "")
+
+
+def verify_store(path: str | Path) -> None:
+    """Check every invariant; ``UserError`` naming the first violation.
+
+    Layout (offsets chunk-aligned, disjoint, arrays shaped and chunked as the attributes say),
+    every shard written, keys non-empty and unique, labels and view labels in range, digests
+    non-zero on valid rows, and per teacher: values finite and descending, indices in range and
+    distinct, ``lse`` finite and ≥ the top value.
+    """
+    store = LogitStore.open(path)
+    where = str(store.path)
+    chunk = store.chunk_rows
+    views = store.num_views
+    k = store.topk
+    num_classes = store.num_classes
+    rows_total = store.num_rows
+
+    # Layout and schema.
+    if store.attrs["format_version"] != FORMAT_VERSION:
+        raise UserError(f"{where}: format version {store.attrs['format_version']} is not current")
+    end = 0
+    for s in store.shards:
+        if s.row_offset % chunk:
+            raise UserError(f"{where}: shard {s.name!r} does not start on a chunk boundary")
+        if s.row_offset < end:
+            raise UserError(f"{where}: shard {s.name!r} overlaps the previous shard's chunks")
+        end = s.row_offset + round_up(s.count, chunk)
+    if end > rows_total:
+        raise UserError(f"{where}: shards need {end} rows but the arrays have {rows_total}")
+    expected: dict[str, tuple[tuple[int, ...], str | None]] = {
+        "keys": ((rows_total,), None),
+        "valid": ((rows_total,), "bool"),
+        "labels": ((rows_total,), "int32"),
+        "view_labels": ((rows_total, views), "int32"),
+        "digests": ((rows_total, views), "uint64"),
+        "written": ((len(store.shards),), "bool"),
+    }
+    for fname, fspec in store.aug_fields.items():
+        expected[f"aug/{fname}"] = ((rows_total, views, *fspec.shape), fspec.dtype)
+    idx = index_dtype(num_classes).name
+    for t in store.teacher_names:
+        expected[f"teachers/{t}/values"] = ((rows_total, views, k), "float16")
+        expected[f"teachers/{t}/indices"] = ((rows_total, views, k), idx)
+        expected[f"teachers/{t}/lse"] = ((rows_total, views), "float32")
+    for name, (shape, dtype) in expected.items():
+        try:
+            arr = store.array(name)
+        except KeyError:
+            raise UserError(f"{where}: array {name} is missing") from None
+        if tuple(arr.shape) != shape:
+            raise UserError(f"{where}: array {name} has shape {arr.shape}, expected {shape}")
+        if dtype is not None and np.dtype(arr.dtype).name != dtype:
+            raise UserError(f"{where}: array {name} has dtype {arr.dtype}, expected {dtype}")
+        if name != "written" and (arr.chunks[0] != chunk or any(c != 1 for c in arr.chunks[1:2])):
+            raise UserError(f"{where}: array {name} has chunks {arr.chunks}, expected {chunk} rows")
+    if store.array("written").chunks != (1,):
+        raise UserError(f"{where}: array written must have one chunk per shard")
+
+    missing = store.missing_shards()
+    if missing:
+        raise UserError(f"{where}: shard {missing[0]!r} is not written ({len(missing)} missing)")
+
+    seen: set[str] = set()
+    for s in store.shards:
+        block = store.read_shard(s.name)
+        at = f"{where}: shard {s.name!r}"
+        for pos, key in enumerate(block.keys):
+            if not key:
+                raise UserError(f"{at} row {pos}: empty key")
+            if key in seen:
+                raise UserError(f"{at} row {pos}: key {key!r} appears twice")
+            seen.add(key)
+        valid = np.asarray(block.valid, dtype=bool)
+        labels = block.labels[valid]
+        bad = (labels < 0) | (labels >= num_classes)
+        if bad.any():
+            pos = int(np.flatnonzero(valid)[_first(bad)[0]])
+            raise UserError(f"{at} row {pos}: label {block.labels[pos]} out of range")
+        positions = np.flatnonzero(valid)
+
+        def fail(
+            mask: np.ndarray, what: str, at: str = at, positions: np.ndarray = positions
+        ) -> None:
+            if mask.any():
+                hit = _first(mask)
+                raise UserError(f"{at} {_where((int(positions[hit[0]]), *hit[1:2]))}: {what}")
+
+        vl = block.view_labels[valid]
+        fail((vl < 0) | (vl >= num_classes), "view label out of range")
+        fail(block.digests[valid] == 0, "view digest missing (0)")
+        for t, top in block.teachers.items():
+            values = top.values.numpy()[valid].astype(np.float32)
+            indices = top.indices.numpy()[valid].astype(np.int64)
+            lse = top.lse.numpy()[valid]
+            fail(~np.isfinite(values).all(-1), f"teacher {t!r}: non-finite top-k value")
+            fail((np.diff(values, axis=-1) > 0).any(-1), f"teacher {t!r}: values not descending")
+            fail(
+                ((indices < 0) | (indices >= num_classes)).any(-1),
+                f"teacher {t!r}: class id out of range",
+            )
+            ordered = np.sort(indices, axis=-1)
+            fail((np.diff(ordered, axis=-1) == 0).any(-1), f"teacher {t!r}: class ids not distinct")
+            fail(~np.isfinite(lse), f"teacher {t!r}: non-finite lse")
+            fail(lse < values[..., 0], f"teacher {t!r}: lse below the top value")
