@@ -1,0 +1,148 @@
+"""Learning-rate schedule and optimizer construction shared by every training loop.
+
+The learning rate is a pure function of the optimizer step (linear warm-up, then cosine decay
+to a floor), so a resumed run only needs the step counter to land on exactly the same value.
+Optimizers are built with weight decay only on weight matrices and kernels: biases and
+normalization scales are left undecayed, as in DeiT and most modern recipes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+OptimizerName = Literal["sgd", "adamw"]
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+
+
+@dataclass(kw_only=True, slots=True)
+class ScheduleConfig:
+    """Linear warm-up followed by a half-cosine decay, indexed by optimizer step."""
+
+    base_lr: float
+    """Peak learning rate, reached at the end of warm-up."""
+    total_steps: int
+    """Number of optimizer steps of the whole run (all epochs)."""
+    warmup_steps: int = 0
+    """Steps of linear warm-up from ``base_lr / warmup_steps`` up to ``base_lr``."""
+    min_lr: float = 0.0
+    """Floor the cosine decays to at ``total_steps``."""
+
+    def __post_init__(self) -> None:
+        if not self.base_lr > 0:
+            raise ValueError(f"the learning rate must be positive, got {self.base_lr}")
+        if self.total_steps < 1:
+            raise ValueError(f"a schedule needs at least one step, got {self.total_steps}")
+        if not 0 <= self.warmup_steps <= self.total_steps:
+            raise ValueError(
+                f"warm-up steps must lie in [0, {self.total_steps}] (the whole run), "
+                f"got {self.warmup_steps}"
+            )
+        if not 0 <= self.min_lr <= self.base_lr:
+            raise ValueError(
+                f"the minimum learning rate must lie in [0, base lr {self.base_lr}], "
+                f"got {self.min_lr}"
+            )
+
+
+def lr_at(step: int, cfg: ScheduleConfig) -> float:
+    """The learning rate for optimizer step ``step`` (0-based).
+
+    Warm-up: step ``s < W`` gets ``base_lr * (s + 1) / W``, so the last warm-up step is at the
+    peak and step 0 is not wasted at zero. Then cosine: ``min + (base - min) * (1 + cos(pi *
+    p)) / 2`` with ``p = (s - W) / (T - W)``, which is ``base_lr`` at ``s = W`` and ``min_lr`` at
+    ``s = T``. Steps past ``T`` stay at ``min_lr``.
+    """
+    if step < 0:
+        raise ValueError(f"the step must be non-negative, got {step}")
+    if step < cfg.warmup_steps:
+        return cfg.base_lr * (step + 1) / cfg.warmup_steps
+    decay_steps = cfg.total_steps - cfg.warmup_steps
+    if decay_steps <= 0:
+        return cfg.base_lr
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    return cfg.min_lr + (cfg.base_lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Put ``lr`` into every parameter group (call before each ``optimizer.step()``)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@dataclass(kw_only=True, slots=True)
+class OptimizerConfig:
+    """Which optimizer, and its hyper-parameters."""
+
+    name: OptimizerName = "adamw"
+    """``sgd`` (with momentum) or ``adamw``."""
+    lr: float = 1e-3
+    """Initial learning rate; the schedule overrides it every step."""
+    weight_decay: float = 0.05
+    """Decoupled (AdamW) or L2 (SGD) weight decay, applied to weights with 2+ dimensions only."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by AdamW)."""
+    nesterov: bool = True
+    """SGD Nesterov momentum (ignored by AdamW)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (ignored by SGD)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.name!r} (use one of {', '.join(OPTIMIZERS)})"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be non-negative, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.nesterov and self.name == "sgd" and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs a momentum above 0")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form (for resolved configs and checkpoints)."""
+        return asdict(self)
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    # Biases, norm scales/shifts, tokens and position embeddings are 1-D or named so; decaying
+    # them hurts accuracy for no regularization benefit.
+    return param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "dist_token", "tokens"))
+
+
+def param_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into a decayed and an undecayed group."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        (no_decay if _no_decay(name, param) else decay).append(param)
+    groups: list[dict[str, Any]] = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names over ``model``'s trainable parameters."""
+    groups = param_groups(model.named_parameters(), cfg.weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
