@@ -1,0 +1,67 @@
+"""Online baseline: the teachers run live inside every training step (what the Co-advise code does).
+
+Stage two normally reads the teachers' logits from the store. For comparison (and for data too
+small to bother storing), ``train-student --teacher NAME=ARCH:CKPT ...`` without ``--store``
+loads the teachers here and turns their logits on the very same kind of views into the same
+target structure the store path builds: per teacher a dense distribution ``softmax(z / τ)``
+``[B, C]`` (the store path gets it from ``stores.topk.dense_target``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from civt_pipe.pipeline.errors import UserError
+
+
+def load_online_teachers(
+    specs: Sequence[str], device: torch.device, *, num_classes: int, in_chans: int
+) -> tuple[dict[str, nn.Module], int]:
+    """Load ``NAME=ARCH:CKPT`` teachers (frozen, eval mode, on ``device``).
+
+    Returns the teachers by name, in the order given, and their common input size.
+    """
+    from civt_pipe.pipeline.dump import TeacherSpec
+    from civt_pipe.pipeline.models.checkpoint import model_from_checkpoint
+
+    parsed = [TeacherSpec.parse(s) for s in specs]
+    names = [t.name for t in parsed]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"teacher name {dup[0]!r} is given twice; names must be distinct")
+    teachers: dict[str, nn.Module] = {}
+    sizes: dict[str, int] = {}
+    for spec in parsed:
+        if not spec.checkpoint.is_file():
+            raise UserError(f"teacher checkpoint {spec.checkpoint} does not exist")
+        model, meta = model_from_checkpoint(
+            spec.checkpoint,
+            device=device,
+            expect_kind="teacher",
+            expect_num_classes=num_classes,
+            arch=spec.arch,
+            in_chans=in_chans,
+        )
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        teachers[spec.name] = model
+        sizes[spec.name] = int(meta["image_size"])
+    if len(set(sizes.values())) > 1:
+        raise UserError(f"the teachers expect different input sizes {sizes}; give --image-size")
+    return teachers, next(iter(sizes.values()))
+
+
+@torch.no_grad()
+def teacher_probs(
+    teachers: Mapping[str, nn.Module], images: Tensor, taus: Mapping[str, float]
+) -> dict[str, Tensor]:
+    """Per teacher ``softmax(z / τ)`` on ``images`` (float32 ``[B, C]``), as the loss expects."""
+    out: dict[str, Tensor] = {}
+    for name, model in teachers.items():
+        logits = model(images).float()
+        out[name] = torch.softmax(logits / taus.get(name, 1.0), dim=-1)
+    return out
