@@ -47,6 +47,12 @@ def _register() -> None:
     from civt_pipe.cli import inspect_store
 
     app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))
+    from civt_pipe.cli import dump
+
+    app.command("dump-logits")(user_errors(dump.dump_logits_command))
+    from civt_pipe.cli import student
+
+    app.command("train-student")(user_errors(student.train_student_command))
 
 
 _register()

@@ -688,6 +688,7 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: Any) -> dict[str,
         "loss": last_loss,
         "teachers": names,
         "mode": "online" if setup.online else "store",
+        "rank": ctx.rank,
     }
 
 
