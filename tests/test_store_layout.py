@@ -1,0 +1,265 @@
+"""Logit store layout, round trip, open/create errors and one-chunk view reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from store_helpers import SHARDS, make_block, make_spec, write_all
+
+from civt_pipe.pipeline.errors import UserError
+from civt_pipe.stores.logit_store import LogitStore
+from civt_pipe.stores.schema import FORMAT_VERSION, FieldSpec, StoreSpec, TeacherInfo
+
+
+def test_default_layout_puts_each_shard_in_one_chunk() -> None:
+    spec = make_spec()
+    assert spec.resolved_chunk_rows == 64
+    assert [s.row_offset for s in spec.layout()] == [0, 64, 128]
+    assert spec.num_rows == 192
+
+
+def test_given_chunk_rows_pads_every_shard_to_a_chunk_boundary() -> None:
+    spec = make_spec(chunk_rows=4)
+    assert [s.row_offset for s in spec.layout()] == [0, 8, 12]
+    assert spec.num_rows == 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 11}, "top-k 11"),
+        ({"shards": [("a.tar", 2), ("a.tar", 3)]}, "listed twice"),
+        ({"shards": [("a.tar", 0)]}, "no samples"),
+        ({"views": 0}, "views"),
+        ({"teachers": ("cnn", "cnn")}, "unique"),
+        ({"teachers": ("bad/name",)}, "bad/name"),
+    ],
+)
+def test_spec_rejects_bad_input_with_a_clear_error(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        make_spec(**kwargs)
+
+
+def test_spec_rejects_teacher_with_other_class_count() -> None:
+    with pytest.raises(UserError, match="has 5 classes but the data has 10"):
+        StoreSpec(
+            shards=SHARDS,
+            num_views=1,
+            topk=2,
+            num_classes=10,
+            teachers=[TeacherInfo("cnn", "resnet18", "0", 5)],
+        )
+
+
+def test_field_spec_rejects_non_numeric_dtype() -> None:
+    with pytest.raises(UserError, match="bool, integer or float"):
+        FieldSpec((2,), "U4")
+
+
+def test_round_trip_of_every_array(tmp_path: Path) -> None:
+    spec = make_spec()
+    store = LogitStore.create(tmp_path / "s.zarr", spec)
+    write_all(store, spec)
+    reader = LogitStore.open(tmp_path / "s.zarr")
+    assert reader.spec == dataclasses.replace(spec, chunk_rows=64)
+    for name, count in spec.shards:
+        want = make_block(spec, name)
+        got = reader.read_shard(name)
+        assert got.keys == want.keys
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_array_equal(got.view_labels, want.view_labels)
+        np.testing.assert_array_equal(got.digests, want.digests)
+        assert got.valid is not None and got.valid.all() and got.valid.shape == (count,)
+        for f in ("crop", "flip"):
+            np.testing.assert_array_equal(got.aug[f], want.aug[f])
+        for t, top in want.teachers.items():
+            assert torch.equal(got.teachers[t].values, top.values)
+            assert torch.equal(got.teachers[t].indices, top.indices)
+            assert torch.equal(got.teachers[t].lse, top.lse)
+        for view in range(spec.num_views):
+            v = reader.read_view(name, view)
+            assert v.keys == want.keys
+            np.testing.assert_array_equal(v.digests, want.digests[:, view])
+            np.testing.assert_array_equal(v.aug["crop"], want.aug["crop"][:, view])
+            assert torch.equal(v.teachers["inn"].values, want.teachers["inn"].values[:, view])
+            assert torch.equal(v.teachers["inn"].lse, want.teachers["inn"].lse[:, view])
+
+
+def test_stored_dtypes_and_int32_ids_for_many_classes(tmp_path: Path) -> None:
+    small = LogitStore.create(tmp_path / "a.zarr", make_spec())
+    assert small.array("teachers/cnn/values").dtype == np.float16
+    assert small.array("teachers/cnn/indices").dtype == np.int16
+    assert small.array("teachers/cnn/lse").dtype == np.float32
+    big = LogitStore.create(tmp_path / "b.zarr", make_spec(classes=40000, shards=[("a.tar", 2)]))
+    assert big.array("teachers/cnn/indices").dtype == np.int32
+
+
+def test_create_refuses_existing_path_unless_overwrite(tmp_path: Path) -> None:
+    spec = make_spec()
+    path = tmp_path / "s.zarr"
+    write_all(LogitStore.create(path, spec), spec, [SHARDS[0][0]])
+    with pytest.raises(UserError, match="already exists"):
+        LogitStore.create(path, spec)
+    fresh = LogitStore.create(path, spec, overwrite=True)
+    assert fresh.missing_shards() == [n for n, _ in SHARDS]
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a zarr store"):
+        LogitStore.create(tmp_path / "data", make_spec(), overwrite=True)
+    assert (tmp_path / "data" / "precious.txt").exists()
+
+
+def test_open_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no logit store at"):
+        LogitStore.open(tmp_path / "missing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="not a civt-pipe logit store"):
+        LogitStore.open(tmp_path / "plain")
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs.update({"x": 1})
+    with pytest.raises(UserError, match="not a civt-pipe logit store"):
+        LogitStore.open(tmp_path / "other.zarr")
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (FORMAT_VERSION + 1, "format version 2; this civt-pipe reads up to version 1"),
+        ("one", "unknown logit store format version"),
+    ],
+)
+def test_open_refuses_newer_or_unknown_versions(tmp_path: Path, version: Any, message: str) -> None:
+    path = tmp_path / "s.zarr"
+    LogitStore.create(path, make_spec())
+    zarr.open_group(str(path), mode="r+").attrs.update({"format_version": version})
+    with pytest.raises(UserError, match=message):
+        LogitStore.open(path)
+
+
+def test_write_rules(tmp_path: Path) -> None:
+    spec = make_spec()
+    path = tmp_path / "s.zarr"
+    store = LogitStore.create(path, spec)
+    first = SHARDS[0][0]
+    store.write_shard(first, make_block(spec, first))
+    with pytest.raises(UserError, match="already written"):
+        store.write_shard(first, make_block(spec, first))
+    store.write_shard(first, make_block(spec, first), replace=True)
+    with pytest.raises(UserError, match="read-only"):
+        LogitStore.open(path).write_shard(first, make_block(spec, first))
+    with pytest.raises(UserError, match="not in logit store"):
+        store.write_shard("nope.tar", make_block(spec, first))
+    with pytest.raises(ValueError, match="shape"):
+        bad = make_block(spec, SHARDS[1][0])
+        bad.digests = bad.digests[:, :1]
+        store.write_shard(SHARDS[1][0], bad)
+    assert store.missing_shards() == [SHARDS[1][0], SHARDS[2][0]]
+    with pytest.raises(UserError, match=r"shards not written: train-000001.tar, train-000002"):
+        store.finalize()
+    write_all(store, spec, [SHARDS[1][0], SHARDS[2][0]])
+    store.finalize({"note": "done"})
+    with pytest.raises(UserError, match="finalized"):
+        store.write_shard(first, make_block(spec, first), replace=True)
+
+
+def test_finalize_records_digests_top1_skips_and_consolidates(tmp_path: Path) -> None:
+    spec = make_spec()
+    path = tmp_path / "s.zarr"
+    store = LogitStore.create(path, spec)
+    skipped_block = make_block(spec, SHARDS[1][0])
+    skipped_block.valid = np.array([True, False, True])
+    write_all(store, spec, [SHARDS[0][0], SHARDS[2][0]])
+    store.write_shard(SHARDS[1][0], skipped_block)
+    store.finalize({"note": "done"})
+    attrs = LogitStore.open(path).attrs
+    assert attrs["complete"] is True
+    assert attrs["skipped_keys"] == ["s1k1"] and attrs["num_skipped"] == 1
+    assert attrs["attrs"] == {"dataset_fingerprint": "f" * 64, "seed": 7, "note": "done"}
+    keys = make_block(spec, SHARDS[2][0]).keys
+    assert attrs["shards"][2]["key_digest"] == hashlib.sha256("\n".join(keys).encode()).hexdigest()
+    hits = total = 0
+    for name, _ in spec.shards:
+        block = make_block(spec, name)
+        valid = (
+            np.ones(len(block.keys), bool)
+            if block.keys != skipped_block.keys
+            else skipped_block.valid
+        )
+        top1 = block.teachers["cnn"].indices[..., 0].numpy()[valid]
+        hits += int((top1 == block.view_labels[valid]).sum())
+        total += top1.size
+    assert attrs["teachers"][0]["top1"] == pytest.approx(hits / total)
+    assert "consolidated_metadata" in json.loads((path / "zarr.json").read_text())
+    # Skipped rows hold zeros in every per-view array.
+    got = LogitStore.open(path).read_shard(SHARDS[1][0])
+    assert not got.valid[1] and got.digests[1].sum() == 0
+    assert float(got.teachers["cnn"].lse[1].abs().sum()) == 0.0
+
+
+def test_check_compatible_names_the_first_difference(tmp_path: Path) -> None:
+    store = LogitStore.create(tmp_path / "s.zarr", make_spec())
+    store.check_compatible(make_spec())
+    with pytest.raises(UserError, match="different views"):
+        store.check_compatible(make_spec(views=3))
+
+
+def test_store_pickles_by_reopening(tmp_path: Path) -> None:
+    spec = make_spec()
+    store = LogitStore.create(tmp_path / "s.zarr", spec)
+    write_all(store, spec, [SHARDS[0][0]])
+    clone = pickle.loads(pickle.dumps(LogitStore.open(tmp_path / "s.zarr")))
+    assert clone.missing_shards() == [SHARDS[1][0], SHARDS[2][0]]
+
+
+def test_read_view_is_one_chunk_read_per_array(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec()
+    path = tmp_path / "s.zarr"
+    write_all(LogitStore.create(path, spec), spec)
+    store = LogitStore.open(path)
+    store.read_view(SHARDS[1][0], 0)  # warm the array metadata cache
+    reads: list[str] = []
+    original = zarr.storage.LocalStore.get
+
+    async def counting_get(self: zarr.storage.LocalStore, key: str, *args: Any, **kw: Any) -> Any:
+        reads.append(key)
+        return await original(self, key, *args, **kw)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    store.read_view(SHARDS[1][0], 1)
+    chunk_reads = Counter(key.split("/c/")[0] for key in reads if "/c/" in key)
+    expected = {"keys", "valid", "labels", "view_labels", "digests", "aug/crop", "aug/flip"}
+    for t in ("cnn", "inn"):
+        expected |= {f"teachers/{t}/values", f"teachers/{t}/indices", f"teachers/{t}/lse"}
+    assert set(chunk_reads) == expected
+    assert all(n == 1 for n in chunk_reads.values()), chunk_reads
+    # The chunk read is the one of shard 1 (row chunk 1), view 1.
+    assert "teachers/cnn/values/c/1/1/0" in reads
+
+
+def test_plain_zarr_reads_the_store_as_documented(tmp_path: Path) -> None:
+    spec = make_spec()
+    path = tmp_path / "s.zarr"
+    store = LogitStore.create(path, spec)
+    write_all(store, spec)
+    store.finalize()
+    group = zarr.open_group(str(path), mode="r")
+    shard = group.attrs["shards"][2]
+    rows = slice(shard["row_offset"], shard["row_offset"] + shard["count"])
+    values = group["teachers/inn/values"][rows, 1]
+    want = make_block(spec, shard["name"]).teachers["inn"].values[:, 1].numpy()
+    np.testing.assert_array_equal(values, want)
+    assert group["keys"][rows].tolist()[0] == "s2k0"
