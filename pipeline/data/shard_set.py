@@ -119,9 +119,12 @@ def _from_pattern(spec: str) -> ShardSet:
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise UserError(f"shard pattern {spec} names two tars with the same basename")
-    for path in paths:
-        if not path.is_file():
-            raise UserError(f"shard {path} does not exist")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(
+            f"shard {missing[0]} does not exist "
+            f"({len(missing)} of the {len(paths)} tars named by {spec} are missing)"
+        )
     parents = {p.parent.resolve() for p in paths}
     if len(parents) == 1:
         parent = paths[0].parent
