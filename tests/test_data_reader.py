@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,31 @@ def test_two_ranks_with_two_workers_each_read_every_sample_once(
         collected += list(loader)
     assert len(collected) == 359
     assert identity(collected) == identity(list(iter_samples(shard_set)))
+
+
+def rgb_png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((4, 5, 3), value, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_scan_makes_a_set_rgb_when_any_probed_image_has_colour(tmp_path: Path) -> None:
+    write_tar(
+        tmp_path / "a.tar",
+        [("g.png", png_bytes(1)), ("g.cls", b"0"), ("c.png", rgb_png(2)), ("c.cls", b"4")],
+    )
+    shard_set = resolve_shards(tmp_path / "a.tar")
+    assert shard_set.channels == 3 and shard_set.num_classes == 5
+    images = [s.image for s in iter_samples(shard_set)]
+    assert all(i is not None and i.shape == (3, 4, 5) for i in images)
+
+
+def test_label_outside_the_classes_is_an_error(tmp_path: Path) -> None:
+    members = [("a.png", png_bytes(1)), ("a.cls", b"0"), ("b.png", png_bytes(2)), ("b.cls", b"7")]
+    write_tar(tmp_path / "a.tar", members)
+    full = resolve_shards(tmp_path)
+    narrowed = type(full)(full.paths, replace(full.index, class_names=("x", "y")))
+    with pytest.raises(UserError, match="sample b has label 7, outside the 2 classes"):
+        list(iter_samples(narrowed))
+    skipped = list(iter_samples(narrowed, on_error="skip"))
+    assert [s.image is None for s in skipped] == [False, True]

@@ -223,16 +223,24 @@ def iter_samples(
 ) -> Iterator[Sample]:
     """Every sample of ``shard_set`` (or of the named ``shards`` of it), shard by shard, in order.
 
-    ``channels`` defaults to the shard set's own. Each shard is checked against its index entry.
+    ``channels`` defaults to the shard set's own. Each shard is checked against its index entry,
+    and a label outside the set's classes is treated like an undecodable sample.
     """
     wanted = shard_set.names if shards is None else list(shards)
+    num_classes = shard_set.num_classes
     for name in wanted:
-        yield from iter_shard(
+        for sample in iter_shard(
             shard_set.path(name),
             channels=channels or shard_set.channels,
             on_error=on_error,
             expected=shard_set.index.shard(name),
-        )
+        ):
+            if sample.image is not None and not 0 <= sample.label < num_classes:
+                problem = f"has label {sample.label}, outside the {num_classes} classes"
+                if on_error == "fail":
+                    raise UserError(f"shard {name}: sample {sample.key} {problem}")
+                sample = Sample(sample.key, sample.label, None, name, sample.position, problem)
+            yield sample
 
 
 class ShardSampleDataset(IterableDataset):  # type: ignore[type-arg]

@@ -29,6 +29,10 @@ from .index import (
     key_digest,
 )
 
+# Foreign shards say nothing about channels: the first images decide (one colour image makes the
+# set RGB; ImageNet, for one, has a few grayscale JPEGs among colour ones).
+_CHANNEL_PROBES = 16
+
 # webdataset's rule: the key is everything up to the first dot of the file's basename.
 _KEY_AND_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
@@ -157,7 +161,7 @@ def resolve_shards(spec: str | os.PathLike[str]) -> ShardSet:
 def scan_shards(paths: Sequence[Path]) -> ShardIndex:
     """Build an index for tars without one: names and labels from the members, one decode.
 
-    Channels and format come from the first image of the first tar; the classes are
+    Channels and format come from the first images (up to 16); the classes are
     ``"0"`` .. ``str(max label)``; mean/std are the ImageNet defaults.
     """
     from PIL import Image
@@ -165,7 +169,8 @@ def scan_shards(paths: Sequence[Path]) -> ShardIndex:
     shards: list[ShardInfo] = []
     all_keys: set[str] = set()
     max_label = -1
-    channels: int | None = None
+    probed = 0
+    gray = True
     fmt: str | None = None
     for path in paths:
         if not tar_looks_complete(path):
@@ -195,18 +200,20 @@ def scan_shards(paths: Sequence[Path]) -> ShardIndex:
                             raise UserError(f"shard {path}: {member.name} is not a class id")
                         max_label = max(max_label, int(text))
                         has_label.add(key)
-                    elif channels is None and suffix in IMAGE_SUFFIXES:
+                    elif probed < _CHANNEL_PROBES and suffix in IMAGE_SUFFIXES:
                         with Image.open(extracted) as img:
-                            channels = 1 if img.mode in ("1", "L", "LA", "I;16", "I") else 3
-                        fmt = suffix
+                            gray = gray and img.mode in ("1", "L", "LA", "I;16", "I")
+                        fmt = fmt or suffix
+                        probed += 1
         except (tarfile.TarError, OSError, EOFError) as err:
             raise UserError(f"shard {path} cannot be read: {err}") from None
         unlabelled = [k for k in keys if k not in has_label]
         if unlabelled:
             raise UserError(f"shard {path}: sample {unlabelled[0]} has no .cls label")
         shards.append(ShardInfo(path.name, len(keys), key_digest(keys)))
-    if channels is None or fmt is None or max_label < 0:
+    if fmt is None or max_label < 0:
         raise UserError(f"shards starting with {paths[0]} hold no labelled images")
+    channels = 1 if gray else 3
     mean, std = default_stats(channels)
     return ShardIndex(
         shards=tuple(shards),
