@@ -34,7 +34,7 @@ def make_shards_command(
     shard_size: Annotated[int, typer.Option(help="Samples per tar.", min=1)] = 1000,
     image_format: Annotated[
         ImageFormat | None,
-        typer.Option("--format", help="Image encoding [default: png; jpg for folder:DIR]."),
+        typer.Option("--format", help="Image encoding (default: png; jpg for folder:DIR)."),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace the shards in a non-empty OUT_DIR.")
