@@ -44,6 +44,12 @@ def _register() -> None:
     from civt_pipe.cli import models
 
     app.command("models")(user_errors(models.models_command))
+    from civt_pipe.cli import teacher
+
+    app.command("train-teacher")(user_errors(teacher.train_teacher_command))
+    from civt_pipe.cli import evaluate
+
+    app.command("evaluate")(user_errors(evaluate.evaluate_command))
     from civt_pipe.cli import inspect_store
 
     app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))

@@ -1,0 +1,420 @@
+"""Stage one, ``dump-logits``: every teacher on every augmented view, top-k logits into a store.
+
+Flow (DESIGN §5, §7): check everything a user can get wrong before any work; rank 0 creates the
+store (or checks that an existing incomplete one was made by the same command, and resumes it);
+the missing shards are split over ranks; DataLoader workers decode and render mix blocks
+(:mod:`.dump_data`) while the main process runs the teachers; each shard is written with one
+``write_shard`` once all its rows are in; rank 0 finalizes after a barrier, with each teacher's
+top-1 on the views read back from the store (so a resumed run reports the whole dataset).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from civt_pipe.pipeline.augment.config import AugmentConfig, preset
+from civt_pipe.pipeline.augment.params import param_fields
+from civt_pipe.pipeline.console import info, make_progress
+from civt_pipe.pipeline.data.reader import assign_shards
+from civt_pipe.pipeline.data.shard_set import ShardSet, resolve_shards
+from civt_pipe.pipeline.device import resolve_device
+from civt_pipe.pipeline.distributed import DistContext, barrier, init_distributed, shutdown
+from civt_pipe.pipeline.dump_data import RenderedBlocks, ShardJob, make_loader
+from civt_pipe.pipeline.dump_teachers import (
+    LoadedTeacher,
+    ShardAccumulator,
+    TeacherRunner,
+    load_teachers,
+)
+from civt_pipe.pipeline.errors import UserError
+from civt_pipe.stores.logit_store import LogitStore
+from civt_pipe.stores.schema import FieldSpec, StoreSpec
+
+DUMP_ATTR = "dump"
+"""Store attribute holding the settings a resumed run must match."""
+
+_TEACHER_RE = re.compile(r"^(?P<name>[^=]+)=(?P<arch>[^:]+):(?P<ckpt>.+)$")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class TeacherSpec:
+    """One ``--teacher NAME=ARCH:CKPT``."""
+
+    name: str
+    """Short name; becomes the store group ``teachers/<name>`` and the student's token name."""
+    arch: str
+    """Registry architecture, checked against the checkpoint's own."""
+    checkpoint: Path
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise UserError(
+                f"teacher name {self.name!r} must start with a letter and use only letters, "
+                "digits, '_' and '-'"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> TeacherSpec:
+        """Parse ``NAME=ARCH:CKPT`` (the checkpoint path may itself contain ':')."""
+        m = _TEACHER_RE.match(text.strip())
+        if m is None:
+            raise UserError(f"--teacher {text!r} is not of the form NAME=ARCH:CHECKPOINT")
+        return cls(name=m["name"], arch=m["arch"], checkpoint=Path(m["ckpt"]))
+
+
+@dataclass(kw_only=True)
+class DumpConfig:
+    """Everything ``dump-logits`` needs. The same config on an incomplete store resumes it."""
+
+    data: str
+    """Shard directory or brace pattern."""
+    teachers: tuple[TeacherSpec, ...]
+    out: Path
+    """The zarr store to create (or resume)."""
+    views: int = 4
+    """Augmented views per image (V); stage two uses view ``epoch % V``."""
+    topk: int = 10
+    """Logits kept per (row, view, teacher); capped by nothing — k larger than C is an error."""
+    seed: int = 0
+    """Global augmentation seed; every view is keyed by (seed, view, key)."""
+    batch_size: int = 256
+    """Views per teacher forward pass."""
+    workers: int = 1
+    """DataLoader processes that decode and augment (0: in the main process)."""
+    device: str = "auto"
+    on_error: Literal["fail", "skip"] = "fail"
+    """A sample that cannot be decoded stops the dump (fail) or is recorded and left out (skip)."""
+    overwrite: bool = False
+    """Replace an existing store instead of refusing (or resuming) it."""
+    aug: str = "auto"
+    """Augmentation preset: ``auto`` (``small`` for views <= 32 px, else ``deit``), or a name."""
+    augment: AugmentConfig | None = None
+    """An explicit recipe; overrides ``aug`` (its image size must match the teachers')."""
+    chunk_rows: int | None = None
+    """Store rows per chunk (default: one chunk per shard)."""
+    image_size: int | None = None
+    """Input size for teachers given as bare torchvision weights (ours record their own)."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.teachers:
+            raise UserError("dump-logits needs at least one --teacher NAME=ARCH:CHECKPOINT")
+        names = [t.name for t in self.teachers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise UserError(f"teacher name {dup[0]!r} is given twice; names must be distinct")
+        if self.views < 1:
+            raise UserError(f"--views must be at least 1, got {self.views}")
+        if self.topk < 1:
+            raise UserError(f"--topk must be at least 1, got {self.topk}")
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"--seed must be in [0, 2**63), got {self.seed}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be 0 or more, got {self.workers}")
+        if self.on_error not in ("fail", "skip"):
+            raise UserError(f"--on-error must be 'fail' or 'skip', got {self.on_error!r}")
+        self.out = Path(self.out)
+
+
+def resolve_augment(cfg: DumpConfig, image_size: int) -> AugmentConfig:
+    """The recipe of this dump: explicit config, named preset, or the ``auto`` choice.
+
+    ``auto`` picks ``small`` for views of at most 32 px (the DeiT recipe wipes out most of a
+    tiny image: 8 % crops, flips of digits, strong RandAugment) and ``deit`` above.
+    """
+    if cfg.augment is not None:
+        if cfg.augment.image_size != image_size:
+            raise UserError(
+                f"augment image_size {cfg.augment.image_size} differs from the teachers' "
+                f"input size {image_size}"
+            )
+        return cfg.augment
+    name = cfg.aug if cfg.aug != "auto" else ("small" if image_size <= 32 else "deit")
+    return preset(name, image_size)
+
+
+def check_distinct_shards(shards: ShardSet) -> None:
+    """Keys must be unique across the shard set (row identity, DESIGN §3).
+
+    Within a shard set the index guarantees it (``make-shards`` refuses duplicate keys and a
+    scan of foreign tars checks them), and every shard's keys are checked against its index
+    digest while it is read. What the index cannot see is one tar copied under two names:
+    equal key digests give that away without opening a tar.
+    """
+    seen: dict[str, str] = {}
+    for entry in shards.index.shards:
+        other = seen.setdefault(entry.key_digest, entry.name)
+        if other != entry.name:
+            raise UserError(
+                f"shards {other} and {entry.name} hold the same keys; sample keys must be unique"
+            )
+
+
+def _store_spec(
+    cfg: DumpConfig, shards: ShardSet, teachers: list[LoadedTeacher], aug: AugmentConfig
+) -> StoreSpec:
+    fields = {
+        name: FieldSpec(shape=shape, dtype=np.dtype(dtype).name)
+        for name, (shape, dtype) in param_fields(aug).items()
+    }
+    return StoreSpec(
+        shards=[(s.name, s.num_samples) for s in shards.index.shards],
+        num_views=cfg.views,
+        topk=cfg.topk,
+        num_classes=shards.num_classes,
+        teachers=[t.info for t in teachers],
+        aug_fields=fields,
+        attrs={
+            "dataset_fingerprint": shards.fingerprint(),
+            "class_names": list(shards.class_names),
+            "channels": shards.channels,
+            "image_size": aug.image_size,
+            "seed": cfg.seed,
+            "augment": aug.to_dict(),
+            "on_error": cfg.on_error,
+        },
+        chunk_rows=cfg.chunk_rows,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Rank 0's decision, shared with every rank: what to do, or the error to stop with."""
+
+    missing: list[str]
+    finalized: bool
+    error: str | None = None
+
+
+def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
+    """Rank 0: create the store, or check that an existing one can be resumed."""
+    exists = cfg.out.exists() and (not cfg.out.is_dir() or any(cfg.out.iterdir()))
+    if exists and not cfg.overwrite:
+        try:
+            store = LogitStore.open(cfg.out, mode="r")
+        except UserError:
+            raise UserError(
+                f"{cfg.out} exists and is not a logit store; choose another --out "
+                "(or --overwrite to replace an old store)"
+            ) from None
+        store.check_compatible(spec)
+        return _Plan(missing=store.missing_shards(), finalized=store.is_finalized)
+    store = LogitStore.create(cfg.out, spec, overwrite=cfg.overwrite)
+    return _Plan(missing=[s.name for s in store.shards], finalized=False)
+
+
+def _shared_plan(ctx: DistContext, cfg: DumpConfig, spec: StoreSpec) -> _Plan:
+    """Rank 0 plans; every rank gets the same plan (or raises the same error)."""
+    plan: _Plan | None = None
+    if ctx.is_main:
+        try:
+            plan = _plan_store(cfg, spec)
+        except UserError as err:
+            plan = _Plan(missing=[], finalized=False, error=str(err))
+    if ctx.is_distributed:
+        box: list[Any] = [plan]
+        dist.broadcast_object_list(box, src=0)
+        plan = box[0]
+    assert plan is not None  # rank 0 always sets it and broadcasts
+    if plan.error is not None:
+        raise UserError(plan.error)
+    return plan
+
+
+@dataclass
+class _RunStats:
+    images: int = 0
+    views: int = 0
+    shards: int = 0
+    seconds: float = 0.0
+
+
+def _dump_shards(
+    cfg: DumpConfig,
+    ctx: DistContext,
+    store: LogitStore,
+    shards: ShardSet,
+    jobs: list[ShardJob],
+    teachers: list[LoadedTeacher],
+    aug: AugmentConfig,
+    device: torch.device,
+) -> _RunStats:
+    """Render, run the teachers and write every shard in ``jobs`` (this rank's share)."""
+    stats = _RunStats()
+    if not jobs:
+        return stats
+    dataset = RenderedBlocks(
+        jobs,
+        channels=shards.channels,
+        seed=cfg.seed,
+        num_views=cfg.views,
+        aug=aug,
+        on_error=cfg.on_error,
+        index=shards.index,
+    )
+    loader = make_loader(dataset, workers=cfg.workers, pin_memory=device.type == "cuda")
+    runner = TeacherRunner(
+        teachers=teachers, topk=cfg.topk, batch_size=cfg.batch_size, device=device
+    )
+    counts = {j.name: j.count for j in jobs}
+    names = [t.info.name for t in teachers]
+    ended: set[str] = set()
+    total_images = sum(counts.values())
+    start = time.perf_counter()
+    with make_progress(disable=not (cfg.progress and ctx.is_main)) as progress:
+        shard_task = progress.add_task("shards", total=len(jobs), unit="shard")
+        image_task = progress.add_task("images", total=total_images, unit="img")
+        for item in loader:
+            if item.error is not None:
+                raise UserError(item.error)
+            if item.shard not in runner.shards:
+                runner.shards[item.shard] = ShardAccumulator(
+                    counts[item.shard], cfg.views, cfg.topk, shards.num_classes, names, aug
+                )
+            if item.block is not None:
+                runner.add(item.shard, item.block)
+                progress.advance(image_task, len(item.block))
+            if item.end_of_shard is not None:
+                ended.add(item.shard)
+            # Write every shard whose rows have all arrived and whose views all have logits.
+            for name in sorted(ended):
+                acc = runner.shards[name]
+                if acc.pending_views:
+                    runner.flush()
+                store.write_shard(name, acc.to_block())
+                del runner.shards[name]
+                ended.discard(name)
+                stats.shards += 1
+                stats.images += acc.count
+                progress.advance(shard_task)
+    stats.views = runner.views_done
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _all_reduce_stats(ctx: DistContext, stats: _RunStats) -> _RunStats:
+    if not ctx.is_distributed:
+        return stats
+    t = torch.tensor([stats.images, stats.views, stats.shards], dtype=torch.float64)
+    dist.all_reduce(t)
+    seconds = torch.tensor([stats.seconds], dtype=torch.float64)
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    return _RunStats(int(t[0]), int(t[1]), int(t[2]), float(seconds[0]))
+
+
+def _store_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def run_dump(cfg: DumpConfig) -> dict[str, Any]:
+    """Run ``dump-logits`` (under torchrun: this rank's part). Returns the summary (rank 0).
+
+    Every check a user can fail happens before the store is touched. The summary holds the
+    store path, shards/images/views written by this run, time, images/s, each teacher's top-1
+    on the views, the number of skipped samples and the store's size on disk.
+    """
+    device = resolve_device(cfg.device)
+    shards = resolve_shards(cfg.data)
+    check_distinct_shards(shards)
+    teachers = load_teachers(
+        cfg.teachers,
+        device,
+        num_classes=shards.num_classes,
+        channels=shards.channels,
+        image_size=cfg.image_size,
+    )
+    image_size = teachers[0].image_size
+    aug = resolve_augment(cfg, image_size)
+    if cfg.topk > shards.num_classes:
+        raise UserError(
+            f"--topk {cfg.topk} is larger than the dataset's {shards.num_classes} classes"
+        )
+    spec = _store_spec(cfg, shards, teachers, aug)
+
+    ctx = init_distributed(device)
+    try:
+        plan = _shared_plan(ctx, cfg, spec)
+        if plan.finalized:
+            if ctx.is_main:
+                info(f"store {cfg.out} is already complete; nothing to do")
+            return _summary(
+                cfg, LogitStore.open(cfg.out), _RunStats(), already_complete=True, rank=ctx.rank
+            )
+        barrier(ctx)  # rank 0 has created the store before anyone opens it
+        store = LogitStore.open(cfg.out, mode="r+")
+        mine = assign_shards(plan.missing, ctx.rank, ctx.world_size, 0, 1)
+        if ctx.is_main:
+            done = len(store.shards) - len(plan.missing)
+            resumed = f", resuming after {done} written" if done else ""
+            info(
+                f"dump-logits: {len(plan.missing)} of {len(store.shards)} shards to write"
+                f"{resumed}, {cfg.views} views, teachers {', '.join(t.info.name for t in teachers)}"
+                f", {ctx.world_size} rank(s), device {device}"
+            )
+        jobs = [ShardJob(n, shards.path(n), store.shard(n).count) for n in mine]
+        stats = _dump_shards(cfg, ctx, store, shards, jobs, teachers, aug, device)
+        stats = _all_reduce_stats(ctx, stats)
+        barrier(ctx)  # every rank's shards are written before rank 0 finalizes
+        if ctx.is_main:
+            # No extra attributes: the store's free attributes must stay equal to the spec's
+            # so the same command recognizes the store (check_compatible) after the run.
+            store.finalize()
+        barrier(ctx)
+        return _summary(cfg, LogitStore.open(cfg.out), stats, already_complete=False, rank=ctx.rank)
+    finally:
+        shutdown(ctx)
+
+
+def _summary(
+    cfg: DumpConfig, store: LogitStore, stats: _RunStats, *, already_complete: bool, rank: int
+) -> dict[str, Any]:
+    attrs = store.attrs
+    return {
+        "rank": rank,
+        "store": str(cfg.out),
+        "already_complete": already_complete,
+        "complete": bool(attrs.get("complete", False)),
+        "shards": len(store.shards),
+        "samples": store.num_samples,
+        "views": store.num_views,
+        "topk": store.topk,
+        "shards_written": stats.shards,
+        "images_written": stats.images,
+        "views_written": stats.views,
+        "seconds": round(stats.seconds, 3),
+        "images_per_s": round(stats.images / stats.seconds, 1) if stats.seconds else 0.0,
+        "teachers": {
+            t["name"]: {"arch": t["arch"], "top1": t.get("top1")} for t in attrs["teachers"]
+        },
+        "num_skipped": int(attrs.get("num_skipped", 0)),
+        "store_bytes": _store_bytes(store.path),
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The human summary on stderr."""
+    if summary["already_complete"]:
+        return
+    gib = summary["store_bytes"] / 2**20
+    accs = ", ".join(
+        f"{name} {t['top1']:.3f}" if t["top1"] is not None else f"{name} -"
+        for name, t in summary["teachers"].items()
+    )
+    skipped = f", {summary['num_skipped']} skipped" if summary["num_skipped"] else ""
+    info(
+        f"wrote {summary['shards_written']} shards, {summary['images_written']} images "
+        f"x {summary['views']} views in {summary['seconds']:.1f} s "
+        f"({summary['images_per_s']:.1f} images/s){skipped}; "
+        f"teacher top-1 on the views: {accs}; store {summary['store']} {gib:.1f} MiB"
+    )

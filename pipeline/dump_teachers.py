@@ -1,0 +1,275 @@
+"""The main-process side of ``dump-logits``: teachers, batched forward passes, per-shard rows.
+
+Rendered views arrive a mix block at a time (possibly interleaving shards when several workers
+run). :class:`TeacherRunner` queues them, runs every teacher on full batches of views, and drops
+each result into its shard's :class:`ShardAccumulator`; a shard is written once all its rows and
+views have their logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from civt_pipe.pipeline.augment.config import AugmentConfig
+from civt_pipe.pipeline.augment.params import param_fields
+from civt_pipe.pipeline.errors import UserError
+from civt_pipe.pipeline.views import SKIPPED_LABEL, RenderedBlock
+from civt_pipe.stores.logit_store import ShardBlock
+from civt_pipe.stores.schema import TeacherInfo, index_dtype
+from civt_pipe.stores.topk import TopKLogits
+
+
+@dataclass
+class LoadedTeacher:
+    """A teacher ready to run: the model (eval mode, on the device) and what the store records."""
+
+    info: TeacherInfo
+    model: nn.Module
+    image_size: int
+
+
+class TeacherSpecLike(Protocol):
+    """What :func:`load_teachers` needs of a ``--teacher`` (``dump.TeacherSpec``)."""
+
+    name: str
+    arch: str
+    checkpoint: Path
+
+
+class ShardAccumulator:
+    """All rows of one shard, filled block by block, turned into one ``ShardBlock``."""
+
+    def __init__(
+        self,
+        count: int,
+        num_views: int,
+        topk: int,
+        num_classes: int,
+        teachers: list[str],
+        aug: AugmentConfig,
+    ) -> None:
+        n, v = count, num_views
+        self.count = count
+        self.keys: list[str | None] = [None] * n
+        self.labels = np.full(n, -1, dtype=np.int32)
+        self.view_labels = np.full((n, v), SKIPPED_LABEL, dtype=np.int32)
+        self.digests = np.zeros((n, v), dtype=np.uint64)
+        self.aug = {
+            name: np.zeros((n, v, *shape), dtype=dtype)
+            for name, (shape, dtype) in param_fields(aug).items()
+        }
+        idx = index_dtype(num_classes)
+        self.values = {t: np.zeros((n, v, topk), dtype=np.float16) for t in teachers}
+        self.indices = {t: np.zeros((n, v, topk), dtype=idx) for t in teachers}
+        self.lse = {t: np.zeros((n, v), dtype=np.float32) for t in teachers}
+        self.pending_views = 0
+        """Views handed to the teachers whose logits have not come back yet."""
+        self.valid = np.ones(n, dtype=bool)
+
+    def add_block(self, block: RenderedBlock) -> None:
+        """Record a block's keys, labels and parameters (logits come later via ``add_logits``)."""
+        pos = block.positions
+        if len(pos) and (pos.min() < 0 or pos.max() >= self.count):
+            raise UserError(
+                f"shard holds more samples than its index says ({self.count}); "
+                "re-run make-shards or delete the stale index.json"
+            )
+        for i, p in enumerate(pos.tolist()):
+            self.keys[p] = block.keys[i]
+        self.labels[pos] = block.labels
+        self.view_labels[pos] = block.view_labels
+        self.digests[pos] = block.digests
+        for name, value in block.params.items():
+            self.aug[name][pos] = value
+        self.valid[pos] = block.valid
+
+    def add_logits(
+        self, teacher: str, rows: np.ndarray, views: np.ndarray, top: TopKLogits
+    ) -> None:
+        """Store one teacher's top-k for the (row, view) pairs given."""
+        self.values[teacher][rows, views] = top.values.cpu().numpy()
+        self.indices[teacher][rows, views] = top.indices.cpu().numpy()
+        self.lse[teacher][rows, views] = top.lse.cpu().numpy()
+
+    def to_block(self) -> ShardBlock:
+        """The finished shard in the store's layout."""
+        missing = [i for i, k in enumerate(self.keys) if k is None]
+        if missing:
+            raise UserError(
+                f"shard ended after {self.count - len(missing)} of the {self.count} samples its "
+                "index lists (truncated tar?)"
+            )
+        return ShardBlock(
+            keys=[str(k) for k in self.keys],
+            labels=self.labels,
+            view_labels=self.view_labels,
+            digests=self.digests,
+            aug=self.aug,
+            teachers={
+                t: TopKLogits(
+                    values=torch.from_numpy(self.values[t]),
+                    indices=torch.from_numpy(self.indices[t]),
+                    lse=torch.from_numpy(self.lse[t]),
+                )
+                for t in self.values
+            },
+            valid=self.valid,
+        )
+
+
+@dataclass
+class _Segment:
+    shard: str
+    rows: np.ndarray
+    views: np.ndarray
+
+
+@dataclass
+class TeacherRunner:
+    """Queue views, run every teacher on full batches, route top-k results back to shards."""
+
+    teachers: list[LoadedTeacher]
+    topk: int
+    batch_size: int
+    device: torch.device
+    shards: dict[str, ShardAccumulator] = field(default_factory=dict)
+    _queue: list[torch.Tensor] = field(default_factory=list)
+    _segments: list[_Segment] = field(default_factory=list)
+    _queued: int = 0
+    views_done: int = 0
+
+    def add(self, shard: str, block: RenderedBlock) -> None:
+        """Queue the valid views of ``block`` (shard's accumulator must exist)."""
+        self.shards[shard].add_block(block)
+        rows_local = np.flatnonzero(block.valid)
+        if not len(rows_local):
+            return
+        v = block.num_views
+        flat = block.views[torch.as_tensor(rows_local)].reshape(-1, *block.views.shape[2:])
+        rows = np.repeat(block.positions[rows_local], v)
+        views = np.tile(np.arange(v), len(rows_local))
+        self._queue.append(flat)
+        self._segments.append(_Segment(shard, rows, views))
+        self._queued += len(flat)
+        self.shards[shard].pending_views += len(flat)
+        while self._queued >= self.batch_size:
+            self._run(self.batch_size)
+
+    def flush(self) -> None:
+        """Run the teachers on everything queued (end of a shard, end of the run)."""
+        while self._queued:
+            self._run(min(self._queued, self.batch_size))
+
+    def _take(self, n: int) -> tuple[torch.Tensor, list[_Segment]]:
+        """Pop the first ``n`` queued views and the segments that say where they belong."""
+        parts: list[torch.Tensor] = []
+        segs: list[_Segment] = []
+        need = n
+        while need:
+            head, seg = self._queue[0], self._segments[0]
+            take = min(need, len(head))
+            parts.append(head[:take])
+            segs.append(_Segment(seg.shard, seg.rows[:take], seg.views[:take]))
+            if take == len(head):
+                self._queue.pop(0)
+                self._segments.pop(0)
+            else:
+                self._queue[0] = head[take:]
+                self._segments[0] = _Segment(seg.shard, seg.rows[take:], seg.views[take:])
+            need -= take
+        self._queued -= n
+        return torch.cat(parts) if len(parts) > 1 else parts[0], segs
+
+    @torch.inference_mode()
+    def _run(self, n: int) -> None:
+        batch, segs = self._take(n)
+        batch = batch.to(self.device, non_blocking=True)
+        for teacher in self.teachers:
+            logits = teacher.model(batch)
+            top = TopKLogits.from_logits(logits, self.topk)
+            start = 0
+            for seg in segs:
+                end = start + len(seg.rows)
+                part = TopKLogits(
+                    values=top.values[start:end],
+                    indices=top.indices[start:end],
+                    lse=top.lse[start:end],
+                )
+                self.shards[seg.shard].add_logits(teacher.info.name, seg.rows, seg.views, part)
+                start = end
+        for seg in segs:
+            self.shards[seg.shard].pending_views -= len(seg.rows)
+        self.views_done += n
+
+
+def load_teachers(
+    specs: Sequence[TeacherSpecLike],
+    device: torch.device,
+    *,
+    num_classes: int,
+    channels: int,
+    image_size: int | None = None,
+) -> list[LoadedTeacher]:
+    """Load every ``--teacher`` (eval mode, on ``device``) and check they fit the data and agree.
+
+    Raises ``UserError`` when a checkpoint is missing, holds another architecture or class
+    count, or when teachers disagree on their input size (all views are rendered once, at one
+    size, for every teacher). Channels are adapted to the data's by the checkpoint loader.
+    """
+    from civt_pipe.pipeline.models.checkpoint import file_sha256, model_from_checkpoint
+
+    loaded: list[LoadedTeacher] = []
+    for spec in specs:
+        model, meta = model_from_checkpoint(
+            spec.checkpoint,
+            device=device,
+            expect_kind="teacher",
+            expect_num_classes=num_classes,
+            arch=spec.arch,
+            in_chans=channels,
+            image_size=image_size,
+        )
+        model.eval()
+        size = int(meta["image_size"])
+        if loaded and size != loaded[0].image_size:
+            first = loaded[0]
+            raise UserError(
+                f"teacher {spec.name!r} takes {size} px images but {first.info.name!r} takes "
+                f"{first.image_size} px; all teachers must share one input size"
+            )
+        info = TeacherInfo(
+            name=spec.name,
+            arch=str(meta["arch"]),
+            checkpoint_sha256=file_sha256(spec.checkpoint),
+            num_classes=int(meta["num_classes"]),
+            meta={
+                "checkpoint": str(spec.checkpoint),
+                "image_size": size,
+                "in_chans": int(meta["in_chans"]),
+                "mean": [float(x) for x in meta["mean"]],
+                "std": [float(x) for x in meta["std"]],
+                "metrics": _json_safe(meta.get("metrics") or {}),
+            },
+        )
+        loaded.append(LoadedTeacher(info=info, model=model, image_size=size))
+    return loaded
+
+
+def _json_safe(obj: Any) -> Any:
+    """Checkpoint metrics as plain JSON (numbers, strings, lists, dicts); others as strings."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return obj
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    return str(obj)
