@@ -61,7 +61,7 @@ def test_plain_row_is_a_resize_and_flip_mirrors_it() -> None:
     row = _plain_row(cfg, 20, 20)
     expected = F.resize(image, [12, 12], antialias=True).float() / 255
     assert torch.equal(render_view(image, row, cfg), expected)
-    row["flip"] = np.uint8(1)
+    row["flip"] = np.array(1, dtype=np.uint8)
     assert torch.equal(render_view(image, row, cfg), expected.flip(-1))
 
 
@@ -79,7 +79,7 @@ def test_erasing_fills_its_box_with_seeded_uniform_noise() -> None:
     image = torch.zeros(3, 16, 16, dtype=torch.uint8)
     row = _plain_row(cfg, 16, 16)
     row["erase"] = np.array([2, 5, 6, 4], dtype=np.int32)
-    row["erase_seed"] = np.int64(99)
+    row["erase_seed"] = np.array(99, dtype=np.int64)
     view = render_view(image, row, cfg)
     noise = torch.rand((3, 6, 4), generator=torch.Generator().manual_seed(99))
     assert torch.equal(view[:, 2:8, 5:9], noise)

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,10 +125,10 @@ def test_replay_from_stored_parameters_alone(
     # What stage one stores: the config as JSON and the parameter arrays.
     stored_cfg = json.dumps(cfg.to_dict())
     buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        **{f"{v}/{name}": arr for v in range(VIEWS) for name, arr in shard_params(case, v).items()},
-    )
+    arrays: dict[str, Any] = {
+        f"{v}/{name}": arr for v in range(VIEWS) for name, arr in shard_params(case, v).items()
+    }
+    np.savez(buffer, **arrays)
     del cfg
 
     buffer.seek(0)
@@ -154,7 +155,8 @@ def test_dataloader_workers_render_identical_views(
 ) -> None:
     case = "deit-rgb"
     loader = DataLoader(ViewDataset(case), batch_size=4, num_workers=num_workers)
-    tensors, digests = [], []
+    tensors: list[torch.Tensor] = []
+    digests: list[int] = []
     for batch, batch_digests in loader:
         tensors.append(batch)
         digests.extend(int(d) for d in batch_digests)

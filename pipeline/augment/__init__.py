@@ -5,10 +5,19 @@ view (`render_block`); stage two renders the same bits from the stored parameter
 """
 
 from .config import AugmentConfig, crop_flip, deit, preset, small
-from .params import param_fields, param_row, sample_block_params, sample_view_params
+from .params import (
+    empty_params,
+    param_fields,
+    param_row,
+    sample_block_params,
+    sample_view_params,
+    unmix_rows,
+)
 from .render import (
     dominant_labels,
     eval_view,
+    lookup_partner_labels,
+    mix_views,
     mixed_targets,
     render_block,
     render_view,
@@ -22,7 +31,10 @@ __all__ = [
     "crop_flip",
     "deit",
     "dominant_labels",
+    "empty_params",
     "eval_view",
+    "lookup_partner_labels",
+    "mix_views",
     "mixed_targets",
     "param_fields",
     "param_row",
@@ -32,6 +44,7 @@ __all__ = [
     "sample_block_params",
     "sample_view_params",
     "small",
+    "unmix_rows",
     "view_digest",
     "view_digests",
     "view_generator",
