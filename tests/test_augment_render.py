@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from civt_pipe.pipeline.augment.config import AugmentConfig, crop_flip, deit, small
+from civt_pipe.pipeline.augment.config import AugmentConfig, crop_flip, deit, preset, small
 from civt_pipe.pipeline.augment.params import (
     MIX_CUTMIX,
     MIX_MIXUP,
@@ -208,3 +210,23 @@ def test_view_digests_match_view_digest_and_see_shape_and_bits() -> None:
     assert view_digest(nudged) != view_digest(batch[0])
     # Non-contiguous input hashes its values, not its memory layout.
     assert view_digest(batch[0].transpose(1, 2).contiguous().transpose(1, 2)) == digests[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(8, 64),
+    st.integers(8, 64),
+    st.integers(8, 48),
+    st.sampled_from([1, 3]),
+    st.sampled_from(["deit", "small", "crop-flip"]),
+    st.integers(0, 2**40),
+)
+def test_any_sampled_view_renders_for_any_size(
+    height: int, width: int, size: int, channels: int, name: str, seed: int
+) -> None:
+    cfg = AugmentConfig(**(preset(name, size).to_dict() | {"mix_block": 2}))
+    images = [_image(channels, height, width, seed=i) for i in range(2)]
+    block = sample_block_params(seed, 0, ["x", "y"], [0, 1], [(height, width)] * 2, 2, cfg)
+    views = render_block(images, block, [0, 1], cfg)
+    assert views.shape == (2, channels, size, size)
+    assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0
