@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from civt_pipe.pipeline.errors import UserError
+from civt_pipe.stores.blocks import ShardBlock, ViewBlock, pad_shard_block
 from civt_pipe.stores.schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -34,52 +34,14 @@ from civt_pipe.stores.schema import (
 )
 from civt_pipe.stores.topk import TopKLogits
 
-
-@dataclass
-class ShardBlock:
-    """Everything stored for one shard, rows in shard order (``n`` = shard count).
-
-    ``keys`` list of n str; ``labels`` [n] int; ``view_labels`` [n, V] int (the class a view
-    counts as correct for top-1, e.g. the dominant label of a mixed view); ``digests`` [n, V]
-    uint64 (int64 is reinterpreted bit for bit; 0 means absent); ``aug`` {field: [n, V, ...]};
-    ``teachers`` {name: TopKLogits [n, V, k]}; ``valid`` [n] bool, False for samples skipped as
-    undecodable (their per-view arrays are stored as zeros). ``None`` means all valid.
-    """
-
-    keys: list[str]
-    labels: np.ndarray
-    view_labels: np.ndarray
-    digests: np.ndarray
-    aug: dict[str, np.ndarray]
-    teachers: dict[str, TopKLogits]
-    valid: np.ndarray | None = None
-
-
-@dataclass
-class ViewBlock:
-    """One view of one shard: the fields of :class:`ShardBlock` with the view axis removed."""
-
-    view: int
-    keys: list[str]
-    labels: np.ndarray
-    view_labels: np.ndarray
-    digests: np.ndarray
-    aug: dict[str, np.ndarray]
-    teachers: dict[str, TopKLogits]
-    valid: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+__all__ = ["LogitStore", "ShardBlock", "ViewBlock"]
 
 
 def _compressors(dtype: np.dtype[Any] | str) -> list[BloscCodec]:
     # Byte shuffle helps multi-byte numbers; single bytes (bool, uint8, strings) gain nothing.
     itemsize = np.dtype(dtype).itemsize if dtype != "str" else 1
-    shuffle = "shuffle" if itemsize > 1 else "noshuffle"
+    shuffle: Literal["shuffle", "noshuffle"] = "shuffle" if itemsize > 1 else "noshuffle"
     return [BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)]
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 class LogitStore:
@@ -328,6 +290,9 @@ class LogitStore:
             self._arrays[name] = arr
         return self._arrays[name]
 
+    def _keys(self, rows: slice) -> list[str]:
+        return [str(k) for k in np.asarray(self.array("keys")[rows]).tolist()]
+
     # ------------------------------------------------------------------ completeness
     def written_flags(self) -> np.ndarray:
         """``[num_shards]`` bool: which shards are completely written."""
@@ -369,73 +334,17 @@ class LogitStore:
         written[flag_index] = True
 
     def _padded_block(self, layout: ShardLayout, block: ShardBlock) -> dict[str, np.ndarray]:
-        n = layout.count
-        views = self.num_views
-        k = self.topk
-        span = round_up(n, self.chunk_rows)
-        where = f"shard {layout.name!r}"
-
-        def fit(arr: Any, shape: tuple[int, ...], dtype: Any, what: str) -> np.ndarray:
-            a = _numpy(arr)
-            if a.shape != shape:
-                raise ValueError(f"{where}: {what} has shape {a.shape}, expected {shape}")
-            dt = np.dtype(dtype)
-            if a.dtype == np.int64 and dt == np.uint64:
-                a = a.view(np.uint64)  # digests computed as signed 64-bit keep their bits
-            elif not np.can_cast(a.dtype, dt, casting="same_kind") and a.dtype.kind != "b":
-                raise ValueError(f"{where}: {what} has dtype {a.dtype}, cannot store as {dt}")
-            out = np.zeros((span, *shape[1:]), dtype=dt)
-            out[:n] = a
-            return out
-
-        if len(block.keys) != n:
-            raise ValueError(f"{where}: {len(block.keys)} keys for {n} samples")
-        if any(not k_ for k_ in block.keys):
-            raise ValueError(f"{where}: a sample key is empty")
-        valid = (
-            np.ones(n, dtype=bool)
-            if block.valid is None
-            else fit(block.valid, (n,), bool, "valid")[:n]
+        return pad_shard_block(
+            block,
+            name=layout.name,
+            count=layout.count,
+            span=round_up(layout.count, self.chunk_rows),
+            num_views=self.num_views,
+            topk=self.topk,
+            index_dtype=str(self._attrs["index_dtype"]),
+            aug_fields=self.aug_fields,
+            teacher_names=self.teacher_names,
         )
-        keys = np.full(span, "", dtype=object)
-        keys[:n] = list(block.keys)
-        out: dict[str, np.ndarray] = {
-            "keys": keys.astype(str),
-            "labels": fit(block.labels, (n,), np.int32, "labels"),
-            "view_labels": fit(block.view_labels, (n, views), np.int32, "view_labels"),
-            "digests": fit(block.digests, (n, views), np.uint64, "digests"),
-        }
-        valid_padded = np.zeros(span, dtype=bool)
-        valid_padded[:n] = valid
-        out["valid"] = valid_padded
-        expected_fields = set(self._attrs["aug_fields"])
-        if set(block.aug) != expected_fields:
-            raise ValueError(
-                f"{where}: augmentation fields {sorted(block.aug)} != store's "
-                f"{sorted(expected_fields)}"
-            )
-        for fname, fspec in self.aug_fields.items():
-            out[f"aug/{fname}"] = fit(
-                block.aug[fname], (n, views, *fspec.shape), fspec.dtype, f"aug/{fname}"
-            )
-        if set(block.teachers) != set(self.teacher_names):
-            raise ValueError(
-                f"{where}: teachers {sorted(block.teachers)} != store's {self.teacher_names}"
-            )
-        idx = np.dtype(self._attrs["index_dtype"])
-        for tname in self.teacher_names:
-            top = block.teachers[tname]
-            base = f"teachers/{tname}"
-            out[f"{base}/values"] = fit(top.values, (n, views, k), np.float16, f"{base}/values")
-            out[f"{base}/indices"] = fit(top.indices, (n, views, k), idx, f"{base}/indices")
-            out[f"{base}/lse"] = fit(top.lse, (n, views), np.float32, f"{base}/lse")
-        # Skipped samples: every per-view array holds zeros so their content is defined.
-        invalid = ~valid_padded
-        if invalid.any():
-            for arr in out.values():
-                if arr.ndim >= 2:
-                    arr[invalid] = 0
-        return out
 
     # ------------------------------------------------------------------ reading
     def read_view(self, name: str, view: int) -> ViewBlock:
@@ -458,7 +367,7 @@ class LogitStore:
         }
         return ViewBlock(
             view=view,
-            keys=[str(k) for k in self.array("keys")[rows].tolist()],
+            keys=self._keys(rows),
             labels=np.asarray(self.array("labels")[rows]),
             view_labels=get("view_labels"),
             digests=get("digests"),
@@ -484,7 +393,7 @@ class LogitStore:
             for t in self.teacher_names
         }
         return ShardBlock(
-            keys=[str(k) for k in self.array("keys")[rows].tolist()],
+            keys=self._keys(rows),
             labels=get("labels"),
             view_labels=get("view_labels"),
             digests=get("digests"),
@@ -516,7 +425,7 @@ class LogitStore:
         shards_attr = []
         for layout in self._layout:
             rows = slice(layout.row_offset, layout.row_offset + layout.count)
-            keys = [str(k) for k in self.array("keys")[rows].tolist()]
+            keys = self._keys(rows)
             valid = np.asarray(self.array("valid")[rows], dtype=bool)
             view_labels = np.asarray(self.array("view_labels")[rows])[valid]
             for t in names:
@@ -540,7 +449,7 @@ class LogitStore:
             teachers_attr.append(entry)
         user = dict(self._attrs.get("attrs", {}))
         user.update(extra_attrs or {})
-        update = {
+        update: dict[str, Any] = {
             "shards": shards_attr,
             "teachers": teachers_attr,
             "attrs": user,
