@@ -18,41 +18,34 @@ from civt_pipe.pipeline.errors import UserError
 
 
 def load_online_teachers(
-    specs: Sequence[str], device: torch.device, *, num_classes: int, in_chans: int
+    specs: Sequence[str],
+    device: torch.device,
+    *,
+    num_classes: int,
+    in_chans: int,
+    image_size: int | None = None,
 ) -> tuple[dict[str, nn.Module], int]:
-    """Load ``NAME=ARCH:CKPT`` teachers (frozen, eval mode, on ``device``).
+    """Load ``NAME=ARCH:CKPT`` teachers exactly as ``dump-logits`` does (frozen, eval mode).
 
     Returns the teachers by name, in the order given, and their common input size.
     """
     from civt_pipe.pipeline.dump import TeacherSpec
-    from civt_pipe.pipeline.models.checkpoint import model_from_checkpoint
+    from civt_pipe.pipeline.dump_teachers import load_teachers
 
     parsed = [TeacherSpec.parse(s) for s in specs]
     names = [t.name for t in parsed]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise UserError(f"teacher name {dup[0]!r} is given twice; names must be distinct")
+    loaded = load_teachers(
+        parsed, device, num_classes=num_classes, channels=in_chans, image_size=image_size
+    )
     teachers: dict[str, nn.Module] = {}
-    sizes: dict[str, int] = {}
-    for spec in parsed:
-        if not spec.checkpoint.is_file():
-            raise UserError(f"teacher checkpoint {spec.checkpoint} does not exist")
-        model, meta = model_from_checkpoint(
-            spec.checkpoint,
-            device=device,
-            expect_kind="teacher",
-            expect_num_classes=num_classes,
-            arch=spec.arch,
-            in_chans=in_chans,
-        )
-        model.eval()
-        for p in model.parameters():
+    for teacher in loaded:
+        for p in teacher.model.parameters():
             p.requires_grad_(False)
-        teachers[spec.name] = model
-        sizes[spec.name] = int(meta["image_size"])
-    if len(set(sizes.values())) > 1:
-        raise UserError(f"the teachers expect different input sizes {sizes}; give --image-size")
-    return teachers, next(iter(sizes.values()))
+        teachers[teacher.info.name] = teacher.model
+    return teachers, loaded[0].image_size
 
 
 @torch.no_grad()

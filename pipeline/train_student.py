@@ -244,13 +244,17 @@ def _check_names(option: str, given: Mapping[str, float], teachers: Sequence[str
 
 def _store_setup(cfg: StudentTrainConfig, shard_set: Any) -> _Setup:
     from civt_pipe.pipeline.augment.config import AugmentConfig
-    from civt_pipe.pipeline.dump import DUMP_ATTR
     from civt_pipe.pipeline.student_data import ShardRows
     from civt_pipe.stores.logit_store import LogitStore
 
     assert cfg.store is not None
     store = LogitStore.open(cfg.store)
-    dump = store.attrs.get(DUMP_ATTR) or {}
+    dump = store.user_attrs  # what dump-logits recorded: fingerprint, seed, augment...
+    for key in ("dataset_fingerprint", "seed", "augment"):
+        if key not in dump:
+            raise UserError(
+                f"store {cfg.store} lacks the {key!r} attribute; was it made by dump-logits?"
+            )
     if not store.is_complete():
         missing = list(store.missing_shards())
         raise UserError(
@@ -269,7 +273,7 @@ def _store_setup(cfg: StudentTrainConfig, shard_set: Any) -> _Setup:
             f"store lists {len(theirs)} shards, the data {len(mine)}",
         )
         raise UserError(f"store {cfg.store} was built from other shards than {cfg.data}: {diff}")
-    if dump.get("fingerprint") != shard_set.fingerprint():
+    if dump["dataset_fingerprint"] != shard_set.fingerprint():
         raise UserError(
             f"store {cfg.store} was built from other shards than {cfg.data}: the keys differ "
             "(dataset fingerprint mismatch)"
@@ -306,7 +310,7 @@ def _store_setup(cfg: StudentTrainConfig, shard_set: Any) -> _Setup:
         mean=list(index.mean),
         std=list(index.std),
         store_path=str(cfg.store),
-        store_fingerprint=str(dump.get("fingerprint")),
+        store_fingerprint=str(dump["dataset_fingerprint"]),
     )
 
 
@@ -476,6 +480,7 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: Any) -> dict[str,
     run_dir = _prepare_run_dir(cfg, ctx.is_main)
     shard_set = resolve_shards(cfg.data)
     setup = _store_setup(cfg, shard_set) if cfg.store else _online_setup(cfg, shard_set, device)
+    val_set = resolve_shards(cfg.val) if cfg.val else None
     names = setup.teacher_names
     _check_names("--tau", cfg.taus, names)
     _check_names("--lambda", cfg.lambdas, names)
@@ -657,7 +662,10 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: Any) -> dict[str,
                         )
                 if cfg.save_every and global_step % cfg.save_every == 0 and step + 1 < plan.steps:
                     save(epoch, step + 1, run_dir / LAST, {})
-            val_metrics = _validate(cfg, model, device, ctx) if cfg.val else {}
+            if val_set is not None:
+                val_metrics = _validate(
+                    model, val_set, setup.aug.image_size, cfg.batch_size, device, ctx, cfg.workers
+                )
             if ctx.is_main:
                 record = {"kind": "epoch", "epoch": epoch, "step": global_step, **last_loss}
                 record.update({f"val_{k}": v for k, v in val_metrics.items()})
@@ -689,18 +697,41 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: Any) -> dict[str,
         "teachers": names,
         "mode": "online" if setup.online else "store",
         "rank": ctx.rank,
+        "weights_sha256": state_digest(model),
     }
 
 
+def state_digest(model: nn.Module) -> str:
+    """sha256 over the model's tensors (names, shapes, bytes): equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _validate(
-    cfg: StudentTrainConfig, model: nn.Module, device: torch.device, ctx: Any
+    model: nn.Module,
+    val_set: Any,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    ctx: Any,
+    workers: int,
 ) -> dict[str, float]:
-    """Top-1 per head on ``--val`` (rank 0 evaluates; the others wait at the barrier)."""
-    if not ctx.is_main or cfg.val is None:
-        return {}
+    """Top-1 per head on the validation shards (every rank takes its share; counts are summed)."""
     from civt_pipe.pipeline.evaluate import evaluate_model
 
-    model.eval()
-    result = evaluate_model(model, cfg.val, device=device)
+    result = evaluate_model(
+        model,
+        val_set,
+        image_size=image_size,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        ctx=ctx,
+        description="validate",
+    )
     model.train()
-    return {str(k): float(v) for k, v in result.items()}
+    return {str(name): float(head["top1"]) for name, head in result["heads"].items()}

@@ -1,0 +1,251 @@
+"""train-student end to end on tiny digits: store mode, online mode, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from civt_pipe.cli.app import app
+from civt_pipe.pipeline.augment.config import AugmentConfig
+from civt_pipe.pipeline.data.index import ShardIndex
+from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
+from civt_pipe.pipeline.data.shard_set import resolve_shards
+from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, run_dump
+from civt_pipe.pipeline.errors import UserError
+from civt_pipe.pipeline.losses import civt_loss
+from civt_pipe.pipeline.models.checkpoint import (
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from civt_pipe.pipeline.models.registry import build_student, build_teacher
+from civt_pipe.pipeline.online_teachers import load_online_teachers, teacher_probs
+from civt_pipe.pipeline.student_data import ViewSource, iter_batches, plan_epoch
+from civt_pipe.pipeline.train_student import (
+    StudentTrainConfig,
+    parse_per_teacher,
+    train_student,
+    warmup_steps_for,
+)
+from civt_pipe.stores.logit_store import LogitStore
+from civt_pipe.stores.topk import dense_target
+
+SIZE = 16
+
+
+def _subset(src: Path, dst: Path, first: int, count: int) -> Path:
+    index = ShardIndex.load(src)
+    names = [s.name for s in index.shards[first : first + count]]
+    dst.mkdir()
+    for name in names:
+        (dst / name).write_bytes((src / name).read_bytes())
+    index.subset(names).save(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Three 24-sample digit shards, a 24-sample validation shard, two untrained nano teachers
+    and a store with V=2 views and k = C = 10 dumped from them."""
+    root = tmp_path_factory.mktemp("student")
+    make_shards(
+        MakeShardsConfig(source="digits", out_dir=root / "all", split="test", shard_size=24)
+    )
+    train = _subset(root / "all", root / "train", 0, 3)
+    val = _subset(root / "all", root / "val", 3, 1)
+    torch.manual_seed(0)
+    specs = []
+    for name, arch in (("cnn", "cnn-nano"), ("inn", "inn-nano")):
+        model = build_teacher(arch, num_classes=10, in_chans=1, image_size=SIZE)
+        ckpt = root / f"{name}.pt"
+        save_checkpoint(ckpt, make_checkpoint(model))
+        specs.append(f"{name}={arch}:{ckpt}")
+    store = root / "store.zarr"
+    run_dump(
+        DumpConfig(
+            data=str(train),
+            teachers=tuple(TeacherSpec.parse(s) for s in specs),
+            out=store,
+            views=2,
+            topk=10,
+            seed=0,
+            workers=0,
+            device="cpu",
+            aug="small",
+            progress=False,
+        )
+    )
+    return {"root": root, "train": train, "val": val, "store": store, "teachers": specs}
+
+
+def _cfg(world: dict[str, Any], out: Path, **kw: Any) -> StudentTrainConfig:
+    args: dict[str, Any] = dict(
+        data=str(world["train"]),
+        store=str(world["store"]),
+        out=str(out),
+        model="civt-nano",
+        epochs=2,
+        batch_size=16,
+        device="cpu",
+        progress=False,
+        shuffle_buffer=32,
+    )
+    args.update(kw)
+    return StudentTrainConfig(**args)
+
+
+def test_store_mode_trains_and_writes_a_loadable_run(world: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = train_student(_cfg(world, out, val=str(world["val"]), verify_replay="all"))
+    assert summary["steps"] == 2 * (72 // 16) and summary["epochs"] == 2
+    assert summary["teachers"] == ["cnn", "inn"] and summary["mode"] == "store"
+    assert set(summary["val"]) == {"cls", "cnn", "inn", "mean"} or "cls" in summary["val"]
+    for name in ("last.pt", "final.pt", "metrics.jsonl", "config.json"):
+        assert (out / name).is_file()
+    _model, meta = model_from_checkpoint(out / "final.pt", expect_kind="student")
+    assert meta["model_args"]["teacher_names"] == ["cnn", "inn"]
+    assert meta["model_args"]["token_mode"] == "per-teacher"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(steps) == 8 and len(epochs) == 2
+    assert {"loss", "loss_cls", "loss_kd_cnn", "loss_kd_inn", "lr", "images_per_s"} <= set(steps[0])
+    assert any(k.startswith("val_") for k in epochs[-1])
+
+
+def test_cli_json_summary_and_refusal_to_reuse_a_run_dir(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = ["train-student", "--data", str(world["train"]), "--store", str(world["store"])]
+    args += ["--model", "civt-nano", "--out", str(out), "--epochs", "1", "--batch-size", "24"]
+    args += ["--device", "cpu", "--tau", "cnn=2", "--lambda", "0.5", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["final_checkpoint"] == str(out / "final.pt")
+    assert summary["epochs"] == 1 and summary["steps"] == 3 and summary["val"] == {}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2
+    assert "--resume" in again.output and "--overwrite" in again.output
+
+
+def test_both_modes_give_the_same_loss_on_the_same_batch(world: dict[str, Any]) -> None:
+    """k = C, so the store's targets differ from live softmax only by float16 rounding of the
+    stored logits (rounded down, at most 2^-11 relative): the losses agree to 1e-3."""
+    store = LogitStore.open(world["store"])
+    aug = AugmentConfig.from_dict(store.user_attrs["augment"])
+    shard_set = resolve_shards(str(world["train"]))
+    from civt_pipe.pipeline.student_data import shard_rows_for
+
+    rows = shard_rows_for(shard_set.paths, [s.num_samples for s in shard_set.index.shards])
+    plan = plan_epoch(
+        rows, seed=0, epoch=1, num_views=2, rank=0, world_size=1, batch_size=16, shuffle_buffer=32
+    )
+    stored_src = ViewSource(aug=aug, seed=0, num_classes=10, channels=1, store_path=str(store.path))
+    online_src = ViewSource(aug=aug, seed=0, num_classes=10, channels=1)
+    stored = next(iter_batches(stored_src, rows, plan))
+    online = next(iter_batches(online_src, rows, plan))
+    assert torch.equal(stored.images, online.images)
+    assert torch.equal(stored.label_targets, online.label_targets)
+    teachers, _ = load_online_teachers(
+        world["teachers"], torch.device("cpu"), num_classes=10, in_chans=1
+    )
+    taus = {"cnn": 1.0, "inn": 2.0}
+    live = teacher_probs(teachers, online.images, taus)
+    from_store = {
+        name: dense_target(v, ix, lse, 10, taus[name])
+        for name, (v, ix, lse) in stored.teachers.items()
+    }
+    torch.manual_seed(0)
+    student = build_student(
+        "civt-nano", num_classes=10, in_chans=1, image_size=SIZE, teacher_names=["cnn", "inn"]
+    ).eval()
+    with torch.no_grad():
+        outputs = student(stored.images)
+    a = civt_loss(outputs, stored.label_targets, from_store, taus=taus)
+    b = civt_loss(outputs, online.label_targets, live, taus=taus)
+    assert torch.allclose(a.total, b.total, atol=1e-3, rtol=0)
+    for name in ("cnn", "inn"):
+        assert torch.allclose(a.kd[name], b.kd[name], atol=1e-3, rtol=0)
+
+
+def test_online_mode_trains_without_a_store(world: dict[str, Any], tmp_path: Path) -> None:
+    cfg = _cfg(world, tmp_path / "run", store=None, teachers=tuple(world["teachers"]), epochs=1)
+    summary = train_student(cfg)
+    assert summary["mode"] == "online" and summary["steps"] == 4
+    assert summary["teachers"] == ["cnn", "inn"]
+
+
+def test_store_from_other_shards_is_refused_before_training(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match="built from other shards"):
+        train_student(_cfg(world, tmp_path / "run", data=str(world["val"])))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_store_with_another_seed_is_refused(world: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="built with seed 0, but --seed is 7"):
+        train_student(_cfg(world, tmp_path / "run", seed=7))
+
+
+def test_incomplete_store_is_refused(world: dict[str, Any], tmp_path: Path) -> None:
+    spec = LogitStore.open(world["store"]).spec
+    LogitStore.create(tmp_path / "partial.zarr", spec)
+    with pytest.raises(UserError, match="incomplete"):
+        train_student(_cfg(world, tmp_path / "run", store=str(tmp_path / "partial.zarr")))
+
+
+def test_tau_or_lambda_for_an_unknown_teacher_is_refused(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match="--tau names teacher 'vit'"):
+        train_student(_cfg(world, tmp_path / "a", taus={"vit": 2.0}))
+    with pytest.raises(UserError, match="--lambda names teacher 'cnm'"):
+        train_student(_cfg(world, tmp_path / "b", lambdas={"cnm": 2.0}))
+
+
+def test_parse_per_teacher_values() -> None:
+    assert parse_per_teacher(["2", "cnn=4"], "--tau") == (2.0, {"cnn": 4.0})
+    with pytest.raises(UserError, match="--tau 'x' is not a number"):
+        parse_per_teacher(["x"], "--tau")
+
+
+def test_warmup_is_clamped_for_short_runs() -> None:
+    assert warmup_steps_for(5, 300, 10) == 50
+    assert warmup_steps_for(5, 10, 10) == 20
+
+
+def test_epochs_beyond_views_warn(
+    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train_student(_cfg(world, tmp_path / "run", epochs=3, batch_size=24))
+    assert "views repeat" in capsys.readouterr().err
+
+
+def test_resume_rejects_other_options_and_other_token_counts(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    train_student(_cfg(world, out, epochs=1, batch_size=24))
+    with pytest.raises(UserError, match="batch_size"):
+        train_student(_cfg(world, out, epochs=1, batch_size=8, resume=True))
+    one = tmp_path / "one"
+    cfg = _cfg(world, one, store=None, teachers=(world["teachers"][0],), epochs=1, batch_size=24)
+    train_student(cfg)
+    with pytest.raises(UserError, match="1 teacher token"):
+        train_student(_cfg(world, one, epochs=1, batch_size=24, resume=True))
+
+
+def test_resume_of_a_finished_run_keeps_its_weights(world: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = train_student(_cfg(world, out, epochs=1, batch_size=24))
+    again = train_student(replace(_cfg(world, out, epochs=1, batch_size=24), resume=True))
+    assert again["weights_sha256"] == first["weights_sha256"] and again["steps"] == 3
