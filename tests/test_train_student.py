@@ -249,3 +249,17 @@ def test_resume_of_a_finished_run_keeps_its_weights(world: dict[str, Any], tmp_p
     first = train_student(_cfg(world, out, epochs=1, batch_size=24))
     again = train_student(replace(_cfg(world, out, epochs=1, batch_size=24), resume=True))
     assert again["weights_sha256"] == first["weights_sha256"] and again["steps"] == 3
+
+
+def test_a_replay_that_misses_the_stored_digest_stops_training(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "store.zarr"
+    shutil.copytree(world["store"], copy)
+    digests = LogitStore.open(copy, mode="r+").array("digests")
+    digests[0, 0] = digests[0, 0] ^ 1  # row 0 (first shard, first block), view 0
+    with pytest.raises(UserError, match="does not match the digest stored"):
+        train_student(_cfg(world, tmp_path / "run", store=str(copy), epochs=1))
+    assert not (tmp_path / "run" / "last.pt").exists()
