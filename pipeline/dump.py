@@ -10,7 +10,9 @@ top-1 on the views read back from the store (so a resumed run reports the whole 
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,18 +201,29 @@ class _Plan:
 
 def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
     """Rank 0: create the store, or check that an existing one can be resumed."""
-    exists = cfg.out.exists() and (not cfg.out.is_dir() or any(cfg.out.iterdir()))
+    out = cfg.out
+    exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
     if exists and not cfg.overwrite:
         try:
-            store = LogitStore.open(cfg.out, mode="r")
+            store = LogitStore.open(out, mode="r")
         except UserError:
             raise UserError(
-                f"{cfg.out} exists and is not a logit store; choose another --out "
+                f"{out} exists and is not a logit store; choose another --out "
                 "(or --overwrite to replace an old store)"
             ) from None
         store.check_compatible(spec)
         return _Plan(missing=store.missing_shards(), finalized=store.is_finalized)
-    store = LogitStore.create(cfg.out, spec, overwrite=cfg.overwrite)
+    if exists and (out.is_file() or not (out / "zarr.json").is_file()):
+        raise UserError(f"refusing to overwrite {out}: it is not a zarr store")
+    # Build the empty store beside the target and rename it into place, so a kill while the
+    # arrays are being created never leaves a half-made store at --out for the rerun to trip on.
+    staging = out.with_name(f".{out.name}.creating")
+    if staging.exists():
+        shutil.rmtree(staging)  # left by a run killed while creating; the name is ours
+    store = LogitStore.create(staging, spec)
+    if out.exists():
+        shutil.rmtree(out)  # an empty directory, or a store --overwrite replaces
+    os.replace(staging, out)
     return _Plan(missing=[s.name for s in store.shards], finalized=False)
 
 
