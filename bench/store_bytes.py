@@ -167,3 +167,28 @@ def write_synthetic_store(
         store.write_shard(name, block)
         start += count
     store.finalize()
+
+
+def truncate_store(src: Path, dst: Path, k: int) -> None:
+    """Copy of the store ``src`` keeping each teacher's first ``k`` logits (its top-k).
+
+    Stored rows are sorted descending, so the first ``k`` of a top-k' row (k ≤ k') are exactly
+    what ``dump-logits --topk k`` would have written; every other array is copied unchanged.
+    """
+    from dataclasses import replace
+
+    from civt_pipe.stores.logit_store import LogitStore
+    from civt_pipe.stores.topk import TopKLogits
+
+    source = LogitStore.open(src)
+    if not 1 <= k <= source.topk:
+        raise ValueError(f"k must be between 1 and the store's top-k {source.topk}, got {k}")
+    target = LogitStore.create(dst, replace(source.spec, topk=k), overwrite=True)
+    for layout in source.shards:
+        block = source.read_shard(layout.name)
+        block.teachers = {
+            name: TopKLogits(values=top.values[..., :k], indices=top.indices[..., :k], lse=top.lse)
+            for name, top in block.teachers.items()
+        }
+        target.write_shard(layout.name, block)
+    target.finalize()
