@@ -223,13 +223,6 @@ def test_warmup_is_clamped_for_short_runs() -> None:
     assert warmup_steps_for(5, 10, 10) == 20
 
 
-def test_epochs_beyond_views_warn(
-    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    train_student(_cfg(world, tmp_path / "run", epochs=3, batch_size=24))
-    assert "views repeat" in capsys.readouterr().err
-
-
 def test_resume_rejects_other_options_and_other_token_counts(
     world: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -244,11 +237,14 @@ def test_resume_rejects_other_options_and_other_token_counts(
         train_student(_cfg(world, one, epochs=1, batch_size=24, resume=True))
 
 
-def test_resume_of_a_finished_run_keeps_its_weights(world: dict[str, Any], tmp_path: Path) -> None:
+def test_epochs_beyond_views_warn_and_resuming_a_finished_run_keeps_its_weights(
+    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
-    first = train_student(_cfg(world, out, epochs=1, batch_size=24))
-    again = train_student(replace(_cfg(world, out, epochs=1, batch_size=24), resume=True))
-    assert again["weights_sha256"] == first["weights_sha256"] and again["steps"] == 3
+    first = train_student(_cfg(world, out, epochs=3, batch_size=24))
+    assert "views repeat" in capsys.readouterr().err
+    again = train_student(replace(_cfg(world, out, epochs=3, batch_size=24), resume=True))
+    assert again["weights_sha256"] == first["weights_sha256"] and again["steps"] == 9
 
 
 def test_a_replay_that_misses_the_stored_digest_stops_training(
