@@ -1,0 +1,45 @@
+"""``civt-pipe evaluate``: top-1/top-5 accuracy of a teacher or student checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from civt_pipe.cli.common import emit_json
+
+
+def evaluate_command(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="Teacher or student checkpoint file.")
+    ],
+    data: Annotated[str, typer.Option("--data", help="Shards to evaluate on.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per batch.")] = 256,
+    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
+) -> None:
+    """Accuracy of every head of a checkpoint (students: cls, each teacher token, mean)."""
+    from civt_pipe.pipeline.evaluate import EvaluateConfig, evaluate
+
+    result = evaluate(
+        EvaluateConfig(
+            checkpoint=checkpoint, data=data, batch_size=batch_size, device=device, workers=workers
+        )
+    )
+    if json_output:
+        emit_json(result)
+        return
+    from rich.table import Table
+
+    from civt_pipe.pipeline.console import console
+
+    table = Table(title=f"{result['arch']} ({result['kind']}) on {result['num_samples']} samples")
+    for column in ("head", "top-1", "top-5"):
+        table.add_column(column, justify="left" if column == "head" else "right")
+    for name, acc in result["heads"].items():
+        table.add_row(name, f"{acc['top1']:.2%}", f"{acc['top5']:.2%}")
+    console.print(table)

@@ -1,0 +1,220 @@
+"""train-teacher: checkpoint contents, metrics and config files, exact resume, clear errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from civt_pipe.cli.app import app
+from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
+from civt_pipe.pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint
+from civt_pipe.pipeline.train_teacher import (
+    TeacherTrainConfig,
+    config_path,
+    metrics_path,
+    recipe_family,
+    train_teacher,
+)
+
+LEVELS = {"dark": 30, "mid": 128, "bright": 225}
+
+
+def make_toy_shards(root: Path, split: str, per_class: int = 16, seed: int = 0) -> Path:
+    """Three classes of 8×8 gray images told apart by brightness (learnable in a few steps)."""
+    rng = np.random.default_rng(seed)
+    folder = root / f"src-{split}"
+    for name, level in LEVELS.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(level + rng.normal(0, 12, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(folder / name / f"{i:03d}.png")
+    out = root / split
+    make_shards(
+        MakeShardsConfig(
+            source=f"folder:{folder}", out_dir=out, split=split, shard_size=20, format="png"
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("toy")
+    return make_toy_shards(root, "train"), make_toy_shards(root, "test", per_class=6, seed=1)
+
+
+def _cfg(toy: tuple[Path, Path], out: Path, **kw: object) -> TeacherTrainConfig:
+    settings: dict[str, object] = {
+        "arch": "cnn-nano",
+        "data": str(toy[0]),
+        "val": str(toy[1]),
+        "out": out,
+        "epochs": 2,
+        "batch_size": 16,
+        "workers": 0,
+        "device": "cpu",
+        "threads": 1,  # the small model is fastest single-threaded on a shared CPU
+    }
+    settings.update(kw)
+    return TeacherTrainConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_recipe_families() -> None:
+    assert recipe_family("cnn-nano") == recipe_family("inn-nano") == "nano"
+    assert recipe_family("resnet50") == "resnet"
+    assert recipe_family("rednet26") == "rednet"
+    assert recipe_family("regnet_y_400mf") == "regnet"
+
+
+def test_short_run_writes_a_loadable_checkpoint_metrics_and_config(
+    toy: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "teacher.pt"
+    result = train_teacher(_cfg(toy, out))
+    ckpt = load_checkpoint(out)
+    assert ckpt["kind"] == "teacher" and ckpt["arch"] == "cnn-nano"
+    assert ckpt["num_classes"] == 3 and ckpt["class_names"] == ["bright", "dark", "mid"]
+    assert ckpt["image_size"] == 16 and ckpt["in_chans"] == 1
+    assert len(ckpt["mean"]) == 1 and 0 < ckpt["mean"][0] < 1
+    assert ckpt["metrics"]["val_top1"] == result["val_top1"]
+    assert 0.0 <= result["val_top1"] <= 1.0
+    assert ckpt["train_state"]["epoch"] == 2 and ckpt["train_state"]["step"] == 2 * 3
+
+    lines = [json.loads(line) for line in metrics_path(out).read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert {"train_loss", "lr", "images_per_s", "val_top1", "val_top5"} <= set(lines[0])
+
+    config = json.loads(config_path(out).read_text())
+    assert config["optimizer"] == "adamw" and config["image_size"] == 16
+    assert config["lr"] == pytest.approx(4e-3 * 16 / 256)
+    assert config["hflip"] == 0.0  # 8 px glyph-like source: no flipping
+
+    model, meta = model_from_checkpoint(out)
+    logits = model(torch.rand(2, 1, 16, 16))
+    assert logits.shape == (2, 3) and meta["kind"] == "teacher"
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(
+    toy: tuple[Path, Path], tmp_path: Path
+) -> None:
+    full = tmp_path / "full.pt"
+    train_teacher(_cfg(toy, full, epochs=3))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch: int, _: dict[str, object]) -> None:
+        if epoch == 1:
+            raise Killed
+
+    part = tmp_path / "part.pt"
+    with pytest.raises(Killed):
+        train_teacher(_cfg(toy, part, epochs=3), on_epoch_end=kill_after_first)
+    assert load_checkpoint(part)["train_state"]["epoch"] == 1
+    train_teacher(_cfg(toy, part, epochs=3, resume=True))
+
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert b["train_state"]["epoch"] == 3
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0)
+    epochs = [json.loads(line)["epoch"] for line in metrics_path(part).read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_existing_output_needs_resume_or_overwrite(toy: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "t.pt"
+    out.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(
+        app,
+        ["train-teacher", "--arch", "cnn-nano", "--data", str(toy[0]), "--out", str(out)],
+    )
+    assert result.exit_code == 2
+    assert "exists; pass --resume" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_init_loads_weights_of_our_checkpoint(toy: tuple[Path, Path], tmp_path: Path) -> None:
+    first = tmp_path / "first.pt"
+    train_teacher(_cfg(toy, first, epochs=1))
+    second = tmp_path / "second.pt"
+    # --lr tiny: after one step the weights are still (almost) the initial ones.
+    train_teacher(_cfg(toy, second, epochs=1, init=first, lr=1e-9, warmup_epochs=0))
+    a = load_checkpoint(first)["state_dict"]
+    b = load_checkpoint(second)["state_dict"]
+    torch.testing.assert_close(b["body.fc.weight"], a["body.fc.weight"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "resnet7"], "unknown architecture 'resnet7'"),
+        (["--arch", "civt-nano"], "not a teacher"),
+        (["--arch", "cnn-nano", "--optimizer", "lamb"], "--optimizer must be one of"),
+        (["--arch", "cnn-nano", "--epochs", "0"], "--epochs must be at least 1"),
+    ],
+)
+def test_cli_errors_are_one_line(
+    toy: tuple[Path, Path], tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(
+        app, ["train-teacher", *args, "--data", str(toy[0]), "--out", str(tmp_path / "x.pt")]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_json_reports_the_run(toy: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cli.pt"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-teacher",
+            "--arch",
+            "inn-nano",
+            "--data",
+            str(toy[0]),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "24",
+            "--workers",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["checkpoint"] == str(out) and report["epochs"] == 1
+    assert "val_top1" not in report  # no --val given
+    assert out.is_file()
+
+
+@pytest.mark.slow
+def test_cnn_nano_reaches_95_percent_on_digits(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        make_shards(MakeShardsConfig(source="digits", out_dir=tmp_path / split, split=split))
+    started = time.perf_counter()
+    result = train_teacher(
+        TeacherTrainConfig(
+            arch="cnn-nano",
+            data=str(tmp_path / "train"),
+            val=str(tmp_path / "test"),
+            out=tmp_path / "cnn.pt",
+            device="cpu",
+            threads=1,
+        )
+    )
+    assert result["val_top1"] >= 0.95, result
+    assert time.perf_counter() - started < 300
