@@ -59,6 +59,9 @@ def _register() -> None:
     from civt_pipe.cli import student
 
     app.command("train-student")(user_errors(student.train_student_command))
+    from civt_pipe.cli import quickstart
+
+    app.command("quickstart")(user_errors(quickstart.quickstart_command))
 
 
 _register()

@@ -1,0 +1,441 @@
+"""``civt-pipe quickstart``: the whole pipeline on the built-in digits with nano models.
+
+Steps, each one call into its stage's own function (nothing here re-implements a stage):
+
+1. ``make-shards digits`` → ``DIR/data/train`` and ``DIR/data/test``;
+2. ``train-teacher`` ``cnn-nano`` and ``inn-nano`` → ``DIR/teachers/{cnn,inn}.pt``;
+3. ``dump-logits`` with both teachers → ``DIR/store.zarr`` (V views, top-k);
+4. ``train-student civt-nano`` from the store → ``DIR/runs/civt``;
+5. the no-distillation control → ``DIR/runs/baseline``: the same ``civt-nano`` with
+   ``token_mode="none"`` (no distillation tokens, no KL term — λ0·CE only), trained from the
+   *same store* so it sees exactly the same replayed views (same augmentation, mixing, view
+   order, epochs, seed, optimizer and schedule). Only the teachers' advice differs;
+6. ``evaluate`` every model on the test shards.
+
+Re-running into the same ``DIR`` reuses every finished step (shards with their ``index.json``,
+a teacher checkpoint whose training reached its last epoch, a complete store, a student run
+with ``final.pt``) and resumes an unfinished one, so an interrupted quickstart picks up where it
+stopped. ``DIR/quickstart.json`` records the settings; re-running with other settings is a
+clear error unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from civt_pipe.pipeline.atomic import atomic_write_json
+from civt_pipe.pipeline.console import console, info
+from civt_pipe.pipeline.errors import UserError
+
+MANIFEST = "quickstart.json"
+RESULTS = "results.json"
+TEACHERS: tuple[tuple[str, str], ...] = (("cnn", "cnn-nano"), ("inn", "inn-nano"))
+"""(name, arch) of the two teachers: convolution vs involution, same depth and width."""
+STUDENT = "civt-nano"
+# What quickstart writes inside DIR; --overwrite removes only these, never the rest of DIR.
+_OWNED = ("data", "teachers", "store.zarr", "runs", MANIFEST, RESULTS)
+
+
+@dataclass(kw_only=True)
+class QuickstartConfig:
+    """Settings of ``civt-pipe quickstart``. The defaults are the measured recipe (README)."""
+
+    out: Path = Path("quickstart")
+    """Working directory; everything the quickstart writes goes below it."""
+    epochs: int = 30
+    """Student epochs, for CivT and the no-distillation baseline alike."""
+    teacher_epochs: int = 10
+    """Epochs of each teacher."""
+    views: int = 10
+    """Stored augmented views per image (epoch e replays view e mod V)."""
+    topk: int = 5
+    """Teacher logits kept per (image, view)."""
+    lr: float = 2e-3
+    """Student peak learning rate (AdamW, warm-up then cosine)."""
+    batch_size: int = 64
+    """Student batch."""
+    aug: str = "small"
+    """Augmentation preset of the stored views (``small`` suits 16 px digits)."""
+    seed: int = 0
+    """Seeds the teachers, the stored views and the students."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    overwrite: bool = False
+    """Start afresh: remove what an earlier quickstart wrote in ``out`` (only that)."""
+    progress: bool = True
+    """Draw each stage's progress bars."""
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in ("epochs", "teacher_epochs", "views", "topk", "batch_size"):
+            value = getattr(self, name)
+            if value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.topk > 10:
+            raise UserError(f"--topk must be at most 10 (digits has 10 classes), got {self.topk}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"--seed must lie in [0, 2**63), got {self.seed}")
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the results (the manifest): everything but where and how it runs."""
+        out = asdict(self)
+        for key in ("out", "device", "overwrite", "progress"):
+            out.pop(key)
+        return out
+
+
+@dataclass
+class Paths:
+    """Where each artifact of a quickstart in ``root`` lives."""
+
+    root: Path
+
+    @property
+    def train(self) -> Path:
+        return self.root / "data" / "train"
+
+    @property
+    def test(self) -> Path:
+        return self.root / "data" / "test"
+
+    def teacher(self, name: str) -> Path:
+        return self.root / "teachers" / f"{name}.pt"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store.zarr"
+
+    @property
+    def civt(self) -> Path:
+        return self.root / "runs" / "civt"
+
+    @property
+    def baseline(self) -> Path:
+        return self.root / "runs" / "baseline"
+
+
+@dataclass
+class Step:
+    """One entry of the overall step list."""
+
+    title: str
+    done: Callable[[], bool]
+    """True when the step's artifact is complete and can be reused."""
+    run: Callable[[], None]
+    status: str = "pending"
+    seconds: float = 0.0
+
+
+@dataclass
+class _Results:
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# -------------------------------------------------------------------------- reuse detection
+
+
+def shards_done(path: Path) -> bool:
+    """A shard directory is finished once make-shards has written its ``index.json``."""
+    from civt_pipe.pipeline.data.index import INDEX_FILENAME
+
+    return (path / INDEX_FILENAME).is_file()
+
+
+def teacher_epochs_done(path: Path) -> int:
+    """Epochs a teacher checkpoint has finished (0 when there is none)."""
+    if not path.is_file():
+        return 0
+    from civt_pipe.pipeline.models.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path).get("train_state") or {}
+    return int(state.get("epoch", 0))
+
+
+def store_done(path: Path) -> bool:
+    """A store is reusable once every shard is written and it is finalized."""
+    if not path.exists():
+        return False
+    from civt_pipe.stores.logit_store import LogitStore
+
+    try:
+        store = LogitStore.open(path)
+    except UserError:
+        return False
+    return store.is_complete() and store.is_finalized
+
+
+def run_done(path: Path) -> bool:
+    """A student run is finished once ``final.pt`` exists."""
+    from civt_pipe.pipeline.train_student import FINAL
+
+    return (path / FINAL).is_file()
+
+
+# ------------------------------------------------------------------------------- the manifest
+
+
+def _check_manifest(cfg: QuickstartConfig) -> None:
+    """Refuse to mix runs: ``out`` may hold only a quickstart with the same settings."""
+    root = cfg.out
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--out {root} exists and is not a directory")
+    manifest = root / MANIFEST
+    if cfg.overwrite:
+        for name in _OWNED:
+            target = root / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif manifest.is_file():
+        try:
+            saved = json.loads(manifest.read_text(encoding="utf-8")).get("settings", {})
+        except (OSError, ValueError):
+            raise UserError(f"{manifest} is not readable JSON; pass --overwrite") from None
+        wanted = cfg.settings()
+        for key in sorted(set(saved) | set(wanted)):
+            if saved.get(key) != wanted.get(key):
+                raise UserError(
+                    f"{root} holds a quickstart run with {key}={saved.get(key)!r}, this one has "
+                    f"{wanted.get(key)!r}; pass --overwrite or another --out"
+                )
+    elif root.is_dir() and any((root / name).exists() for name in _OWNED):
+        raise UserError(
+            f"{root} holds quickstart files but no {MANIFEST}; pass --overwrite or another --out"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(manifest, {"settings": cfg.settings()})
+
+
+# ----------------------------------------------------------------------------------- the steps
+
+
+def _make_shards(split: str, out: Path) -> None:
+    from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
+
+    # A directory without index.json was left by a killed make-shards: overwrite removes only
+    # the tars it wrote.
+    make_shards(MakeShardsConfig(source="digits", out_dir=out, split=split, overwrite=True))
+
+
+def _train_teacher(cfg: QuickstartConfig, paths: Paths, name: str, arch: str) -> None:
+    from civt_pipe.pipeline.train_teacher import TeacherTrainConfig, train_teacher
+
+    out = paths.teacher(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    resume = out.is_file()
+    train_teacher(
+        TeacherTrainConfig(
+            arch=arch,
+            data=str(paths.train),
+            out=out,
+            epochs=cfg.teacher_epochs,
+            seed=cfg.seed,
+            device=cfg.device,
+            resume=resume,
+            overwrite=not resume,
+        )
+    )
+
+
+def _dump(cfg: QuickstartConfig, paths: Paths) -> None:
+    from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, print_summary, run_dump
+
+    summary = run_dump(
+        DumpConfig(
+            data=str(paths.train),
+            teachers=tuple(
+                TeacherSpec(name=name, arch=arch, checkpoint=paths.teacher(name))
+                for name, arch in TEACHERS
+            ),
+            out=paths.store,
+            views=cfg.views,
+            topk=cfg.topk,
+            seed=cfg.seed,
+            aug=cfg.aug,
+            device=cfg.device,
+            progress=cfg.progress,
+        )
+    )
+    print_summary(summary)
+
+
+def _train_student(cfg: QuickstartConfig, paths: Paths, run_dir: Path, token_mode: str) -> None:
+    from civt_pipe.pipeline.train_student import LAST, StudentTrainConfig, train_student
+
+    resume = (run_dir / LAST).is_file()
+    train_student(
+        StudentTrainConfig(
+            data=str(paths.train),
+            out=str(run_dir),
+            store=str(paths.store),
+            model=STUDENT,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            token_mode=token_mode,
+            device=cfg.device,
+            resume=resume,
+            # Without last.pt nothing resumable exists; clear a killed run's stale metrics.
+            overwrite=not resume,
+            progress=cfg.progress,
+        )
+    )
+
+
+def _evaluate(cfg: QuickstartConfig, checkpoint: Path, data: Path) -> dict[str, Any]:
+    from civt_pipe.pipeline.evaluate import EvaluateConfig, evaluate
+
+    return evaluate(EvaluateConfig(checkpoint=checkpoint, data=str(data), device=cfg.device))
+
+
+def plan_steps(cfg: QuickstartConfig, paths: Paths, results: _Results) -> list[Step]:
+    """The overall step list, in order, each with its reuse test and its action."""
+    steps = [
+        Step(
+            "make-shards digits → data/train",
+            lambda: shards_done(paths.train),
+            lambda: _make_shards("train", paths.train),
+        ),
+        Step(
+            "make-shards digits → data/test",
+            lambda: shards_done(paths.test),
+            lambda: _make_shards("test", paths.test),
+        ),
+    ]
+    for name, arch in TEACHERS:
+        steps.append(
+            Step(
+                f"train-teacher {arch} → teachers/{name}.pt ({cfg.teacher_epochs} epochs)",
+                lambda name=name: teacher_epochs_done(paths.teacher(name)) >= cfg.teacher_epochs,  # type: ignore[misc]
+                lambda name=name, arch=arch: _train_teacher(cfg, paths, name, arch),  # type: ignore[misc]
+            )
+        )
+    steps.append(
+        Step(
+            f"dump-logits cnn + inn → store.zarr ({cfg.views} views, top-{cfg.topk})",
+            lambda: store_done(paths.store),
+            lambda: _dump(cfg, paths),
+        )
+    )
+    steps.append(
+        Step(
+            f"train-student {STUDENT} from the store → runs/civt ({cfg.epochs} epochs)",
+            lambda: run_done(paths.civt),
+            lambda: _train_student(cfg, paths, paths.civt, "per-teacher"),
+        )
+    )
+    steps.append(
+        Step(
+            f"baseline {STUDENT}, no distillation → runs/baseline ({cfg.epochs} epochs)",
+            lambda: run_done(paths.baseline),
+            lambda: _train_student(cfg, paths, paths.baseline, "none"),
+        )
+    )
+
+    def evaluate_all() -> None:
+        from civt_pipe.pipeline.train_student import FINAL
+
+        for name, _ in TEACHERS:
+            results.teachers[name] = _evaluate(cfg, paths.teacher(name), paths.test)
+        results.models["student"] = _evaluate(cfg, paths.civt / FINAL, paths.test)
+        results.models["baseline"] = _evaluate(cfg, paths.baseline / FINAL, paths.test)
+
+    steps.append(Step("evaluate every model on data/test", lambda: False, evaluate_all))
+    return steps
+
+
+def _print_plan(steps: list[Step]) -> None:
+    lines = []
+    for number, step in enumerate(steps, start=1):
+        mark = "[green]✓ reuse[/green]" if step.status == "reuse" else "[dim]· to do[/dim]"
+        lines.append(f"  {number:>2}. {mark}  {step.title}")
+    console.print("[bold]quickstart[/bold]: the whole pipeline on the built-in digits")
+    console.print("\n".join(lines))
+
+
+def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
+    """Run (or resume) the quickstart; returns the result dict ``--json`` prints.
+
+    Returns:
+        ``{"teachers": {name: top1}, "baseline": {"top1", "top5"}, "student": {"top1",
+        "top5", "heads": {head: {"top1", "top5"}}}, "steps": [{"title", "status", "seconds"}],
+        "seconds", "out", "settings"}`` — accuracies are fractions on the digits test split.
+    """
+    started = time.perf_counter()
+    _check_manifest(cfg)
+    paths = Paths(cfg.out)
+    results = _Results()
+    steps = plan_steps(cfg, paths, results)
+    for step in steps:
+        if step.done():
+            step.status = "reuse"
+    _print_plan(steps)
+    for number, step in enumerate(steps, start=1):
+        if step.status == "reuse":
+            continue
+        console.rule(f"[bold]step {number}/{len(steps)}[/bold] · {step.title}", align="left")
+        tick = time.perf_counter()
+        step.run()
+        step.seconds = time.perf_counter() - tick
+        step.status = "done"
+        info(f"[green]✓[/green] step {number} done in {step.seconds:.1f} s")
+    seconds = time.perf_counter() - started
+
+    student, baseline = results.models["student"], results.models["baseline"]
+    result: dict[str, Any] = {
+        "teachers": {name: float(r["top1"]) for name, r in results.teachers.items()},
+        "teacher_archs": {name: arch for name, arch in TEACHERS},
+        "baseline": {"top1": float(baseline["top1"]), "top5": float(baseline["top5"])},
+        "student": {
+            "top1": float(student["top1"]),
+            "top5": float(student["top5"]),
+            "heads": student["heads"],
+        },
+        "num_test_samples": int(student["num_samples"]),
+        "steps": [
+            {"title": s.title, "status": s.status, "seconds": round(s.seconds, 2)} for s in steps
+        ],
+        "seconds": round(seconds, 2),
+        "out": str(cfg.out),
+        "settings": cfg.settings(),
+    }
+    atomic_write_json(cfg.out / RESULTS, result)
+    return result
+
+
+def print_results(result: dict[str, Any]) -> None:
+    """The closing table on stderr: each teacher, the baseline, and CivT per head."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"digits test split ({result['num_test_samples']} images), "
+        f"{result['settings']['epochs']} student epochs"
+    )
+    table.add_column("model")
+    table.add_column("what")
+    table.add_column("top-1", justify="right")
+    for name, top1 in result["teachers"].items():
+        table.add_row(f"teacher {name}", result["teacher_archs"][name], f"{top1:.2%}")
+    table.add_row("baseline", f"{STUDENT}, no distillation", f"{result['baseline']['top1']:.2%}")
+    heads = result["student"]["heads"]
+    labels = {"cls": "class token (headline)", "mean": "mean of the heads"}
+    for head, acc in heads.items():
+        what = labels.get(head, f"{head} token")
+        table.add_row(f"CivT {head}", f"{STUDENT}, {what}", f"{acc['top1']:.2%}")
+    console.print(table)
+    gain = result["student"]["top1"] - result["baseline"]["top1"]
+    info(
+        f"CivT (class token) {result['student']['top1']:.2%} vs no distillation "
+        f"{result['baseline']['top1']:.2%} ({gain:+.2%}); {result['seconds']:.0f} s in "
+        f"{result['out']}"
+    )
