@@ -102,5 +102,5 @@ def train_teacher_command(
             init=init,
         )
     )
-    if json_output:
+    if json_output and result["rank"] == 0:  # under torchrun only rank 0 reports
         emit_json(result)

@@ -497,6 +497,7 @@ def train_teacher(
             "metrics_file": str(metrics_file),
             "config_file": str(config_path(out)),
             "arch": cfg.arch,
+            "rank": ctx.rank,
             "epochs": epochs,
             "seconds": time.perf_counter() - started,
             **{k: v for k, v in last_metrics.items() if k not in ("epoch_seconds",)},

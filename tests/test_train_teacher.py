@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -218,3 +221,46 @@ def test_cnn_nano_reaches_95_percent_on_digits(tmp_path: Path) -> None:
     )
     assert result["val_top1"] >= 0.95, result
     assert time.perf_counter() - started < 300
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_writes_one_checkpoint_and_one_report(
+    toy: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "CIVT_PIPE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [
+        str(torchrun),
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "civt_pipe.cli",
+        "train-teacher",
+        "--arch",
+        "cnn-nano",
+        "--data",
+        str(toy[0]),
+        "--val",
+        str(toy[1]),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1 and reports[0]["epochs"] == 2
+    ckpt = load_checkpoint(out)
+    assert ckpt["config"]["world_size"] == 2 and ckpt["train_state"]["epoch"] == 2
+    # Shards of 20, 20 and 8 go whole to the 2 ranks (28 / 20 samples): every rank runs the
+    # smaller rank's 20 // 8 = 2 full batches per epoch.
+    assert ckpt["config"]["steps_per_epoch"] == 2 and ckpt["train_state"]["step"] == 4
