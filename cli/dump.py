@@ -46,6 +46,12 @@ def dump_logits_command(
         int | None,
         typer.Option(help="Input size for teachers given as bare torchvision weights.", min=4),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads for the teachers [default: free cores minus workers].", min=1
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
@@ -74,6 +80,7 @@ def dump_logits_command(
         aug=aug,
         chunk_rows=chunk_rows,
         image_size=image_size,
+        threads=threads,
     )
     summary = run_dump(cfg)
     if summary.get("rank", 0) == 0:

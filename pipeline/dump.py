@@ -11,24 +11,29 @@ top-1 on the views read back from the store (so a resumed run reports the whole 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from civt_pipe.pipeline.augment.config import AugmentConfig, preset
+from civt_pipe.pipeline.augment.config import AugmentConfig
 from civt_pipe.pipeline.augment.params import param_fields
 from civt_pipe.pipeline.console import info, make_progress
 from civt_pipe.pipeline.data.reader import assign_shards
 from civt_pipe.pipeline.data.shard_set import ShardSet, resolve_shards
 from civt_pipe.pipeline.device import resolve_device
 from civt_pipe.pipeline.distributed import DistContext, barrier, init_distributed, shutdown
+from civt_pipe.pipeline.dump_config import (
+    DumpConfig,
+    TeacherSpec,
+    forward_threads,
+    resolve_augment,
+)
 from civt_pipe.pipeline.dump_data import RenderedBlocks, ShardJob, make_loader
 from civt_pipe.pipeline.dump_teachers import (
     LoadedTeacher,
@@ -40,110 +45,7 @@ from civt_pipe.pipeline.errors import UserError
 from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.schema import FieldSpec, StoreSpec
 
-DUMP_ATTR = "dump"
-"""Store attribute holding the settings a resumed run must match."""
-
-_TEACHER_RE = re.compile(r"^(?P<name>[^=]+)=(?P<arch>[^:]+):(?P<ckpt>.+)$")
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
-
-
-@dataclass(frozen=True, slots=True)
-class TeacherSpec:
-    """One ``--teacher NAME=ARCH:CKPT``."""
-
-    name: str
-    """Short name; becomes the store group ``teachers/<name>`` and the student's token name."""
-    arch: str
-    """Registry architecture, checked against the checkpoint's own."""
-    checkpoint: Path
-
-    def __post_init__(self) -> None:
-        if not _NAME_RE.match(self.name):
-            raise UserError(
-                f"teacher name {self.name!r} must start with a letter and use only letters, "
-                "digits, '_' and '-'"
-            )
-
-    @classmethod
-    def parse(cls, text: str) -> TeacherSpec:
-        """Parse ``NAME=ARCH:CKPT`` (the checkpoint path may itself contain ':')."""
-        m = _TEACHER_RE.match(text.strip())
-        if m is None:
-            raise UserError(f"--teacher {text!r} is not of the form NAME=ARCH:CHECKPOINT")
-        return cls(name=m["name"], arch=m["arch"], checkpoint=Path(m["ckpt"]))
-
-
-@dataclass(kw_only=True)
-class DumpConfig:
-    """Everything ``dump-logits`` needs. The same config on an incomplete store resumes it."""
-
-    data: str
-    """Shard directory or brace pattern."""
-    teachers: tuple[TeacherSpec, ...]
-    out: Path
-    """The zarr store to create (or resume)."""
-    views: int = 4
-    """Augmented views per image (V); stage two uses view ``epoch % V``."""
-    topk: int = 10
-    """Logits kept per (row, view, teacher); capped by nothing — k larger than C is an error."""
-    seed: int = 0
-    """Global augmentation seed; every view is keyed by (seed, view, key)."""
-    batch_size: int = 256
-    """Views per teacher forward pass."""
-    workers: int = 1
-    """DataLoader processes that decode and augment (0: in the main process)."""
-    device: str = "auto"
-    on_error: Literal["fail", "skip"] = "fail"
-    """A sample that cannot be decoded stops the dump (fail) or is recorded and left out (skip)."""
-    overwrite: bool = False
-    """Replace an existing store instead of refusing (or resuming) it."""
-    aug: str = "auto"
-    """Augmentation preset: ``auto`` (``small`` for views <= 32 px, else ``deit``), or a name."""
-    augment: AugmentConfig | None = None
-    """An explicit recipe; overrides ``aug`` (its image size must match the teachers')."""
-    chunk_rows: int | None = None
-    """Store rows per chunk (default: one chunk per shard)."""
-    image_size: int | None = None
-    """Input size for teachers given as bare torchvision weights (ours record their own)."""
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.teachers:
-            raise UserError("dump-logits needs at least one --teacher NAME=ARCH:CHECKPOINT")
-        names = [t.name for t in self.teachers]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise UserError(f"teacher name {dup[0]!r} is given twice; names must be distinct")
-        if self.views < 1:
-            raise UserError(f"--views must be at least 1, got {self.views}")
-        if self.topk < 1:
-            raise UserError(f"--topk must be at least 1, got {self.topk}")
-        if not 0 <= self.seed < 2**63:
-            raise UserError(f"--seed must be in [0, 2**63), got {self.seed}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be 0 or more, got {self.workers}")
-        if self.on_error not in ("fail", "skip"):
-            raise UserError(f"--on-error must be 'fail' or 'skip', got {self.on_error!r}")
-        self.out = Path(self.out)
-
-
-def resolve_augment(cfg: DumpConfig, image_size: int) -> AugmentConfig:
-    """The recipe of this dump: explicit config, named preset, or the ``auto`` choice.
-
-    ``auto`` picks ``small`` for views of at most 32 px (the DeiT recipe wipes out most of a
-    tiny image: 8 % crops, flips of digits, strong RandAugment) and ``deit`` above.
-    """
-    if cfg.augment is not None:
-        if cfg.augment.image_size != image_size:
-            raise UserError(
-                f"augment image_size {cfg.augment.image_size} differs from the teachers' "
-                f"input size {image_size}"
-            )
-        return cfg.augment
-    name = cfg.aug if cfg.aug != "auto" else ("small" if image_size <= 32 else "deit")
-    return preset(name, image_size)
+__all__ = ["DumpConfig", "TeacherSpec", "print_summary", "run_dump"]
 
 
 def check_distinct_shards(shards: ShardSet) -> None:
@@ -338,6 +240,9 @@ def run_dump(cfg: DumpConfig) -> dict[str, Any]:
     on the views, the number of skipped samples and the store's size on disk.
     """
     device = resolve_device(cfg.device)
+    threads = forward_threads(cfg)
+    if device.type == "cpu" and threads is not None:
+        torch.set_num_threads(threads)
     shards = resolve_shards(cfg.data)
     check_distinct_shards(shards)
     teachers = load_teachers(

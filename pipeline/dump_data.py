@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -97,8 +97,11 @@ class RenderedBlocks(IterableDataset[DumpItem]):
             yield DumpItem(shard=job.name, end_of_shard=read)
 
 
-def _keep(item: DumpItem) -> DumpItem:
-    """Collate function: items are already whole blocks; pass them through untouched."""
+def _keep(item: Any) -> Any:
+    """Collate function: items are already whole blocks; pass them through untouched.
+
+    (With ``batch_size=None`` the loader calls it on single items, not lists.)
+    """
     return item
 
 
