@@ -29,20 +29,40 @@ def median_seconds(fn: Callable[[], Any], *, repeats: int, warmup: int = 2) -> f
     return statistics.median(times)
 
 
-def teachers_forward_seconds(
-    teachers: Sequence[nn.Module], images: Tensor, *, repeats: int
-) -> float:
-    """Seconds for every teacher's forward pass on ``images`` (inference mode), summed."""
+def interleaved_median_seconds(
+    fns: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median wall time of each function, timed in turn (A, B, A, B, ...).
+
+    Interleaving exposes every function to the same slice of a shared machine's load, so
+    their ratio is far steadier than timings taken one after the other.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def teachers_forward_fn(teachers: Sequence[nn.Module], images: Tensor) -> Callable[[], None]:
+    """Every teacher's forward pass on ``images`` (inference mode), as one call."""
 
     @torch.inference_mode()
     def run() -> None:
         for model in teachers:
             model(images)
 
-    return median_seconds(run, repeats=repeats)
+    return run
 
 
-def student_step_seconds(
+def student_step_fn(
     arch: str,
     *,
     num_classes: int,
@@ -50,13 +70,13 @@ def student_step_seconds(
     image_size: int,
     teacher_names: Sequence[str],
     batch_size: int,
-    repeats: int,
     seed: int = 0,
-) -> float:
-    """Seconds of one training step of ``arch`` (forward, Eq. 5 loss, backward, AdamW).
+) -> Callable[[], None]:
+    """One training step of ``arch`` (forward, Eq. 5 loss, backward, AdamW), as one call.
 
     Targets are fixed in-memory tensors, so nothing but the student's own step is timed — the
-    cost that training from stored logits should add nothing to.
+    cost that training from stored logits should add nothing to. Without ``teacher_names`` the
+    student has no distillation tokens and the loss is cross-entropy only.
     """
     from civt_pipe.pipeline.losses import civt_loss
     from civt_pipe.pipeline.models.registry import build_student
@@ -89,7 +109,7 @@ def student_step_seconds(
         loss.total.backward()
         optimizer.step()
 
-    return median_seconds(step, repeats=repeats)
+    return step
 
 
 def online_ideal_ratio(student_step: float, teachers_forward: float) -> float:

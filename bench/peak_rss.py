@@ -1,27 +1,86 @@
-"""Peak resident memory of one stage, run alone in a fresh process.
+"""Peak memory of one stage, run alone in a fresh process.
 
 ``python bench/peak_rss.py dump|train '<json kwargs>'`` runs ``dump-logits`` or
 ``train-student`` with those config keyword arguments and prints one JSON object: the stage's
-summary plus ``ru_maxrss`` of this process and of its largest finished child (DataLoader
-workers), in MiB. :func:`measure` is the parent side.
+summary, the process's peak RSS (``VmHWM``) and the peak proportional set size of the process
+plus its DataLoader workers, sampled every 0.2 s, in MiB. :func:`measure` is the parent side.
+
+Why not ``ru_maxrss``: Linux keeps it across ``fork`` and ``exec``, so a child of a large
+parent reports the parent's peak; and forked workers share most pages with their parent, so
+their RSS double-counts. ``VmHWM`` is per address space (reset by ``exec``) and PSS splits
+shared pages between the processes that map them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 
 
-def maxrss_mb(who: int) -> float:
-    """``ru_maxrss`` of ``RUSAGE_SELF`` or ``RUSAGE_CHILDREN`` in MiB (Linux reports KiB)."""
-    return resource.getrusage(who).ru_maxrss / 1024.0
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (e.g. ``VmHWM``); 0 when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
+def pss_kib(pid: int | str) -> int:
+    """Proportional set size of one process in KiB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (every thread's), from ``/proc``."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            out.extend(int(c) for c in text)
+    except OSError:
+        return out
+    return out
+
+
+class TreeSampler:
+    """Background thread tracking the peak PSS of this process plus its children."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            total = pss_kib(me) + sum(pss_kib(c) for c in child_pids(me))
+            self.peak_kib = max(self.peak_kib, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def measure(stage: str, kwargs: dict[str, Any], *, env: dict[str, str] | None = None) -> dict:
@@ -45,11 +104,15 @@ def _main(stage: str, payload: str) -> None:
     from stages import run_dump_from_kwargs, run_student_from_kwargs
 
     kwargs = json.loads(payload)
-    summary = run_dump_from_kwargs(kwargs) if stage == "dump" else run_student_from_kwargs(kwargs)
+    with TreeSampler() as sampler:
+        if stage == "dump":
+            summary = run_dump_from_kwargs(kwargs)
+        else:
+            summary = run_student_from_kwargs(kwargs)
     out = {
         "summary": summary,
-        "peak_rss_mb": maxrss_mb(resource.RUSAGE_SELF),
-        "peak_rss_children_mb": maxrss_mb(resource.RUSAGE_CHILDREN),
+        "peak_rss_mb": status_kib("VmHWM") / 1024.0,
+        "peak_pss_with_workers_mb": sampler.peak_kib / 1024.0,
     }
     print(json.dumps(out, default=str))
 

@@ -143,6 +143,7 @@ def student_config_kwargs(
     seed: int,
     views: int,
     val: Path | None = None,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """JSON-able keyword arguments of ``StudentTrainConfig`` (store or online mode)."""
     kwargs: dict[str, Any] = {
@@ -157,6 +158,7 @@ def student_config_kwargs(
         "overwrite": True,
         "progress": False,
         "val": str(val) if val is not None else None,
+        "lr": lr,
     }
     if store is not None:
         kwargs["store"] = str(store)

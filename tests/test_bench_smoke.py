@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -168,3 +169,24 @@ def test_digest_column_of_synthetic_store_is_uint64(tmp_path: Path) -> None:
     block = LogitStore.open(tmp_path / "s.zarr").read_shard("syn-000000.tar")
     assert block.digests.dtype == np.uint64
     assert list(block.labels) == list(logits["a"][:, 0].argmax(-1).numpy())
+
+
+def test_interleaved_median_seconds_alternates_the_functions() -> None:
+    order: list[str] = []
+    times = compute.interleaved_median_seconds(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2, warmup=1
+    )
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert set(times) == {"a", "b"}
+
+
+def test_peak_rss_reads_this_process_memory() -> None:
+    peak_rss = _load("peak_rss")
+    assert peak_rss.status_kib("VmHWM") > 0
+    assert peak_rss.pss_kib("self") > 0
+    assert peak_rss.status_kib("NoSuchField") == 0
+    with peak_rss.TreeSampler(interval=0.01) as sampler:
+        buffer = bytearray(8 * 2**20)
+        buffer[::4096] = b"\x01" * len(buffer[::4096])
+        time.sleep(0.1)
+    assert sampler.peak_kib >= 8 * 1024
