@@ -55,7 +55,7 @@ class Recipe:
 # to reach >= 95 % on the built-in digits in a couple of CPU minutes: AdamW converges in far
 # fewer steps than SGD there.
 RECIPES: dict[str, Recipe] = {
-    "nano": Recipe("adamw", 4e-3, 0.05, 15, 64, 1.0),
+    "nano": Recipe("adamw", 1.6e-2, 0.05, 15, 64, 1.0),
     "resnet": Recipe("sgd", 0.1, 1e-4, 100, 256, 5.0),
     "rednet": Recipe("sgd", 0.1, 1e-4, 100, 256, 5.0),
     "regnet": Recipe("sgd", 0.1, 5e-5, 100, 256, 5.0),

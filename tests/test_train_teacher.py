@@ -96,7 +96,7 @@ def test_short_run_writes_a_loadable_checkpoint_metrics_and_config(
 
     config = json.loads(config_path(out).read_text())
     assert config["optimizer"] == "adamw" and config["image_size"] == 16
-    assert config["lr"] == pytest.approx(4e-3 * 16 / 256)
+    assert config["lr"] == pytest.approx(1.6e-2 * 16 / 256)
     assert config["hflip"] == 0.0  # 8 px glyph-like source: no flipping
 
     model, meta = model_from_checkpoint(out)
