@@ -104,6 +104,7 @@ def dump_config_kwargs(
     seed: int,
     batch_size: int,
     workers: int,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """JSON-able keyword arguments of ``DumpConfig`` (also passed to the RSS subprocess)."""
     return {
@@ -115,6 +116,7 @@ def dump_config_kwargs(
         "seed": seed,
         "batch_size": batch_size,
         "workers": workers,
+        "threads": threads,
         "overwrite": True,
         "progress": False,
     }
