@@ -60,11 +60,11 @@ class QuickstartConfig:
     """Student peak learning rate (AdamW, warm-up then cosine)."""
     batch_size: int = 64
     """Student batch."""
-    image_size: int = 8
-    """Side of every model's input. The digits are 8×8: at their native size the teachers
-    cost a quarter of the default 16 px upscale, which keeps the quickstart within minutes."""
-    patch_size: int = 2
-    """Student patch size: 8 px / 2 = a 4×4 grid of 16 patch tokens."""
+    image_size: int = 16
+    """Side of every model's input (the 8×8 digits upscaled). Measured: at the native 8 px the
+    involution teacher reached only 73 % test top-1 in 8 epochs (94 % at 16 px in 10)."""
+    patch_size: int = 4
+    """Student patch size: 16 px / 4 = a 4×4 grid of 16 patch tokens."""
     aug: str = "small"
     """Augmentation preset of the stored views (``small`` suits 16 px digits)."""
     seed: int = 0
