@@ -512,7 +512,9 @@ def _bare_forward_views_per_s(forward: Any, s: BenchSettings) -> float:
     rates = []
     for threads in sorted({s.threads, cores}):
         torch.set_num_threads(threads)
-        rates.append(s.dump_batch_size / median_seconds(forward, repeats=s.repeats))
+        # A full dump batch is long enough that a few calls give a steady median.
+        seconds = median_seconds(forward, repeats=max(3, s.repeats // 4), warmup=1)
+        rates.append(s.dump_batch_size / seconds)
     torch.set_num_threads(s.threads)
     return max(rates)
 
