@@ -468,6 +468,6 @@ def print_results(result: dict[str, Any]) -> None:
     gain = result["student"]["top1"] - result["baseline"]["top1"]
     info(
         f"CivT (class token) {result['student']['top1']:.2%} vs no distillation "
-        f"{result['baseline']['top1']:.2%} ({gain:+.2%}); {result['seconds']:.0f} s in "
-        f"{result['out']}"
+        f"{result['baseline']['top1']:.2%} ({gain * 100:+.2f} points); "
+        f"{result['seconds']:.0f} s in {result['out']}"
     )
