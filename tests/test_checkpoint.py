@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from pathlib import Path
 
@@ -79,6 +80,14 @@ def test_corrupt_file_is_user_error_naming_it(tmp_path: Path, content: bytes | N
     with pytest.raises(UserError, match=r"bad\.pt is not a readable checkpoint"):
         model_from_checkpoint(path)
     with pytest.raises(UserError, match=r"bad\.pt"):
+        load_checkpoint(path)
+
+
+def test_file_pickling_arbitrary_objects_is_refused_not_unpickled(tmp_path: Path) -> None:
+    # Full unpickling would run code from the file's author; only weights are ever loaded.
+    path = tmp_path / "namespace.pt"
+    torch.save({"args": argparse.Namespace(lr=0.1), "model": {}}, path)
+    with pytest.raises(UserError, match=r"namespace\.pt is not a weights-only checkpoint"):
         load_checkpoint(path)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ import torch
 from torch import Tensor
 
 from civt_pipe.pipeline.atomic import atomic_torch_save
-from civt_pipe.pipeline.console import warn
 from civt_pipe.pipeline.errors import UserError
 
 from .normalize import NormalizedModel
@@ -112,17 +110,19 @@ def _torch_load(path: PathLike) -> Any:
     if not target.is_file():
         raise UserError(f"checkpoint file {target} does not exist")
     try:
+        # weights_only: a checkpoint is data, and unpickling arbitrary objects would run code
+        # from whoever wrote the file. Our checkpoints and torchvision weight files both pass.
         return torch.load(target, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" not in str(err) and "Weights only" not in str(err):
-            raise UserError(f"{target} is not a readable checkpoint ({_reason(err)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise UserError(f"{target} is not a readable checkpoint ({_reason(err)})") from None
-    # The file is intact but holds Python objects beyond tensors and plain containers.
-    warn(f"{target} holds arbitrary Python objects; loading it with full unpickling")
-    try:
-        return torch.load(target, map_location="cpu", weights_only=False)
-    except Exception as err:
+        if "Unsupported global" in str(err):  # intact, but pickles classes beyond tensors
+            raise UserError(
+                f"{target} is not a weights-only checkpoint (it holds Python objects other than "
+                "tensors and plain containers); re-save its state_dict with torch.save"
+            ) from None
+        raise UserError(
+            f"{target} is not a readable checkpoint (damaged, or not written by torch.save)"
+        ) from None
+    except Exception as err:  # a damaged file can make the unpickler raise almost anything
         raise UserError(f"{target} is not a readable checkpoint ({_reason(err)})") from None
 
 
