@@ -205,33 +205,23 @@ def test_cli_user_error_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in res.output
 
 
-# Thresholds measured with these settings (see the report/README): the real pipeline end to end.
-SLOW_SETTINGS = {"teacher_epochs": 6, "epochs": 20, "views": 10}
+# The full quickstart (30 student epochs) takes ~330 CPU-seconds, too much of CI's budget, so the
+# slow test runs the real pipeline shorter. Measured with exactly these settings (seed 0):
+# teachers cnn 95.5 %, inn 89.1 %; baseline 57.7 %; CivT 74.4 % (143 CPU-seconds). The thresholds
+# keep a margin for floating-point differences between machines.
+SLOW_SETTINGS = {"teacher_epochs": 6, "epochs": 12, "views": 6}
 
 
 @pytest.mark.slow
 def test_real_quickstart_civt_beats_the_no_distillation_baseline(tmp_path: Path) -> None:
-    res = CliRunner().invoke(
-        app,
-        [
-            "quickstart",
-            "--out",
-            str(tmp_path / "qs"),
-            "--teacher-epochs",
-            str(SLOW_SETTINGS["teacher_epochs"]),
-            "--epochs",
-            str(SLOW_SETTINGS["epochs"]),
-            "--views",
-            str(SLOW_SETTINGS["views"]),
-            "--device",
-            "cpu",
-            "--json",
-        ],
-    )
+    args = ["quickstart", "--out", str(tmp_path / "qs"), "--device", "cpu", "--json"]
+    for name, value in SLOW_SETTINGS.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert set(result["teachers"]) == {"cnn", "inn"}
     assert set(result["student"]["heads"]) == {"cls", "cnn", "inn", "mean"}
-    assert all(t >= 0.9 for t in result["teachers"].values()), result["teachers"]
-    assert result["student"]["top1"] >= 0.9, result["student"]
-    assert result["student"]["top1"] > result["baseline"]["top1"], result
+    assert all(t >= 0.85 for t in result["teachers"].values()), result["teachers"]
+    assert result["student"]["top1"] >= 0.70, result["student"]
+    assert result["student"]["top1"] >= result["baseline"]["top1"] + 0.05, result
