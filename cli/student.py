@@ -77,6 +77,10 @@ def train_student_command(
         int | None, typer.Option(help="Seed [store mode: the store's; online mode: 0].", min=0)
     ] = None,
     workers: Annotated[int, typer.Option(help="DataLoader processes (0: none).", min=0)] = 0,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Torch CPU threads [default: free cores minus workers].", min=1),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
@@ -125,6 +129,7 @@ def train_student_command(
         image_size=image_size,
         seed=seed,
         workers=workers,
+        threads=threads,
         device=device,
     )
     summary = train_student(cfg)

@@ -52,7 +52,8 @@ def train_teacher_command(
         typer.Option("--hflip", help="Flip probability (default 0.5; 0 under 16 px)."),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="Torch CPU threads (default: torch's).")
+        int | None,
+        typer.Option("--threads", help="Torch CPU threads (default: free cores minus workers)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights, augmentation, order.")] = 0,
     workers: Annotated[

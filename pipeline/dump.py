@@ -26,12 +26,11 @@ from civt_pipe.pipeline.augment.params import param_fields
 from civt_pipe.pipeline.console import info, make_progress
 from civt_pipe.pipeline.data.reader import assign_shards
 from civt_pipe.pipeline.data.shard_set import ShardSet, resolve_shards
-from civt_pipe.pipeline.device import resolve_device
+from civt_pipe.pipeline.device import cpu_threads, resolve_device
 from civt_pipe.pipeline.distributed import DistContext, barrier, init_distributed, shutdown
 from civt_pipe.pipeline.dump_config import (
     DumpConfig,
     TeacherSpec,
-    forward_threads,
     resolve_augment,
 )
 from civt_pipe.pipeline.dump_data import RenderedBlocks, ShardJob, make_loader
@@ -240,9 +239,11 @@ def run_dump(cfg: DumpConfig) -> dict[str, Any]:
     on the views, the number of skipped samples and the store's size on disk.
     """
     device = resolve_device(cfg.device)
-    threads = forward_threads(cfg)
-    if device.type == "cpu" and threads is not None:
-        torch.set_num_threads(threads)
+    with cpu_threads(cfg.threads, cfg.workers, device):
+        return _run_dump(cfg, device)
+
+
+def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
     shards = resolve_shards(cfg.data)
     check_distinct_shards(shards)
     teachers = load_teachers(

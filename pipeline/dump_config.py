@@ -4,7 +4,6 @@ that depend on the data and the machine (augmentation recipe, forward threads).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,17 +120,3 @@ def resolve_augment(cfg: DumpConfig, image_size: int) -> AugmentConfig:
         return cfg.augment
     name = cfg.aug if cfg.aug != "auto" else ("small" if image_size <= 32 else "deit")
     return preset(name, image_size)
-
-
-def forward_threads(cfg: DumpConfig) -> int | None:
-    """Intra-op threads for the teachers on the CPU (None: leave torch's setting alone)."""
-    if cfg.threads is not None:
-        return cfg.threads
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    per_rank = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, per_rank - cfg.workers)

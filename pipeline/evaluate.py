@@ -176,7 +176,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Load ``cfg.checkpoint``, check it fits the data, and return :func:`evaluate_model`'s dict
     plus ``checkpoint``, ``arch`` and ``kind``."""
     from civt_pipe.pipeline.data.shard_set import resolve_shards
-    from civt_pipe.pipeline.device import resolve_device
+    from civt_pipe.pipeline.device import cpu_threads, resolve_device
     from civt_pipe.pipeline.models.checkpoint import model_from_checkpoint
 
     device = resolve_device(cfg.device)
@@ -189,13 +189,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         expect_num_classes=shard_set.num_classes,
         in_chans=shard_set.channels,
     )
-    result = evaluate_model(
-        model,
-        shard_set,
-        image_size=int(meta["image_size"]),
-        batch_size=cfg.batch_size,
-        device=device,
-        workers=cfg.workers,
-    )
+    with cpu_threads(None, cfg.workers, device):
+        result = evaluate_model(
+            model,
+            shard_set,
+            image_size=int(meta["image_size"]),
+            batch_size=cfg.batch_size,
+            device=device,
+            workers=cfg.workers,
+        )
     result.update(checkpoint=str(cfg.checkpoint), arch=meta["arch"], kind=meta["kind"])
     return result

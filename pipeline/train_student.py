@@ -124,6 +124,8 @@ class StudentTrainConfig:
     """Samples in the shuffle buffer."""
     workers: int = 0
     """DataLoader processes that decode and replay views."""
+    threads: int | None = None
+    """Torch CPU threads (default: this rank's cores minus one per DataLoader worker)."""
     device: str = "auto"
     log_every: int = 1
     """Write a step record to ``metrics.jsonl`` every this many steps."""
@@ -187,6 +189,7 @@ _RESUME_FREE = {
     "resume",
     "overwrite",
     "workers",
+    "threads",
     "device",
     "progress",
     "save_every",
@@ -428,7 +431,7 @@ def _check_student_tokens(model_args: Mapping[str, Any], setup: _Setup, path: Pa
 
 def train_student(cfg: StudentTrainConfig) -> dict[str, Any]:
     """Run (or resume) stage two; returns the summary ``--json`` prints."""
-    from civt_pipe.pipeline.device import resolve_device
+    from civt_pipe.pipeline.device import cpu_threads, resolve_device
     from civt_pipe.pipeline.distributed import init_distributed, shutdown
 
     if cfg.store is None and not cfg.teachers:
@@ -436,7 +439,8 @@ def train_student(cfg: StudentTrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     ctx = init_distributed(device)
     try:
-        return _train(cfg, device, ctx)
+        with cpu_threads(cfg.threads, cfg.workers, device):
+            return _train(cfg, device, ctx)
     finally:
         shutdown(ctx)
 

@@ -104,7 +104,7 @@ class TeacherTrainConfig:
     hflip: float | None = None
     """Flip probability; default 0.5, or 0 for images under 16 px (glyphs such as digits)."""
     threads: int | None = None
-    """Torch CPU threads (default: torch's choice); 1 is fastest for nano models on busy CPUs."""
+    """Torch CPU threads (default: this rank's cores minus one per DataLoader worker)."""
     seed: int = 0
     """Seeds the weights, the augmentation (keyed by epoch and sample) and the shuffle."""
     workers: int = 1
@@ -285,9 +285,20 @@ def train_teacher(
         on_epoch_end: called on every rank with (epoch, metrics) after the checkpoint of that
             epoch is on disk (progress hooks, tests that simulate an interruption).
     """
+    from civt_pipe.pipeline.device import cpu_threads, resolve_device
+
+    device = resolve_device(cfg.device)
+    with cpu_threads(cfg.threads, cfg.workers, device):
+        return _train_teacher(cfg, device, on_epoch_end)
+
+
+def _train_teacher(
+    cfg: TeacherTrainConfig,
+    device: torch.device,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     from civt_pipe.pipeline.augment.config import crop_flip
     from civt_pipe.pipeline.data.shard_set import resolve_shards
-    from civt_pipe.pipeline.device import resolve_device
     from civt_pipe.pipeline.distributed import barrier, init_distributed, shutdown
     from civt_pipe.pipeline.evaluate import evaluate_model
     from civt_pipe.pipeline.loaders import TrainStream, TrainStreamConfig, make_loader
@@ -305,9 +316,6 @@ def train_teacher(
         set_lr,
     )
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     train_set = resolve_shards(cfg.data)
     val_set = resolve_shards(cfg.val) if cfg.val is not None else None
     if val_set is not None and val_set.num_classes != train_set.num_classes:

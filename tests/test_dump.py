@@ -333,21 +333,6 @@ def test_on_error_skip_records_the_key_and_fail_names_it(fx: DumpFixture, tmp_pa
     assert not np.any(block.aug["mix_partner"] == 20)
 
 
-def test_forward_threads_leave_a_core_per_worker(
-    fx: DumpFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from civt_pipe.pipeline.dump_config import forward_threads
-
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
-    out = tmp_path / "x.zarr"
-    assert forward_threads(fx.config(out, workers=3)) == 5
-    assert forward_threads(fx.config(out, workers=12)) == 1
-    assert forward_threads(fx.config(out, workers=3, threads=2)) == 2
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert forward_threads(fx.config(out, workers=1)) == 3
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")
-    assert forward_threads(fx.config(out, workers=1)) is None
+def test_threads_option_must_be_positive(fx: DumpFixture, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--threads"):
-        fx.config(out, threads=0)
+        fx.config(tmp_path / "x.zarr", threads=0)
