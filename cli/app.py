@@ -37,31 +37,27 @@ def _root(
 
 
 def _register() -> None:
-    # Commands are registered here, one line each, in pipeline order.
-    from civt_pipe.cli import shards
+    # Imported here, after ``app`` exists; each module imports heavy code inside its command.
+    from civt_pipe.cli import (
+        dump,
+        evaluate,
+        inspect_store,
+        models,
+        quickstart,
+        shards,
+        student,
+        teacher,
+    )
 
-    app.command("make-shards")(user_errors(shards.make_shards_command))
-    from civt_pipe.cli import models
-
-    app.command("models")(user_errors(models.models_command))
-    from civt_pipe.cli import teacher
-
-    app.command("train-teacher")(user_errors(teacher.train_teacher_command))
-    from civt_pipe.cli import evaluate
-
-    app.command("evaluate")(user_errors(evaluate.evaluate_command))
-    from civt_pipe.cli import inspect_store
-
-    app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))
-    from civt_pipe.cli import dump
-
-    app.command("dump-logits")(user_errors(dump.dump_logits_command))
-    from civt_pipe.cli import student
-
-    app.command("train-student")(user_errors(student.train_student_command))
-    from civt_pipe.cli import quickstart
-
+    # In pipeline order, which is the order ``--help`` lists them in.
     app.command("quickstart")(user_errors(quickstart.quickstart_command))
+    app.command("make-shards")(user_errors(shards.make_shards_command))
+    app.command("models")(user_errors(models.models_command))
+    app.command("train-teacher")(user_errors(teacher.train_teacher_command))
+    app.command("evaluate")(user_errors(evaluate.evaluate_command))
+    app.command("dump-logits")(user_errors(dump.dump_logits_command))
+    app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))
+    app.command("train-student")(user_errors(student.train_student_command))
 
 
 _register()
