@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from civt_pipe.pipeline.atomic import atomic_write_json
-from civt_pipe.pipeline.console import console, info
+from civt_pipe.pipeline.console import console, info, warn
 from civt_pipe.pipeline.errors import UserError
 
 MANIFEST = "quickstart.json"
@@ -156,6 +156,8 @@ class Step:
 class _Results:
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    store_written: bool = False
+    """The dump step ran in this session: earlier student runs learned from another store."""
 
 
 # -------------------------------------------------------------------------- reuse detection
@@ -267,9 +269,19 @@ def _train_teacher(cfg: QuickstartConfig, paths: Paths, name: str, arch: str) ->
     )
 
 
-def _dump(cfg: QuickstartConfig, paths: Paths) -> None:
+def _dump(cfg: QuickstartConfig, paths: Paths, results: _Results) -> None:
     from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, print_summary, run_dump
+    from civt_pipe.stores.logit_store import LogitStore
 
+    # An incomplete store of ours resumes. One that no longer opens (a killed creation, or an
+    # older store format) is ours too — the manifest says DIR is a quickstart — so replace it.
+    replace = False
+    if paths.store.exists():
+        try:
+            LogitStore.open(paths.store)
+        except UserError as err:
+            warn(f"re-dumping {paths.store}: {err}")
+            replace = True
     summary = run_dump(
         DumpConfig(
             data=str(paths.train),
@@ -283,16 +295,21 @@ def _dump(cfg: QuickstartConfig, paths: Paths) -> None:
             seed=cfg.seed,
             aug=cfg.aug,
             device=cfg.device,
+            threads=cfg.threads,
+            overwrite=replace,
             progress=cfg.progress,
         )
     )
     print_summary(summary)
+    results.store_written = True
 
 
-def _train_student(cfg: QuickstartConfig, paths: Paths, run_dir: Path, token_mode: str) -> None:
+def _train_student(
+    cfg: QuickstartConfig, paths: Paths, run_dir: Path, token_mode: str, *, fresh: bool
+) -> None:
     from civt_pipe.pipeline.train_student import LAST, StudentTrainConfig, train_student
 
-    resume = (run_dir / LAST).is_file()
+    resume = (run_dir / LAST).is_file() and not fresh
     train_student(
         StudentTrainConfig(
             data=str(paths.train),
@@ -305,6 +322,7 @@ def _train_student(cfg: QuickstartConfig, paths: Paths, run_dir: Path, token_mod
             token_mode=token_mode,
             patch_size=cfg.patch_size,
             device=cfg.device,
+            threads=cfg.threads,
             resume=resume,
             # Without last.pt nothing resumable exists; clear a killed run's stale metrics.
             overwrite=not resume,
@@ -345,21 +363,24 @@ def plan_steps(cfg: QuickstartConfig, paths: Paths, results: _Results) -> list[S
         Step(
             f"dump-logits cnn + inn → store.zarr ({cfg.views} views, top-{cfg.topk})",
             lambda: store_done(paths.store),
-            lambda: _dump(cfg, paths),
+            lambda: _dump(cfg, paths, results),
         )
     )
     steps.append(
         Step(
             f"train-student {STUDENT} from the store → runs/civt ({cfg.epochs} epochs)",
-            lambda: run_done(paths.civt),
-            lambda: _train_student(cfg, paths, paths.civt, "per-teacher"),
+            # A student is only as finished as the store it learned from.
+            lambda: run_done(paths.civt) and store_done(paths.store),
+            lambda: _train_student(
+                cfg, paths, paths.civt, "per-teacher", fresh=results.store_written
+            ),
         )
     )
     steps.append(
         Step(
             f"baseline {STUDENT}, no distillation → runs/baseline ({cfg.epochs} epochs)",
-            lambda: run_done(paths.baseline),
-            lambda: _train_student(cfg, paths, paths.baseline, "none"),
+            lambda: run_done(paths.baseline) and store_done(paths.store),
+            lambda: _train_student(cfg, paths, paths.baseline, "none", fresh=results.store_written),
         )
     )
 

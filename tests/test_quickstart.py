@@ -25,6 +25,7 @@ class FakeStages:
         self.calls: list[str] = []
         self.finished: set[str] = set()
         self.fail_on: str | None = None
+        self.fresh: dict[str, bool] = {}
         monkeypatch.setattr(qs, "_make_shards", self.make_shards)
         monkeypatch.setattr(qs, "_train_teacher", self.train_teacher)
         monkeypatch.setattr(qs, "_dump", self.dump)
@@ -49,11 +50,15 @@ class FakeStages:
     def train_teacher(self, cfg: Any, paths: Any, name: str, arch: str) -> None:
         self._do(f"teacher:{name}")
 
-    def dump(self, cfg: Any, paths: Any) -> None:
+    def dump(self, cfg: Any, paths: Any, results: Any) -> None:
         self._do("store")
+        results.store_written = True
 
-    def train_student(self, cfg: Any, paths: Any, run_dir: Path, token_mode: str) -> None:
+    def train_student(
+        self, cfg: Any, paths: Any, run_dir: Path, token_mode: str, *, fresh: bool
+    ) -> None:
         assert token_mode == ("none" if run_dir.name == "baseline" else "per-teacher")
+        self.fresh[run_dir.name] = fresh
         self._do(f"run:{run_dir.name}")
 
     def evaluate(self, cfg: Any, checkpoint: Path, data: Path) -> dict[str, Any]:
@@ -130,6 +135,24 @@ def test_an_interrupted_quickstart_resumes_at_the_unfinished_step(
         "run:civt",
         "run:baseline",
     ]
+
+
+def test_students_of_a_rebuilt_store_are_trained_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeStages(monkeypatch)
+    cfg = qs.QuickstartConfig(out=tmp_path / "qs")
+    qs.run_quickstart(cfg)
+    fake.finished.discard("store")  # e.g. a store of an older format that no longer opens
+    fake.calls.clear()
+    result = qs.run_quickstart(cfg)
+    assert [c for c in fake.calls if not c.startswith("evaluate")] == [
+        "store",
+        "run:civt",
+        "run:baseline",
+    ]
+    assert fake.fresh == {"civt": True, "baseline": True}  # no resume from the old store's runs
+    assert [s["status"] for s in result["steps"]][4:7] == ["done"] * 3
 
 
 def test_other_settings_in_the_same_dir_are_refused_until_overwrite(
