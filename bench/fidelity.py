@@ -1,9 +1,9 @@
 """How faithful is a top-k store? KL between a teacher's full distribution and its reconstruction.
 
 Pure torch, no I/O. The reconstruction is exactly what stage two trains against:
-``stores.topk.TopKLogits.from_logits`` (float16 values rounded down, float32 lse over all C
-logits) followed by ``stores.topk.dense_target`` (exact top-k probabilities, leftover mass
-spread uniformly over the other C − k classes).
+``stores.topk.TopKLogits.from_logits`` (float16 top-k log-probabilities rounded down, float32
+lse over all C logits) followed by ``stores.topk.dense_target`` (exact top-k probabilities,
+leftover mass spread uniformly over the other C − k classes).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ def topk_kl(logits: Tensor, k: int) -> Tensor:
     """Per-row ``KL(softmax(logits) ‖ dense_target(top-k of logits))`` in nats (float64).
 
     ``logits`` is ``[..., C]`` float (the teacher's full output). ``k = C`` measures only the
-    float16 rounding of the stored values.
+    float16 rounding of the stored log-probabilities.
     """
     num_classes = int(logits.shape[-1])
     top = TopKLogits.from_logits(logits, k)
-    recon = dense_target(top.values, top.indices, top.lse, num_classes, tau=1.0).to(torch.float64)
+    recon = dense_target(top.logprobs, top.indices, num_classes, tau=1.0).to(torch.float64)
     log_p = torch.log_softmax(logits.to(torch.float64), dim=-1)
     p = log_p.exp()
     return (p * (log_p - recon.clamp(min=_TINY).log())).sum(-1)
@@ -68,7 +68,7 @@ def fidelity_table(logits: Tensor, ks: list[int]) -> list[FidelityRow]:
                 k=kk,
                 mean_kl=float(kl.mean()),
                 max_kl=float(kl.max()),
-                mean_leftover=float(leftover_mass(top.values, top.lse).mean()),
+                mean_leftover=float(leftover_mass(top.logprobs).mean()),
             )
         )
     return rows

@@ -22,7 +22,10 @@ METADATA_FILE = "zarr.json"
 
 
 def raw_bytes_per_view_teacher(k: int, num_classes: int) -> int:
-    """Uncompressed bytes of one (view, teacher): k float16 values, k indices, one float32 lse."""
+    """Uncompressed bytes of one (view, teacher).
+
+    k float16 log-probabilities, k class ids and one float32 lse.
+    """
     return k * 2 + k * index_dtype(num_classes).itemsize + 4
 
 
@@ -41,7 +44,7 @@ def metadata_bytes(path: Path) -> int:
 def store_bytes_report(store_path: Path) -> dict[str, Any]:
     """Bytes on disk per view of a written store, split into teachers, augmentation and the rest.
 
-    ``per_view_teacher`` is the mean over teachers of (values + indices + lse chunk bytes) /
+    ``per_view_teacher`` is the mean over teachers of (logprobs + indices + lse chunk bytes) /
     (samples × views). ``aug_per_view`` is every ``aug/*`` field's chunk bytes per view;
     ``other_per_view`` covers keys, labels, validity, view labels and replay digests.
     """
@@ -52,7 +55,7 @@ def store_bytes_report(store_path: Path) -> dict[str, Any]:
     teachers: dict[str, dict[str, float]] = {}
     for name in store.teacher_names:
         base = store_path / "teachers" / name
-        parts = {part: chunk_bytes(base / part) / views for part in ("values", "indices", "lse")}
+        parts = {part: chunk_bytes(base / part) / views for part in ("logprobs", "indices", "lse")}
         teachers[name] = {**parts, "total": sum(parts.values())}
     aug_fields = {f: chunk_bytes(store_path / "aug" / f) / views for f in store.aug_fields}
     other = {
@@ -187,7 +190,9 @@ def truncate_store(src: Path, dst: Path, k: int) -> None:
     for layout in source.shards:
         block = source.read_shard(layout.name)
         block.teachers = {
-            name: TopKLogits(values=top.values[..., :k], indices=top.indices[..., :k], lse=top.lse)
+            name: TopKLogits(
+                logprobs=top.logprobs[..., :k], indices=top.indices[..., :k], lse=top.lse
+            )
             for name, top in block.teachers.items()
         }
         target.write_shard(layout.name, block)

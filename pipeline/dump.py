@@ -41,7 +41,7 @@ from civt_pipe.pipeline.dump_teachers import (
     load_teachers,
 )
 from civt_pipe.pipeline.errors import UserError
-from civt_pipe.stores.logit_store import LogitStore
+from civt_pipe.stores.logit_store import LogitStore, StoreVersionError
 from civt_pipe.stores.schema import FieldSpec, StoreSpec
 
 __all__ = ["DumpConfig", "TeacherSpec", "print_summary", "run_dump"]
@@ -107,6 +107,8 @@ def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
     if exists and not cfg.overwrite:
         try:
             store = LogitStore.open(out, mode="r")
+        except StoreVersionError:
+            raise  # says itself whether to upgrade civt-pipe or re-dump
         except UserError:
             raise UserError(
                 f"{out} exists and is not a logit store; choose another --out "

@@ -66,7 +66,7 @@ class ShardAccumulator:
             for name, (shape, dtype) in param_fields(aug).items()
         }
         idx = index_dtype(num_classes)
-        self.values = {t: np.zeros((n, v, topk), dtype=np.float16) for t in teachers}
+        self.logprobs = {t: np.zeros((n, v, topk), dtype=np.float16) for t in teachers}
         self.indices = {t: np.zeros((n, v, topk), dtype=idx) for t in teachers}
         self.lse = {t: np.zeros((n, v), dtype=np.float32) for t in teachers}
         self.pending_views = 0
@@ -94,7 +94,7 @@ class ShardAccumulator:
         self, teacher: str, rows: np.ndarray, views: np.ndarray, top: TopKLogits
     ) -> None:
         """Store one teacher's top-k for the (row, view) pairs given."""
-        self.values[teacher][rows, views] = top.values.cpu().numpy()
+        self.logprobs[teacher][rows, views] = top.logprobs.cpu().numpy()
         self.indices[teacher][rows, views] = top.indices.cpu().numpy()
         self.lse[teacher][rows, views] = top.lse.cpu().numpy()
 
@@ -114,11 +114,11 @@ class ShardAccumulator:
             aug=self.aug,
             teachers={
                 t: TopKLogits(
-                    values=torch.from_numpy(self.values[t]),
+                    logprobs=torch.from_numpy(self.logprobs[t]),
                     indices=torch.from_numpy(self.indices[t]),
                     lse=torch.from_numpy(self.lse[t]),
                 )
-                for t in self.values
+                for t in self.logprobs
             },
             valid=self.valid,
         )
@@ -198,7 +198,7 @@ class TeacherRunner:
             for seg in segs:
                 end = start + len(seg.rows)
                 part = TopKLogits(
-                    values=top.values[start:end],
+                    logprobs=top.logprobs[start:end],
                     indices=top.indices[start:end],
                     lse=top.lse[start:end],
                 )

@@ -184,7 +184,7 @@ class StreamBlock:
     label_targets: Tensor
     """float32 [n, num_classes] λ-mix of own and partner labels."""
     teachers: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
-    """Store mode: per teacher (values f16 [n, k], indices [n, k], lse f32 [n])."""
+    """Store mode: per teacher (logprobs f16 [n, k], indices [n, k], lse f32 [n])."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +291,7 @@ def _render_segment(
             rows_t = torch.as_tensor(block_pos)
             teachers = {
                 name: (
-                    torch.as_tensor(topk.values)[rows_t],
+                    torch.as_tensor(topk.logprobs)[rows_t],
                     torch.as_tensor(topk.indices)[rows_t].long(),
                     torch.as_tensor(topk.lse)[rows_t],
                 )
@@ -310,8 +310,8 @@ def _render_segment(
             images=images[take].contiguous(),
             label_targets=targets[take].float().contiguous(),
             teachers={
-                name: (v[take].contiguous(), ix[take].contiguous(), lse[take].contiguous())
-                for name, (v, ix, lse) in teachers.items()
+                name: (lp[take].contiguous(), ix[take].contiguous(), lse[take].contiguous())
+                for name, (lp, ix, lse) in teachers.items()
             },
         )
 
@@ -368,7 +368,7 @@ class StudentBatch:
     label_targets: Tensor
     """float32 [B, num_classes]."""
     teachers: dict[str, tuple[Tensor, Tensor, Tensor]]
-    """Store mode: per teacher (values, indices, lse) of its top-k; empty in online mode."""
+    """Store mode: per teacher (logprobs, indices, lse) of its top-k; empty in online mode."""
     keys: list[str]
 
 

@@ -363,8 +363,8 @@ def teacher_targets(
     from civt_pipe.stores.topk import dense_target
 
     return {
-        name: dense_target(v, ix, lse, setup.num_classes, taus[name]).to(device)
-        for name, (v, ix, lse) in batch.teachers.items()
+        name: dense_target(lp, ix, setup.num_classes, taus[name]).to(device)
+        for name, (lp, ix, _lse) in batch.teachers.items()
     }
 
 

@@ -120,7 +120,7 @@ def pad_shard_block(
     for tname in teacher_names:
         top = block.teachers[tname]
         base = f"teachers/{tname}"
-        out[f"{base}/values"] = fit(top.values, (n, views, k), np.float16, f"{base}/values")
+        out[f"{base}/logprobs"] = fit(top.logprobs, (n, views, k), np.float16, f"{base}/logprobs")
         out[f"{base}/indices"] = fit(top.indices, (n, views, k), idx, f"{base}/indices")
         out[f"{base}/lse"] = fit(top.lse, (n, views), np.float32, f"{base}/lse")
     # Skipped samples: every per-view array holds zeros so their content is defined.

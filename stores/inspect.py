@@ -19,6 +19,10 @@ from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.schema import FORMAT_VERSION, index_dtype, round_up
 from civt_pipe.stores.topk import leftover_mass, target_entropy
 
+KEPT_MASS_SLACK = 1e-6
+"""How far above 1 the stored top-k probabilities may sum: the float32 rounding of
+``log_softmax`` before the round-down to float16 (~1e-7 per class)."""
+
 
 def _dir_bytes(path: Path) -> int:
     total = 0
@@ -62,13 +66,12 @@ def inspect_store(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
         top1: dict[str, np.ndarray] = {}
         for t in names:
             base = f"teachers/{t}"
-            values = torch.from_numpy(np.asarray(store.array(f"{base}/values")[rows])[valid])
+            logprobs = torch.from_numpy(np.asarray(store.array(f"{base}/logprobs")[rows])[valid])
             indices = np.asarray(store.array(f"{base}/indices")[rows])[valid]
-            lse = torch.from_numpy(np.asarray(store.array(f"{base}/lse")[rows])[valid])
             top1[t] = indices[..., 0]
             hits[t] += int((top1[t] == view_labels).sum())
-            entropy[t] += float(target_entropy(values, lse, num_classes).sum())
-            leftover[t] += float(leftover_mass(values, lse).sum())
+            entropy[t] += float(target_entropy(logprobs, num_classes).sum())
+            leftover[t] += float(leftover_mass(logprobs).sum())
         for a, b in agree:
             agree[(a, b)] += int((top1[a] == top1[b]).sum())
 
@@ -207,8 +210,9 @@ def verify_store(path: str | Path) -> None:
 
     Layout (offsets chunk-aligned, disjoint, arrays shaped and chunked as the attributes say),
     every shard written, keys non-empty and unique, labels and view labels in range, digests
-    non-zero on valid rows, and per teacher: values finite and descending, indices in range and
-    distinct, ``lse`` finite and ≥ the top value.
+    non-zero on valid rows, and per teacher: log-probabilities finite, ≤ 0, descending and with
+    ``Σ exp ≤ 1`` (up to :data:`KEPT_MASS_SLACK`), indices in range and distinct, ``lse``
+    finite.
     """
     store = LogitStore.open(path)
     where = str(store.path)
@@ -242,7 +246,7 @@ def verify_store(path: str | Path) -> None:
         expected[f"aug/{fname}"] = ((rows_total, views, *fspec.shape), fspec.dtype)
     idx = index_dtype(num_classes).name
     for t in store.teacher_names:
-        expected[f"teachers/{t}/values"] = ((rows_total, views, k), "float16")
+        expected[f"teachers/{t}/logprobs"] = ((rows_total, views, k), "float16")
         expected[f"teachers/{t}/indices"] = ((rows_total, views, k), idx)
         expected[f"teachers/{t}/lse"] = ((rows_total, views), "float32")
     for name, (shape, dtype) in expected.items():
@@ -292,11 +296,19 @@ def verify_store(path: str | Path) -> None:
         fail((vl < 0) | (vl >= num_classes), "view label out of range")
         fail(block.digests[valid] == 0, "view digest missing (0)")
         for t, top in block.teachers.items():
-            values = top.values.numpy()[valid].astype(np.float32)
+            logp = top.logprobs.numpy()[valid].astype(np.float64)
             indices = top.indices.numpy()[valid].astype(np.int64)
             lse = top.lse.numpy()[valid]
-            fail(~np.isfinite(values).all(-1), f"teacher {t!r}: non-finite top-k value")
-            fail((np.diff(values, axis=-1) > 0).any(-1), f"teacher {t!r}: values not descending")
+            fail(~np.isfinite(logp).all(-1), f"teacher {t!r}: non-finite top-k log-probability")
+            fail((logp > 0).any(-1), f"teacher {t!r}: log-probability above 0")
+            fail(
+                (np.diff(logp, axis=-1) > 0).any(-1),
+                f"teacher {t!r}: log-probabilities not descending",
+            )
+            fail(
+                np.exp(logp).sum(-1) > 1.0 + KEPT_MASS_SLACK,
+                f"teacher {t!r}: top-k probabilities sum above 1",
+            )
             fail(
                 ((indices < 0) | (indices >= num_classes)).any(-1),
                 f"teacher {t!r}: class id out of range",
@@ -304,4 +316,3 @@ def verify_store(path: str | Path) -> None:
             ordered = np.sort(indices, axis=-1)
             fail((np.diff(ordered, axis=-1) == 0).any(-1), f"teacher {t!r}: class ids not distinct")
             fail(~np.isfinite(lse), f"teacher {t!r}: non-finite lse")
-            fail(lse < values[..., 0], f"teacher {t!r}: lse below the top value")

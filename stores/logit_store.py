@@ -34,7 +34,15 @@ from civt_pipe.stores.schema import (
 )
 from civt_pipe.stores.topk import TopKLogits
 
-__all__ = ["LogitStore", "ShardBlock", "ViewBlock"]
+__all__ = ["LogitStore", "ShardBlock", "StoreVersionError", "ViewBlock"]
+
+
+class StoreVersionError(UserError):
+    """A logit store of another (older, newer or unknown) format version.
+
+    A subclass so that callers which treat "not a store" generically (``dump-logits`` resuming)
+    can let this message, which says what to do, through unchanged.
+    """
 
 
 def _compressors(dtype: np.dtype[Any] | str) -> list[BloscCodec]:
@@ -113,7 +121,7 @@ class LogitStore:
         for teacher in spec.teachers:
             group.create_group(f"teachers/{teacher.name}")
             base = f"teachers/{teacher.name}"
-            add(f"{base}/values", (rows, views, k), "float16", (chunk, 1, k))
+            add(f"{base}/logprobs", (rows, views, k), "float16", (chunk, 1, k))
             add(f"{base}/indices", (rows, views, k), idx, (chunk, 1, k))
             add(f"{base}/lse", (rows, views), "float32", (chunk, 1))
         # Attributes last: a store killed during creation is not mistaken for a valid one.
@@ -141,7 +149,8 @@ class LogitStore:
 
     @classmethod
     def open(cls, path: str | Path, mode: Literal["r", "r+"] = "r") -> LogitStore:
-        """Open an existing store; ``UserError`` if it is missing, not a store, or too new."""
+        """Open an existing store; ``UserError`` if it is missing, not a store, or of another
+        format version (newer: upgrade civt-pipe; older: re-dump it)."""
         target = Path(path)
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
@@ -158,11 +167,19 @@ class LogitStore:
             raise UserError(f"{target} is a zarr group but not a civt-pipe logit store")
         version = attrs.get("format_version")
         if not isinstance(version, int) or version < 1:
-            raise UserError(f"{target} has an unknown logit store format version {version!r}")
+            raise StoreVersionError(
+                f"{target} has an unknown logit store format version {version!r}"
+            )
         if version > FORMAT_VERSION:
-            raise UserError(
+            raise StoreVersionError(
                 f"{target} was written with logit store format version {version}; this "
                 f"civt-pipe reads up to version {FORMAT_VERSION} (upgrade civt-pipe)"
+            )
+        if version < FORMAT_VERSION:
+            raise StoreVersionError(
+                f"{target} was written with the older logit store format version {version}; this "
+                f"civt-pipe reads version {FORMAT_VERSION} only (it stores top-k log-probabilities "
+                "instead of raw float16 logits): re-dump it with civt-pipe dump-logits --overwrite"
             )
         return cls(target, group, mode)
 
@@ -282,7 +299,7 @@ class LogitStore:
         return self._layout[self._by_name[name]]
 
     def array(self, name: str) -> zarr.Array:
-        """The zarr array at ``name`` (e.g. ``"teachers/cnn/values"``), cached."""
+        """The zarr array at ``name`` (e.g. ``"teachers/cnn/logprobs"``), cached."""
         if name not in self._arrays:
             arr = self._group[name]
             if not isinstance(arr, zarr.Array):
@@ -359,7 +376,7 @@ class LogitStore:
 
         teachers = {
             t: TopKLogits(
-                values=torch.from_numpy(get(f"teachers/{t}/values")),
+                logprobs=torch.from_numpy(get(f"teachers/{t}/logprobs")),
                 indices=torch.from_numpy(get(f"teachers/{t}/indices")),
                 lse=torch.from_numpy(get(f"teachers/{t}/lse")),
             )
@@ -386,7 +403,7 @@ class LogitStore:
 
         teachers = {
             t: TopKLogits(
-                values=torch.from_numpy(get(f"teachers/{t}/values")),
+                logprobs=torch.from_numpy(get(f"teachers/{t}/logprobs")),
                 indices=torch.from_numpy(get(f"teachers/{t}/indices")),
                 lse=torch.from_numpy(get(f"teachers/{t}/lse")),
             )

@@ -19,8 +19,12 @@ from civt_pipe.pipeline.errors import UserError
 FORMAT_NAME = "civt-pipe-logit-store"
 """Value of the group attribute ``format``; anything else is not one of our stores."""
 
-FORMAT_VERSION = 1
-"""Bumped on any change a reader of the previous version would misread."""
+FORMAT_VERSION = 2
+"""Bumped on any change a reader of the previous version would misread.
+
+Version 2 stores top-k log-probabilities (``teachers/<name>/logprobs``); version 1 stored raw
+logits in float16 (``values``), which saturate at 65504 and lose ~1.5 % of a probability at
+ordinary logit scales. Older versions are refused with a request to re-dump."""
 
 DEFAULT_CHUNK_MULTIPLE = 64
 """Default ``chunk_rows`` is the largest shard count rounded up to a multiple of this."""

@@ -48,7 +48,7 @@ def test_topk_kl_shrinks_with_k_and_vanishes_at_full() -> None:
     means = [float(fidelity.topk_kl(logits, k).mean()) for k in (1, 5, 10, 50)]
     assert means == sorted(means, reverse=True)
     assert means[0] > 0.1
-    # k = C: only the float16 rounding of the logits is left.
+    # k = C: only the float16 rounding of the log-probabilities is left.
     assert 0 <= means[-1] < 1e-4
 
 
@@ -124,7 +124,7 @@ def test_truncate_store_keeps_the_leading_logits(tmp_path: Path) -> None:
     cut = LogitStore.open(dst)
     assert cut.topk == 2 and cut.is_complete()
     top = cut.read_shard("syn-000000.tar").teachers["a"]
-    assert torch.equal(top.values, full.values[..., :2])
+    assert torch.equal(top.logprobs, full.logprobs[..., :2])
     assert torch.equal(top.indices, full.indices[..., :2])
     assert torch.equal(top.lse, full.lse)
     with pytest.raises(ValueError, match="top-k"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -111,7 +112,7 @@ def assert_same_store(a: Path, b: Path) -> None:
             assert np.array_equal(x.aug[name], y.aug[name]), name
         for t in x.teachers:
             assert torch.equal(x.teachers[t].indices, y.teachers[t].indices)
-            vx, vy = x.teachers[t].values.float(), y.teachers[t].values.float()
+            vx, vy = x.teachers[t].logprobs.float(), y.teachers[t].logprobs.float()
             # One float16 step at the value's magnitude (batching may change the last float32 bit).
             assert torch.allclose(vx, vy, rtol=2**-10, atol=2**-14)
             assert torch.allclose(x.teachers[t].lse, y.teachers[t].lse, rtol=1e-5, atol=1e-5)
@@ -151,12 +152,18 @@ def test_stored_topk_and_lse_are_the_teachers_logits_on_replayed_views(
                     got = stored.teachers[t]
                     assert torch.equal(got.indices[lo:hi], direct.indices)
                     assert torch.allclose(
-                        got.values[lo:hi].float(), direct.values.float(), rtol=2**-10, atol=2**-14
+                        got.logprobs[lo:hi].float(),
+                        direct.logprobs.float(),
+                        rtol=2**-10,
+                        atol=2**-14,
                     )
                     assert torch.allclose(got.lse[lo:hi], torch.logsumexp(full, -1), atol=1e-5)
-                    # Stored values never exceed the true logits (rounded toward -inf).
-                    top = full.topk(store.topk, dim=-1).values
-                    assert bool((got.values[lo:hi].float() <= top + 1e-6).all())
+                    # Stored log-probabilities never exceed the true ones (rounded toward -inf).
+                    top = torch.log_softmax(full, -1).topk(store.topk, dim=-1).values
+                    assert bool((got.logprobs[lo:hi].float() <= top + 1e-6).all())
+                    # The raw logits come back as logprobs + lse.
+                    raw = full.topk(store.topk, dim=-1).values
+                    assert torch.allclose(got.values[lo:hi], raw, atol=2e-2)
     assert mixed > 0, "the dump must have mixed views for this test to mean anything"
 
 
@@ -268,6 +275,17 @@ def test_existing_output_needs_overwrite_and_mismatched_store_is_named(
     assert "seed" in line and "--overwrite" in line
     line = _error_line([*fx.cli_args(dumped), "--views", "3"])
     assert "views" in line and "--overwrite" in line
+
+
+def test_an_older_format_store_asks_for_a_re_dump(
+    fx: DumpFixture, dumped: Path, tmp_path: Path
+) -> None:
+    old = tmp_path / "old.zarr"
+    shutil.copytree(dumped, old)
+    zarr.open_group(str(old), mode="r+").attrs.update({"format_version": 1})
+    line = _error_line(fx.cli_args(old))
+    assert "older logit store format version 1" in line
+    assert "re-dump it with civt-pipe dump-logits --overwrite" in line
 
 
 def test_copied_shard_is_a_duplicate_key_error(fx: DumpFixture, tmp_path: Path) -> None:

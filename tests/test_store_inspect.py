@@ -123,10 +123,28 @@ def _corrupt(path: Path, array: str, index: Any, value: Any) -> None:
     ("array", "index", "value", "message"),
     [
         (
-            "teachers/inn/values",
+            "teachers/inn/logprobs",
             (1, 1),
-            [0.0, 1.0],
-            "shard 's0.tar' row 1 view 1: teacher 'inn': values not descending",
+            [-1.0, -0.5],
+            "shard 's0.tar' row 1 view 1: teacher 'inn': log-probabilities not descending",
+        ),
+        (
+            "teachers/inn/logprobs",
+            (0, 1),
+            [0.5, -1.0],
+            "shard 's0.tar' row 0 view 1: teacher 'inn': log-probability above 0",
+        ),
+        (
+            "teachers/cnn/logprobs",
+            (65, 0),
+            [-0.1, -0.2],
+            "shard 's1.tar' row 1 view 0: teacher 'cnn': top-k probabilities sum above 1",
+        ),
+        (
+            "teachers/cnn/logprobs",
+            (1, 0),
+            [float("nan"), -1.0],
+            "shard 's0.tar' row 1 view 0: teacher 'cnn': non-finite top-k log-probability",
         ),
         (
             "teachers/cnn/indices",
@@ -140,7 +158,7 @@ def _corrupt(path: Path, array: str, index: Any, value: Any) -> None:
             [7, 1],
             "shard 's1.tar' row 0 view 1: teacher 'cnn': class id out of range",
         ),
-        ("teachers/cnn/lse", (0, 0), -5.0, "row 0 view 0: teacher 'cnn': lse below the top value"),
+        ("teachers/cnn/lse", (0, 0), float("inf"), "row 0 view 0: teacher 'cnn': non-finite lse"),
         ("digests", (65, 0), 0, "shard 's1.tar' row 1 view 0: view digest missing"),
         ("labels", 1, 9, "shard 's0.tar' row 1: label 9 out of range"),
         ("view_labels", (0, 1), -1, "row 0 view 1: view label out of range"),

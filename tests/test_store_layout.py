@@ -19,6 +19,7 @@ from store_helpers import SHARDS, make_block, make_spec, write_all
 from civt_pipe.pipeline.errors import UserError
 from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.schema import FORMAT_VERSION, FieldSpec, StoreSpec, TeacherInfo
+from civt_pipe.stores.topk import TopKLogits, dense_target
 
 
 def test_default_layout_puts_each_shard_in_one_chunk() -> None:
@@ -83,7 +84,7 @@ def test_round_trip_of_every_array(tmp_path: Path) -> None:
         for f in ("crop", "flip"):
             np.testing.assert_array_equal(got.aug[f], want.aug[f])
         for t, top in want.teachers.items():
-            assert torch.equal(got.teachers[t].values, top.values)
+            assert torch.equal(got.teachers[t].logprobs, top.logprobs)
             assert torch.equal(got.teachers[t].indices, top.indices)
             assert torch.equal(got.teachers[t].lse, top.lse)
         for view in range(spec.num_views):
@@ -91,13 +92,13 @@ def test_round_trip_of_every_array(tmp_path: Path) -> None:
             assert v.keys == want.keys
             np.testing.assert_array_equal(v.digests, want.digests[:, view])
             np.testing.assert_array_equal(v.aug["crop"], want.aug["crop"][:, view])
-            assert torch.equal(v.teachers["inn"].values, want.teachers["inn"].values[:, view])
+            assert torch.equal(v.teachers["inn"].logprobs, want.teachers["inn"].logprobs[:, view])
             assert torch.equal(v.teachers["inn"].lse, want.teachers["inn"].lse[:, view])
 
 
 def test_stored_dtypes_and_int32_ids_for_many_classes(tmp_path: Path) -> None:
     small = LogitStore.create(tmp_path / "a.zarr", make_spec())
-    assert small.array("teachers/cnn/values").dtype == np.float16
+    assert small.array("teachers/cnn/logprobs").dtype == np.float16
     assert small.array("teachers/cnn/indices").dtype == np.int16
     assert small.array("teachers/cnn/lse").dtype == np.float32
     big = LogitStore.create(tmp_path / "b.zarr", make_spec(classes=40000, shards=[("a.tar", 2)]))
@@ -136,16 +137,49 @@ def test_open_errors_name_the_problem(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("version", "message"),
     [
-        (FORMAT_VERSION + 1, "format version 2; this civt-pipe reads up to version 1"),
+        (
+            FORMAT_VERSION + 1,
+            f"format version {FORMAT_VERSION + 1}; this civt-pipe reads up to version "
+            f"{FORMAT_VERSION}",
+        ),
+        (
+            FORMAT_VERSION - 1,
+            f"older logit store format version {FORMAT_VERSION - 1}; this civt-pipe reads "
+            f"version {FORMAT_VERSION} only",
+        ),
+        (0, "unknown logit store format version 0"),
         ("one", "unknown logit store format version"),
     ],
 )
-def test_open_refuses_newer_or_unknown_versions(tmp_path: Path, version: Any, message: str) -> None:
+def test_open_refuses_other_or_unknown_versions(tmp_path: Path, version: Any, message: str) -> None:
     path = tmp_path / "s.zarr"
     LogitStore.create(path, make_spec())
     zarr.open_group(str(path), mode="r+").attrs.update({"format_version": version})
     with pytest.raises(UserError, match=message):
         LogitStore.open(path)
+
+
+def test_huge_teacher_logits_round_trip_with_the_right_top_class(tmp_path: Path) -> None:
+    # An unstable teacher with logits ~1e6: float16 raw logits saturated at 65504 and gave the
+    # top class ~0 probability. Log-probabilities are scale-free.
+    spec = make_spec(shards=[("big.tar", 4)], views=1, k=3)
+    gen = torch.Generator().manual_seed(11)
+    logits = 1.0e6 + 1.0e5 * torch.randn(4, 1, 10, generator=gen)
+    logits[..., 0] = 1.4e6  # a clear winner: probability ≈ 1
+    block = make_block(spec, "big.tar")
+    block.teachers = {t: TopKLogits.from_logits(logits, 3) for t in block.teachers}
+    path = tmp_path / "s.zarr"
+    store = LogitStore.create(path, spec)
+    store.write_shard("big.tar", block)
+    store.finalize()
+    top = LogitStore.open(path).read_shard("big.tar").teachers["cnn"]
+    assert (top.indices[..., 0] == 0).all()
+    dense = dense_target(top.logprobs, top.indices, 10).double()
+    assert torch.allclose(dense[..., 0], torch.ones(4, 1, dtype=torch.float64), atol=1e-6)
+    probs = torch.softmax(logits.double(), -1)
+    kl = (probs * (probs.clamp(min=1e-300).log() - dense.clamp(min=1e-300).log())).sum(-1)
+    assert torch.isfinite(kl).all() and float(kl.max()) < 1e-3
+    assert torch.allclose(top.values[..., 0], logits[..., 0], rtol=1e-6)
 
 
 def test_write_rules(tmp_path: Path) -> None:
@@ -243,11 +277,11 @@ def test_read_view_is_one_chunk_read_per_array(
     chunk_reads = Counter(key.split("/c/")[0] for key in reads if "/c/" in key)
     expected = {"keys", "valid", "labels", "view_labels", "digests", "aug/crop", "aug/flip"}
     for t in ("cnn", "inn"):
-        expected |= {f"teachers/{t}/values", f"teachers/{t}/indices", f"teachers/{t}/lse"}
+        expected |= {f"teachers/{t}/logprobs", f"teachers/{t}/indices", f"teachers/{t}/lse"}
     assert set(chunk_reads) == expected
     assert all(n == 1 for n in chunk_reads.values()), chunk_reads
     # The chunk read is the one of shard 1 (row chunk 1), view 1.
-    assert "teachers/cnn/values/c/1/1/0" in reads
+    assert "teachers/cnn/logprobs/c/1/1/0" in reads
 
 
 def test_plain_zarr_reads_the_store_as_documented(tmp_path: Path) -> None:
@@ -259,7 +293,14 @@ def test_plain_zarr_reads_the_store_as_documented(tmp_path: Path) -> None:
     group = zarr.open_group(str(path), mode="r")
     shard = group.attrs["shards"][2]
     rows = slice(shard["row_offset"], shard["row_offset"] + shard["count"])
-    values = group["teachers/inn/values"][rows, 1]
-    want = make_block(spec, shard["name"]).teachers["inn"].values[:, 1].numpy()
-    np.testing.assert_array_equal(values, want)
+    logprobs = group["teachers/inn/logprobs"][rows, 1]
+    lse = group["teachers/inn/lse"][rows, 1]
+    want = make_block(spec, shard["name"]).teachers["inn"]
+    np.testing.assert_array_equal(logprobs, want.logprobs[:, 1].numpy())
+    probs = np.exp(logprobs.astype(np.float32))  # exact top-k probabilities
+    assert (probs.sum(-1) <= 1.0).all()
+    # Raw logits are logprobs + lse.
+    np.testing.assert_allclose(
+        logprobs.astype(np.float32) + lse[:, None], want.values[:, 1].numpy()
+    )
     assert group["keys"][rows].tolist()[0] == "s2k0"

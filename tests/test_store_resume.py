@@ -103,7 +103,7 @@ def test_two_processes_writing_disjoint_shards_lose_nothing(tmp_path: Path) -> N
         assert got.keys == want.keys
         np.testing.assert_array_equal(got.digests, want.digests)
         np.testing.assert_array_equal(
-            got.teachers["cnn"].values.numpy(), want.teachers["cnn"].values.numpy()
+            got.teachers["cnn"].logprobs.numpy(), want.teachers["cnn"].logprobs.numpy()
         )
     store.finalize()
     assert tree_bytes(path) == _uninterrupted(tmp_path / "ref.zarr")

@@ -160,8 +160,8 @@ def test_both_modes_give_the_same_loss_on_the_same_batch(world: dict[str, Any]) 
     taus = {"cnn": 1.0, "inn": 2.0}
     live = teacher_probs(teachers, online.images, taus)
     from_store = {
-        name: dense_target(v, ix, lse, 10, taus[name])
-        for name, (v, ix, lse) in stored.teachers.items()
+        name: dense_target(lp, ix, 10, taus[name])
+        for name, (lp, ix, _lse) in stored.teachers.items()
     }
     torch.manual_seed(0)
     student = build_student(
