@@ -18,6 +18,16 @@ def evaluate_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per batch.")] = 256,
     workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store", help="dump-logits store of these shards: also report KL to each teacher."
+        ),
+    ] = None,
+    store_views: Annotated[
+        int | None,
+        typer.Option("--store-views", help="Use only the store's first N views (default all)."),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
@@ -27,7 +37,13 @@ def evaluate_command(
 
     result = evaluate(
         EvaluateConfig(
-            checkpoint=checkpoint, data=data, batch_size=batch_size, device=device, workers=workers
+            checkpoint=checkpoint,
+            data=data,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            store=store,
+            store_views=store_views,
         )
     )
     if json_output:
@@ -43,3 +59,13 @@ def evaluate_command(
     for name, acc in result["heads"].items():
         table.add_row(name, f"{acc['top1']:.2%}", f"{acc['top5']:.2%}")
     console.print(table)
+    if "kl_to_teachers" in result:
+        kl = result["kl_to_teachers"]
+        teachers = list(next(iter(kl.values())))
+        kl_table = Table(title=f"KL(teacher ‖ head) on the views of {result['store']}")
+        kl_table.add_column("head")
+        for name in teachers:
+            kl_table.add_column(name, justify="right")
+        for head, row in kl.items():
+            kl_table.add_row(head, *(f"{row[t]:.4f}" for t in teachers))
+        console.print(kl_table)

@@ -163,9 +163,17 @@ class EvaluateConfig:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     workers: int = 0
     """DataLoader worker processes decoding the shards."""
+    store: Path | None = None
+    """A ``dump-logits`` store of the same shards: also report each head's KL to each teacher."""
+    store_views: int | None = None
+    """Compare on the store's first N views only (None: all of them)."""
 
     def __post_init__(self) -> None:
         self.checkpoint = Path(self.checkpoint)
+        if self.store is not None:
+            self.store = Path(self.store)
+        if self.store_views is not None and self.store is None:
+            raise UserError("--store-views needs --store")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers < 0:
@@ -174,7 +182,9 @@ class EvaluateConfig:
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Load ``cfg.checkpoint``, check it fits the data, and return :func:`evaluate_model`'s dict
-    plus ``checkpoint``, ``arch`` and ``kind``."""
+    plus ``checkpoint``, ``arch`` and ``kind`` (and, with ``cfg.store``, ``kl_to_teachers``:
+    ``{head: {teacher: KL}}`` from :func:`~civt_pipe.pipeline.teacher_agreement.
+    teacher_agreement`, and ``store``)."""
     from civt_pipe.pipeline.data.shard_set import resolve_shards
     from civt_pipe.pipeline.device import cpu_threads, resolve_device
     from civt_pipe.pipeline.models.checkpoint import model_from_checkpoint
@@ -190,6 +200,21 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         in_chans=shard_set.channels,
     )
     with cpu_threads(None, cfg.workers, device):
+        agreement = None
+        if cfg.store is not None:
+            from civt_pipe.pipeline.teacher_agreement import teacher_agreement
+
+            # Before the accuracy pass, so a store that does not fit fails at once.
+            agreement = teacher_agreement(
+                model,
+                meta,
+                shard_set,
+                store=cfg.store,
+                data=cfg.data,
+                views=cfg.store_views,
+                batch_size=cfg.batch_size,
+                device=device,
+            )
         result = evaluate_model(
             model,
             shard_set,
@@ -199,4 +224,6 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             workers=cfg.workers,
         )
     result.update(checkpoint=str(cfg.checkpoint), arch=meta["arch"], kind=meta["kind"])
+    if agreement is not None:
+        result.update(kl_to_teachers=agreement, store=str(cfg.store))
     return result

@@ -1,0 +1,177 @@
+"""``evaluate --store``: how far each head of a model is from each teacher (paper Table 4).
+
+The store written by ``dump-logits`` on the evaluation shards holds, per (row, view), every
+teacher's top-k log-probabilities for an *augmented* view whose parameters are stored. The KL is
+only meaningful on those same views, so this module rebuilds them exactly as ``train-student``
+does (:func:`civt_pipe.pipeline.student_data._render_segment`: key check, replay from the stored
+parameters, digest check), runs the model on them and averages, per head ``h`` and teacher
+``t``, ``KL(p_t ‖ softmax(z_h))`` at τ = 1 over every valid (row, view), where ``p_t`` is the
+store's dense target (:func:`civt_pipe.stores.topk.dense_target`).
+
+:class:`KLAccumulator` is the pure part (tensors in, means out); :func:`teacher_agreement` is the
+loop over the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from civt_pipe.pipeline.errors import UserError
+
+
+def kl_per_row(target: Tensor, logits: Tensor) -> Tensor:
+    """``KL(target ‖ softmax(logits))`` per row, float64 ``[N]``; ``0·log 0`` counts as 0."""
+    p = target.to(torch.float64)
+    log_q = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    return (torch.xlogy(p, p) - p * log_q).sum(-1)
+
+
+@dataclass(slots=True)
+class KLAccumulator:
+    """Running mean over (row, view) of ``KL(p_t ‖ softmax(z_h))`` for every head and teacher."""
+
+    sums: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per head, per teacher: the sum of the per-row KL seen so far."""
+    count: int = 0
+    """Rows seen so far (each one a (row, view) pair)."""
+
+    def update(self, heads: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:
+        """Add a batch: ``heads`` maps head name → logits ``[N, C]``, ``targets`` maps teacher
+        name → dense probabilities ``[N, C]`` of the same rows."""
+        n = None
+        for tensor in [*heads.values(), *targets.values()]:
+            if n is None:
+                n = int(tensor.shape[0])
+            elif int(tensor.shape[0]) != n:
+                raise ValueError("every head and target of a batch must have the same rows")
+        if not n:
+            return
+        for head, logits in heads.items():
+            row = self.sums.setdefault(head, {})
+            for teacher, target in targets.items():
+                kl = kl_per_row(target.to(logits.device), logits.detach())
+                row[teacher] = row.get(teacher, 0.0) + float(kl.sum())
+        self.count += n
+
+    def result(self) -> dict[str, dict[str, float]]:
+        """``{head: {teacher: mean KL}}`` (nats)."""
+        if self.count == 0:
+            raise UserError("the store holds no valid row to compare the model with")
+        return {
+            head: {teacher: total / self.count for teacher, total in row.items()}
+            for head, row in self.sums.items()
+        }
+
+
+def _store_setup(store: Path, data: str, shard_set: Any) -> Any:
+    """The checks ``train-student`` makes before its first step (same shards, names, counts and
+    keys, complete store), reused as is; returns its setup (shards with valid rows, augment)."""
+    from civt_pipe.pipeline.train_student import StudentTrainConfig
+    from civt_pipe.pipeline.train_student import _store_setup as train_store_setup
+
+    if not store.exists():
+        raise UserError(f"store {store} does not exist")
+    cfg = StudentTrainConfig(data=data, out=str(store), store=str(store))
+    return train_store_setup(cfg, shard_set)
+
+
+@torch.inference_mode()
+def teacher_agreement(
+    model: nn.Module,
+    meta: Mapping[str, Any],
+    shard_set: Any,
+    *,
+    store: Path,
+    data: str,
+    views: int | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Mean ``KL(teacher ‖ head)`` at τ = 1 over the store's views, ``{head: {teacher: kl}}``.
+
+    Args:
+        model: the evaluated model (as from ``model_from_checkpoint``); put in eval mode.
+        meta: its checkpoint metadata (``num_classes``, ``image_size``).
+        shard_set: the evaluation ``ShardSet`` the store was dumped from.
+        store: the ``dump-logits`` store of ``shard_set``.
+        data: how the user named the shards (for error messages).
+        views: compare on the first ``views`` views only (None: all of them).
+        batch_size: rows per forward pass.
+        device: where the model is.
+        progress: show a progress bar.
+    """
+    from civt_pipe.pipeline.console import make_progress
+    from civt_pipe.pipeline.evaluate import head_outputs
+    from civt_pipe.pipeline.student_data import Segment, ViewSource, _render_segment
+    from civt_pipe.stores.logit_store import LogitStore
+    from civt_pipe.stores.topk import dense_target
+
+    store = Path(store)
+    setup = _store_setup(store, data, shard_set)
+    logits_store = LogitStore.open(store)
+    if logits_store.num_classes != int(meta["num_classes"]):
+        raise UserError(
+            f"store {store} has {logits_store.num_classes} classes but the checkpoint has "
+            f"{meta['num_classes']}"
+        )
+    if setup.aug.image_size != int(meta["image_size"]):
+        raise UserError(
+            f"store {store} holds {setup.aug.image_size}px views but the checkpoint takes "
+            f"{meta['image_size']}px images"
+        )
+    if views is not None and not 1 <= views <= setup.num_views:
+        raise UserError(f"--store-views must be between 1 and {setup.num_views}, got {views}")
+    num_views = setup.num_views if views is None else views
+    device = torch.device(device)
+    source = ViewSource(
+        aug=setup.aug,
+        seed=setup.seed,
+        num_classes=setup.num_classes,
+        channels=setup.channels,
+        store_path=str(store),
+        verify="all",
+    )
+    model.eval()
+    acc = KLAccumulator()
+    pending: list[tuple[Tensor, dict[str, Tensor]]] = []
+    pending_rows = 0
+
+    def flush() -> None:
+        nonlocal pending_rows
+        if not pending:
+            return
+        images = torch.cat([im for im, _ in pending]).to(device)
+        targets = {t: torch.cat([tg[t] for _, tg in pending]).to(device) for t in pending[0][1]}
+        acc.update(head_outputs(model(images)), targets)
+        pending.clear()
+        pending_rows = 0
+
+    total = sum(len(s.valid) for s in setup.shards) * num_views
+    with make_progress(disable=not progress) as bar:
+        task = bar.add_task("KL to teachers", total=total, unit="view")
+        for shard in setup.shards:
+            if not len(shard.valid):
+                continue
+            segment = Segment(shard=0, positions=shard.valid, start=0)
+            needed = np.ones(len(shard.valid), dtype=bool)
+            for view in range(num_views):
+                for block in _render_segment(source, logits_store, shard, segment, view, needed):
+                    targets = {
+                        name: dense_target(lp, ix, setup.num_classes, tau=1.0)
+                        for name, (lp, ix, _lse) in block.teachers.items()
+                    }
+                    pending.append((block.images, targets))
+                    pending_rows += len(block.images)
+                    if pending_rows >= batch_size:
+                        flush()
+                    bar.advance(task, len(block.images))
+        flush()
+    return acc.result()
