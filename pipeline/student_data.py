@@ -214,7 +214,7 @@ class ViewSource:
             )
 
 
-def _render_segment(
+def render_segment(
     source: ViewSource,
     store: Any,
     shard: ShardRows,
@@ -342,7 +342,7 @@ class _BlockDataset(IterableDataset):  # type: ignore[type-arg]
             if not seg_needed.any():
                 continue
             try:
-                yield from _render_segment(
+                yield from render_segment(
                     self.source,
                     store,
                     self.shards[segment.shard],

@@ -3,7 +3,7 @@
 The store written by ``dump-logits`` on the evaluation shards holds, per (row, view), every
 teacher's top-k log-probabilities for an *augmented* view whose parameters are stored. The KL is
 only meaningful on those same views, so this module rebuilds them exactly as ``train-student``
-does (:func:`civt_pipe.pipeline.student_data._render_segment`: key check, replay from the stored
+does (:func:`civt_pipe.pipeline.student_data.render_segment`: key check, replay from the stored
 parameters, digest check), runs the model on them and averages, per head ``h`` and teacher
 ``t``, ``KL(p_t ‖ softmax(z_h))`` at τ = 1 over every valid (row, view), where ``p_t`` is the
 store's dense target (:func:`civt_pipe.stores.topk.dense_target`).
@@ -70,18 +70,6 @@ class KLAccumulator:
         }
 
 
-def _store_setup(store: Path, data: str, shard_set: Any) -> Any:
-    """The checks ``train-student`` makes before its first step (same shards, names, counts and
-    keys, complete store), reused as is; returns its setup (shards with valid rows, augment)."""
-    from civt_pipe.pipeline.train_student import StudentTrainConfig
-    from civt_pipe.pipeline.train_student import _store_setup as train_store_setup
-
-    if not store.exists():
-        raise UserError(f"store {store} does not exist")
-    cfg = StudentTrainConfig(data=data, out=str(store), store=str(store))
-    return train_store_setup(cfg, shard_set)
-
-
 @torch.inference_mode()
 def teacher_agreement(
     model: nn.Module,
@@ -110,12 +98,15 @@ def teacher_agreement(
     """
     from civt_pipe.pipeline.console import make_progress
     from civt_pipe.pipeline.evaluate import head_outputs
-    from civt_pipe.pipeline.student_data import Segment, ViewSource, _render_segment
+    from civt_pipe.pipeline.student_data import Segment, ViewSource, render_segment
+    from civt_pipe.pipeline.train_student import store_setup
     from civt_pipe.stores.logit_store import LogitStore
     from civt_pipe.stores.topk import dense_target
 
     store = Path(store)
-    setup = _store_setup(store, data, shard_set)
+    if not store.exists():
+        raise UserError(f"store {store} does not exist")
+    setup = store_setup(store, data, shard_set)  # the checks train-student makes, as is
     logits_store = LogitStore.open(store)
     if logits_store.num_classes != int(meta["num_classes"]):
         raise UserError(
@@ -163,7 +154,7 @@ def teacher_agreement(
             segment = Segment(shard=0, positions=shard.valid, start=0)
             needed = np.ones(len(shard.valid), dtype=bool)
             for view in range(num_views):
-                for block in _render_segment(source, logits_store, shard, segment, view, needed):
+                for block in render_segment(source, logits_store, shard, segment, view, needed):
                     targets = {
                         name: dense_target(lp, ix, setup.num_classes, tau=1.0)
                         for name, (lp, ix, _lse) in block.teachers.items()

@@ -245,23 +245,36 @@ def _check_names(option: str, given: Mapping[str, float], teachers: Sequence[str
         )
 
 
-def _store_setup(cfg: StudentTrainConfig, shard_set: Any) -> _Setup:
+def store_setup(
+    store_path: str | Path,
+    data: str,
+    shard_set: Any,
+    *,
+    seed: int | None = None,
+    image_size: int | None = None,
+) -> _Setup:
+    """Open a finished ``dump-logits`` store and check it matches the shards ``data`` names.
+
+    Every mismatch (incomplete store, other shards or keys, another seed or view size, another
+    class count) is a one-line :class:`UserError`, raised before any training or evaluation.
+    ``seed``/``image_size`` are what the user asked for, if anything.
+    """
     from civt_pipe.pipeline.augment.config import AugmentConfig
     from civt_pipe.pipeline.student_data import ShardRows
     from civt_pipe.stores.logit_store import LogitStore
 
-    assert cfg.store is not None
-    store = LogitStore.open(cfg.store)
+    seed_asked = seed
+    store = LogitStore.open(store_path)
     dump = store.user_attrs  # what dump-logits recorded: fingerprint, seed, augment...
     for key in ("dataset_fingerprint", "seed", "augment"):
         if key not in dump:
             raise UserError(
-                f"store {cfg.store} lacks the {key!r} attribute; was it made by dump-logits?"
+                f"store {store_path} lacks the {key!r} attribute; was it made by dump-logits?"
             )
     if not store.is_complete():
         missing = list(store.missing_shards())
         raise UserError(
-            f"store {cfg.store} is incomplete ({len(missing)} shard(s) missing, e.g. "
+            f"store {store_path} is incomplete ({len(missing)} shard(s) missing, e.g. "
             f"{missing[0] if missing else '?'}); finish it with dump-logits first"
         )
     theirs = [(s.name, s.count) for s in store.shards]
@@ -275,25 +288,26 @@ def _store_setup(cfg: StudentTrainConfig, shard_set: Any) -> _Setup:
             ),
             f"store lists {len(theirs)} shards, the data {len(mine)}",
         )
-        raise UserError(f"store {cfg.store} was built from other shards than {cfg.data}: {diff}")
+        raise UserError(f"store {store_path} was built from other shards than {data}: {diff}")
     if dump["dataset_fingerprint"] != shard_set.fingerprint():
         raise UserError(
-            f"store {cfg.store} was built from other shards than {cfg.data}: the keys differ "
+            f"store {store_path} was built from other shards than {data}: the keys differ "
             "(dataset fingerprint mismatch)"
         )
     seed = int(dump["seed"])
-    if cfg.seed is not None and cfg.seed != seed:
-        raise UserError(f"store {cfg.store} was built with seed {seed}, but --seed is {cfg.seed}")
-    aug = AugmentConfig.from_dict(dict(dump["augment"]))
-    if cfg.image_size is not None and cfg.image_size != aug.image_size:
+    if seed_asked is not None and seed_asked != seed:
         raise UserError(
-            f"store {cfg.store} holds {aug.image_size}px views, "
-            f"but --image-size is {cfg.image_size}"
+            f"store {store_path} was built with seed {seed}, but --seed is {seed_asked}"
+        )
+    aug = AugmentConfig.from_dict(dict(dump["augment"]))
+    if image_size is not None and image_size != aug.image_size:
+        raise UserError(
+            f"store {store_path} holds {aug.image_size}px views, but --image-size is {image_size}"
         )
     index = shard_set.index
     if store.num_classes != index.num_classes:
         raise UserError(
-            f"store {cfg.store} has {store.num_classes} classes, the data {index.num_classes}"
+            f"store {store_path} has {store.num_classes} classes, the data {index.num_classes}"
         )
     names = [t.name for t in store.teachers]
     rows = []
@@ -312,7 +326,7 @@ def _store_setup(cfg: StudentTrainConfig, shard_set: Any) -> _Setup:
         teacher_names=names,
         mean=list(index.mean),
         std=list(index.std),
-        store_path=str(cfg.store),
+        store_path=str(store_path),
         store_fingerprint=str(dump["dataset_fingerprint"]),
     )
 
@@ -483,7 +497,11 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: Any) -> dict[str,
 
     run_dir = _prepare_run_dir(cfg, ctx.is_main)
     shard_set = resolve_shards(cfg.data)
-    setup = _store_setup(cfg, shard_set) if cfg.store else _online_setup(cfg, shard_set, device)
+    setup = (
+        store_setup(cfg.store, cfg.data, shard_set, seed=cfg.seed, image_size=cfg.image_size)
+        if cfg.store
+        else _online_setup(cfg, shard_set, device)
+    )
     val_set = resolve_shards(cfg.val) if cfg.val else None
     names = setup.teacher_names
     _check_names("--tau", cfg.taus, names)
