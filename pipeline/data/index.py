@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,18 +122,7 @@ class ShardIndex:
         missing = [n for n in names if n not in by_name]
         if missing:
             raise UserError(f"shard {missing[0]} is not listed in the shard index")
-        return ShardIndex(
-            shards=tuple(by_name[n] for n in names),
-            class_names=self.class_names,
-            source=self.source,
-            split=self.split,
-            channels=self.channels,
-            image_size=self.image_size,
-            mean=self.mean,
-            std=self.std,
-            format=self.format,
-            extra=dict(self.extra),
-        )
+        return replace(self, shards=tuple(by_name[n] for n in names), extra=dict(self.extra))
 
     def to_dict(self) -> dict[str, Any]:
         return {
