@@ -328,7 +328,7 @@ def reference_parameter_count(arch: str, num_classes: int = 1000, image_size: in
     try:
         with torch.device("meta"):
             model = builder(arch, num_classes=num_classes, image_size=image_size)
-    except RuntimeError:  # ops the meta device lacks (NotImplementedError is a RuntimeError)
+    except RuntimeError:  # an op the meta device lacks (its error subclasses RuntimeError)
         model = builder(arch, num_classes=num_classes, image_size=image_size)
     return count_parameters(model)
 
