@@ -254,6 +254,25 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
     atomic_write_bytes(path, ("".join(f"{line}\n" for line in kept)).encode())
 
 
+_RESUME_MUST_MATCH = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "min_lr",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "image_size",
+    "min_scale",
+    "hflip",
+    "seed",
+    "workers",
+    "shuffle_buffer",
+    "world_size",
+)
+
+
 def _check_resumable(ckpt: dict[str, Any], resolved: dict[str, Any], fingerprint: str) -> None:
     saved = ckpt.get("config") or {}
     if "train_state" not in ckpt:
@@ -265,7 +284,9 @@ def _check_resumable(ckpt: dict[str, Any], resolved: dict[str, Any], fingerprint
         )
     if saved.get("data_fingerprint") != fingerprint:
         raise UserError(f"{resolved['out']} was trained on other shards than {resolved['data']}")
-    for key in ("batch_size", "image_size", "seed", "world_size"):
+    # Everything that changes the weights must match, or the resumed run is not the run it
+    # continues (workers too: each loader worker shuffles its own part of the shards).
+    for key in _RESUME_MUST_MATCH:
         if saved.get(key) != resolved[key]:
             raise UserError(
                 f"cannot resume {resolved['out']} with {key} {resolved[key]} "

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
+from civt_pipe.pipeline.errors import UserError
 from civt_pipe.pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint
 from civt_pipe.pipeline.train_teacher import (
     TeacherTrainConfig,
@@ -129,6 +130,19 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0)
     epochs = [json.loads(line)["epoch"] for line in metrics_path(part).read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("optimizer", "sgd"), ("lr", 0.5), ("workers", 2), ("epochs", 4)]
+)
+def test_resume_refuses_options_that_change_the_result(
+    toy: tuple[Path, Path], tmp_path: Path, option: str, value: object
+) -> None:
+    out = tmp_path / "t.pt"
+    train_teacher(_cfg(toy, out, epochs=1))
+    changed = {"epochs": 1, option: value}
+    with pytest.raises(UserError, match=f"cannot resume .* with {option} "):
+        train_teacher(_cfg(toy, out, resume=True, **changed))
 
 
 def test_existing_output_needs_resume_or_overwrite(toy: tuple[Path, Path], tmp_path: Path) -> None:
