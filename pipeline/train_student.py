@@ -234,6 +234,8 @@ class _Setup:
     std: list[float]
     store_path: str | None
     store_fingerprint: str | None
+    targets_identity: dict[str, Any] = field(default_factory=dict)
+    """What fixes the teachers' targets (checkpoint digests, k): a resume must not change it."""
     online: dict[str, nn.Module] = field(default_factory=dict)
 
 
@@ -328,11 +330,17 @@ def store_setup(
         std=list(index.std),
         store_path=str(store_path),
         store_fingerprint=str(dump["dataset_fingerprint"]),
+        targets_identity={
+            "topk": store.topk,
+            "teachers": {t.name: t.checkpoint_sha256 for t in store.teachers},
+        },
     )
 
 
 def _online_setup(cfg: StudentTrainConfig, shard_set: Any, device: torch.device) -> _Setup:
     from civt_pipe.pipeline.augment.config import preset
+    from civt_pipe.pipeline.dump_config import TeacherSpec
+    from civt_pipe.pipeline.models.checkpoint import file_sha256
     from civt_pipe.pipeline.online_teachers import load_online_teachers
     from civt_pipe.pipeline.student_data import shard_rows_for
 
@@ -358,6 +366,13 @@ def _online_setup(cfg: StudentTrainConfig, shard_set: Any, device: torch.device)
         std=list(index.std),
         store_path=None,
         store_fingerprint=None,
+        targets_identity={
+            "topk": index.num_classes,
+            "teachers": {
+                spec.name: file_sha256(spec.checkpoint)
+                for spec in (TeacherSpec.parse(t) for t in cfg.teachers)
+            },
+        },
         online=teachers,
     )
 
@@ -394,6 +409,7 @@ def _run_identity(cfg: StudentTrainConfig, setup: _Setup, world_size: int) -> di
         resolved_seed=setup.seed,
         store_fingerprint=setup.store_fingerprint,
         teacher_names=setup.teacher_names,
+        targets=setup.targets_identity,
         num_views=setup.num_views,
         augment=setup.aug.to_dict(),
     )

@@ -20,6 +20,7 @@ from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, run_dump
 from civt_pipe.pipeline.errors import UserError
 from civt_pipe.pipeline.losses import civt_loss
 from civt_pipe.pipeline.models.checkpoint import (
+    load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
@@ -235,6 +236,23 @@ def test_resume_rejects_other_options_and_other_token_counts(
     train_student(cfg)
     with pytest.raises(UserError, match="1 teacher token"):
         train_student(_cfg(world, one, epochs=1, batch_size=24, resume=True))
+
+
+def test_resume_refuses_other_teacher_weights_behind_the_same_names(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    spec = TeacherSpec.parse(world["teachers"][0])
+    other = tmp_path / "other.pt"
+    ckpt = load_checkpoint(spec.checkpoint)
+    ckpt["state_dict"] = {
+        k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()
+    }
+    save_checkpoint(other, ckpt)
+    out = tmp_path / "run"
+    train_student(_cfg(world, out, store=None, teachers=(world["teachers"][0],), epochs=1))
+    swapped = f"{spec.name}={spec.arch}:{other}"
+    with pytest.raises(UserError, match=r"cannot resume .*targets"):
+        train_student(_cfg(world, out, store=None, teachers=(swapped,), epochs=1, resume=True))
 
 
 def test_epochs_beyond_views_warn_and_resuming_a_finished_run_keeps_its_weights(
