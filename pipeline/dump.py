@@ -206,8 +206,7 @@ def _dump_shards(
             # Write every shard whose rows have all arrived and whose views all have logits.
             for name in sorted(ended):
                 acc = runner.shards[name]
-                if acc.pending_views:
-                    runner.flush()
+                runner.flush(name)
                 store.write_shard(name, acc.to_block())
                 del runner.shards[name]
                 ended.discard(name)

@@ -133,16 +133,22 @@ class _Segment:
 
 @dataclass
 class TeacherRunner:
-    """Queue views, run every teacher on full batches, route top-k results back to shards."""
+    """Queue views per shard, run every teacher on full batches, route top-k results back.
+
+    Batches never mix shards: a shard's views are cut into batches in shard order whatever
+    else is in flight, so its logits do not depend on worker interleaving, on which shards a
+    resumed run still has to write, or on how shards are split over ranks (CPU and GPU kernels
+    can round differently at different batch sizes).
+    """
 
     teachers: list[LoadedTeacher]
     topk: int
     batch_size: int
     device: torch.device
     shards: dict[str, ShardAccumulator] = field(default_factory=dict)
-    _queue: list[torch.Tensor] = field(default_factory=list)
-    _segments: list[_Segment] = field(default_factory=list)
-    _queued: int = 0
+    _queues: dict[str, list[_Segment]] = field(default_factory=dict)
+    _views: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    _queued: dict[str, int] = field(default_factory=dict)
     views_done: int = 0
 
     def add(self, shard: str, block: RenderedBlock) -> None:
@@ -155,57 +161,52 @@ class TeacherRunner:
         flat = block.views[torch.as_tensor(rows_local)].reshape(-1, *block.views.shape[2:])
         rows = np.repeat(block.positions[rows_local], v)
         views = np.tile(np.arange(v), len(rows_local))
-        self._queue.append(flat)
-        self._segments.append(_Segment(shard, rows, views))
-        self._queued += len(flat)
+        self._views.setdefault(shard, []).append(flat)
+        self._queues.setdefault(shard, []).append(_Segment(shard, rows, views))
+        self._queued[shard] = self._queued.get(shard, 0) + len(flat)
         self.shards[shard].pending_views += len(flat)
-        while self._queued >= self.batch_size:
-            self._run(self.batch_size)
+        while self._queued[shard] >= self.batch_size:
+            self._run(shard, self.batch_size)
 
-    def flush(self) -> None:
-        """Run the teachers on everything queued (end of a shard, end of the run)."""
-        while self._queued:
-            self._run(min(self._queued, self.batch_size))
+    def flush(self, shard: str) -> None:
+        """Run the teachers on the rest of ``shard``'s queue (the shard has ended)."""
+        while self._queued.get(shard, 0):
+            self._run(shard, min(self._queued[shard], self.batch_size))
+        for queue in (self._queues, self._views, self._queued):
+            queue.pop(shard, None)
 
-    def _take(self, n: int) -> tuple[torch.Tensor, list[_Segment]]:
-        """Pop the first ``n`` queued views and the segments that say where they belong."""
+    def _take(self, shard: str, n: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Pop the first ``n`` queued views of ``shard`` with their rows and view indices."""
+        views, segs = self._views[shard], self._queues[shard]
         parts: list[torch.Tensor] = []
-        segs: list[_Segment] = []
+        rows: list[np.ndarray] = []
+        view_ids: list[np.ndarray] = []
         need = n
         while need:
-            head, seg = self._queue[0], self._segments[0]
+            head, seg = views[0], segs[0]
             take = min(need, len(head))
             parts.append(head[:take])
-            segs.append(_Segment(seg.shard, seg.rows[:take], seg.views[:take]))
+            rows.append(seg.rows[:take])
+            view_ids.append(seg.views[:take])
             if take == len(head):
-                self._queue.pop(0)
-                self._segments.pop(0)
+                views.pop(0)
+                segs.pop(0)
             else:
-                self._queue[0] = head[take:]
-                self._segments[0] = _Segment(seg.shard, seg.rows[take:], seg.views[take:])
+                views[0] = head[take:]
+                segs[0] = _Segment(shard, seg.rows[take:], seg.views[take:])
             need -= take
-        self._queued -= n
-        return torch.cat(parts) if len(parts) > 1 else parts[0], segs
+        self._queued[shard] -= n
+        batch = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return batch, np.concatenate(rows), np.concatenate(view_ids)
 
     @torch.inference_mode()
-    def _run(self, n: int) -> None:
-        batch, segs = self._take(n)
+    def _run(self, shard: str, n: int) -> None:
+        batch, rows, view_ids = self._take(shard, n)
         batch = batch.to(self.device, non_blocking=True)
         for teacher in self.teachers:
-            logits = teacher.model(batch)
-            top = TopKLogits.from_logits(logits, self.topk)
-            start = 0
-            for seg in segs:
-                end = start + len(seg.rows)
-                part = TopKLogits(
-                    logprobs=top.logprobs[start:end],
-                    indices=top.indices[start:end],
-                    lse=top.lse[start:end],
-                )
-                self.shards[seg.shard].add_logits(teacher.info.name, seg.rows, seg.views, part)
-                start = end
-        for seg in segs:
-            self.shards[seg.shard].pending_views -= len(seg.rows)
+            top = TopKLogits.from_logits(teacher.model(batch), self.topk)
+            self.shards[shard].add_logits(teacher.info.name, rows, view_ids, top)
+        self.shards[shard].pending_views -= n
         self.views_done += n
 
 
