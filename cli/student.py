@@ -51,7 +51,9 @@ def train_student_command(
     token_mode: Annotated[
         TokenMode, typer.Option(help="One token per teacher, one shared token, or none.")
     ] = TokenMode.per_teacher,
-    patch_size: Annotated[int | None, typer.Option(help="Patch size [default: preset's].")] = None,
+    patch_size: Annotated[
+        int | None, typer.Option(help="Patch size [default: preset's].", min=1)
+    ] = None,
     val: Annotated[
         str | None, typer.Option("--val", help="Validation shards, evaluated every epoch.")
     ] = None,

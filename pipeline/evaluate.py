@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from civt_pipe.pipeline.console import make_progress
+from civt_pipe.pipeline.console import make_progress, warn
 from civt_pipe.pipeline.distributed import DistContext
 from civt_pipe.pipeline.errors import UserError
 from civt_pipe.pipeline.loaders import EvalBatch, EvalStream, make_loader
@@ -199,6 +199,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         expect_num_classes=shard_set.num_classes,
         in_chans=shard_set.channels,
     )
+    theirs = list(meta.get("class_names") or [])
+    if theirs and theirs != list(shard_set.class_names):
+        # Same count, other names: most likely another dataset; foreign shards scanned without
+        # an index.json are named "0".."C-1", so this is a warning, not an error.
+        warn(
+            f"{cfg.checkpoint} was trained on classes {theirs[:3]}... but {cfg.data} names them "
+            f"{list(shard_set.class_names)[:3]}...; scoring by class index"
+        )
     with cpu_threads(None, cfg.workers, device):
         agreement = None
         if cfg.store is not None:

@@ -155,6 +155,17 @@ def test_cli_table_without_json(toy: ShardSet, tmp_path: Path) -> None:
     assert result.exit_code == 0 and result.stdout == ""  # the table goes to stderr
 
 
+def test_other_class_names_with_the_same_count_warn(toy: ShardSet, tmp_path: Path) -> None:
+    ckpt = tmp_path / "t.pt"
+    model = build_teacher("cnn-nano", num_classes=3, in_chans=1, image_size=16)
+    data = str(toy.paths[0].parent)
+    for names, warned in ((list(toy.class_names), False), (["cat", "dog", "owl"], True)):
+        save_checkpoint(ckpt, make_checkpoint(model, class_names=names))
+        result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(ckpt), "--data", data])
+        assert result.exit_code == 0, result.output
+        assert ("scoring by class index" in result.stderr) is warned
+
+
 def test_class_count_mismatch_is_a_user_error(toy: ShardSet, tmp_path: Path) -> None:
     ckpt = tmp_path / "t10.pt"
     _save_teacher(ckpt, 10)
