@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -228,10 +227,6 @@ def _all_reduce_stats(ctx: DistContext, stats: _RunStats) -> _RunStats:
     return _RunStats(int(t[0]), int(t[1]), int(t[2]), float(seconds[0]))
 
 
-def _store_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def run_dump(cfg: DumpConfig) -> dict[str, Any]:
     """Run ``dump-logits`` (under torchrun: this rank's part). Returns the summary (rank 0).
 
@@ -318,7 +313,7 @@ def _summary(
             t["name"]: {"arch": t["arch"], "top1": t.get("top1")} for t in attrs["teachers"]
         },
         "num_skipped": int(attrs.get("num_skipped", 0)),
-        "store_bytes": _store_bytes(store.path),
+        "store_bytes": store.bytes_on_disk(),
     }
 
 

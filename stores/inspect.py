@@ -7,7 +7,6 @@ store's size (only the set of keys, for the uniqueness check, grows with the dat
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,6 @@ from civt_pipe.stores.topk import leftover_mass, target_entropy
 KEPT_MASS_SLACK = 1e-6
 """How far above 1 the stored top-k probabilities may sum: the float32 rounding of
 ``log_softmax`` before the round-down to float16 (~1e-7 per class)."""
-
-
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            total += (Path(root) / name).stat().st_size
-    return total
 
 
 def inspect_store(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
@@ -80,11 +71,11 @@ def inspect_store(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
 
     views = store.num_views
     sample_views = written_samples * views
-    bytes_on_disk = _dir_bytes(store.path)
+    bytes_on_disk = store.bytes_on_disk()
     teacher_reports = []
     teacher_bytes_total = 0
     for info in store.teachers:
-        t_bytes = _dir_bytes(store.path / "teachers" / info.name)
+        t_bytes = store.bytes_on_disk(f"teachers/{info.name}")
         teacher_bytes_total += t_bytes
         teacher_reports.append(
             {

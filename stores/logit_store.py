@@ -324,6 +324,11 @@ class LogitStore:
         """True when every shard is written."""
         return bool(self.written_flags().all())
 
+    def bytes_on_disk(self, member: str = "") -> int:
+        """Bytes of the files under the store (or under ``member``, e.g. ``"teachers/cnn"``)."""
+        root = self.path / member if member else self.path
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
     # ------------------------------------------------------------------ writing
     def write_shard(self, name: str, block: ShardBlock, *, replace: bool = False) -> None:
         """Write one shard's block (all views, teachers, aug fields), then set its flag.
