@@ -69,8 +69,6 @@ class ShardAccumulator:
         self.logprobs = {t: np.zeros((n, v, topk), dtype=np.float16) for t in teachers}
         self.indices = {t: np.zeros((n, v, topk), dtype=idx) for t in teachers}
         self.lse = {t: np.zeros((n, v), dtype=np.float32) for t in teachers}
-        self.pending_views = 0
-        """Views handed to the teachers whose logits have not come back yet."""
         self.valid = np.ones(n, dtype=bool)
 
     def add_block(self, block: RenderedBlock) -> None:
@@ -126,7 +124,9 @@ class ShardAccumulator:
 
 @dataclass
 class _Segment:
-    shard: str
+    """Queued views of one shard with the (row, view) each belongs to."""
+
+    images: torch.Tensor
     rows: np.ndarray
     views: np.ndarray
 
@@ -147,7 +147,6 @@ class TeacherRunner:
     device: torch.device
     shards: dict[str, ShardAccumulator] = field(default_factory=dict)
     _queues: dict[str, list[_Segment]] = field(default_factory=dict)
-    _views: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     _queued: dict[str, int] = field(default_factory=dict)
     views_done: int = 0
 
@@ -161,10 +160,8 @@ class TeacherRunner:
         flat = block.views[torch.as_tensor(rows_local)].reshape(-1, *block.views.shape[2:])
         rows = np.repeat(block.positions[rows_local], v)
         views = np.tile(np.arange(v), len(rows_local))
-        self._views.setdefault(shard, []).append(flat)
-        self._queues.setdefault(shard, []).append(_Segment(shard, rows, views))
+        self._queues.setdefault(shard, []).append(_Segment(flat, rows, views))
         self._queued[shard] = self._queued.get(shard, 0) + len(flat)
-        self.shards[shard].pending_views += len(flat)
         while self._queued[shard] >= self.batch_size:
             self._run(shard, self.batch_size)
 
@@ -172,32 +169,31 @@ class TeacherRunner:
         """Run the teachers on the rest of ``shard``'s queue (the shard has ended)."""
         while self._queued.get(shard, 0):
             self._run(shard, min(self._queued[shard], self.batch_size))
-        for queue in (self._queues, self._views, self._queued):
-            queue.pop(shard, None)
+        self._queues.pop(shard, None)
+        self._queued.pop(shard, None)
 
     def _take(self, shard: str, n: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """Pop the first ``n`` queued views of ``shard`` with their rows and view indices."""
-        views, segs = self._views[shard], self._queues[shard]
-        parts: list[torch.Tensor] = []
-        rows: list[np.ndarray] = []
-        view_ids: list[np.ndarray] = []
+        segs = self._queues[shard]
+        taken: list[_Segment] = []
         need = n
         while need:
-            head, seg = views[0], segs[0]
-            take = min(need, len(head))
-            parts.append(head[:take])
-            rows.append(seg.rows[:take])
-            view_ids.append(seg.views[:take])
-            if take == len(head):
-                views.pop(0)
+            seg = segs[0]
+            take = min(need, len(seg.rows))
+            taken.append(_Segment(seg.images[:take], seg.rows[:take], seg.views[:take]))
+            if take == len(seg.rows):
                 segs.pop(0)
             else:
-                views[0] = head[take:]
-                segs[0] = _Segment(shard, seg.rows[take:], seg.views[take:])
+                segs[0] = _Segment(seg.images[take:], seg.rows[take:], seg.views[take:])
             need -= take
         self._queued[shard] -= n
-        batch = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return batch, np.concatenate(rows), np.concatenate(view_ids)
+        if len(taken) == 1:
+            return taken[0].images, taken[0].rows, taken[0].views
+        return (
+            torch.cat([t.images for t in taken]),
+            np.concatenate([t.rows for t in taken]),
+            np.concatenate([t.views for t in taken]),
+        )
 
     @torch.inference_mode()
     def _run(self, shard: str, n: int) -> None:
@@ -206,7 +202,6 @@ class TeacherRunner:
         for teacher in self.teachers:
             top = TopKLogits.from_logits(teacher.model(batch), self.topk)
             self.shards[shard].add_logits(teacher.info.name, rows, view_ids, top)
-        self.shards[shard].pending_views -= n
         self.views_done += n
 
 
