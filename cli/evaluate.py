@@ -17,6 +17,12 @@ def evaluate_command(
     data: Annotated[str, typer.Option("--data", help="Shards to evaluate on.")],
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per batch.")] = 256,
     workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 0,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads", help="Torch CPU threads (default: free cores minus workers).", min=1
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     store: Annotated[
         Path | None,
@@ -42,6 +48,7 @@ def evaluate_command(
             batch_size=batch_size,
             device=device,
             workers=workers,
+            threads=threads,
             store=store,
             store_views=store_views,
         )

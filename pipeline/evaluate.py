@@ -163,6 +163,8 @@ class EvaluateConfig:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     workers: int = 0
     """DataLoader worker processes decoding the shards."""
+    threads: int | None = None
+    """Torch CPU threads (default: this process's cores minus one per DataLoader worker)."""
     store: Path | None = None
     """A ``dump-logits`` store of the same shards: also report each head's KL to each teacher."""
     store_views: int | None = None
@@ -207,7 +209,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             f"{cfg.checkpoint} was trained on classes {theirs[:3]}... but {cfg.data} names them "
             f"{list(shard_set.class_names)[:3]}...; scoring by class index"
         )
-    with cpu_threads(None, cfg.workers, device):
+    with cpu_threads(cfg.threads, cfg.workers, device):
         agreement = None
         if cfg.store is not None:
             from civt_pipe.pipeline.teacher_agreement import teacher_agreement

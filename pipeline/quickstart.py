@@ -334,7 +334,11 @@ def _train_student(
 def _evaluate(cfg: QuickstartConfig, checkpoint: Path, data: Path) -> dict[str, Any]:
     from civt_pipe.pipeline.evaluate import EvaluateConfig, evaluate
 
-    return evaluate(EvaluateConfig(checkpoint=checkpoint, data=str(data), device=cfg.device))
+    return evaluate(
+        EvaluateConfig(
+            checkpoint=checkpoint, data=str(data), device=cfg.device, threads=cfg.threads
+        )
+    )
 
 
 def plan_steps(cfg: QuickstartConfig, paths: Paths, results: _Results) -> list[Step]:
@@ -413,16 +417,11 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         "top5", "heads": {head: {"top1", "top5"}}}, "steps": [{"title", "status", "seconds"}],
         "seconds", "out", "settings"}`` — accuracies are fractions on the digits test split.
     """
-    import torch
-
     started = time.perf_counter()
     _check_manifest(cfg)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        return _run(cfg, started)
-    finally:
-        torch.set_num_threads(threads_before)
+    # Every torch stage gets cfg.threads itself (train-teacher, dump-logits, train-student,
+    # evaluate each apply it through pipeline/device.py); nothing to set around them here.
+    return _run(cfg, started)
 
 
 def _run(cfg: QuickstartConfig, started: float) -> dict[str, Any]:
