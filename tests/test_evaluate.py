@@ -5,41 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import Tensor, nn
+from toy_shards import LEVELS, make_toy_shards
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
-from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.shard_set import ShardSet, resolve_shards
 from civt_pipe.pipeline.evaluate import evaluate_model, head_outputs
 from civt_pipe.pipeline.metrics import TopKCounter, topk_correct
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
 from civt_pipe.pipeline.models.registry import build_student, build_teacher
-
-LEVELS = {"dark": 30, "mid": 128, "bright": 225}
-
-
-def make_toy_shards(root: Path, split: str, per_class: int) -> Path:
-    """Three classes of 8×8 gray images told apart by brightness."""
-    rng = np.random.default_rng(0)
-    folder = root / f"src-{split}"
-    for name, level in LEVELS.items():
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.clip(level + rng.normal(0, 12, (8, 8)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(folder / name / f"{i:03d}.png")
-    out = root / split
-    make_shards(
-        MakeShardsConfig(
-            source=f"folder:{folder}", out_dir=out, split=split, shard_size=20, format="png"
-        )
-    )
-    return out
-
 
 # Class order in the shards is alphabetical: bright, dark, mid.
 CENTERS = torch.tensor([LEVELS["bright"], LEVELS["dark"], LEVELS["mid"]]) / 255.0

@@ -9,10 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from toy_shards import make_toy_shards
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
@@ -26,26 +25,6 @@ from civt_pipe.pipeline.train_teacher import (
     recipe_family,
     train_teacher,
 )
-
-LEVELS = {"dark": 30, "mid": 128, "bright": 225}
-
-
-def make_toy_shards(root: Path, split: str, per_class: int = 16, seed: int = 0) -> Path:
-    """Three classes of 8×8 gray images told apart by brightness (learnable in a few steps)."""
-    rng = np.random.default_rng(seed)
-    folder = root / f"src-{split}"
-    for name, level in LEVELS.items():
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.clip(level + rng.normal(0, 12, (8, 8)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(folder / name / f"{i:03d}.png")
-    out = root / split
-    make_shards(
-        MakeShardsConfig(
-            source=f"folder:{folder}", out_dir=out, split=split, shard_size=20, format="png"
-        )
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
