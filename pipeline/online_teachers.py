@@ -10,11 +10,23 @@ target structure the store path builds: per teacher a dense distribution ``softm
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from civt_pipe.pipeline.errors import UserError
+
+
+class OnlineTeachers(NamedTuple):
+    """Teachers loaded for online distillation."""
+
+    models: dict[str, nn.Module]
+    """By name, in the order given; frozen, eval mode."""
+    image_size: int
+    """Their common input size."""
+    checkpoint_sha256: dict[str, str]
+    """Digest of each teacher's checkpoint file (what a resumed run must see again)."""
 
 
 def load_online_teachers(
@@ -24,11 +36,8 @@ def load_online_teachers(
     num_classes: int,
     in_chans: int,
     image_size: int | None = None,
-) -> tuple[dict[str, nn.Module], int]:
-    """Load ``NAME=ARCH:CKPT`` teachers exactly as ``dump-logits`` does (frozen, eval mode).
-
-    Returns the teachers by name, in the order given, and their common input size.
-    """
+) -> OnlineTeachers:
+    """Load ``NAME=ARCH:CKPT`` teachers exactly as ``dump-logits`` does (frozen, eval mode)."""
     from civt_pipe.pipeline.dump import TeacherSpec
     from civt_pipe.pipeline.dump_teachers import load_teachers
 
@@ -45,7 +54,11 @@ def load_online_teachers(
         for p in teacher.model.parameters():
             p.requires_grad_(False)
         teachers[teacher.info.name] = teacher.model
-    return teachers, loaded[0].image_size
+    return OnlineTeachers(
+        models=teachers,
+        image_size=loaded[0].image_size,
+        checkpoint_sha256={t.info.name: t.info.checkpoint_sha256 for t in loaded},
+    )
 
 
 @torch.no_grad()

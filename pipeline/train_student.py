@@ -339,16 +339,15 @@ def store_setup(
 
 def _online_setup(cfg: StudentTrainConfig, shard_set: Any, device: torch.device) -> _Setup:
     from civt_pipe.pipeline.augment.config import preset
-    from civt_pipe.pipeline.dump_config import TeacherSpec
-    from civt_pipe.pipeline.models.checkpoint import file_sha256
     from civt_pipe.pipeline.online_teachers import load_online_teachers
     from civt_pipe.pipeline.student_data import shard_rows_for
 
     index = shard_set.index
-    teachers, image_size = load_online_teachers(
+    loaded = load_online_teachers(
         cfg.teachers, device, num_classes=index.num_classes, in_chans=index.channels
     )
-    size = cfg.image_size or image_size
+    teachers = loaded.models
+    size = cfg.image_size or loaded.image_size
     if cfg.aug == "auto":
         aug = preset("small" if size <= 32 else "deit", size)
     else:
@@ -368,10 +367,7 @@ def _online_setup(cfg: StudentTrainConfig, shard_set: Any, device: torch.device)
         store_fingerprint=None,
         targets_identity={
             "topk": index.num_classes,
-            "teachers": {
-                spec.name: file_sha256(spec.checkpoint)
-                for spec in (TeacherSpec.parse(t) for t in cfg.teachers)
-            },
+            "teachers": loaded.checkpoint_sha256,
         },
         online=teachers,
     )

@@ -155,9 +155,9 @@ def test_both_modes_give_the_same_loss_on_the_same_batch(world: dict[str, Any]) 
     online = next(iter_batches(online_src, rows, plan))
     assert torch.equal(stored.images, online.images)
     assert torch.equal(stored.label_targets, online.label_targets)
-    teachers, _ = load_online_teachers(
+    teachers = load_online_teachers(
         world["teachers"], torch.device("cpu"), num_classes=10, in_chans=1
-    )
+    ).models
     taus = {"cnn": 1.0, "inn": 2.0}
     live = teacher_probs(teachers, online.images, taus)
     from_store = {
