@@ -1,0 +1,121 @@
+"""Behaviour pins: fixed commands whose outputs must not change by accident.
+
+Recorded before the layout refactor (issue 10) and kept through it: the store bytes of a fixed
+``dump-logits`` run (every array's content digest plus ``inspect-store --json`` figures), the
+weights of a fixed ``train-student`` run, and the weights of a fixed one-epoch ``train-teacher``
+run. A deliberate change of behaviour updates the pin in the same commit and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from civt_pipe.cli.app import app
+from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
+from civt_pipe.pipeline.models.registry import build_teacher
+
+pytestmark = pytest.mark.slow
+
+# sha256 over every array of the store (sorted paths, shape, dtype, bytes); see _store_digest.
+STORE_DIGEST = "6ffcd458965999692e0249bf6d1c69f03009502c9512762a16732b8f137e1aee"
+STORE_FIGURES = (
+    '{"num_classes": 10, "num_samples": 359, "num_views": 2, "teachers": [{"arch": "cnn-nano", '
+    '"bytes_on_disk": 10266, "bytes_per_sample_view": 14.29805, "checkpoint_sha256": "ac9ad5c7d'
+    'fea6b9b0c6945b60ae7f2f1f8e19336218011382d9bc8e5bf582321", "mean_entropy": 2.258571, "mean_'
+    'leftover": 0.394693, "name": "cnn", "top1": 0.107242}, {"arch": "inn-nano", "bytes_on_disk'
+    '": 14311, "bytes_per_sample_view": 19.931755, "checkpoint_sha256": "d796006cbfd04d86098fb9'
+    '728a29ccbfdb436ecdc65080ec37922b4a8b543239", "mean_entropy": 0.139683, "mean_leftover": 0.'
+    '012852, "name": "inn", "top1": 0.083565}], "topk": 5}'
+)
+TEACHER_WEIGHTS = "d872378d1900ed1899c263a30b1edf21b6fca44d9e888e2247f6b888e60d17fc"
+STUDENT_WEIGHTS = "04e55716d9e36ce794631c4129295ead574fea75aeecbe910ded81e2ed596a15"
+
+
+def _cli(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _arrays(group: Any, prefix: str = "") -> Any:
+    for name, array in group.arrays():
+        yield prefix + name, array
+    for name, sub in group.groups():
+        yield from _arrays(sub, f"{prefix}{name}/")
+
+
+def _store_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for name, array in sorted(_arrays(zarr.open_group(str(path), mode="r"))):
+        digest.update(f"{name}{array.shape}{array.dtype}".encode())
+        values = np.asarray(array[...])
+        if values.dtype.kind in "OTU":  # strings: hash the text, not object pointers
+            digest.update("\n".join(str(v) for v in values.tolist()).encode())
+        else:
+            digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pinned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("pins")
+    data = root / "data"
+    _cli("make-shards", "digits", str(data), "--split", "test", "--shard-size", "100")
+    common = ["--device", "cpu", "--workers", "0", "--threads", "1"]
+    trained = root / "trained-cnn.pt"
+    _cli(
+        "train-teacher", "--arch", "cnn-nano", "--data", str(data), "--out", str(trained),
+        "--epochs", "1", "--batch-size", "32", "--seed", "3", *common,
+    )  # fmt: skip
+    # The dump's teachers are fixed random weights, so the store pin does not move with
+    # teacher training.
+    store = root / "store.zarr"
+    dump_args = ["dump-logits", "--data", str(data), "--out", str(store)]
+    for i, (name, arch) in enumerate((("cnn", "cnn-nano"), ("inn", "inn-nano"))):
+        torch.manual_seed(100 + i)
+        model = build_teacher(arch, num_classes=10, in_chans=1, image_size=16)
+        save_checkpoint(root / f"{name}.pt", make_checkpoint(model))
+        dump_args += ["--teacher", f"{name}={arch}:{root / name}.pt"]
+    _cli(*dump_args, "--views", "2", "--topk", "5", "--seed", "7", "--batch-size", "64", *common)
+    report = _cli("inspect-store", str(store))
+    student = _cli(
+        "train-student", "--data", str(data), "--store", str(store), "--model", "civt-nano",
+        "--out", str(root / "run"), "--epochs", "2", "--batch-size", "32", *common,
+    )  # fmt: skip
+    return {"teacher": trained, "store": store, "report": report, "student": student}
+
+
+def _figures(report: dict[str, Any]) -> str:
+    keep = {k: report[k] for k in ("num_samples", "num_views", "topk", "num_classes")}
+    keep["teachers"] = [
+        {k: round(v, 6) if isinstance(v, float) else v for k, v in sorted(t.items())}
+        for t in report["teachers"]
+    ]
+    return json.dumps(keep, sort_keys=True)
+
+
+def test_train_teacher_weights_are_pinned(pinned: dict[str, Any]) -> None:
+    state = torch.load(pinned["teacher"], map_location="cpu", weights_only=True)["state_dict"]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    assert digest.hexdigest() == TEACHER_WEIGHTS
+
+
+def test_dump_logits_store_bytes_are_pinned(pinned: dict[str, Any]) -> None:
+    assert _store_digest(pinned["store"]) == STORE_DIGEST
+    assert _figures(pinned["report"]) == STORE_FIGURES
+
+
+def test_train_student_weights_are_pinned(pinned: dict[str, Any]) -> None:
+    assert pinned["student"]["weights_sha256"] == STUDENT_WEIGHTS
