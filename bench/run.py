@@ -70,7 +70,7 @@ from store_bytes import (
     write_synthetic_store,
 )
 
-from civt_pipe.pipeline.console import info
+from civt_pipe.pipeline.runtime.console import info
 
 KS = (1, 5, 10)
 

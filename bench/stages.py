@@ -75,7 +75,7 @@ def replicate_shards(data: Path, out: Path, times: int) -> Path:
 
 def train_teachers(root: Path, train: Path, *, epochs: int, workers: int) -> list[Teacher]:
     """``train-teacher`` for each nano teacher; returns their checkpoints."""
-    from civt_pipe.pipeline.train_teacher import TeacherTrainConfig, train_teacher
+    from civt_pipe.pipeline.stages.teacher import TeacherTrainConfig, train_teacher
 
     teachers = []
     for name, arch in TEACHERS:
@@ -124,7 +124,7 @@ def dump_config_kwargs(
 
 def run_dump_from_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """``run_dump`` from :func:`dump_config_kwargs` output; returns its summary."""
-    from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, run_dump
+    from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
 
     args = dict(kwargs)
     args["teachers"] = tuple(TeacherSpec.parse(s) for s in args["teachers"])
@@ -172,7 +172,7 @@ def student_config_kwargs(
 
 def run_student_from_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """``train_student`` from :func:`student_config_kwargs` output; returns its summary."""
-    from civt_pipe.pipeline.train_student import StudentTrainConfig, train_student
+    from civt_pipe.pipeline.stages.student import StudentTrainConfig, train_student
 
     args = dict(kwargs)
     args["teachers"] = tuple(args.get("teachers", ()))
@@ -202,8 +202,8 @@ def load_teacher_models(teachers: Sequence[Teacher], *, num_classes: int, channe
     """The teachers as ``dump-logits`` loads them (eval mode, CPU): ``LoadedTeacher`` each."""
     import torch
 
-    from civt_pipe.pipeline.dump import TeacherSpec
-    from civt_pipe.pipeline.dump_teachers import load_teachers
+    from civt_pipe.pipeline.stages.dump.run import TeacherSpec
+    from civt_pipe.pipeline.stages.dump.teachers import load_teachers
 
     specs = [TeacherSpec.parse(t.spec) for t in teachers]
     return load_teachers(specs, torch.device("cpu"), num_classes=num_classes, channels=channels)
@@ -219,10 +219,10 @@ def teacher_view_logits(
     """
     import torch
 
+    from civt_pipe.pipeline.augment.blocks import iter_blocks, sample_and_render
     from civt_pipe.pipeline.augment.config import AugmentConfig
     from civt_pipe.pipeline.data.reader import iter_samples
     from civt_pipe.pipeline.data.shard_set import resolve_shards
-    from civt_pipe.pipeline.views import iter_blocks, sample_and_render
     from civt_pipe.stores.logit_store import LogitStore
 
     logit_store = LogitStore.open(store)

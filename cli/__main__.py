@@ -1,5 +1,5 @@
 """``python -m civt_pipe.cli ...`` — the same as the ``civt-pipe`` script (handy under torchrun)."""
 
-from civt_pipe.cli.app import main
+from .app import main
 
 main()

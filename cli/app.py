@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from civt_pipe.cli.common import user_errors
-from civt_pipe.pipeline import __version__
+from ..pipeline import __version__
+from .common import user_errors
 
 app = typer.Typer(
     name="civt-pipe",
@@ -38,7 +38,7 @@ def _root(
 
 def _register() -> None:
     # Imported here, after ``app`` exists; each module imports heavy code inside its command.
-    from civt_pipe.cli import (
+    from . import (
         dump,
         evaluate,
         inspect_store,

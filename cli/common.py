@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from civt_pipe.pipeline.errors import UserError
+from ..pipeline.runtime.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -62,8 +62,8 @@ def dump_logits_command(
     Killed at any point, the same command resumes and finishes only the missing shards. Under
     torchrun the shards are split over ranks.
     """
-    from civt_pipe.cli.common import emit_json
-    from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, print_summary, run_dump
+    from ..pipeline.stages.dump.run import DumpConfig, TeacherSpec, print_summary, run_dump
+    from .common import emit_json
 
     cfg = DumpConfig(
         data=data,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from civt_pipe.cli.common import emit_json
+from .common import emit_json
 
 
 def evaluate_command(
@@ -39,7 +39,7 @@ def evaluate_command(
     ] = False,
 ) -> None:
     """Accuracy of every head of a checkpoint (students: cls, each teacher token, mean)."""
-    from civt_pipe.pipeline.evaluate import EvaluateConfig, evaluate
+    from ..pipeline.stages.evaluate import EvaluateConfig, evaluate
 
     result = evaluate(
         EvaluateConfig(
@@ -58,7 +58,7 @@ def evaluate_command(
         return
     from rich.table import Table
 
-    from civt_pipe.pipeline.console import console
+    from ..pipeline.runtime.console import console
 
     table = Table(title=f"{result['arch']} ({result['kind']}) on {result['num_samples']} samples")
     for column in ("head", "top-1", "top-5"):

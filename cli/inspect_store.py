@@ -22,8 +22,8 @@ def inspect_store_command(
     ] = False,
 ) -> None:
     """Dataset, V, k, per-teacher accuracy/entropy/leftover, agreement, completeness, sizes."""
-    from civt_pipe.cli.common import emit_json
-    from civt_pipe.stores.inspect import inspect_store, print_report
+    from ..stores.inspect import inspect_store, print_report
+    from .common import emit_json
 
     report = inspect_store(store, verify=verify)
     if json_output:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from civt_pipe.cli.common import emit_json
+from .common import emit_json
 
 
 def models_command(
@@ -15,7 +15,7 @@ def models_command(
     ] = False,
 ) -> None:
     """List architectures (teachers and students) with parameter counts at 1000 classes, 224 px."""
-    from civt_pipe.pipeline.models.registry import describe_models
+    from ..pipeline.models.registry import describe_models
 
     rows = describe_models()
     if json_output:
@@ -23,7 +23,7 @@ def models_command(
         return
     from rich.table import Table
 
-    from civt_pipe.pipeline.console import console
+    from ..pipeline.runtime.console import console
 
     table = Table(title="civt-pipe models (parameters at 1000 classes, 224 px)")
     for column in ("name", "kind", "params", "description"):

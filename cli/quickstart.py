@@ -33,8 +33,8 @@ def quickstart_command(
 
     Finished steps in --out are reused, so an interrupted quickstart resumes when re-run.
     """
-    from civt_pipe.cli.common import emit_json
-    from civt_pipe.pipeline.quickstart import QuickstartConfig, print_results, run_quickstart
+    from ..pipeline.workflows.quickstart import QuickstartConfig, print_results, run_quickstart
+    from .common import emit_json
 
     result = run_quickstart(
         QuickstartConfig(

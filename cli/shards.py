@@ -44,9 +44,9 @@ def make_shards_command(
     ] = False,
 ) -> None:
     """Write a dataset split as WebDataset shards ({key}.png|jpg + {key}.cls) and index.json."""
-    from civt_pipe.cli.common import emit_json
-    from civt_pipe.pipeline.console import info
-    from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
+    from ..pipeline.data.make_shards import MakeShardsConfig, make_shards
+    from ..pipeline.runtime.console import info
+    from .common import emit_json
 
     cfg = MakeShardsConfig(
         source=source,

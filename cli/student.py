@@ -93,12 +93,12 @@ def train_student_command(
     Killed at any point, the same command with --resume finishes with the same weights. Under
     torchrun it trains with DDP (equal steps on every rank).
     """
-    from civt_pipe.cli.common import emit_json
-    from civt_pipe.pipeline.train_student import (
+    from ..pipeline.stages.student import (
         StudentTrainConfig,
         parse_per_teacher,
         train_student,
     )
+    from .common import emit_json
 
     tau_default, taus = parse_per_teacher(tau or [], "--tau")
     lambda_default, lambdas = parse_per_teacher(lambda_ or [], "--lambda")

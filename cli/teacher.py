@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from civt_pipe.cli.common import emit_json
+from .common import emit_json
 
 
 def train_teacher_command(
@@ -76,7 +76,7 @@ def train_teacher_command(
 ) -> None:
     """Train a teacher (crop/flip, warm-up + cosine, label smoothing); writes CKPT, plus
     CKPT-stem.metrics.jsonl and CKPT-stem.config.json beside it. DDP under torchrun."""
-    from civt_pipe.pipeline.train_teacher import TeacherTrainConfig, train_teacher
+    from ..pipeline.stages.teacher import TeacherTrainConfig, train_teacher
 
     result = train_teacher(
         TeacherTrainConfig(

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from civt_pipe.stores.schema import FieldSpec
-from civt_pipe.stores.topk import TopKLogits
+from .schema import FieldSpec
+from .topk import TopKLogits
 
 
 @dataclass

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.stores.logit_store import LogitStore
-from civt_pipe.stores.schema import FORMAT_VERSION, index_dtype, round_up
-from civt_pipe.stores.topk import leftover_mass, target_entropy
+from ..pipeline.runtime.errors import UserError
+from .logit_store import LogitStore
+from .schema import FORMAT_VERSION, index_dtype, round_up
+from .topk import leftover_mass, target_entropy
 
 KEPT_MASS_SLACK = 1e-6
 """How far above 1 the stored top-k probabilities may sum: the float32 rounding of
@@ -125,7 +125,7 @@ def print_report(report: dict[str, Any]) -> None:
     """The human form of :func:`inspect_store`'s report: rich tables on stderr."""
     from rich.table import Table
 
-    from civt_pipe.pipeline.console import console
+    from ..pipeline.runtime.console import console
 
     status = (
         "complete" if report["complete"] else f"{len(report['missing_shards'])} shard(s) missing"

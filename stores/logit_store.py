@@ -20,9 +20,9 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.stores.blocks import ShardBlock, ViewBlock, pad_shard_block
-from civt_pipe.stores.schema import (
+from ..pipeline.runtime.errors import UserError
+from .blocks import ShardBlock, ViewBlock, pad_shard_block
+from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
     FieldSpec,
@@ -32,7 +32,7 @@ from civt_pipe.stores.schema import (
     index_dtype,
     round_up,
 )
-from civt_pipe.stores.topk import TopKLogits
+from .topk import TopKLogits
 
 __all__ = ["LogitStore", "ShardBlock", "StoreVersionError", "ViewBlock"]
 

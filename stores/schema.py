@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from civt_pipe.pipeline.errors import UserError
+from ..pipeline.runtime.errors import UserError
 
 FORMAT_NAME = "civt-pipe-logit-store"
 """Value of the group attribute ``format``; anything else is not one of our stores."""

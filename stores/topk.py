@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from civt_pipe.stores.schema import INT16_MAX_CLASSES
+from .schema import INT16_MAX_CLASSES
 
 
 def _round_down_half(x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from civt_pipe.pipeline.augment.config import (
     preset,
     small,
 )
-from civt_pipe.pipeline.errors import UserError
+from civt_pipe.pipeline.runtime.errors import UserError
 
 
 def test_deit_preset_matches_the_paper_recipe() -> None:

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from civt_pipe.pipeline.errors import UserError
 from civt_pipe.pipeline.models.checkpoint import (
     file_sha256,
     load_checkpoint,
@@ -19,6 +18,7 @@ from civt_pipe.pipeline.models.checkpoint import (
     save_checkpoint,
 )
 from civt_pipe.pipeline.models.registry import build_student, build_teacher
+from civt_pipe.pipeline.runtime.errors import UserError
 
 CLASSES = [str(i) for i in range(10)]
 

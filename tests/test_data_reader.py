@@ -25,7 +25,7 @@ from civt_pipe.pipeline.data.reader import (
     iter_shard,
 )
 from civt_pipe.pipeline.data.shard_set import resolve_shards
-from civt_pipe.pipeline.errors import UserError
+from civt_pipe.pipeline.runtime.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from civt_pipe.pipeline.device import cpu_thread_budget, cpu_threads, resolve_device
-from civt_pipe.pipeline.errors import UserError
+from civt_pipe.pipeline.runtime.device import cpu_thread_budget, cpu_threads, resolve_device
+from civt_pipe.pipeline.runtime.errors import UserError
 
 
 def test_thread_budget_leaves_a_core_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:

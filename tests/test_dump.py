@@ -21,16 +21,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
+from civt_pipe.pipeline.augment.blocks import iter_blocks, replay
 from civt_pipe.pipeline.augment.config import AugmentConfig
 from civt_pipe.pipeline.data.index import ShardIndex
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.reader import iter_shard
 from civt_pipe.pipeline.data.shard_set import resolve_shards
-from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, run_dump
-from civt_pipe.pipeline.errors import UserError
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
 from civt_pipe.pipeline.models.registry import build_teacher
-from civt_pipe.pipeline.views import iter_blocks, replay
+from civt_pipe.pipeline.runtime.errors import UserError
+from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
 from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.topk import TopKLogits
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_dump import DumpFixture, assert_same_store, build_fixture
 
-from civt_pipe.pipeline.dump import run_dump
+from civt_pipe.pipeline.stages.dump.run import run_dump
 from civt_pipe.stores.logit_store import LogitStore
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.shard_set import ShardSet, resolve_shards
-from civt_pipe.pipeline.evaluate import evaluate_model, head_outputs
-from civt_pipe.pipeline.metrics import TopKCounter, topk_correct
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
 from civt_pipe.pipeline.models.registry import build_student, build_teacher
+from civt_pipe.pipeline.stages.evaluate import evaluate_model, head_outputs
+from civt_pipe.pipeline.train.metrics import TopKCounter, topk_correct
 
 # Class order in the shards is alphabetical: bright, dark, mid.
 CENTERS = torch.tensor([LEVELS["bright"], LEVELS["dark"], LEVELS["mid"]]) / 255.0

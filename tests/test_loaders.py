@@ -12,8 +12,7 @@ from civt_pipe.pipeline.augment.config import crop_flip, deit
 from civt_pipe.pipeline.data.index import ShardIndex, ShardInfo
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.shard_set import ShardSet, resolve_shards
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.pipeline.loaders import (
+from civt_pipe.pipeline.data.streams import (
     EvalStream,
     TrainStream,
     TrainStreamConfig,
@@ -25,6 +24,7 @@ from civt_pipe.pipeline.loaders import (
     steps_per_rank,
     worker_quotas,
 )
+from civt_pipe.pipeline.runtime.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from civt_pipe.pipeline.losses import civt_loss, distillation_kl, soft_cross_entropy
+from civt_pipe.pipeline.train.losses import civt_loss, distillation_kl, soft_cross_entropy
 
 
 def test_soft_cross_entropy_equals_torch_cross_entropy_on_one_hot_labels() -> None:

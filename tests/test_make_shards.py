@@ -21,7 +21,7 @@ from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.reader import iter_samples
 from civt_pipe.pipeline.data.shard_set import resolve_shards
 from civt_pipe.pipeline.data.sources import digits_split_indices, folder_key, open_source
-from civt_pipe.pipeline.errors import UserError
+from civt_pipe.pipeline.runtime.errors import UserError
 
 runner = CliRunner()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from civt_pipe.pipeline.errors import UserError
 from civt_pipe.pipeline.models.civt import CivT
 from civt_pipe.pipeline.models.heads import prediction
 from civt_pipe.pipeline.models.registry import build_student
+from civt_pipe.pipeline.runtime.errors import UserError
 
 TEACHERS = ("cnn", "inn", "big")
 

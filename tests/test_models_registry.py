@@ -10,7 +10,6 @@ from torch import nn
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
-from civt_pipe.pipeline.errors import UserError
 from civt_pipe.pipeline.models.registry import (
     build_student,
     build_teacher,
@@ -19,6 +18,7 @@ from civt_pipe.pipeline.models.registry import (
     list_models,
     reference_parameter_count,
 )
+from civt_pipe.pipeline.runtime.errors import UserError
 
 NANO_SIZE, BIG_SIZE = 16, 32  # small images keep the big presets fast on a shared CPU
 

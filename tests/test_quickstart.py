@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import civt_pipe.pipeline.quickstart as qs
+import civt_pipe.pipeline.workflows.quickstart as qs
 from civt_pipe.cli.app import app
-from civt_pipe.pipeline.errors import UserError
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
 from civt_pipe.pipeline.models.registry import build_teacher
+from civt_pipe.pipeline.runtime.errors import UserError
 
 HEADS = {"cls": {"top1": 0.93, "top5": 1.0}, "cnn": {"top1": 0.92, "top5": 1.0}}
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from civt_pipe.pipeline.schedule import (
+from civt_pipe.pipeline.train.schedule import (
     OptimizerConfig,
     ScheduleConfig,
     build_optimizer,

@@ -15,7 +15,7 @@ import zarr
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
-from civt_pipe.pipeline.errors import UserError
+from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.stores.inspect import inspect_store, verify_store
 from civt_pipe.stores.logit_store import LogitStore, ShardBlock
 from civt_pipe.stores.schema import StoreSpec, TeacherInfo

@@ -16,7 +16,7 @@ import torch
 import zarr
 from store_helpers import SHARDS, make_block, make_spec, write_all
 
-from civt_pipe.pipeline.errors import UserError
+from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.schema import FORMAT_VERSION, FieldSpec, StoreSpec, TeacherInfo
 from civt_pipe.stores.topk import TopKLogits, dense_target

@@ -12,8 +12,7 @@ from civt_pipe.pipeline.augment.config import preset
 from civt_pipe.pipeline.data.index import ShardIndex
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.shard_set import resolve_shards
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.pipeline.student_data import (
+from civt_pipe.pipeline.replay.student_stream import (
     ShardRows,
     ViewSource,
     buffer_shuffle,
@@ -23,6 +22,7 @@ from civt_pipe.pipeline.student_data import (
     shard_rows_for,
     steps_per_epoch,
 )
+from civt_pipe.pipeline.runtime.errors import UserError
 
 
 def _rows(counts: list[int]) -> list[ShardRows]:

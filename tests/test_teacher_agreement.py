@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
-from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, run_dump
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.pipeline.evaluate import EvaluateConfig, evaluate
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
 from civt_pipe.pipeline.models.registry import build_student, build_teacher
-from civt_pipe.pipeline.teacher_agreement import KLAccumulator
+from civt_pipe.pipeline.runtime.errors import UserError
+from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
+from civt_pipe.pipeline.stages.evaluate import EvaluateConfig, evaluate
+from civt_pipe.pipeline.stages.teacher_agreement import KLAccumulator
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def test_class_count_mismatch_with_store(fx: Fixture, tmp_path: Path) -> None:
     save_checkpoint(ckpt, make_checkpoint(model))
     meta = {"num_classes": 7, "image_size": 8}
     from civt_pipe.pipeline.data.shard_set import resolve_shards
-    from civt_pipe.pipeline.teacher_agreement import teacher_agreement
+    from civt_pipe.pipeline.stages.teacher_agreement import teacher_agreement
 
     with pytest.raises(UserError, match=r"store .* has 10 classes but the checkpoint has 7"):
         teacher_agreement(

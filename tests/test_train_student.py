@@ -16,9 +16,6 @@ from civt_pipe.pipeline.augment.config import AugmentConfig
 from civt_pipe.pipeline.data.index import ShardIndex
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.shard_set import resolve_shards
-from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, run_dump
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.pipeline.losses import civt_loss
 from civt_pipe.pipeline.models.checkpoint import (
     load_checkpoint,
     make_checkpoint,
@@ -26,14 +23,17 @@ from civt_pipe.pipeline.models.checkpoint import (
     save_checkpoint,
 )
 from civt_pipe.pipeline.models.registry import build_student, build_teacher
-from civt_pipe.pipeline.online_teachers import load_online_teachers, teacher_probs
-from civt_pipe.pipeline.student_data import ViewSource, iter_batches, plan_epoch
-from civt_pipe.pipeline.train_student import (
+from civt_pipe.pipeline.replay.online_teachers import load_online_teachers, teacher_probs
+from civt_pipe.pipeline.replay.student_stream import ViewSource, iter_batches, plan_epoch
+from civt_pipe.pipeline.runtime.errors import UserError
+from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
+from civt_pipe.pipeline.stages.student import (
     StudentTrainConfig,
     parse_per_teacher,
     train_student,
     warmup_steps_for,
 )
+from civt_pipe.pipeline.train.losses import civt_loss
 from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.topk import dense_target
 
@@ -143,7 +143,7 @@ def test_both_modes_give_the_same_loss_on_the_same_batch(world: dict[str, Any]) 
     store = LogitStore.open(world["store"])
     aug = AugmentConfig.from_dict(store.user_attrs["augment"])
     shard_set = resolve_shards(str(world["train"]))
-    from civt_pipe.pipeline.student_data import shard_rows_for
+    from civt_pipe.pipeline.replay.student_stream import shard_rows_for
 
     rows = shard_rows_for(shard_set.paths, [s.num_samples for s in shard_set.index.shards])
     plan = plan_epoch(

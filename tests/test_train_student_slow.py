@@ -17,10 +17,10 @@ import torch
 
 from civt_pipe.pipeline.data.index import ShardIndex
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
-from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, run_dump
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
 from civt_pipe.pipeline.models.registry import build_teacher
-from civt_pipe.pipeline.train_student import StudentTrainConfig, train_student
+from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
+from civt_pipe.pipeline.stages.student import StudentTrainConfig, train_student
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +134,7 @@ def test_sigkill_then_resume_reaches_the_weights_of_an_uninterrupted_run(
 
 _DRIVER = """
 import json, os, sys
-from civt_pipe.pipeline.train_student import StudentTrainConfig, train_student
+from civt_pipe.pipeline.stages.student import StudentTrainConfig, train_student
 cfg = StudentTrainConfig(**json.loads(sys.argv[1]))
 summary = train_student(cfg)
 with open(os.path.join(cfg.out, f"rank{os.environ['RANK']}.json"), "w") as fh:

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
-from civt_pipe.pipeline.errors import UserError
 from civt_pipe.pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint
-from civt_pipe.pipeline.train_teacher import (
+from civt_pipe.pipeline.runtime.errors import UserError
+from civt_pipe.pipeline.stages.teacher import (
     TeacherTrainConfig,
     config_path,
     metrics_path,

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from civt_pipe.pipeline.augment.config import deit, small
-from civt_pipe.pipeline.data.reader import Sample
-from civt_pipe.pipeline.views import (
+from civt_pipe.pipeline.augment.blocks import (
     SKIPPED_LABEL,
     iter_blocks,
     replay,
     sample_and_render,
 )
+from civt_pipe.pipeline.augment.config import deit, small
+from civt_pipe.pipeline.data.reader import Sample
 
 
 def _samples(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from civt_pipe.pipeline.errors import UserError
+from ..runtime.errors import UserError
 
 Interpolation = Literal["bilinear", "bicubic"]
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from civt_pipe.pipeline.atomic import atomic_write_json
-from civt_pipe.pipeline.errors import UserError
+from ..runtime.atomic import atomic_write_json
+from ..runtime.errors import UserError
 
 INDEX_FILENAME = "index.json"
 """Name of the index file beside the tars."""

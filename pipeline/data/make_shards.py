@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from civt_pipe.pipeline.console import make_progress
-from civt_pipe.pipeline.errors import UserError
-
+from ..runtime.console import make_progress
+from ..runtime.errors import UserError
 from .index import INCOMPLETE_MARKER, INDEX_FILENAME, ShardIndex, ShardInfo, key_digest
 from .sources import SPLITS, SourceData, open_source
 

@@ -22,9 +22,8 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import IterableDataset
 
-from civt_pipe.pipeline.console import warn
-from civt_pipe.pipeline.errors import UserError
-
+from ..runtime.console import warn
+from ..runtime.errors import UserError
 from .imageio import IMAGE_SUFFIXES, decode_image_bytes, tar_looks_complete
 from .index import ShardInfo, key_digest
 from .shard_set import ShardSet

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from civt_pipe.pipeline.errors import UserError
-
+from ..runtime.errors import UserError
 from .imageio import IMAGE_SUFFIXES, tar_looks_complete
 from .index import (
     INCOMPLETE_MARKER,

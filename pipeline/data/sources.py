@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from civt_pipe.pipeline.errors import UserError
-
+from ..runtime.errors import UserError
 from .imageio import pil_to_array
 
 SOURCE_KINDS = ("digits", "idx", "cifar", "folder")

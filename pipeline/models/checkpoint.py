@@ -25,9 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from civt_pipe.pipeline.atomic import atomic_torch_save
-from civt_pipe.pipeline.errors import UserError
-
+from ..runtime.atomic import atomic_torch_save
+from ..runtime.errors import UserError
 from .normalize import NormalizedModel
 from .registry import build_model, build_teacher, get_spec
 

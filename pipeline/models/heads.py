@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from civt_pipe.pipeline.errors import UserError
+from ..runtime.errors import UserError
 
 TOKEN_MODES: tuple[str, ...] = ("per-teacher", "shared", "none")
 CLS = "cls"

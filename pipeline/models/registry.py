@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from civt_pipe.pipeline.errors import UserError
-
+from ..runtime.errors import UserError
 from .civt import CivT
 from .heads import HeadPlan
 from .mixer import MlpMixer

@@ -18,11 +18,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from civt_pipe.pipeline.console import make_progress, warn
-from civt_pipe.pipeline.distributed import DistContext
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.pipeline.loaders import EvalBatch, EvalStream, make_loader
-from civt_pipe.pipeline.metrics import TopKCounter
+from ..data.streams import EvalBatch, EvalStream, make_loader
+from ..runtime.console import make_progress, warn
+from ..runtime.distributed import DistContext
+from ..runtime.errors import UserError
+from ..train.metrics import TopKCounter
 
 TEACHER_HEAD = "logits"
 """Head name under which a teacher's (single) output is reported."""
@@ -51,7 +51,7 @@ def head_outputs(outputs: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
     """
     if isinstance(outputs, Tensor):
         return {TEACHER_HEAD: outputs}
-    from civt_pipe.pipeline.models.heads import prediction
+    from ..models.heads import prediction
 
     heads = dict(outputs)
     if len(heads) > 1:
@@ -185,11 +185,11 @@ class EvaluateConfig:
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Load ``cfg.checkpoint``, check it fits the data, and return :func:`evaluate_model`'s dict
     plus ``checkpoint``, ``arch`` and ``kind`` (and, with ``cfg.store``, ``kl_to_teachers``:
-    ``{head: {teacher: KL}}`` from :func:`~civt_pipe.pipeline.teacher_agreement.
+    ``{head: {teacher: KL}}`` from :func:`~civt_pipe.pipeline.stages.teacher_agreement.
     teacher_agreement`, and ``store``)."""
-    from civt_pipe.pipeline.data.shard_set import resolve_shards
-    from civt_pipe.pipeline.device import cpu_threads, resolve_device
-    from civt_pipe.pipeline.models.checkpoint import model_from_checkpoint
+    from ..data.shard_set import resolve_shards
+    from ..models.checkpoint import model_from_checkpoint
+    from ..runtime.device import cpu_threads, resolve_device
 
     device = resolve_device(cfg.device)
     shard_set = resolve_shards(cfg.data)
@@ -212,7 +212,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     with cpu_threads(cfg.threads, cfg.workers, device):
         agreement = None
         if cfg.store is not None:
-            from civt_pipe.pipeline.teacher_agreement import teacher_agreement
+            from .teacher_agreement import teacher_agreement
 
             # Before the accuracy pass, so a store that does not fit fails at once.
             agreement = teacher_agreement(

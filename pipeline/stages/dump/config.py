@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from civt_pipe.pipeline.augment.config import AugmentConfig, preset
-from civt_pipe.pipeline.errors import UserError
+from ...augment.config import AugmentConfig, preset
+from ...runtime.errors import UserError
 
 _TEACHER_RE = re.compile(r"^(?P<name>[^=]+)=(?P<arch>[^:]+):(?P<ckpt>.+)$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")

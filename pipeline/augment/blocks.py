@@ -23,16 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from civt_pipe.pipeline.augment.config import AugmentConfig
-from civt_pipe.pipeline.augment.params import empty_params, sample_block_params, unmix_rows
-from civt_pipe.pipeline.augment.render import (
+from ..data.reader import Sample
+from .config import AugmentConfig
+from .params import empty_params, sample_block_params, unmix_rows
+from .render import (
     dominant_labels,
     lookup_partner_labels,
     mixed_targets,
     render_block,
     view_digests,
 )
-from civt_pipe.pipeline.data.reader import Sample
 
 SKIPPED_LABEL = -1
 """View label of a row whose image could not be decoded (``--on-error skip``)."""

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from civt_pipe.pipeline.errors import UserError
+from .errors import UserError
 
 
 def resolve_device(spec: str | None = None) -> torch.device:

@@ -10,8 +10,8 @@ planned up front, at the level of sample *ordinals*, before a single image is de
    rank takes the same number of steps, ``steps = N_valid // (world × batch)``) and runs a
    seeded shuffle buffer over the ordinals. Batch ``s`` is ``order[s·B:(s+1)·B]``.
 2. Workers (:class:`_BlockDataset`) read their segments shard by shard, mix block by mix block,
-   rebuild each block's view (store mode: :func:`civt_pipe.pipeline.views.replay` from the
-   stored parameters, digest checked; online mode: :func:`~civt_pipe.pipeline.views.
+   rebuild each block's view (store mode: :func:`civt_pipe.pipeline.augment.blocks.replay` from the
+   stored parameters, digest checked; online mode: :func:`~civt_pipe.pipeline.augment.blocks.
    sample_and_render`) and yield blocks tagged with the ordinals they carry.
 3. The main process (:func:`iter_batches`) keeps received samples by ordinal and emits them in
    planned order. Arrival order changes memory use, not results.
@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from civt_pipe.pipeline.augment.config import AugmentConfig
-from civt_pipe.pipeline.errors import UserError
+from ..augment.config import AugmentConfig
+from ..runtime.errors import UserError
 
 VERIFY_MODES = ("all", "sample", "off")
 
@@ -223,9 +223,9 @@ def render_segment(
     needed: np.ndarray,
 ) -> Iterator[StreamBlock]:
     """Yield the needed rows of one segment, block by block, in shard order."""
-    from civt_pipe.pipeline.augment.render import mixed_targets
-    from civt_pipe.pipeline.data.reader import iter_shard
-    from civt_pipe.pipeline.views import iter_blocks, replay, sample_and_render
+    from ..augment.blocks import iter_blocks, replay, sample_and_render
+    from ..augment.render import mixed_targets
+    from ..data.reader import iter_shard
 
     positions = segment.positions
     ordinals = range(segment.start, segment.start + len(positions))
@@ -332,7 +332,7 @@ class _BlockDataset(IterableDataset):  # type: ignore[type-arg]
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         store = None
         if self.source.store_path is not None:
-            from civt_pipe.stores.logit_store import LogitStore
+            from ...stores.logit_store import LogitStore
 
             store = LogitStore.open(self.source.store_path)
         for j, segment in enumerate(self.plan.segments):

@@ -15,11 +15,11 @@ from typing import Any, Literal
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from civt_pipe.pipeline.augment.config import AugmentConfig
-from civt_pipe.pipeline.data.index import ShardIndex
-from civt_pipe.pipeline.data.reader import assign_shards, iter_shard
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.pipeline.views import RenderedBlock, iter_blocks, sample_and_render
+from ...augment.blocks import RenderedBlock, iter_blocks, sample_and_render
+from ...augment.config import AugmentConfig
+from ...data.index import ShardIndex
+from ...data.reader import assign_shards, iter_shard
+from ...runtime.errors import UserError
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,8 @@
 The store written by ``dump-logits`` on the evaluation shards holds, per (row, view), every
 teacher's top-k log-probabilities for an *augmented* view whose parameters are stored. The KL is
 only meaningful on those same views, so this module rebuilds them exactly as ``train-student``
-does (:func:`civt_pipe.pipeline.student_data.render_segment`: key check, replay from the stored
-parameters, digest check), runs the model on them and averages, per head ``h`` and teacher
+does (:func:`..replay.student_stream.render_segment`: key check, replay from the
+stored parameters, digest check), runs the model on them and averages, per head ``h`` and teacher
 ``t``, ``KL(p_t ‖ softmax(z_h))`` at τ = 1 over every valid (row, view), where ``p_t`` is the
 store's dense target (:func:`civt_pipe.stores.topk.dense_target`).
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from civt_pipe.pipeline.errors import UserError
+from ..runtime.errors import UserError
 
 
 def kl_per_row(target: Tensor, logits: Tensor) -> Tensor:
@@ -96,12 +96,12 @@ def teacher_agreement(
         device: where the model is.
         progress: show a progress bar.
     """
-    from civt_pipe.pipeline.console import make_progress
-    from civt_pipe.pipeline.evaluate import head_outputs
-    from civt_pipe.pipeline.student_data import Segment, ViewSource, render_segment
-    from civt_pipe.pipeline.train_student import store_setup
-    from civt_pipe.stores.logit_store import LogitStore
-    from civt_pipe.stores.topk import dense_target
+    from ...stores.logit_store import LogitStore
+    from ...stores.topk import dense_target
+    from ..replay.student_stream import Segment, ViewSource, render_segment
+    from ..runtime.console import make_progress
+    from .evaluate import head_outputs
+    from .student import store_setup
 
     store = Path(store)
     if not store.exists():

@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from civt_pipe.pipeline.atomic import atomic_write_json
-from civt_pipe.pipeline.console import console, info, warn
-from civt_pipe.pipeline.errors import UserError
+from ..runtime.atomic import atomic_write_json
+from ..runtime.console import console, info, warn
+from ..runtime.errors import UserError
 
 MANIFEST = "quickstart.json"
 RESULTS = "results.json"
@@ -165,7 +165,7 @@ class _Results:
 
 def shards_done(path: Path) -> bool:
     """A shard directory is finished once make-shards has written its ``index.json``."""
-    from civt_pipe.pipeline.data.index import INDEX_FILENAME
+    from ..data.index import INDEX_FILENAME
 
     return (path / INDEX_FILENAME).is_file()
 
@@ -174,7 +174,7 @@ def teacher_epochs_done(path: Path) -> int:
     """Epochs a teacher checkpoint has finished (0 when there is none)."""
     if not path.is_file():
         return 0
-    from civt_pipe.pipeline.models.checkpoint import load_checkpoint
+    from ..models.checkpoint import load_checkpoint
 
     state = load_checkpoint(path).get("train_state") or {}
     return int(state.get("epoch", 0))
@@ -184,7 +184,7 @@ def store_done(path: Path) -> bool:
     """A store is reusable once every shard is written and it is finalized."""
     if not path.exists():
         return False
-    from civt_pipe.stores.logit_store import LogitStore
+    from ...stores.logit_store import LogitStore
 
     try:
         store = LogitStore.open(path)
@@ -195,7 +195,7 @@ def store_done(path: Path) -> bool:
 
 def run_done(path: Path) -> bool:
     """A student run is finished once ``final.pt`` exists."""
-    from civt_pipe.pipeline.train_student import FINAL
+    from ..stages.student import FINAL
 
     return (path / FINAL).is_file()
 
@@ -240,7 +240,7 @@ def _check_manifest(cfg: QuickstartConfig) -> None:
 
 
 def _make_shards(split: str, out: Path) -> None:
-    from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
+    from ..data.make_shards import MakeShardsConfig, make_shards
 
     # A directory without index.json was left by a killed make-shards: overwrite removes only
     # the tars it wrote.
@@ -248,7 +248,7 @@ def _make_shards(split: str, out: Path) -> None:
 
 
 def _train_teacher(cfg: QuickstartConfig, paths: Paths, name: str, arch: str) -> None:
-    from civt_pipe.pipeline.train_teacher import TeacherTrainConfig, train_teacher
+    from ..stages.teacher import TeacherTrainConfig, train_teacher
 
     out = paths.teacher(name)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -270,8 +270,8 @@ def _train_teacher(cfg: QuickstartConfig, paths: Paths, name: str, arch: str) ->
 
 
 def _dump(cfg: QuickstartConfig, paths: Paths, results: _Results) -> None:
-    from civt_pipe.pipeline.dump import DumpConfig, TeacherSpec, print_summary, run_dump
-    from civt_pipe.stores.logit_store import LogitStore
+    from ...stores.logit_store import LogitStore
+    from ..stages.dump.run import DumpConfig, TeacherSpec, print_summary, run_dump
 
     # An incomplete store of ours resumes. One that no longer opens (a killed creation, or an
     # older store format) is ours too — the manifest says DIR is a quickstart — so replace it.
@@ -307,7 +307,7 @@ def _dump(cfg: QuickstartConfig, paths: Paths, results: _Results) -> None:
 def _train_student(
     cfg: QuickstartConfig, paths: Paths, run_dir: Path, token_mode: str, *, fresh: bool
 ) -> None:
-    from civt_pipe.pipeline.train_student import LAST, StudentTrainConfig, train_student
+    from ..stages.student import LAST, StudentTrainConfig, train_student
 
     resume = (run_dir / LAST).is_file() and not fresh
     train_student(
@@ -332,7 +332,7 @@ def _train_student(
 
 
 def _evaluate(cfg: QuickstartConfig, checkpoint: Path, data: Path) -> dict[str, Any]:
-    from civt_pipe.pipeline.evaluate import EvaluateConfig, evaluate
+    from ..stages.evaluate import EvaluateConfig, evaluate
 
     return evaluate(
         EvaluateConfig(
@@ -389,7 +389,7 @@ def plan_steps(cfg: QuickstartConfig, paths: Paths, results: _Results) -> list[S
     )
 
     def evaluate_all() -> None:
-        from civt_pipe.pipeline.train_student import FINAL
+        from ..stages.student import FINAL
 
         for name, _ in TEACHERS:
             results.teachers[name] = _evaluate(cfg, paths.teacher(name), paths.test)

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from civt_pipe.pipeline.atomic import append_jsonl, atomic_write_bytes, atomic_write_json
-from civt_pipe.pipeline.console import info, make_progress
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.pipeline.schedule import OPTIMIZERS
+from ..runtime.atomic import append_jsonl, atomic_write_bytes, atomic_write_json
+from ..runtime.console import info, make_progress
+from ..runtime.errors import UserError
+from ..train.schedule import OPTIMIZERS
 
 # ----------------------------------------------------------------------------------- recipes
 
@@ -164,8 +164,8 @@ def config_path(out: Path) -> Path:
 
 def resolve_config(cfg: TeacherTrainConfig, index: Any, world_size: int) -> dict[str, Any]:
     """Every setting of the run with the recipe's defaults filled in (JSON-ready)."""
-    from civt_pipe.pipeline.loaders import default_image_size
-    from civt_pipe.pipeline.models.registry import get_spec
+    from ..data.streams import default_image_size
+    from ..models.registry import get_spec
 
     spec = get_spec(cfg.arch)
     if spec.kind != "teacher":
@@ -214,7 +214,7 @@ def resolve_config(cfg: TeacherTrainConfig, index: Any, world_size: int) -> dict
 def _init_weights(model: nn.Module, path: Path, arch: str, in_chans: int, image_size: int) -> None:
     """Copy every weight of ``path`` whose shape fits ``model`` (a new class count re-inits
     the classifier); the rest is reported."""
-    from civt_pipe.pipeline.models.checkpoint import model_from_checkpoint
+    from ..models.checkpoint import model_from_checkpoint
 
     source, _ = model_from_checkpoint(path, arch=arch, in_chans=in_chans, image_size=image_size)
     target = model.state_dict()
@@ -306,7 +306,7 @@ def train_teacher(
         on_epoch_end: called on every rank with (epoch, metrics) after the checkpoint of that
             epoch is on disk (progress hooks, tests that simulate an interruption).
     """
-    from civt_pipe.pipeline.device import cpu_threads, resolve_device
+    from ..runtime.device import cpu_threads, resolve_device
 
     device = resolve_device(cfg.device)
     with cpu_threads(cfg.threads, cfg.workers, device):
@@ -318,24 +318,24 @@ def _train_teacher(
     device: torch.device,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
-    from civt_pipe.pipeline.augment.config import crop_flip
-    from civt_pipe.pipeline.data.shard_set import resolve_shards
-    from civt_pipe.pipeline.distributed import barrier, init_distributed, shutdown
-    from civt_pipe.pipeline.evaluate import evaluate_model
-    from civt_pipe.pipeline.loaders import TrainStream, TrainStreamConfig, make_loader
-    from civt_pipe.pipeline.models.checkpoint import (
+    from ..augment.config import crop_flip
+    from ..data.shard_set import resolve_shards
+    from ..data.streams import TrainStream, TrainStreamConfig, make_loader
+    from ..models.checkpoint import (
         load_checkpoint,
         make_checkpoint,
         save_checkpoint,
     )
-    from civt_pipe.pipeline.models.registry import build_teacher, count_parameters
-    from civt_pipe.pipeline.schedule import (
+    from ..models.registry import build_teacher, count_parameters
+    from ..runtime.distributed import barrier, init_distributed, shutdown
+    from ..train.schedule import (
         OptimizerConfig,
         ScheduleConfig,
         build_optimizer,
         lr_at,
         set_lr,
     )
+    from .evaluate import evaluate_model
 
     train_set = resolve_shards(cfg.data)
     val_set = resolve_shards(cfg.val) if cfg.val is not None else None

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from civt_pipe.pipeline.errors import UserError
+from ..runtime.errors import UserError
 
 
 class OnlineTeachers(NamedTuple):
@@ -38,8 +38,8 @@ def load_online_teachers(
     image_size: int | None = None,
 ) -> OnlineTeachers:
     """Load ``NAME=ARCH:CKPT`` teachers exactly as ``dump-logits`` does (frozen, eval mode)."""
-    from civt_pipe.pipeline.dump import TeacherSpec
-    from civt_pipe.pipeline.dump_teachers import load_teachers
+    from ..stages.dump.run import TeacherSpec
+    from ..stages.dump.teachers import load_teachers
 
     parsed = [TeacherSpec.parse(s) for s in specs]
     names = [t.name for t in parsed]

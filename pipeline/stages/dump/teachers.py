@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from civt_pipe.pipeline.augment.config import AugmentConfig
-from civt_pipe.pipeline.augment.params import param_fields
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.pipeline.views import SKIPPED_LABEL, RenderedBlock
-from civt_pipe.stores.logit_store import ShardBlock
-from civt_pipe.stores.schema import TeacherInfo, index_dtype
-from civt_pipe.stores.topk import TopKLogits
+from ....stores.logit_store import ShardBlock
+from ....stores.schema import TeacherInfo, index_dtype
+from ....stores.topk import TopKLogits
+from ...augment.blocks import SKIPPED_LABEL, RenderedBlock
+from ...augment.config import AugmentConfig
+from ...augment.params import param_fields
+from ...runtime.errors import UserError
 
 
 @dataclass
@@ -219,7 +219,7 @@ def load_teachers(
     count, or when teachers disagree on their input size (all views are rendered once, at one
     size, for every teacher). Channels are adapted to the data's by the checkpoint loader.
     """
-    from civt_pipe.pipeline.models.checkpoint import file_sha256, model_from_checkpoint
+    from ...models.checkpoint import file_sha256, model_from_checkpoint
 
     loaded: list[LoadedTeacher] = []
     for spec in specs:

@@ -4,7 +4,7 @@ Flow (DESIGN §1, §4–§8): check the store against the shards before anything
 shard names and counts, completeness, seed/augmentation taken from the store); build the student
 with one token per stored teacher; each epoch stream the shards with the store's view
 ``epoch mod V`` replayed from the stored parameters (:mod:`.student_data`), and minimize paper
-Eq. 5 (:func:`civt_pipe.pipeline.losses.civt_loss`) with AdamW under warm-up + cosine.
+Eq. 5 (:func:`civt_pipe.pipeline.train.losses.civt_loss`) with AdamW under warm-up + cosine.
 
 Online mode (``--teacher`` and no ``--store``) samples the same kind of views with
 ``views.sample_and_render`` and runs the teachers live (:mod:`.online_teachers`): the baseline
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from civt_pipe.pipeline.console import info, make_progress, warn
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.pipeline.student_data import VERIFY_MODES
+from ..replay.student_stream import VERIFY_MODES
+from ..runtime.console import info, make_progress, warn
+from ..runtime.errors import UserError
 
 TOKEN_MODES = ("per-teacher", "shared", "none")
 LAST = "last.pt"
@@ -261,9 +261,9 @@ def store_setup(
     class count) is a one-line :class:`UserError`, raised before any training or evaluation.
     ``seed``/``image_size`` are what the user asked for, if anything.
     """
-    from civt_pipe.pipeline.augment.config import AugmentConfig
-    from civt_pipe.pipeline.student_data import ShardRows
-    from civt_pipe.stores.logit_store import LogitStore
+    from ...stores.logit_store import LogitStore
+    from ..augment.config import AugmentConfig
+    from ..replay.student_stream import ShardRows
 
     seed_asked = seed
     store = LogitStore.open(store_path)
@@ -338,9 +338,9 @@ def store_setup(
 
 
 def _online_setup(cfg: StudentTrainConfig, shard_set: Any, device: torch.device) -> _Setup:
-    from civt_pipe.pipeline.augment.config import preset
-    from civt_pipe.pipeline.online_teachers import load_online_teachers
-    from civt_pipe.pipeline.student_data import shard_rows_for
+    from ..augment.config import preset
+    from ..replay.online_teachers import load_online_teachers
+    from ..replay.student_stream import shard_rows_for
 
     index = shard_set.index
     loaded = load_online_teachers(
@@ -382,10 +382,10 @@ def teacher_targets(
 ) -> dict[str, Tensor]:
     """Per teacher the dense distribution at its τ: from the store's top-k, or live teachers."""
     if setup.online:
-        from civt_pipe.pipeline.online_teachers import teacher_probs
+        from ..replay.online_teachers import teacher_probs
 
         return teacher_probs(setup.online, images, taus)
-    from civt_pipe.stores.topk import dense_target
+    from ...stores.topk import dense_target
 
     return {
         name: dense_target(lp, ix, setup.num_classes, taus[name]).to(device)
@@ -431,7 +431,7 @@ def _checkpoint(
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
     """A plain-dict student checkpoint in the format ``evaluate`` reads (models/checkpoint)."""
-    from civt_pipe.pipeline.models.checkpoint import make_checkpoint
+    from ..models.checkpoint import make_checkpoint
 
     return make_checkpoint(
         model,  # type: ignore[arg-type]
@@ -457,8 +457,8 @@ def _check_student_tokens(model_args: Mapping[str, Any], setup: _Setup, path: Pa
 
 def train_student(cfg: StudentTrainConfig) -> dict[str, Any]:
     """Run (or resume) stage two; returns the summary ``--json`` prints."""
-    from civt_pipe.pipeline.device import cpu_threads, resolve_device
-    from civt_pipe.pipeline.distributed import init_distributed, shutdown
+    from ..runtime.device import cpu_threads, resolve_device
+    from ..runtime.distributed import init_distributed, shutdown
 
     if cfg.store is None and not cfg.teachers:
         raise UserError("train-student needs --store STORE (or --teacher NAME=ARCH:CKPT ...)")
@@ -492,20 +492,20 @@ def _prepare_run_dir(cfg: StudentTrainConfig, is_main: bool) -> Path:
 
 
 def _train(cfg: StudentTrainConfig, device: torch.device, ctx: Any) -> dict[str, Any]:
-    from civt_pipe.pipeline.atomic import append_jsonl, atomic_write_json
-    from civt_pipe.pipeline.data.shard_set import resolve_shards
-    from civt_pipe.pipeline.distributed import barrier
-    from civt_pipe.pipeline.losses import civt_loss
-    from civt_pipe.pipeline.models.checkpoint import load_checkpoint, save_checkpoint
-    from civt_pipe.pipeline.models.registry import build_student
-    from civt_pipe.pipeline.schedule import (
+    from ..data.shard_set import resolve_shards
+    from ..models.checkpoint import load_checkpoint, save_checkpoint
+    from ..models.registry import build_student
+    from ..replay.student_stream import ViewSource, iter_batches, plan_epoch
+    from ..runtime.atomic import append_jsonl, atomic_write_json
+    from ..runtime.distributed import barrier
+    from ..train.losses import civt_loss
+    from ..train.schedule import (
         OptimizerConfig,
         ScheduleConfig,
         build_optimizer,
         lr_at,
         set_lr,
     )
-    from civt_pipe.pipeline.student_data import ViewSource, iter_batches, plan_epoch
 
     run_dir = _prepare_run_dir(cfg, ctx.is_main)
     shard_set = resolve_shards(cfg.data)
@@ -755,7 +755,7 @@ def _validate(
     workers: int,
 ) -> dict[str, float]:
     """Top-1 per head on the validation shards (every rank takes its share; counts are summed)."""
-    from civt_pipe.pipeline.evaluate import evaluate_model
+    from .evaluate import evaluate_model
 
     result = evaluate_model(
         model,

@@ -34,9 +34,9 @@ from typing import NamedTuple, TypeVar
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from civt_pipe.pipeline.augment.config import AugmentConfig
-from civt_pipe.pipeline.data.index import ShardIndex
-from civt_pipe.pipeline.errors import UserError
+from ..augment.config import AugmentConfig
+from ..runtime.errors import UserError
+from .index import ShardIndex
 
 _T = TypeVar("_T")
 
@@ -176,7 +176,7 @@ def _worker_slot(num_workers: int) -> int:
 
 def _read_part(shard_set: object, plan: PartPlan, channels: int) -> Iterator[tuple[int, object]]:
     """``(shard index, decoded sample)`` of a plan, in plan order; other positions are skipped."""
-    from civt_pipe.pipeline.data.reader import iter_shard
+    from .reader import iter_shard
 
     paths = shard_set.paths  # type: ignore[attr-defined]
     for shard, positions in plan:
@@ -285,8 +285,8 @@ class TrainStream(IterableDataset):  # type: ignore[type-arg]
         yield from buffer_shuffle(needed, self.cfg.shuffle_buffer, rng)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from civt_pipe.pipeline.augment.params import sample_view_params
-        from civt_pipe.pipeline.augment.render import render_view
+        from ..augment.params import sample_view_params
+        from ..augment.render import render_view
 
         images: list[torch.Tensor] = []
         labels: list[int] = []
@@ -355,7 +355,7 @@ class EvalStream(IterableDataset):  # type: ignore[type-arg]
         self.counts = [s.num_samples for s in self.index.shards]
 
     def __iter__(self) -> Iterator[EvalBatch]:
-        from civt_pipe.pipeline.augment.render import eval_view
+        from ..augment.render import eval_view
 
         worker = _worker_slot(self.workers) if self.workers > 1 else 0
         order = shard_order(len(self.counts), seed=0, epoch=0, shuffle=False)

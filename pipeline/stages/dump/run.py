@@ -20,28 +20,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from civt_pipe.pipeline.augment.config import AugmentConfig
-from civt_pipe.pipeline.augment.params import param_fields
-from civt_pipe.pipeline.console import info, make_progress
-from civt_pipe.pipeline.data.reader import assign_shards
-from civt_pipe.pipeline.data.shard_set import ShardSet, resolve_shards
-from civt_pipe.pipeline.device import cpu_threads, resolve_device
-from civt_pipe.pipeline.distributed import DistContext, barrier, init_distributed, shutdown
-from civt_pipe.pipeline.dump_config import (
+from ....stores.logit_store import LogitStore, StoreVersionError
+from ....stores.schema import FieldSpec, StoreSpec
+from ...augment.config import AugmentConfig
+from ...augment.params import param_fields
+from ...data.reader import assign_shards
+from ...data.shard_set import ShardSet, resolve_shards
+from ...runtime.console import info, make_progress
+from ...runtime.device import cpu_threads, resolve_device
+from ...runtime.distributed import DistContext, barrier, init_distributed, shutdown
+from ...runtime.errors import UserError
+from .config import (
     DumpConfig,
     TeacherSpec,
     resolve_augment,
 )
-from civt_pipe.pipeline.dump_data import RenderedBlocks, ShardJob, make_loader
-from civt_pipe.pipeline.dump_teachers import (
+from .data import RenderedBlocks, ShardJob, make_loader
+from .teachers import (
     LoadedTeacher,
     ShardAccumulator,
     TeacherRunner,
     load_teachers,
 )
-from civt_pipe.pipeline.errors import UserError
-from civt_pipe.stores.logit_store import LogitStore, StoreVersionError
-from civt_pipe.stores.schema import FieldSpec, StoreSpec
 
 __all__ = ["DumpConfig", "TeacherSpec", "print_summary", "run_dump"]
 

@@ -1,0 +1,1 @@
+"""Stage two's inputs: a store bound to its shards, replayed views, teacher targets."""

@@ -1,0 +1,1 @@
+"""Process-level plumbing: errors, console, devices, torch.distributed, atomic writes."""

@@ -1,0 +1,1 @@
+"""One orchestrator per command. Stages never import each other."""

@@ -1,0 +1,1 @@
+"""Training machinery shared by the stages: losses, schedule, metrics, validation, the loop."""

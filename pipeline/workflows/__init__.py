@@ -1,0 +1,1 @@
+"""Workflows that chain stages (quickstart); the only code allowed to import stages."""
