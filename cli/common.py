@@ -10,21 +10,22 @@ from typing import Any, TypeVar
 
 import typer
 
-from ..pipeline.runtime.errors import UserError
+from ..pipeline.runtime.errors import USER_ERRORS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(fn: F) -> F:
-    """Turn a :class:`UserError` into one line on stderr and exit code 2 (no traceback)."""
+    """Turn a user error (``UserError`` or the store's ``StoreError``) into one line on stderr
+    and its exit code, 2 (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as err:
+        except USER_ERRORS as err:
             typer.echo(f"civt-pipe: error: {err}", err=True)
-            raise typer.Exit(code=err.exit_code) from None
+            raise typer.Exit(code=getattr(err, "exit_code", 2)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -22,11 +22,11 @@ def inspect_store_command(
     ] = False,
 ) -> None:
     """Dataset, V, k, per-teacher accuracy/entropy/leftover, agreement, completeness, sizes."""
-    from ..stores.inspect import inspect_store, print_report
+    from ..pipeline.stages.inspect_store import InspectStoreConfig, run_inspect_store
     from .common import emit_json
 
-    report = inspect_store(store, verify=verify)
+    report = run_inspect_store(
+        InspectStoreConfig(store=store, verify=verify, tables=not json_output)
+    )
     if json_output:
         emit_json(report)
-    else:
-        print_report(report)

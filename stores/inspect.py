@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..pipeline.runtime.errors import UserError
+from .errors import StoreError
 from .logit_store import LogitStore
 from .schema import FORMAT_VERSION, index_dtype, round_up
 from .topk import leftover_mass, target_entropy
@@ -121,73 +121,6 @@ def inspect_store(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
     return report
 
 
-def print_report(report: dict[str, Any]) -> None:
-    """The human form of :func:`inspect_store`'s report: rich tables on stderr."""
-    from rich.table import Table
-
-    from ..pipeline.runtime.console import console
-
-    status = (
-        "complete" if report["complete"] else f"{len(report['missing_shards'])} shard(s) missing"
-    )
-    if report["complete"] and not report["finalized"]:
-        status += " (not finalized)"
-    summary = Table(title=f"logit store {report['path']}", show_header=False)
-    summary.add_column("what")
-    summary.add_column("value")
-    fingerprint = report["attrs"].get("dataset_fingerprint")
-    rows = [
-        ("shards", str(report["num_shards"])),
-        ("samples", f"{report['num_samples']:,} ({report['num_skipped']} skipped)"),
-        ("classes", str(report["num_classes"])),
-        ("views (V)", str(report["num_views"])),
-        ("top-k (k)", str(report["topk"])),
-        ("status", status),
-        ("bytes on disk", f"{report['bytes_on_disk']:,}"),
-        ("bytes / (sample, view)", f"{report['bytes_per_sample_view']:.1f}"),
-        ("bytes / (sample, view, teacher)", f"{report['bytes_per_sample_view_teacher']:.1f}"),
-        (
-            "logits vs dense float32",
-            f"{report['ratio_to_dense_float32']:.3f}× of {report['dense_float32_bytes']:,} bytes",
-        ),
-    ]
-    if fingerprint:
-        rows.insert(0, ("dataset", str(fingerprint)[:16]))
-    for what, value in rows:
-        summary.add_row(what, value)
-    console.print(summary)
-
-    teachers = Table(title="teachers (over the stored views)")
-    for col in ("name", "arch", "checkpoint", "top-1", "entropy (nats)", "leftover", "B/(s·v)"):
-        teachers.add_column(col)
-    for t in report["teachers"]:
-        teachers.add_row(
-            t["name"],
-            t["arch"],
-            t["checkpoint_sha256"][:12],
-            f"{100 * t['top1']:.2f}%",
-            f"{t['mean_entropy']:.3f}",
-            f"{t['mean_leftover']:.4f}",
-            f"{t['bytes_per_sample_view']:.1f}",
-        )
-    console.print(teachers)
-    if report["agreement"]:
-        pairs = Table(title="teacher agreement (same arg-max)")
-        pairs.add_column("pair")
-        pairs.add_column("agreement")
-        for entry in report["agreement"]:
-            pairs.add_row(" / ".join(entry["teachers"]), f"{100 * entry['agreement']:.2f}%")
-        console.print(pairs)
-    if report["missing_shards"]:
-        shown = ", ".join(report["missing_shards"][:10])
-        more = len(report["missing_shards"]) - 10
-        console.print(f"missing shards: {shown}" + (f" and {more} more" if more > 0 else ""))
-    if report.get("verified"):
-        console.print(
-            f"[green]store OK[/green]: {report['num_shards']} shards, every invariant holds"
-        )
-
-
 def _first(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
@@ -197,7 +130,7 @@ def _where(row_view: tuple[int, ...]) -> str:
 
 
 def verify_store(path: str | Path) -> None:
-    """Check every invariant; ``UserError`` naming the first violation.
+    """Check every invariant; ``StoreError`` naming the first violation.
 
     Layout (offsets chunk-aligned, disjoint, arrays shaped and chunked as the attributes say),
     every shard written, keys non-empty and unique, labels and view labels in range, digests
@@ -215,16 +148,16 @@ def verify_store(path: str | Path) -> None:
 
     # Layout and schema.
     if store.attrs["format_version"] != FORMAT_VERSION:
-        raise UserError(f"{where}: format version {store.attrs['format_version']} is not current")
+        raise StoreError(f"{where}: format version {store.attrs['format_version']} is not current")
     end = 0
     for s in store.shards:
         if s.row_offset % chunk:
-            raise UserError(f"{where}: shard {s.name!r} does not start on a chunk boundary")
+            raise StoreError(f"{where}: shard {s.name!r} does not start on a chunk boundary")
         if s.row_offset < end:
-            raise UserError(f"{where}: shard {s.name!r} overlaps the previous shard's chunks")
+            raise StoreError(f"{where}: shard {s.name!r} overlaps the previous shard's chunks")
         end = s.row_offset + round_up(s.count, chunk)
     if end > rows_total:
-        raise UserError(f"{where}: shards need {end} rows but the arrays have {rows_total}")
+        raise StoreError(f"{where}: shards need {end} rows but the arrays have {rows_total}")
     expected: dict[str, tuple[tuple[int, ...], str | None]] = {
         "keys": ((rows_total,), None),
         "valid": ((rows_total,), "bool"),
@@ -244,19 +177,21 @@ def verify_store(path: str | Path) -> None:
         try:
             arr = store.array(name)
         except KeyError:
-            raise UserError(f"{where}: array {name} is missing") from None
+            raise StoreError(f"{where}: array {name} is missing") from None
         if tuple(arr.shape) != shape:
-            raise UserError(f"{where}: array {name} has shape {arr.shape}, expected {shape}")
+            raise StoreError(f"{where}: array {name} has shape {arr.shape}, expected {shape}")
         if dtype is not None and np.dtype(arr.dtype).name != dtype:
-            raise UserError(f"{where}: array {name} has dtype {arr.dtype}, expected {dtype}")
+            raise StoreError(f"{where}: array {name} has dtype {arr.dtype}, expected {dtype}")
         if name != "written" and (arr.chunks[0] != chunk or any(c != 1 for c in arr.chunks[1:2])):
-            raise UserError(f"{where}: array {name} has chunks {arr.chunks}, expected {chunk} rows")
+            raise StoreError(
+                f"{where}: array {name} has chunks {arr.chunks}, expected {chunk} rows"
+            )
     if store.array("written").chunks != (1,):
-        raise UserError(f"{where}: array written must have one chunk per shard")
+        raise StoreError(f"{where}: array written must have one chunk per shard")
 
     missing = store.missing_shards()
     if missing:
-        raise UserError(f"{where}: shard {missing[0]!r} is not written ({len(missing)} missing)")
+        raise StoreError(f"{where}: shard {missing[0]!r} is not written ({len(missing)} missing)")
 
     seen: set[str] = set()
     for s in store.shards:
@@ -264,24 +199,26 @@ def verify_store(path: str | Path) -> None:
         at = f"{where}: shard {s.name!r}"
         for pos, key in enumerate(block.keys):
             if not key:
-                raise UserError(f"{at} row {pos}: empty key")
+                raise StoreError(f"{at} row {pos}: empty key")
             if key in seen:
-                raise UserError(f"{at} row {pos}: key {key!r} appears twice")
+                raise StoreError(f"{at} row {pos}: key {key!r} appears twice")
             seen.add(key)
         valid = np.asarray(block.valid, dtype=bool)
         labels = block.labels[valid]
         bad = (labels < 0) | (labels >= num_classes)
         if bad.any():
             pos = int(np.flatnonzero(valid)[_first(bad)[0]])
-            raise UserError(f"{at} row {pos}: label {block.labels[pos]} out of range")
+            raise StoreError(f"{at} row {pos}: label {block.labels[pos]} out of range")
         positions = np.flatnonzero(valid)
 
         def fail(
-            mask: np.ndarray, what: str, at: str = at, positions: np.ndarray = positions
+            mask: np.ndarray | np.bool_, what: str, at: str = at, positions: np.ndarray = positions
         ) -> None:
-            if mask.any():
-                hit = _first(mask)
-                raise UserError(f"{at} {_where((int(positions[hit[0]]), *hit[1:2]))}: {what}")
+            # numpy types a reduction such as `.all(-1)` as "array or scalar": take both.
+            rows = np.asarray(mask)
+            if rows.any():
+                hit = _first(rows)
+                raise StoreError(f"{at} {_where((int(positions[hit[0]]), *hit[1:2]))}: {what}")
 
         vl = block.view_labels[valid]
         fail((vl < 0) | (vl >= num_classes), "view label out of range")

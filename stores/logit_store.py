@@ -9,7 +9,6 @@ never half-present. Fill values never stand for "written": only ``written`` does
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import warnings
 from pathlib import Path
@@ -20,8 +19,8 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from ..pipeline.runtime.errors import UserError
 from .blocks import ShardBlock, ViewBlock, pad_shard_block
+from .errors import StoreError, StoreVersionError
 from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -30,19 +29,12 @@ from .schema import (
     StoreSpec,
     TeacherInfo,
     index_dtype,
+    key_digest,
     round_up,
 )
 from .topk import TopKLogits
 
-__all__ = ["LogitStore", "ShardBlock", "StoreVersionError", "ViewBlock"]
-
-
-class StoreVersionError(UserError):
-    """A logit store of another (older, newer or unknown) format version.
-
-    A subclass so that callers which treat "not a store" generically (``dump-logits`` resuming)
-    can let this message, which says what to do, through unchanged.
-    """
+__all__ = ["LogitStore", "ShardBlock", "StoreError", "StoreVersionError", "ViewBlock"]
 
 
 def _compressors(dtype: np.dtype[Any] | str) -> list[BloscCodec]:
@@ -78,11 +70,13 @@ class LogitStore:
         target = Path(path)
         if target.exists():
             if not overwrite:
-                raise UserError(f"logit store {target} already exists (use --overwrite to replace)")
+                raise StoreError(
+                    f"logit store {target} already exists (use --overwrite to replace)"
+                )
             if target.is_file():
-                raise UserError(f"refusing to overwrite {target}: it is a file, not a store")
+                raise StoreError(f"refusing to overwrite {target}: it is a file, not a store")
             if any(target.iterdir()) and not (target / "zarr.json").is_file():
-                raise UserError(f"refusing to overwrite {target}: it is not a zarr store")
+                raise StoreError(f"refusing to overwrite {target}: it is not a zarr store")
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         group = zarr.open_group(str(target), mode="w-", zarr_format=3)
@@ -149,22 +143,22 @@ class LogitStore:
 
     @classmethod
     def open(cls, path: str | Path, mode: Literal["r", "r+"] = "r") -> LogitStore:
-        """Open an existing store; ``UserError`` if it is missing, not a store, or of another
+        """Open an existing store; ``StoreError`` if it is missing, not a store, or of another
         format version (newer: upgrade civt-pipe; older: re-dump it)."""
         target = Path(path)
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
         if not target.exists():
-            raise UserError(f"no logit store at {target}")
+            raise StoreError(f"no logit store at {target}")
         if not target.is_dir() or not (target / "zarr.json").is_file():
-            raise UserError(f"{target} is not a civt-pipe logit store (no zarr group there)")
+            raise StoreError(f"{target} is not a civt-pipe logit store (no zarr group there)")
         try:
             group = zarr.open_group(str(target), mode=mode, zarr_format=3)
         except Exception as err:  # any zarr/JSON failure means "not a store we can read"
-            raise UserError(f"{target} is not a readable zarr v3 group: {err}") from None
+            raise StoreError(f"{target} is not a readable zarr v3 group: {err}") from None
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT_NAME:
-            raise UserError(f"{target} is a zarr group but not a civt-pipe logit store")
+            raise StoreError(f"{target} is a zarr group but not a civt-pipe logit store")
         version = attrs.get("format_version")
         if not isinstance(version, int) or version < 1:
             raise StoreVersionError(
@@ -268,7 +262,7 @@ class LogitStore:
         )
 
     def check_compatible(self, spec: StoreSpec) -> None:
-        """``UserError`` naming the first difference between this store and ``spec`` (resume)."""
+        """``StoreError`` naming the first difference between this store and ``spec`` (resume)."""
         mine = self.spec
         checks: list[tuple[str, Any, Any]] = [
             ("shards", mine.shards, spec.shards),
@@ -287,15 +281,15 @@ class LogitStore:
             checks.append((f"attribute {key!r}", mine.attrs.get(key), spec.attrs.get(key)))
         for what, stored, wanted in checks:
             if stored != wanted:
-                raise UserError(
+                raise StoreError(
                     f"logit store {self.path} was made with different {what} "
                     f"({_short(stored)} vs {_short(wanted)} now); use --overwrite or another --out"
                 )
 
     def shard(self, name: str) -> ShardLayout:
-        """The layout of shard ``name``; ``UserError`` if the store does not list it."""
+        """The layout of shard ``name``; ``StoreError`` if the store does not list it."""
         if name not in self._by_name:
-            raise UserError(f"shard {name!r} is not in logit store {self.path}")
+            raise StoreError(f"shard {name!r} is not in logit store {self.path}")
         return self._layout[self._by_name[name]]
 
     def array(self, name: str) -> zarr.Array:
@@ -303,7 +297,7 @@ class LogitStore:
         if name not in self._arrays:
             arr = self._group[name]
             if not isinstance(arr, zarr.Array):
-                raise UserError(f"logit store {self.path}: {name} is not an array")
+                raise StoreError(f"logit store {self.path}: {name} is not an array")
             self._arrays[name] = arr
         return self._arrays[name]
 
@@ -334,19 +328,19 @@ class LogitStore:
         """Write one shard's block (all views, teachers, aug fields), then set its flag.
 
         Writes whole chunks (the block padded to the shard's chunk span), so no chunk is shared
-        with another shard and a rewrite produces the same bytes. Raises ``UserError`` if the
+        with another shard and a rewrite produces the same bytes. Raises ``StoreError`` if the
         shard is already written (unless ``replace``) or the store is finalized.
         """
         if self.mode != "r+":
-            raise UserError(f"logit store {self.path} is open read-only")
+            raise StoreError(f"logit store {self.path} is open read-only")
         if self.is_finalized:
-            raise UserError(f"logit store {self.path} is finalized; it takes no more writes")
+            raise StoreError(f"logit store {self.path} is finalized; it takes no more writes")
         layout = self.shard(name)
         flag_index = self._by_name[name]
         written = self.array("written")
         if bool(written[flag_index]):
             if not replace:
-                raise UserError(f"shard {name!r} is already written in {self.path}")
+                raise StoreError(f"shard {name!r} is already written in {self.path}")
             # Clear first: a rewrite killed half-way must leave the shard missing.
             written[flag_index] = False
         data = self._padded_block(layout, block)
@@ -372,7 +366,7 @@ class LogitStore:
     def read_view(self, name: str, view: int) -> ViewBlock:
         """One view of one shard: one chunk read per array (when the shard fits one chunk)."""
         if not 0 <= view < self.num_views:
-            raise UserError(f"view {view} is out of range: {self.path} has {self.num_views} views")
+            raise StoreError(f"view {view} is out of range: {self.path} has {self.num_views} views")
         layout = self.shard(name)
         rows = slice(layout.row_offset, layout.row_offset + layout.count)
 
@@ -428,18 +422,18 @@ class LogitStore:
     def finalize(self, extra_attrs: dict[str, Any] | None = None) -> None:
         """Record final attributes and consolidate metadata (rank 0, after the last write).
 
-        Adds per-shard ``key_digest`` (sha256 of the shard's keys joined by newlines), per
+        Adds per-shard ``key_digest`` (:func:`~.schema.key_digest` of the shard's keys), per
         teacher ``top1`` on the stored views, the skipped keys, ``complete: true``, and merges
-        ``extra_attrs`` into the free attributes. ``UserError`` if a shard is missing.
+        ``extra_attrs`` into the free attributes. ``StoreError`` if a shard is missing.
         """
         if self.mode != "r+":
-            raise UserError(f"logit store {self.path} is open read-only")
+            raise StoreError(f"logit store {self.path} is open read-only")
         missing = self.missing_shards()
         if missing:
             shown = ", ".join(missing[:5]) + (
                 f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             )
-            raise UserError(f"cannot finalize {self.path}: shards not written: {shown}")
+            raise StoreError(f"cannot finalize {self.path}: shards not written: {shown}")
         names = self.teacher_names
         hits = dict.fromkeys(names, 0)
         counted = 0
@@ -455,13 +449,12 @@ class LogitStore:
                 hits[t] += int((top1 == view_labels).sum())
             counted += int(view_labels.size)
             skipped.extend(k for k, ok in zip(keys, valid, strict=True) if not ok)
-            digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
             shards_attr.append(
                 {
                     "name": layout.name,
                     "count": layout.count,
                     "row_offset": layout.row_offset,
-                    "key_digest": digest,
+                    "key_digest": key_digest(keys),
                 }
             )
         teachers_attr = []

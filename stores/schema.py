@@ -8,13 +8,15 @@ See ``docs/store-format.md`` for the on-disk format.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..pipeline.runtime.errors import UserError
+from .errors import StoreError
 
 FORMAT_NAME = "civt-pipe-logit-store"
 """Value of the group attribute ``format``; anything else is not one of our stores."""
@@ -40,6 +42,15 @@ def index_dtype(num_classes: int) -> np.dtype[Any]:
     return np.dtype(np.int16) if num_classes <= INT16_MAX_CLASSES else np.dtype(np.int32)
 
 
+def key_digest(keys: Iterable[str]) -> str:
+    """sha256 (hex) of a shard's keys joined by ``"\\n"``, in shard order.
+
+    The one formula for a shard's identity: the shard index records it, the reader checks a tar
+    against it, and the store's ``finalize`` writes it per shard, so all three must agree.
+    """
+    return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
+
+
 def round_up(value: int, multiple: int) -> int:
     """``value`` rounded up to a multiple of ``multiple`` (at least one multiple)."""
     return max(multiple, -(-value // multiple) * multiple)
@@ -48,7 +59,7 @@ def round_up(value: int, multiple: int) -> int:
 def _check_name(kind: str, name: str) -> None:
     # Names become zarr path components, so they must be plain file-name-safe words.
     if not _NAME_RE.match(name):
-        raise UserError(
+        raise StoreError(
             f"{kind} name {name!r} must use only letters, digits, '_', '.' and '-' "
             "and not start with '.' or '-'"
         )
@@ -66,15 +77,15 @@ class FieldSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if any(s < 1 for s in self.shape):
-            raise UserError(f"augmentation field shape {self.shape} has a non-positive size")
+            raise StoreError(f"augmentation field shape {self.shape} has a non-positive size")
         try:
             dt = np.dtype(self.dtype)
         except TypeError as err:
-            raise UserError(
+            raise StoreError(
                 f"augmentation field dtype {self.dtype!r} is not a numpy dtype"
             ) from err
         if dt.kind not in "biuf":
-            raise UserError(
+            raise StoreError(
                 f"augmentation field dtype {self.dtype!r} must be a bool, integer or float type"
             )
         object.__setattr__(self, "dtype", dt.name)
@@ -107,9 +118,9 @@ class TeacherInfo:
     def __post_init__(self) -> None:
         _check_name("teacher", self.name)
         if not self.arch:
-            raise UserError(f"teacher {self.name!r} has an empty arch")
+            raise StoreError(f"teacher {self.name!r} has an empty arch")
         if self.num_classes < 1:
-            raise UserError(f"teacher {self.name!r} has {self.num_classes} classes")
+            raise StoreError(f"teacher {self.name!r} has {self.num_classes} classes")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form stored in the group attributes."""
@@ -167,37 +178,37 @@ class StoreSpec:
         shards = [(str(n), int(c)) for n, c in self.shards]
         object.__setattr__(self, "shards", shards)
         if not shards:
-            raise UserError("a logit store needs at least one shard")
+            raise StoreError("a logit store needs at least one shard")
         names = [n for n, _ in shards]
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
-            raise UserError(f"shard {dup!r} is listed twice")
+            raise StoreError(f"shard {dup!r} is listed twice")
         for name, count in shards:
             if count < 1:
-                raise UserError(f"shard {name!r} has no samples")
+                raise StoreError(f"shard {name!r} has no samples")
         if self.num_views < 1:
-            raise UserError(f"the number of views must be at least 1, got {self.num_views}")
+            raise StoreError(f"the number of views must be at least 1, got {self.num_views}")
         if self.num_classes < 2:
-            raise UserError(f"the class count must be at least 2, got {self.num_classes}")
+            raise StoreError(f"the class count must be at least 2, got {self.num_classes}")
         if not 1 <= self.topk <= self.num_classes:
-            raise UserError(
+            raise StoreError(
                 f"top-k {self.topk} must be between 1 and the class count {self.num_classes}"
             )
         if not self.teachers:
-            raise UserError("a logit store needs at least one teacher")
+            raise StoreError("a logit store needs at least one teacher")
         tnames = [t.name for t in self.teachers]
         if len(set(tnames)) != len(tnames):
-            raise UserError(f"teacher names must be unique, got {tnames}")
+            raise StoreError(f"teacher names must be unique, got {tnames}")
         for t in self.teachers:
             if t.num_classes != self.num_classes:
-                raise UserError(
+                raise StoreError(
                     f"teacher {t.name!r} has {t.num_classes} classes but the data has "
                     f"{self.num_classes}"
                 )
         for fname in self.aug_fields:
             _check_name("augmentation field", fname)
         if self.chunk_rows is not None and self.chunk_rows < 1:
-            raise UserError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
+            raise StoreError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
 
     @property
     def resolved_chunk_rows(self) -> int:

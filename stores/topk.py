@@ -12,6 +12,7 @@ in float32 so the raw logits are still ``logprobs + lse``. The top-k probabiliti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,50 @@ class TopKLogits:
     def values(self) -> torch.Tensor:
         """The raw top-k logits, float32 ``[..., k]``: ``logprobs + lse`` (read-only)."""
         return self.logprobs.to(torch.float32) + self.lse.to(torch.float32).unsqueeze(-1)
+
+    def __getitem__(self, rows: int | slice | Sequence[int] | torch.Tensor) -> TopKLogits:
+        """The selected rows: ``rows`` indexes the leading (row) axes of all three tensors alike.
+
+        A tensor or list of row numbers gives a copy (as with any tensor indexing); the class
+        axis is never indexed.
+        """
+        return TopKLogits(
+            logprobs=self.logprobs[rows], indices=self.indices[rows], lse=self.lse[rows]
+        )
+
+    def to(self, device: torch.device | str) -> TopKLogits:
+        """The same rows on ``device`` (dtypes unchanged)."""
+        return TopKLogits(
+            logprobs=self.logprobs.to(device),
+            indices=self.indices.to(device),
+            lse=self.lse.to(device),
+        )
+
+    def dense(self, num_classes: int, tau: float = 1.0) -> torch.Tensor:
+        """The dense distribution ``[..., C]`` at temperature ``tau`` (see :func:`dense_target`)."""
+        return dense_target(self.logprobs, self.indices, num_classes, tau)
+
+    @classmethod
+    def stack(cls, parts: Sequence[TopKLogits]) -> TopKLogits:
+        """Stack equally shaped parts along a new leading axis (rows of a batch, say)."""
+        if not parts:
+            raise ValueError("cannot stack zero TopKLogits")
+        return cls(
+            logprobs=torch.stack([p.logprobs for p in parts]),
+            indices=torch.stack([p.indices for p in parts]),
+            lse=torch.stack([p.lse for p in parts]),
+        )
+
+    @classmethod
+    def cat(cls, parts: Sequence[TopKLogits]) -> TopKLogits:
+        """Concatenate parts along the leading (row) axis; they must agree on k and dtypes."""
+        if not parts:
+            raise ValueError("cannot concatenate zero TopKLogits")
+        return cls(
+            logprobs=torch.cat([p.logprobs for p in parts]),
+            indices=torch.cat([p.indices for p in parts]),
+            lse=torch.cat([p.lse for p in parts]),
+        )
 
     @classmethod
     def from_logits(cls, logits: torch.Tensor, k: int) -> TopKLogits:

@@ -15,7 +15,7 @@ import zarr
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
-from civt_pipe.pipeline.runtime.errors import UserError
+from civt_pipe.stores.errors import StoreError
 from civt_pipe.stores.inspect import inspect_store, verify_store
 from civt_pipe.stores.logit_store import LogitStore, ShardBlock
 from civt_pipe.stores.schema import StoreSpec, TeacherInfo
@@ -110,7 +110,7 @@ def test_inspect_of_a_partial_store_reports_missing_shards(tmp_path: Path) -> No
     assert not report["complete"] and report["missing_shards"] == ["s0.tar"]
     assert report["num_written_samples"] == 3
     assert report["teachers"][0]["top1"] == 1.0
-    with pytest.raises(UserError, match=re.escape("shard 's0.tar' is not written")):
+    with pytest.raises(StoreError, match=re.escape("shard 's0.tar' is not written")):
         verify_store(path)
 
 
@@ -173,7 +173,7 @@ def test_verify_names_the_first_violation(
     _known_store(path)
     verify_store(path)
     _corrupt(path, array, index, value)
-    with pytest.raises(UserError, match=re.escape(message)):
+    with pytest.raises(StoreError, match=re.escape(message)):
         verify_store(path)
 
 

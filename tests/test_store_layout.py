@@ -16,7 +16,7 @@ import torch
 import zarr
 from store_helpers import SHARDS, make_block, make_spec, write_all
 
-from civt_pipe.pipeline.runtime.errors import UserError
+from civt_pipe.stores.errors import StoreError
 from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.schema import FORMAT_VERSION, FieldSpec, StoreSpec, TeacherInfo
 from civt_pipe.stores.topk import TopKLogits, dense_target
@@ -47,12 +47,12 @@ def test_given_chunk_rows_pads_every_shard_to_a_chunk_boundary() -> None:
     ],
 )
 def test_spec_rejects_bad_input_with_a_clear_error(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(StoreError, match=message):
         make_spec(**kwargs)
 
 
 def test_spec_rejects_teacher_with_other_class_count() -> None:
-    with pytest.raises(UserError, match="has 5 classes but the data has 10"):
+    with pytest.raises(StoreError, match="has 5 classes but the data has 10"):
         StoreSpec(
             shards=SHARDS,
             num_views=1,
@@ -63,7 +63,7 @@ def test_spec_rejects_teacher_with_other_class_count() -> None:
 
 
 def test_field_spec_rejects_non_numeric_dtype() -> None:
-    with pytest.raises(UserError, match="bool, integer or float"):
+    with pytest.raises(StoreError, match="bool, integer or float"):
         FieldSpec((2,), "U4")
 
 
@@ -109,7 +109,7 @@ def test_create_refuses_existing_path_unless_overwrite(tmp_path: Path) -> None:
     spec = make_spec()
     path = tmp_path / "s.zarr"
     write_all(LogitStore.create(path, spec), spec, [SHARDS[0][0]])
-    with pytest.raises(UserError, match="already exists"):
+    with pytest.raises(StoreError, match="already exists"):
         LogitStore.create(path, spec)
     fresh = LogitStore.create(path, spec, overwrite=True)
     assert fresh.missing_shards() == [n for n, _ in SHARDS]
@@ -118,19 +118,19 @@ def test_create_refuses_existing_path_unless_overwrite(tmp_path: Path) -> None:
 def test_overwrite_refuses_a_directory_that_is_not_a_store(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "precious.txt").write_text("keep me")
-    with pytest.raises(UserError, match="not a zarr store"):
+    with pytest.raises(StoreError, match="not a zarr store"):
         LogitStore.create(tmp_path / "data", make_spec(), overwrite=True)
     assert (tmp_path / "data" / "precious.txt").exists()
 
 
 def test_open_errors_name_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="no logit store at"):
+    with pytest.raises(StoreError, match="no logit store at"):
         LogitStore.open(tmp_path / "missing")
     (tmp_path / "plain").mkdir()
-    with pytest.raises(UserError, match="not a civt-pipe logit store"):
+    with pytest.raises(StoreError, match="not a civt-pipe logit store"):
         LogitStore.open(tmp_path / "plain")
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs.update({"x": 1})
-    with pytest.raises(UserError, match="not a civt-pipe logit store"):
+    with pytest.raises(StoreError, match="not a civt-pipe logit store"):
         LogitStore.open(tmp_path / "other.zarr")
 
 
@@ -155,7 +155,7 @@ def test_open_refuses_other_or_unknown_versions(tmp_path: Path, version: Any, me
     path = tmp_path / "s.zarr"
     LogitStore.create(path, make_spec())
     zarr.open_group(str(path), mode="r+").attrs.update({"format_version": version})
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(StoreError, match=message):
         LogitStore.open(path)
 
 
@@ -188,23 +188,23 @@ def test_write_rules(tmp_path: Path) -> None:
     store = LogitStore.create(path, spec)
     first = SHARDS[0][0]
     store.write_shard(first, make_block(spec, first))
-    with pytest.raises(UserError, match="already written"):
+    with pytest.raises(StoreError, match="already written"):
         store.write_shard(first, make_block(spec, first))
     store.write_shard(first, make_block(spec, first), replace=True)
-    with pytest.raises(UserError, match="read-only"):
+    with pytest.raises(StoreError, match="read-only"):
         LogitStore.open(path).write_shard(first, make_block(spec, first))
-    with pytest.raises(UserError, match="not in logit store"):
+    with pytest.raises(StoreError, match="not in logit store"):
         store.write_shard("nope.tar", make_block(spec, first))
     with pytest.raises(ValueError, match="shape"):
         bad = make_block(spec, SHARDS[1][0])
         bad.digests = bad.digests[:, :1]
         store.write_shard(SHARDS[1][0], bad)
     assert store.missing_shards() == [SHARDS[1][0], SHARDS[2][0]]
-    with pytest.raises(UserError, match=r"shards not written: train-000001.tar, train-000002"):
+    with pytest.raises(StoreError, match=r"shards not written: train-000001.tar, train-000002"):
         store.finalize()
     write_all(store, spec, [SHARDS[1][0], SHARDS[2][0]])
     store.finalize({"note": "done"})
-    with pytest.raises(UserError, match="finalized"):
+    with pytest.raises(StoreError, match="finalized"):
         store.write_shard(first, make_block(spec, first), replace=True)
 
 
@@ -245,7 +245,7 @@ def test_finalize_records_digests_top1_skips_and_consolidates(tmp_path: Path) ->
 def test_check_compatible_names_the_first_difference(tmp_path: Path) -> None:
     store = LogitStore.create(tmp_path / "s.zarr", make_spec())
     store.check_compatible(make_spec())
-    with pytest.raises(UserError, match="different views"):
+    with pytest.raises(StoreError, match="different views"):
         store.check_compatible(make_spec(views=3))
 
 

@@ -180,3 +180,38 @@ def test_known_leftover_and_entropy() -> None:
     assert leftover_mass(top.logprobs).item() == pytest.approx(0.2, abs=1e-3)
     entropy = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.1))
     assert target_entropy(top.logprobs, 4).item() == pytest.approx(entropy, abs=2e-3)
+
+
+def _assert_same(a: TopKLogits, b: TopKLogits) -> None:
+    for part in ("logprobs", "indices", "lse"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert x.dtype == y.dtype and torch.equal(x, y), part
+
+
+def test_row_selection_indexes_all_three_parts_alike() -> None:
+    top = TopKLogits.from_logits(_logits((6, 3, 10)), 4)  # rows, views, classes
+    rows = torch.tensor([4, 0, 4])
+    picked = top[rows]
+    assert picked.logprobs.shape == (3, 3, 4) and picked.lse.shape == (3, 3)
+    assert torch.equal(picked.indices[1], top.indices[0])
+    assert torch.equal(picked.lse[2], top.lse[4])
+    _assert_same(top[1:3], TopKLogits(top.logprobs[1:3], top.indices[1:3], top.lse[1:3]))
+    one = top[5]  # an int drops the row axis, as for a tensor
+    assert one.logprobs.shape == (3, 4) and one.lse.shape == (3,)
+
+
+def test_stack_of_single_rows_rebuilds_the_batch_and_cat_joins_parts() -> None:
+    top = TopKLogits.from_logits(_logits((5, 12)), 3)
+    _assert_same(TopKLogits.stack([top[i] for i in range(5)]), top)
+    _assert_same(TopKLogits.cat([top[:2], top[2:]]), top)
+    with pytest.raises(ValueError, match="zero"):
+        TopKLogits.stack([])
+    with pytest.raises(ValueError, match="zero"):
+        TopKLogits.cat([])
+
+
+def test_to_keeps_dtypes_and_dense_equals_dense_target() -> None:
+    top = TopKLogits.from_logits(_logits((4, 9)), 5)
+    _assert_same(top.to("cpu"), top)
+    for tau in (1.0, 2.5):
+        assert torch.equal(top.dense(9, tau), dense_target(top.logprobs, top.indices, 9, tau))

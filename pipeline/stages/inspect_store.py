@@ -1,0 +1,100 @@
+"""``inspect-store``: inspect (and optionally verify) a logit store, then show the report.
+
+The figures and the invariant checks belong to the store (:mod:`civt_pipe.stores.inspect`, which
+knows nothing about consoles); this stage only runs them and presents the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from ...stores.inspect import inspect_store
+from ..runtime.console import console
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InspectStoreConfig:
+    """What ``civt-pipe inspect-store`` was asked."""
+
+    store: Path
+    """The logit store directory."""
+    verify: bool = False
+    """Check every invariant first (a violation is a ``StoreError`` naming it)."""
+    tables: bool = True
+    """Print the human report on stderr (off when the caller prints JSON instead)."""
+
+
+def run_inspect_store(cfg: InspectStoreConfig) -> dict[str, Any]:
+    """Inspect the store, print the report unless ``cfg.tables`` is off, and return it."""
+    report = inspect_store(cfg.store, verify=cfg.verify)
+    if cfg.tables:
+        print_report(report)
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The human form of an inspection report (:func:`~civt_pipe.stores.inspect.inspect_store`):
+    rich tables on stderr."""
+    status = (
+        "complete" if report["complete"] else f"{len(report['missing_shards'])} shard(s) missing"
+    )
+    if report["complete"] and not report["finalized"]:
+        status += " (not finalized)"
+    summary = Table(title=f"logit store {report['path']}", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value")
+    fingerprint = report["attrs"].get("dataset_fingerprint")
+    rows = [
+        ("shards", str(report["num_shards"])),
+        ("samples", f"{report['num_samples']:,} ({report['num_skipped']} skipped)"),
+        ("classes", str(report["num_classes"])),
+        ("views (V)", str(report["num_views"])),
+        ("top-k (k)", str(report["topk"])),
+        ("status", status),
+        ("bytes on disk", f"{report['bytes_on_disk']:,}"),
+        ("bytes / (sample, view)", f"{report['bytes_per_sample_view']:.1f}"),
+        ("bytes / (sample, view, teacher)", f"{report['bytes_per_sample_view_teacher']:.1f}"),
+        (
+            "logits vs dense float32",
+            f"{report['ratio_to_dense_float32']:.3f}× of {report['dense_float32_bytes']:,} bytes",
+        ),
+    ]
+    if fingerprint:
+        rows.insert(0, ("dataset", str(fingerprint)[:16]))
+    for what, value in rows:
+        summary.add_row(what, value)
+    console.print(summary)
+
+    teachers = Table(title="teachers (over the stored views)")
+    for col in ("name", "arch", "checkpoint", "top-1", "entropy (nats)", "leftover", "B/(s·v)"):
+        teachers.add_column(col)
+    for t in report["teachers"]:
+        teachers.add_row(
+            t["name"],
+            t["arch"],
+            t["checkpoint_sha256"][:12],
+            f"{100 * t['top1']:.2f}%",
+            f"{t['mean_entropy']:.3f}",
+            f"{t['mean_leftover']:.4f}",
+            f"{t['bytes_per_sample_view']:.1f}",
+        )
+    console.print(teachers)
+    if report["agreement"]:
+        pairs = Table(title="teacher agreement (same arg-max)")
+        pairs.add_column("pair")
+        pairs.add_column("agreement")
+        for entry in report["agreement"]:
+            pairs.add_row(" / ".join(entry["teachers"]), f"{100 * entry['agreement']:.2f}%")
+        console.print(pairs)
+    if report["missing_shards"]:
+        shown = ", ".join(report["missing_shards"][:10])
+        more = len(report["missing_shards"]) - 10
+        console.print(f"missing shards: {shown}" + (f" and {more} more" if more > 0 else ""))
+    if report.get("verified"):
+        console.print(
+            f"[green]store OK[/green]: {report['num_shards']} shards, every invariant holds"
+        )
