@@ -15,7 +15,7 @@ def models_command(
     ] = False,
 ) -> None:
     """List architectures (teachers and students) with parameter counts at 1000 classes, 224 px."""
-    from ..pipeline.models.registry import describe_models
+    from ..pipeline.models.factory import describe_models
 
     rows = describe_models()
     if json_output:

@@ -17,7 +17,7 @@ from civt_pipe.pipeline.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from civt_pipe.pipeline.models.registry import build_student, build_teacher
+from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.runtime.errors import UserError
 
 CLASSES = [str(i) for i in range(10)]
@@ -25,7 +25,7 @@ CLASSES = [str(i) for i in range(10)]
 
 def _teacher_ckpt(tmp_path: Path, **kwargs: object) -> tuple[Path, torch.nn.Module]:
     args: dict[str, object] = {"num_classes": 10, "in_chans": 1, "image_size": 16, **kwargs}
-    model = build_teacher("cnn-nano", **args).eval()  # type: ignore[arg-type]
+    model = create_model("cnn-nano", **args).eval()  # type: ignore[arg-type]
     path = tmp_path / "teacher.pt"
     save_checkpoint(path, make_checkpoint(model, class_names=CLASSES, metrics={"val_top1": 0.9}))
     return path, model
@@ -47,7 +47,7 @@ def test_teacher_round_trip_gives_same_outputs_and_meta(tmp_path: Path) -> None:
 
 
 def test_student_round_trip_keeps_teacher_heads_and_token_mode(tmp_path: Path) -> None:
-    model = build_student(
+    model = create_model(
         "civt-nano", num_classes=4, image_size=8, teacher_names=("cnn", "inn"), token_mode="shared"
     ).eval()
     path = tmp_path / "student.pt"
@@ -59,6 +59,38 @@ def test_student_round_trip_keeps_teacher_heads_and_token_mode(tmp_path: Path) -
     assert list(out) == ["cls", "cnn", "inn"] and out["cnn"] is out["inn"]
     torch.testing.assert_close(out["cls"], ref["cls"])
     assert meta["model_args"]["token_mode"] == "shared" and "train_state" not in meta
+
+
+@pytest.mark.parametrize(
+    ("arch", "patch_size"), [("civt-nano", 4), ("mixer-ti", 8), ("resnet10", None)]
+)
+def test_student_checkpoint_from_before_the_preset_registry_still_loads(
+    tmp_path: Path, arch: str, patch_size: int | None
+) -> None:
+    # The old registry recorded one argument set for every student: small_input even where no
+    # stem reads it, and None for the options a student lacked or left at the preset default.
+    model = create_model(
+        arch, num_classes=4, image_size=16, teacher_names=("cnn",), patch_size=patch_size
+    ).eval()
+    ckpt = make_checkpoint(model)
+    ckpt["model_args"] = {
+        "num_classes": 4,
+        "in_chans": 3,
+        "image_size": 16,
+        "teacher_names": ["cnn"],
+        "token_mode": "per-teacher",
+        "patch_size": patch_size,
+        "mean": list(model.model_args["mean"]),
+        "std": list(model.model_args["std"]),
+        "small_input": True,
+        "drop_path_rate": None,
+    }
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, ckpt)
+    loaded, meta = model_from_checkpoint(path, expect_kind="student")
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(loaded(x)["cnn"], model(x)["cnn"])
+    assert meta["model_args"] == model.model_args
 
 
 def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:

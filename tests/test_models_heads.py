@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from civt_pipe.pipeline.models.civt import CivT
+from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.models.heads import prediction
-from civt_pipe.pipeline.models.registry import build_student
 from civt_pipe.pipeline.runtime.errors import UserError
 
 TEACHERS = ("cnn", "inn", "big")
 
 
 def _civt(token_mode: str, teachers: tuple[str, ...] = TEACHERS) -> torch.nn.Module:
-    return build_student(
+    return create_model(
         "civt-nano", num_classes=5, image_size=8, teacher_names=teachers, token_mode=token_mode
     )
 
@@ -53,9 +53,9 @@ def test_none_mode_has_only_the_class_head() -> None:
 def test_pooled_students_share_the_token_modes(arch: str) -> None:
     kwargs = {"num_classes": 5, "image_size": 16, "teacher_names": ("a", "b")}
     patch = {"patch_size": 8} if arch == "mixer-ti" else {}
-    shared = build_student(arch, token_mode="shared", **kwargs, **patch)(torch.rand(2, 3, 16, 16))
+    shared = create_model(arch, token_mode="shared", **kwargs, **patch)(torch.rand(2, 3, 16, 16))
     assert shared["a"] is shared["b"]
-    none = build_student(arch, token_mode="none", **kwargs, **patch)(torch.rand(2, 3, 16, 16))
+    none = create_model(arch, token_mode="none", **kwargs, **patch)(torch.rand(2, 3, 16, 16))
     assert list(none) == ["cls"]
 
 

@@ -7,10 +7,11 @@ Our format (``torch.save`` of a dict; see docs/models.md)::
      "image_size": S, "in_chans": 1 | 3, "mean": [...], "std": [...], "metrics": {...},
      "config": {...}, "train_state": {...}  # optional: optimizer, scheduler, step, RNG...}
 
-``model_args`` are the registry keyword arguments (:func:`.registry.build_model`), so nothing
-outside the file is needed. :func:`model_from_checkpoint` also takes a bare state dict (e.g.
-a torchvision ``resnet18-*.pth``) when told the architecture, and adapts the input channels
-(RGB weights for grayscale data and back) so the user never has to.
+``model_args`` are the :func:`.factory.create_model` keyword arguments, so nothing outside the
+file is needed: the model is ``create_model(arch, **model_args)``. :func:`model_from_checkpoint`
+also takes a bare state dict (e.g. a torchvision ``resnet18-*.pth``) when told the architecture,
+and adapts the input channels (RGB weights for grayscale data and back) so the user never has
+to.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from torch import Tensor
 
 from ..runtime.atomic import atomic_torch_save
 from ..runtime.errors import UserError
+from .factory import accepted_arguments, create_model, get_preset
 from .normalize import NormalizedModel
-from .registry import build_model, build_teacher, get_spec
 
 FORMAT = "civt-pipe"
 VERSION = 1
 REQUIRED_KEYS: tuple[str, ...] = ("kind", "arch", "model_args", "state_dict")
 _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")  # DDP, torch.compile
+_LEGACY_OPTIONS: tuple[str, ...] = ("small_input",)  # see _legacy_args
 
 PathLike = str | os.PathLike[str]
 
@@ -61,8 +63,7 @@ def make_checkpoint(
     """The checkpoint dict of a registry-built ``model`` (weights copied to the CPU).
 
     Args:
-        model: a model from :func:`.registry.build_teacher` / :func:`.registry.build_student`
-            (not its DDP or compiled wrapper).
+        model: a model from :func:`.factory.create_model` (not its DDP or compiled wrapper).
         class_names: one name per class, in label order.
         metrics: e.g. ``{"val_top1": 0.97}``.
         config: the resolved run configuration (plain JSON-like values).
@@ -297,7 +298,7 @@ def model_from_checkpoint(
             "metrics": {},
             "config": {},
         }
-    kind = get_spec(model_arch).kind
+    kind = get_preset(model_arch).kind
     if expect_kind is not None and kind != expect_kind:
         raise UserError(
             f"checkpoint {path} holds a {kind} ({model_arch}), expected a {expect_kind}"
@@ -312,7 +313,7 @@ def model_from_checkpoint(
         args["mean"], args["std"] = _adapted_stats(args["mean"], args["std"], in_chans)
         meta["adapted_from_in_chans"] = args["in_chans"]
         args["in_chans"] = in_chans
-    model = build_model(model_arch, args)
+    model = create_model(model_arch, **_legacy_args(model_arch, args))
     target = model.state_dict()
     bad = _shape_mismatches(state, target)
     if bad:
@@ -331,11 +332,22 @@ def model_from_checkpoint(
     return model.to(device).eval(), meta
 
 
+def _legacy_args(arch: str, args: dict[str, Any]) -> dict[str, Any]:
+    """``model_args`` of a checkpoint written before presets declared their own options.
+
+    Those record ``small_input`` for every student, though only ResNet-10 reads it; for CivT and
+    Mixer the value never changed the model, so it is dropped rather than refused. (Options
+    they recorded as ``None`` take their default in :func:`.factory.create_model`.)
+    """
+    accepted = accepted_arguments(arch)
+    return {k: v for k, v in args.items() if k in accepted or k not in _LEGACY_OPTIONS}
+
+
 def _bare_model_args(
     arch: str, state: dict[str, Tensor], path: PathLike, image_size: int | None
 ) -> dict[str, Any]:
     """Registry arguments matching a bare teacher state dict (keys get our ``body.`` prefix)."""
-    if get_spec(arch).kind != "teacher":
+    if get_preset(arch).kind != "teacher":
         raise UserError(f"bare weights can only be loaded for teachers, and {arch} is a student")
     if not any(k.startswith("body.") for k in state):
         prefixed = {f"body.{k}": v for k, v in state.items()}
@@ -349,7 +361,7 @@ def _bare_model_args(
     num_classes = int(fc.shape[0])
     # The file decides the stem: a torchvision 7×7 stem stays one even on small images.
     for small in (size <= 64, size > 64):
-        candidate = build_teacher(
+        candidate = create_model(
             arch, num_classes=num_classes, in_chans=src_chans, image_size=size, small_input=small
         )
         if not _shape_mismatches(state, candidate.state_dict()):

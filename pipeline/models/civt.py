@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from .heads import HeadPlan
+from .registry import register_model
+from .token_mode import TokenMode
 from .vit import VisionTransformer
 
 
@@ -35,7 +37,7 @@ class CivT(VisionTransformer):
         self,
         *,
         teacher_names: Sequence[str] = (),
-        token_mode: str = "per-teacher",
+        token_mode: TokenMode = "per-teacher",
         **vit_args: Any,
     ) -> None:
         plan = HeadPlan(tuple(teacher_names), token_mode)
@@ -49,6 +51,10 @@ class CivT(VisionTransformer):
         )
         self.dist_heads.apply(self._init_module)
 
+    def no_weight_decay(self) -> set[str]:
+        """The ViT's undecayed parameters plus the distillation tokens."""
+        return super().no_weight_decay() | {"dist_tokens"}
+
     def _pos_embed(self, x: Tensor) -> Tensor:
         b = x.shape[0]
         prefix = [self.cls_token.expand(b, -1, -1), self.dist_tokens.expand(b, -1, -1)]
@@ -57,3 +63,88 @@ class CivT(VisionTransformer):
     def forward_head(self, x: Tensor) -> dict[str, Tensor]:
         distill = [head(x[:, 1 + i]) for i, head in enumerate(self.dist_heads)]
         return self.plan.outputs(super().forward_head(x)["cls"], distill)
+
+
+@register_model(
+    "civt-ti",
+    kind="student",
+    description="CivT-Ti: ViT 192×12, 3 heads",
+    published_params=5_700_000,  # DeiT-Ti (timm deit_tiny_patch16_224), no distillation token
+)
+def civt_ti(
+    *,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    teacher_names: Sequence[str] = (),
+    token_mode: TokenMode = "per-teacher",
+    patch_size: int = 16,
+    drop_path_rate: float = 0.1,
+) -> CivT:
+    """CivT-Ti, the paper's main student (DeiT-Ti with one token per teacher)."""
+    model_args: dict[str, Any] = dict(embed_dim=192, depth=12, num_heads=3)
+    return CivT(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        image_size=image_size,
+        teacher_names=teacher_names,
+        token_mode=token_mode,
+        patch_size=patch_size,
+        drop_path_rate=drop_path_rate,
+        **model_args,
+    )
+
+
+@register_model(
+    "civt-s",
+    kind="student",
+    description="CivT-S: ViT 384×12, 6 heads",
+    published_params=22_000_000,  # DeiT-S, no distillation token
+)
+def civt_s(
+    *,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    teacher_names: Sequence[str] = (),
+    token_mode: TokenMode = "per-teacher",
+    patch_size: int = 16,
+    drop_path_rate: float = 0.1,
+) -> CivT:
+    """CivT-S (DeiT-S with one token per teacher)."""
+    model_args: dict[str, Any] = dict(embed_dim=384, depth=12, num_heads=6)
+    return CivT(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        image_size=image_size,
+        teacher_names=teacher_names,
+        token_mode=token_mode,
+        patch_size=patch_size,
+        drop_path_rate=drop_path_rate,
+        **model_args,
+    )
+
+
+@register_model("civt-nano", kind="student", description="CivT for CPUs: ViT 96×6, 3 heads")
+def civt_nano(
+    *,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    teacher_names: Sequence[str] = (),
+    token_mode: TokenMode = "per-teacher",
+    patch_size: int = 4,
+    drop_path_rate: float = 0.0,
+) -> CivT:
+    """A CivT that trains on 16 px images on a CPU in minutes (no stochastic depth)."""
+    model_args: dict[str, Any] = dict(embed_dim=96, depth=6, num_heads=3)
+    return CivT(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        image_size=image_size,
+        teacher_names=teacher_names,
+        token_mode=token_mode,
+        patch_size=patch_size,
+        drop_path_rate=drop_path_rate,
+        **model_args,
+    )

@@ -1,13 +1,8 @@
 """Which heads a student has, how they map to teachers, and inference from them.
 
 Every student returns ``dict[str, Tensor]``: ``"cls"`` (trained on the labels) plus one entry per
-teacher name (trained against that teacher). The token mode decides how many distillation
-tokens/heads stand behind those entries:
-
-- ``"per-teacher"`` (Co-advise): one token and head per teacher; one teacher is DeiT;
-- ``"shared"`` (paper Table 6): one token and head for all teachers, the same tensor under
-  each teacher's name;
-- ``"none"``: no distillation token, only ``"cls"``.
+teacher name (trained against that teacher). The token mode (:mod:`.token_mode`) decides how many
+distillation tokens/heads stand behind those entries.
 """
 
 from __future__ import annotations
@@ -19,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ..runtime.errors import UserError
+from .token_mode import TOKEN_MODES, TokenMode
 
-TOKEN_MODES: tuple[str, ...] = ("per-teacher", "shared", "none")
 CLS = "cls"
 
 
@@ -34,7 +29,7 @@ class HeadPlan:
     """
 
     teacher_names: tuple[str, ...] = ()
-    token_mode: str = "per-teacher"
+    token_mode: TokenMode = "per-teacher"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teacher_names", tuple(self.teacher_names))

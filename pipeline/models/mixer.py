@@ -7,9 +7,14 @@ https://arxiv.org/abs/2105.01601. Mixer-Ti: 12 layers, 192 hidden, token-MLP 96,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from torch import Tensor, nn
 
 from .heads import HeadPlan, MultiHead
+from .registry import register_model
+from .token_mode import TokenMode
 from .vit import Mlp, PatchEmbed
 
 
@@ -68,3 +73,25 @@ class MlpMixer(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         tokens = self.norm(self.blocks(self.patch_embed(x)))
         return self.heads(tokens.mean(dim=1))
+
+
+@register_model("mixer-ti", kind="student", description="MLP-Mixer-Ti 192×12, one head per target")
+def mixer_ti(
+    *,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    teacher_names: Sequence[str] = (),
+    token_mode: TokenMode = "per-teacher",
+    patch_size: int = 16,
+) -> MlpMixer:
+    """Mixer-Ti/16 (Table 3's MLP student)."""
+    model_args: dict[str, Any] = dict(dim=192, depth=12, token_hidden=96, channel_hidden=768)
+    return MlpMixer(
+        image_size=image_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        plan=HeadPlan(tuple(teacher_names), token_mode),
+        **model_args,
+    )

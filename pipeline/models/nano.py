@@ -13,10 +13,12 @@ Under 0.3 M parameters; they train on 16×16 digits on two CPU cores in a minute
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
 from .involution import Involution
+from .registry import register_model
 
 
 class NanoBlock(nn.Module):
@@ -104,3 +106,25 @@ class NanoNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.forward_features(x))
+
+
+@register_model("cnn-nano", kind="teacher", description="3-stage CNN for CPUs and tiny images")
+def cnn_nano(*, num_classes: int, in_chans: int, small_input: bool) -> NanoNet:
+    """The convolution twin."""
+    model_args: dict[str, Any] = dict(widths=(32, 64, 96), blocks=(2, 2, 2), kernel_size=3)
+    return NanoNet(
+        "conv", num_classes=num_classes, in_chans=in_chans, small_input=small_input, **model_args
+    )
+
+
+@register_model("inn-nano", kind="teacher", description="cnn-nano with involution for convolution")
+def inn_nano(*, num_classes: int, in_chans: int, small_input: bool) -> NanoNet:
+    """The involution twin: same widths and depth, only the spatial operator differs."""
+    model_args: dict[str, Any] = dict(widths=(32, 64, 96), blocks=(2, 2, 2), kernel_size=3)
+    return NanoNet(
+        "involution",
+        num_classes=num_classes,
+        in_chans=in_chans,
+        small_input=small_input,
+        **model_args,
+    )

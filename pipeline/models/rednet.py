@@ -16,13 +16,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .involution import Involution
-
-REDNET_DEPTHS: dict[int, tuple[int, int, int, int]] = {
-    26: (1, 2, 4, 1),
-    38: (2, 3, 5, 2),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-}
+from .registry import register_model
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -130,3 +124,49 @@ class RedNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.forward_features(x))
+
+
+@register_model(
+    "rednet26",
+    kind="teacher",
+    description="RedNet-26 (involution)",
+    published_params=9_200_000,
+)
+def rednet26(*, num_classes: int, in_chans: int, small_input: bool) -> RedNet:
+    """RedNet-26."""
+    return RedNet((1, 2, 4, 1), num_classes=num_classes, in_chans=in_chans, small_input=small_input)
+
+
+@register_model(
+    "rednet38",
+    kind="teacher",
+    description="RedNet-38 (involution)",
+    published_params=12_400_000,
+)
+def rednet38(*, num_classes: int, in_chans: int, small_input: bool) -> RedNet:
+    """RedNet-38."""
+    return RedNet((2, 3, 5, 2), num_classes=num_classes, in_chans=in_chans, small_input=small_input)
+
+
+@register_model(
+    "rednet50",
+    kind="teacher",
+    description="RedNet-50 (involution)",
+    published_params=15_500_000,
+)
+def rednet50(*, num_classes: int, in_chans: int, small_input: bool) -> RedNet:
+    """RedNet-50."""
+    return RedNet((3, 4, 6, 3), num_classes=num_classes, in_chans=in_chans, small_input=small_input)
+
+
+@register_model(
+    "rednet101",
+    kind="teacher",
+    description="RedNet-101 (involution)",
+    published_params=25_600_000,
+)
+def rednet101(*, num_classes: int, in_chans: int, small_input: bool) -> RedNet:
+    """RedNet-101."""
+    return RedNet(
+        (3, 4, 23, 3), num_classes=num_classes, in_chans=in_chans, small_input=small_input
+    )

@@ -6,10 +6,14 @@ by a :class:`.heads.MultiHead` on the pooled features, so it returns the student
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from .heads import HeadPlan, MultiHead
+from .registry import register_model
+from .token_mode import TokenMode
 
 
 class ResNet10(nn.Module):
@@ -30,10 +34,25 @@ class ResNet10(nn.Module):
         kernel, stride = (3, 1) if small_input else (7, 2)
         self.backbone.conv1 = nn.Conv2d(in_chans, 64, kernel, stride, kernel // 2, bias=False)
         nn.init.kaiming_normal_(self.backbone.conv1.weight, mode="fan_out", nonlinearity="relu")
+        # register_module swaps submodules without retyping ResNet's MaxPool2d / Linear slots.
         if small_input:
-            self.backbone.maxpool = nn.Identity()
-        self.backbone.fc = nn.Identity()  # type: ignore[assignment]
+            self.backbone.register_module("maxpool", nn.Identity())
+        self.backbone.register_module("fc", nn.Identity())
         self.heads = MultiHead(512, num_classes, plan)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.heads(self.backbone(x))
+
+
+@register_model("resnet10", kind="student", description="ResNet-10, one head per target")
+def resnet10(
+    *,
+    num_classes: int,
+    in_chans: int,
+    small_input: bool,
+    teacher_names: Sequence[str] = (),
+    token_mode: TokenMode = "per-teacher",
+) -> ResNet10:
+    """ResNet-10 (Table 3's convolutional student)."""
+    plan = HeadPlan(tuple(teacher_names), token_mode)
+    return ResNet10(num_classes=num_classes, in_chans=in_chans, small_input=small_input, plan=plan)

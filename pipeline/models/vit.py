@@ -133,6 +133,11 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the optimizer must not decay (beyond 1-D ones): the prefix tokens and
+        position embeddings are learned inputs, not weights, so shrinking them only hurts."""
+        return {"pos_embed", "cls_token"}
+
     @staticmethod
     def _init_module(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):

@@ -3,21 +3,22 @@
 The learning rate is a pure function of the optimizer step (linear warm-up, then cosine decay
 to a floor), so a resumed run only needs the step counter to land on exactly the same value.
 Optimizers are built with weight decay only on weight matrices and kernels: biases and
-normalization scales are left undecayed, as in DeiT and most modern recipes.
+normalization scales (every 1-D parameter) and whatever a model lists in ``no_weight_decay()``
+(timm's convention: tokens, position embeddings) are left undecayed, as in DeiT.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from .choices import OPTIMIZERS
+
 OptimizerName = Literal["sgd", "adamw"]
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -84,7 +85,7 @@ class OptimizerConfig:
     lr: float = 1e-3
     """Initial learning rate; the schedule overrides it every step."""
     weight_decay: float = 0.05
-    """Decoupled (AdamW) or L2 (SGD) weight decay, applied to weights with 2+ dimensions only."""
+    """Decoupled (AdamW) or L2 (SGD) weight decay; see :func:`param_groups` for what is exempt."""
     momentum: float = 0.9
     """SGD momentum (ignored by AdamW)."""
     nesterov: bool = True
@@ -112,22 +113,50 @@ class OptimizerConfig:
         return asdict(self)
 
 
-def _no_decay(name: str, param: nn.Parameter) -> bool:
-    # Biases, norm scales/shifts, tokens and position embeddings are 1-D or named so; decaying
-    # them hurts accuracy for no regularization benefit.
-    return param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "dist_token", "tokens"))
+@runtime_checkable
+class HasNoWeightDecay(Protocol):
+    """A model that names parameters to leave undecayed beyond the 1-D ones (timm's hook)."""
+
+    def no_weight_decay(self) -> set[str]: ...
 
 
-def param_groups(
-    named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float
-) -> list[dict[str, Any]]:
-    """Split trainable parameters into a decayed and an undecayed group."""
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters ``model`` (or any submodule) exempts from weight decay.
+
+    Each module's ``no_weight_decay()`` names its own parameters; they are prefixed with the
+    module's path, so a wrapped model (``body.pos_embed``) needs no hook of its own. A name that
+    is not a parameter of its module is a bug in that hook, raised at once.
+    """
+    params = dict(model.named_parameters())
+    names: set[str] = set()
+    for path, module in model.named_modules():
+        if not isinstance(module, HasNoWeightDecay):
+            continue
+        prefix = f"{path}." if path else ""
+        for name in module.no_weight_decay():
+            if prefix + name not in params:
+                raise ValueError(
+                    f"{type(module).__name__}.no_weight_decay() names {name!r}, "
+                    "which is not one of its parameters"
+                )
+            names.add(prefix + name)
+    return names
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split ``model``'s trainable parameters into a decayed and an undecayed group.
+
+    Undecayed: every parameter with at most one dimension (biases, normalization scales and
+    shifts) and those named by :func:`no_weight_decay_names`; decaying them hurts accuracy for
+    no regularization benefit.
+    """
+    exempt = no_weight_decay_names(model)
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
-    for name, param in named_parameters:
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if _no_decay(name, param) else decay).append(param)
+        (no_decay if param.ndim <= 1 or name in exempt else decay).append(param)
     groups: list[dict[str, Any]] = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})
@@ -138,7 +167,7 @@ def param_groups(
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """The optimizer ``cfg`` names over ``model``'s trainable parameters."""
-    groups = param_groups(model.named_parameters(), cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if cfg.name == "sgd":

@@ -1,0 +1,93 @@
+"""Teachers as the stages use them: ``--teacher NAME=ARCH:CKPT`` specs, loaded and checked.
+
+Both stage one (``dump-logits``) and online distillation (``train-student --teacher``) load their
+teachers here, so a store and a live run see the same frozen models and record the same facts
+(:class:`~..stores.schema.TeacherInfo`: arch, checkpoint digest, normalization, metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...stores.schema import TeacherInfo
+from ..runtime.errors import UserError
+from .checkpoint import file_sha256, model_from_checkpoint
+from .teacher_spec import TeacherSpec
+
+
+@dataclass
+class LoadedTeacher:
+    """A teacher ready to run: the model (eval mode, on the device) and what the store records."""
+
+    info: TeacherInfo
+    model: nn.Module
+    image_size: int
+
+
+def load_teachers(
+    specs: Sequence[TeacherSpec],
+    device: torch.device,
+    *,
+    num_classes: int,
+    channels: int,
+    image_size: int | None = None,
+) -> list[LoadedTeacher]:
+    """Load every ``--teacher`` (eval mode, on ``device``) and check they fit the data and agree.
+
+    Raises ``UserError`` when a checkpoint is missing, holds another architecture or class
+    count, or when teachers disagree on their input size (all views are rendered once, at one
+    size, for every teacher). Channels are adapted to the data's by the checkpoint loader.
+    """
+    loaded: list[LoadedTeacher] = []
+    for spec in specs:
+        model, meta = model_from_checkpoint(
+            spec.checkpoint,
+            device=device,
+            expect_kind="teacher",
+            expect_num_classes=num_classes,
+            arch=spec.arch,
+            in_chans=channels,
+            image_size=image_size,
+        )
+        model.eval()
+        size = int(meta["image_size"])
+        if loaded and size != loaded[0].image_size:
+            first = loaded[0]
+            raise UserError(
+                f"teacher {spec.name!r} takes {size} px images but {first.info.name!r} takes "
+                f"{first.image_size} px; all teachers must share one input size"
+            )
+        info = TeacherInfo(
+            name=spec.name,
+            arch=str(meta["arch"]),
+            checkpoint_sha256=file_sha256(spec.checkpoint),
+            num_classes=int(meta["num_classes"]),
+            meta={
+                "checkpoint": str(spec.checkpoint),
+                "image_size": size,
+                "in_chans": int(meta["in_chans"]),
+                "mean": [float(x) for x in meta["mean"]],
+                "std": [float(x) for x in meta["std"]],
+                "metrics": _json_safe(meta.get("metrics") or {}),
+            },
+        )
+        loaded.append(LoadedTeacher(info=info, model=model, image_size=size))
+    return loaded
+
+
+def _json_safe(obj: Any) -> Any:
+    """Checkpoint metrics as plain JSON (numbers, strings, lists, dicts); others as strings."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return obj
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    return str(obj)
