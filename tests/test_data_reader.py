@@ -1,5 +1,5 @@
-"""Reading shards: stable (shard, position, key) identity, the rank × worker split, DataLoader
-workers, and damaged tars (truncated, corrupt image) under on_error fail and skip."""
+"""Reading shards: stable (shard, position, key) identity and damaged tars (truncated, corrupt
+image) under on_error fail and skip. Who reads which shard is the planner's (test_planning.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from civt_pipe.pipeline.data.index import ShardInfo, key_digest
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.reader import (
     Sample,
-    ShardSampleDataset,
-    assign_shards,
     iter_samples,
     iter_shard,
 )
@@ -180,60 +177,6 @@ def test_corrupt_image_fails_with_key_or_is_skipped_keeping_positions(tmp_path: 
     assert samples[1].image is None and samples[1].error is not None
     assert samples[3].image is None and "no .cls" in (samples[3].error or "")
     assert samples[2].image is not None and int(samples[2].image[0, 0, 0]) == 30
-
-
-# ------------------------------------------------------------------------ splitting work
-
-
-def test_assign_shards_two_ranks_two_workers_cover_each_shard_once() -> None:
-    names = [f"s{i}" for i in range(11)]
-    parts = [assign_shards(names, r, 2, w, 2) for r in range(2) for w in range(2)]
-    flat = [n for part in parts for n in part]
-    assert sorted(flat) == sorted(names) and len(flat) == len(names)
-    assert parts[0] == ["s0", "s4", "s8"] and parts[3] == ["s3", "s7"]
-    assert assign_shards(names, 1, 2, 0, 2) == assign_shards(names, 1, 2, 0, 2)
-    with pytest.raises(ValueError):
-        assign_shards(names, 2, 2, 0, 1)
-
-
-@pytest.mark.parametrize(("rank", "worker"), [(0, 0), (0, 1), (1, 0), (1, 1)])
-def test_dataset_split_matches_webdataset_split_by_node_and_worker(
-    digits_dir: Path, monkeypatch: pytest.MonkeyPatch, rank: int, worker: int
-) -> None:
-    import webdataset as wds
-
-    shard_set = resolve_shards(digits_dir)
-    for var, value in (("RANK", rank), ("WORLD_SIZE", 2), ("WORKER", worker), ("NUM_WORKERS", 2)):
-        monkeypatch.setenv(var, str(value))
-    expected = list(wds.split_by_worker(wds.split_by_node(iter(shard_set.names))))
-    assert len(expected) in (1, 2)
-    assert assign_shards(shard_set.names, rank, 2, worker, 2) == expected
-    assert ShardSampleDataset(shard_set).shards() == expected
-
-
-def test_dataloader_with_0_and_2_workers_yields_the_same_samples(digits_dir: Path) -> None:
-    shard_set = resolve_shards(digits_dir)
-    direct = list(iter_samples(shard_set))
-    seen = {}
-    for workers in (0, 2):
-        loader = DataLoader(ShardSampleDataset(shard_set), batch_size=None, num_workers=workers)
-        seen[workers] = list(loader)
-    assert len(seen[0]) == len(seen[2]) == 359
-    assert identity(seen[0]) == identity(seen[2]) == identity(direct)
-
-
-def test_two_ranks_with_two_workers_each_read_every_sample_once(
-    digits_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    shard_set = resolve_shards(digits_dir)
-    collected: list[Sample] = []
-    for rank in range(2):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        loader = DataLoader(ShardSampleDataset(shard_set), batch_size=None, num_workers=2)
-        collected += list(loader)
-    assert len(collected) == 359
-    assert identity(collected) == identity(list(iter_samples(shard_set)))
 
 
 def rgb_png(value: int) -> bytes:

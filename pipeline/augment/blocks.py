@@ -145,7 +145,9 @@ def sample_and_render(
         good_labels = labels[good]
         src_hws = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         for j, view in enumerate(view_ids):
-            vp = sample_block_params(seed, view, good_keys, good_pos, src_hws, shard_count, cfg)
+            vp = sample_block_params(
+                seed, view, good_keys, good_pos.tolist(), src_hws, shard_count, cfg
+            )
             # Partners are drawn over the whole block of positions; one that did not decode
             # cannot be shown, so that view stays unmixed.
             lost = ~np.isin(vp["mix_partner"], np.append(good_pos, -1))

@@ -184,8 +184,18 @@ PRESETS: dict[str, Callable[[int], AugmentConfig]] = {
 }
 
 
+PRESET_CHOICES: tuple[str, ...] = ("auto", *PRESETS)
+"""What an ``--aug`` option accepts: a preset's name, or ``auto`` (see :func:`preset`)."""
+
+
 def preset(name: str, image_size: int) -> AugmentConfig:
-    """The preset called `name` ("deit", "crop-flip", "small") at `image_size`."""
+    """The preset called `name` ("deit", "crop-flip", "small") at `image_size`.
+
+    ``auto`` picks ``small`` for views of at most 32 px (the DeiT recipe wipes out most of a
+    tiny image: 8 % crops, flips of digits, strong RandAugment) and ``deit`` above.
+    """
+    if name == "auto":
+        name = "small" if image_size <= 32 else "deit"
     try:
         factory = PRESETS[name]
     except KeyError:

@@ -6,30 +6,29 @@ which process, worker or rank renders it, nor on what was drawn before.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import struct
 
 import torch
 
-_SEED_PERSON = b"civt-view-v1"  # domain separation: other hashes of the same bytes differ
-_MASK63 = (1 << 63) - 1
+from ..runtime.seeds import MASK63, keyed_seed
+
+VIEW_DOMAIN = "civt-view-v1"
+"""The keyed-seed domain of augmentation views. Every stored view was drawn under it: changing
+it (or the encoding of :func:`~civt_pipe.pipeline.runtime.seeds.keyed_seed`) invalidates stores."""
 _CHUNK = 64  # uniforms drawn per refill; one view typically needs fewer
 
 
 def view_seed(seed: int, view: int, key: str) -> int:
-    """A 63-bit seed for one view of one sample: blake2b of (seed, view, key).
+    """A 63-bit seed for one view of one sample: ``keyed_seed("civt-view-v1", seed, view, key)``.
 
-    The encoding is canonical: seed and view as little-endian signed 64-bit integers, then the
-    key's UTF-8 bytes (last, so no separator is needed).
+    That is blake2b of seed and view as little-endian signed 64-bit integers, then the key's
+    UTF-8 bytes.
     """
-    if not 0 <= seed <= _MASK63:
+    if not 0 <= seed <= MASK63:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    if not 0 <= view <= _MASK63:
+    if not 0 <= view <= MASK63:
         raise ValueError(f"view must be in [0, 2**63), got {view}")
-    payload = struct.pack("<qq", seed, view) + key.encode("utf-8")
-    digest = hashlib.blake2b(payload, digest_size=8, person=_SEED_PERSON).digest()
-    return int.from_bytes(digest, "little") & _MASK63
+    return keyed_seed(VIEW_DOMAIN, seed, view, key)
 
 
 def view_generator(seed: int, view: int, key: str) -> torch.Generator:

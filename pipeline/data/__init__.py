@@ -1,1 +1,1 @@
-"""Shard sources (make-shards), shard reading and sample identity."""
+"""Shard sources (make-shards), shard reading, sample identity, and the one stream planner."""

@@ -8,14 +8,15 @@ tools) get an equivalent index by scanning the tars once (see :mod:`.shard_set`)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+# Re-exported: the shard index and the logit store share one key-digest formula (the store's).
+from ...stores.schema import key_digest as key_digest
 from ..runtime.atomic import atomic_write_json
 from ..runtime.errors import UserError
 
@@ -33,11 +34,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_MEAN = (0.449,)
 GRAY_STD = (0.226,)
-
-
-def key_digest(keys: Iterable[str]) -> str:
-    """sha256 (hex) of a shard's keys joined by ``"\\n"``, in shard order."""
-    return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
 
 
 def default_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..runtime.console import make_progress
 from ..runtime.errors import UserError
+from ..runtime.options import check_choices, check_numbers, option
 from .index import INCOMPLETE_MARKER, INDEX_FILENAME, ShardIndex, ShardInfo, key_digest
 from .sources import SPLITS, SourceData, open_source
 
@@ -34,30 +35,24 @@ FORMATS = ("png", "jpg")
 class MakeShardsConfig:
     """What ``make-shards`` writes, and where."""
 
-    source: str
-    """``digits``, ``idx:DIR``, ``cifar:DIR`` or ``folder:DIR``."""
-    out_dir: Path
-    """Directory for the tars and ``index.json`` (one directory per split)."""
-    split: str = "train"
-    """``train`` or ``test``."""
-    shard_size: int = 1000
-    """Samples per tar (the last tar holds the rest)."""
-    format: str | None = None
-    """Image encoding inside the tars; None picks png, or jpg for image folders."""
-    overwrite: bool = False
-    """Replace the shards already in a non-empty ``out_dir``."""
-    jpeg_quality: int = 95
-    """JPEG quality when ``format`` is jpg."""
+    source: str = option(
+        help="digits (built in, no download), idx:DIR (MNIST-family idx files), "
+        "cifar:DIR (CIFAR-10/100 python batches) or folder:DIR (one subfolder per class)."
+    )
+    out_dir: Path = option(help="Directory for the tars and index.json (one per split).")
+    split: str = option("train", help="Which split of the source to write.", choices=SPLITS)
+    shard_size: int = option(1000, help="Samples per tar (the last tar holds the rest).", minimum=1)
+    format: str | None = option(
+        None, help="Image encoding (default: png; jpg for folder:DIR).", choices=FORMATS
+    )
+    overwrite: bool = option(False, help="Replace the shards in a non-empty OUT_DIR.")
+    jpeg_quality: int = option(
+        95, help="JPEG quality when the format is jpg.", flag="", minimum=1, maximum=100
+    )
 
     def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise UserError(f"--split must be train or test, got {self.split!r}")
-        if self.shard_size < 1:
-            raise UserError(f"--shard-size must be at least 1, got {self.shard_size}")
-        if self.format is not None and self.format not in FORMATS:
-            raise UserError(f"--format must be png or jpg, got {self.format!r}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise UserError(f"JPEG quality must lie in 1..100, got {self.jpeg_quality}")
+        check_numbers(self)
+        check_choices(self)
 
 
 def shard_name(split: str, number: int) -> str:

@@ -4,11 +4,8 @@ A sample's identity is ``(shard, position)`` plus its ``key``; positions count e
 tar, including those that could not be decoded (``on_error="skip"`` yields them with
 ``image=None``), so a consumer's row arithmetic never drifts.
 
-Splitting work follows webdataset's ``split_by_node`` then ``split_by_worker``: shard ``i`` of
-the list goes to rank ``i % world_size``, and within a rank to DataLoader worker
-``j % num_workers`` of that rank's list. :func:`assign_shards` is that rule as a pure function;
-:func:`current_partition` reads rank and worker the way webdataset does (``RANK``/``WORLD_SIZE``
-or ``torch.distributed``; ``torch.utils.data.get_worker_info()``).
+Who reads which shard (ranks, DataLoader workers) is decided by the stream planner
+(:mod:`.planning`), not here.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import IterableDataset
 
 from ..runtime.console import warn
 from ..runtime.errors import UserError
@@ -98,7 +94,7 @@ def iter_shard(
         expected: the shard's index entry; when given, a different sample count or key digest
             at the end is an error (``fail``) or a warning (``skip``).
     """
-    import webdataset as wds
+    from webdataset.tariterators import tarfile_samples
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -120,9 +116,7 @@ def iter_shard(
         tar_errors.append(_reason(err))
         return True
 
-    stream: Iterator[dict[str, Any]] = iter(
-        wds.tarfile_samples([{"url": str(shard)}], handler=handler)
-    )
+    stream: Iterator[dict[str, Any]] = iter(tarfile_samples([{"url": str(shard)}], handler=handler))
     keys: list[str] = []
     seen: set[str] = set()
     while True:
@@ -166,53 +160,6 @@ def iter_shard(
             warn(f"shard {shard} {problem}")
 
 
-# ------------------------------------------------------------------------- splitting the work
-
-
-@dataclass(frozen=True, slots=True)
-class Partition:
-    """Which slice of the shard list this process (and DataLoader worker) reads."""
-
-    rank: int = 0
-    world_size: int = 1
-    worker: int = 0
-    num_workers: int = 1
-
-
-def current_partition() -> Partition:
-    """Rank and worker as webdataset's ``split_by_node``/``split_by_worker`` see them."""
-    from webdataset.utils import pytorch_worker_info
-
-    rank, world_size, worker, num_workers = pytorch_worker_info()
-    return Partition(rank, world_size, worker, num_workers)
-
-
-def assign_shards(
-    names: Sequence[str], rank: int, world_size: int, worker_id: int, num_workers: int
-) -> list[str]:
-    """The shards of ``names`` that rank ``rank``'s worker ``worker_id`` reads.
-
-    Pure and deterministic: ``names[rank::world_size][worker_id::num_workers]`` — the same
-    selection as ``wds.split_by_node`` followed by ``wds.split_by_worker``. Over all ranks and
-    workers every shard is read exactly once.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside a world of size {world_size}")
-    if num_workers < 1 or not 0 <= worker_id < num_workers:
-        raise ValueError(f"worker {worker_id} is outside {num_workers} workers")
-    return list(names)[rank::world_size][worker_id::num_workers]
-
-
-def shards_for_this_process(
-    names: Sequence[str], *, split_by_node: bool = True, split_by_worker: bool = True
-) -> list[str]:
-    """:func:`assign_shards` with the rank and worker of the calling process."""
-    part = current_partition()
-    rank, world = (part.rank, part.world_size) if split_by_node else (0, 1)
-    worker, workers = (part.worker, part.num_workers) if split_by_worker else (0, 1)
-    return assign_shards(names, rank, world, worker, workers)
-
-
 def iter_samples(
     shard_set: ShardSet,
     *,
@@ -240,42 +187,3 @@ def iter_samples(
                     raise UserError(f"shard {name}: sample {sample.key} {problem}")
                 sample = Sample(sample.key, sample.label, None, name, sample.position, problem)
             yield sample
-
-
-class ShardSampleDataset(IterableDataset):  # type: ignore[type-arg]
-    """A DataLoader-ready stream of :class:`Sample` over a shard set.
-
-    Each iteration reads the shards this rank and DataLoader worker own (see
-    :func:`assign_shards`), so with any number of workers or ranks every sample comes out
-    exactly once. Use ``DataLoader(ds, batch_size=None, num_workers=n)`` or a collate function
-    of your own (``Sample.image`` may be None under ``on_error="skip"``).
-    """
-
-    def __init__(
-        self,
-        shard_set: ShardSet,
-        *,
-        channels: int | None = None,
-        on_error: OnError = "fail",
-        split_by_node: bool = True,
-        split_by_worker: bool = True,
-    ) -> None:
-        super().__init__()
-        self.shard_set = shard_set
-        self.channels = channels or shard_set.channels
-        self.on_error: OnError = on_error
-        self.split_by_node = split_by_node
-        self.split_by_worker = split_by_worker
-
-    def shards(self) -> list[str]:
-        """The shards the calling process and worker read."""
-        return shards_for_this_process(
-            self.shard_set.names,
-            split_by_node=self.split_by_node,
-            split_by_worker=self.split_by_worker,
-        )
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter_samples(
-            self.shard_set, channels=self.channels, on_error=self.on_error, shards=self.shards()
-        )

@@ -130,7 +130,7 @@ def digits_split_indices(
 def _open_digits(split: str) -> SourceData:
     from sklearn.datasets import load_digits
 
-    bunch = load_digits()
+    bunch: Any = load_digits()  # a Bunch; the stubs type the return_X_y tuple too
     targets = np.asarray(bunch.target, dtype=np.int64)
     rows = digits_split_indices(targets, split)
     # Pixel values are 0..16; stretch them onto the 8-bit range.

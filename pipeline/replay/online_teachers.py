@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..models.teachers import TeacherSpec, load_teachers
 from ..runtime.errors import UserError
 
 
@@ -38,9 +39,6 @@ def load_online_teachers(
     image_size: int | None = None,
 ) -> OnlineTeachers:
     """Load ``NAME=ARCH:CKPT`` teachers exactly as ``dump-logits`` does (frozen, eval mode)."""
-    from ..stages.dump.run import TeacherSpec
-    from ..stages.dump.teachers import load_teachers
-
     parsed = [TeacherSpec.parse(s) for s in specs]
     names = [t.name for t in parsed]
     dup = sorted({n for n in names if names.count(n) > 1})

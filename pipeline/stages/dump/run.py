@@ -3,9 +3,10 @@
 Flow (DESIGN §5, §7): check everything a user can get wrong before any work; rank 0 creates the
 store (or checks that an existing incomplete one was made by the same command, and resumes it);
 the missing shards are split over ranks; DataLoader workers decode and render mix blocks
-(:mod:`.dump_data`) while the main process runs the teachers; each shard is written with one
-``write_shard`` once all its rows are in; rank 0 finalizes after a barrier, with each teacher's
-top-1 on the views read back from the store (so a resumed run reports the whole dataset).
+(:mod:`.data` on the one stream, :mod:`...data.streams`) while the main process runs the
+teachers; each shard is written with one ``write_shard`` once all its rows are in; rank 0
+finalizes after a barrier, with each teacher's top-1 on the views read back from the store (so a
+resumed run reports the whole dataset).
 """
 
 from __future__ import annotations
@@ -24,24 +25,17 @@ from ....stores.logit_store import LogitStore, StoreVersionError
 from ....stores.schema import FieldSpec, StoreSpec
 from ...augment.config import AugmentConfig
 from ...augment.params import param_fields
-from ...data.reader import assign_shards
+from ...data.planning import ShardRows, StreamPlan, plan_pass, shard_rows_for
 from ...data.shard_set import ShardSet, resolve_shards
+from ...data.streams import PlannedStream, WorkerError, make_loader
+from ...models.teachers import LoadedTeacher, TeacherSpec, load_teachers
 from ...runtime.console import info, make_progress
 from ...runtime.device import cpu_threads, resolve_device
 from ...runtime.distributed import DistContext, barrier, init_distributed, shutdown
-from ...runtime.errors import UserError
-from .config import (
-    DumpConfig,
-    TeacherSpec,
-    resolve_augment,
-)
-from .data import RenderedBlocks, ShardJob, make_loader
-from .teachers import (
-    LoadedTeacher,
-    ShardAccumulator,
-    TeacherRunner,
-    load_teachers,
-)
+from ...runtime.errors import USER_ERRORS, UserError
+from .config import DumpConfig, resolve_augment
+from .data import DumpBlock, ShardViews
+from .teachers import ShardAccumulator, TeacherRunner
 
 __all__ = ["DumpConfig", "TeacherSpec", "print_summary", "run_dump"]
 
@@ -108,7 +102,7 @@ def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
             store = LogitStore.open(out, mode="r")
         except StoreVersionError:
             raise  # says itself whether to upgrade civt-pipe or re-dump
-        except UserError:
+        except USER_ERRORS:
             raise UserError(
                 f"{out} exists and is not a logit store; choose another --out "
                 "(or --overwrite to replace an old store)"
@@ -135,7 +129,7 @@ def _shared_plan(ctx: DistContext, cfg: DumpConfig, spec: StoreSpec) -> _Plan:
     if ctx.is_main:
         try:
             plan = _plan_store(cfg, spec)
-        except UserError as err:
+        except USER_ERRORS as err:
             plan = _Plan(missing=[], finalized=False, error=str(err))
     if ctx.is_distributed:
         box: list[Any] = [plan]
@@ -160,17 +154,17 @@ def _dump_shards(
     ctx: DistContext,
     store: LogitStore,
     shards: ShardSet,
-    jobs: list[ShardJob],
+    missing: list[ShardRows],
+    plan: StreamPlan,
     teachers: list[LoadedTeacher],
     aug: AugmentConfig,
     device: torch.device,
 ) -> _RunStats:
-    """Render, run the teachers and write every shard in ``jobs`` (this rank's share)."""
+    """Render, run the teachers and write every shard of ``plan`` (this rank's share)."""
     stats = _RunStats()
-    if not jobs:
+    if not plan.segments:
         return stats
-    dataset = RenderedBlocks(
-        jobs,
+    render = ShardViews(
         channels=shards.channels,
         seed=cfg.seed,
         num_views=cfg.views,
@@ -178,29 +172,30 @@ def _dump_shards(
         on_error=cfg.on_error,
         index=shards.index,
     )
+    dataset = PlannedStream(missing, plan, render)
     loader = make_loader(dataset, workers=cfg.workers, pin_memory=device.type == "cuda")
     runner = TeacherRunner(
         teachers=teachers, topk=cfg.topk, batch_size=cfg.batch_size, device=device
     )
-    counts = {j.name: j.count for j in jobs}
+    counts = {missing[s.shard].name: missing[s.shard].count for s in plan.segments}
     names = [t.info.name for t in teachers]
     ended: set[str] = set()
     total_images = sum(counts.values())
     start = time.perf_counter()
     with make_progress(disable=not (cfg.progress and ctx.is_main)) as progress:
-        shard_task = progress.add_task("shards", total=len(jobs), unit="shard")
+        shard_task = progress.add_task("shards", total=len(counts), unit="shard")
         image_task = progress.add_task("images", total=total_images, unit="img")
         for item in loader:
-            if item.error is not None:
-                raise UserError(item.error)
+            if isinstance(item, WorkerError):
+                raise UserError(item.message)
             if item.shard not in runner.shards:
                 runner.shards[item.shard] = ShardAccumulator(
                     counts[item.shard], cfg.views, cfg.topk, shards.num_classes, names, aug
                 )
-            if item.block is not None:
+            if isinstance(item, DumpBlock):
                 runner.add(item.shard, item.block)
                 progress.advance(image_task, len(item.block))
-            if item.end_of_shard is not None:
+            else:  # SegmentDone: every block of the shard has arrived
                 ended.add(item.shard)
             # Write every shard whose rows have all arrived and whose views all have logits.
             for name in sorted(ended):
@@ -268,7 +263,6 @@ def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
             )
         barrier(ctx)  # rank 0 has created the store before anyone opens it
         store = LogitStore.open(cfg.out, mode="r+")
-        mine = assign_shards(plan.missing, ctx.rank, ctx.world_size, 0, 1)
         if ctx.is_main:
             done = len(store.shards) - len(plan.missing)
             resumed = f", resuming after {done} written" if done else ""
@@ -277,8 +271,11 @@ def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
                 f"{resumed}, {cfg.views} views, teachers {', '.join(t.info.name for t in teachers)}"
                 f", {ctx.world_size} rank(s), device {device}"
             )
-        jobs = [ShardJob(n, shards.path(n), store.shard(n).count) for n in mine]
-        stats = _dump_shards(cfg, ctx, store, shards, jobs, teachers, aug, device)
+        missing = shard_rows_for(
+            [shards.path(n) for n in plan.missing], [store.shard(n).count for n in plan.missing]
+        )
+        mine = plan_pass(missing, rank=ctx.rank, world_size=ctx.world_size, batch_size=1)
+        stats = _dump_shards(cfg, ctx, store, shards, missing, mine, teachers, aug, device)
         stats = _all_reduce_stats(ctx, stats)
         barrier(ctx)  # every rank's shards are written before rank 0 finalizes
         if ctx.is_main:

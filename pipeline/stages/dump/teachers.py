@@ -8,39 +8,19 @@ views have their logits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
 from ....stores.logit_store import ShardBlock
-from ....stores.schema import TeacherInfo, index_dtype
+from ....stores.schema import index_dtype
 from ....stores.topk import TopKLogits
 from ...augment.blocks import SKIPPED_LABEL, RenderedBlock
 from ...augment.config import AugmentConfig
 from ...augment.params import param_fields
+from ...models.teachers import LoadedTeacher
 from ...runtime.errors import UserError
-
-
-@dataclass
-class LoadedTeacher:
-    """A teacher ready to run: the model (eval mode, on the device) and what the store records."""
-
-    info: TeacherInfo
-    model: nn.Module
-    image_size: int
-
-
-class TeacherSpecLike(Protocol):
-    """What :func:`load_teachers` needs of a ``--teacher`` (``dump.TeacherSpec``)."""
-
-    name: str
-    arch: str
-    checkpoint: Path
 
 
 class ShardAccumulator:
@@ -203,69 +183,3 @@ class TeacherRunner:
             top = TopKLogits.from_logits(teacher.model(batch), self.topk)
             self.shards[shard].add_logits(teacher.info.name, rows, view_ids, top)
         self.views_done += n
-
-
-def load_teachers(
-    specs: Sequence[TeacherSpecLike],
-    device: torch.device,
-    *,
-    num_classes: int,
-    channels: int,
-    image_size: int | None = None,
-) -> list[LoadedTeacher]:
-    """Load every ``--teacher`` (eval mode, on ``device``) and check they fit the data and agree.
-
-    Raises ``UserError`` when a checkpoint is missing, holds another architecture or class
-    count, or when teachers disagree on their input size (all views are rendered once, at one
-    size, for every teacher). Channels are adapted to the data's by the checkpoint loader.
-    """
-    from ...models.checkpoint import file_sha256, model_from_checkpoint
-
-    loaded: list[LoadedTeacher] = []
-    for spec in specs:
-        model, meta = model_from_checkpoint(
-            spec.checkpoint,
-            device=device,
-            expect_kind="teacher",
-            expect_num_classes=num_classes,
-            arch=spec.arch,
-            in_chans=channels,
-            image_size=image_size,
-        )
-        model.eval()
-        size = int(meta["image_size"])
-        if loaded and size != loaded[0].image_size:
-            first = loaded[0]
-            raise UserError(
-                f"teacher {spec.name!r} takes {size} px images but {first.info.name!r} takes "
-                f"{first.image_size} px; all teachers must share one input size"
-            )
-        info = TeacherInfo(
-            name=spec.name,
-            arch=str(meta["arch"]),
-            checkpoint_sha256=file_sha256(spec.checkpoint),
-            num_classes=int(meta["num_classes"]),
-            meta={
-                "checkpoint": str(spec.checkpoint),
-                "image_size": size,
-                "in_chans": int(meta["in_chans"]),
-                "mean": [float(x) for x in meta["mean"]],
-                "std": [float(x) for x in meta["std"]],
-                "metrics": _json_safe(meta.get("metrics") or {}),
-            },
-        )
-        loaded.append(LoadedTeacher(info=info, model=model, image_size=size))
-    return loaded
-
-
-def _json_safe(obj: Any) -> Any:
-    """Checkpoint metrics as plain JSON (numbers, strings, lists, dicts); others as strings."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (bool, int, float, str)) or obj is None:
-        return obj
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return obj.item()
-    return str(obj)

@@ -1,0 +1,177 @@
+"""A training run's data bound to its source of views and targets, checked before any step.
+
+Store mode (:func:`bind_store`): a finished ``dump-logits`` store must match the shards (names,
+counts, keys, class count) and fixes the seed, the augmentation and the number of views.
+Online mode (:func:`bind_online`): live teachers, views drawn fresh from ``(seed, view, key)``.
+Both give a :class:`DataBinding` that the stream, the targets and the resume check read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...stores.logit_store import LogitStore
+from ..augment.config import AugmentConfig, preset
+from ..data.planning import ShardRows, shard_rows_for
+from ..runtime.errors import UserError
+from .online_teachers import load_online_teachers
+
+
+@dataclass
+class DataBinding:
+    """The training shards bound to their source of views and targets: a store or live teachers.
+
+    Everything here is resolved and checked before the first step; a resumed run must resolve
+    the same facts (``targets_identity``, seed, views, augmentation).
+    """
+
+    shards: list[ShardRows]
+    aug: AugmentConfig
+    seed: int
+    num_views: int
+    num_classes: int
+    class_names: list[str]
+    channels: int
+    teacher_names: list[str]
+    mean: list[float]
+    std: list[float]
+    store_path: str | None
+    store_fingerprint: str | None
+    targets_identity: dict[str, Any] = field(default_factory=dict)
+    """What fixes the teachers' targets (checkpoint digests, k): a resume must not change it."""
+    online: dict[str, nn.Module] = field(default_factory=dict)
+
+
+def bind_store(
+    store_path: str | Path,
+    data: str,
+    shard_set: Any,
+    *,
+    seed: int | None = None,
+    image_size: int | None = None,
+) -> DataBinding:
+    """Open a finished ``dump-logits`` store and check it matches the shards ``data`` names.
+
+    Every mismatch (incomplete store, other shards or keys, another seed or view size, another
+    class count) is a one-line :class:`UserError`, raised before any training or evaluation.
+    ``seed``/``image_size`` are what the user asked for, if anything.
+    """
+
+    seed_asked = seed
+    store = LogitStore.open(store_path)
+    dump = store.user_attrs  # what dump-logits recorded: fingerprint, seed, augment...
+    for key in ("dataset_fingerprint", "seed", "augment"):
+        if key not in dump:
+            raise UserError(
+                f"store {store_path} lacks the {key!r} attribute; was it made by dump-logits?"
+            )
+    if not store.is_complete():
+        missing = list(store.missing_shards())
+        raise UserError(
+            f"store {store_path} is incomplete ({len(missing)} shard(s) missing, e.g. "
+            f"{missing[0] if missing else '?'}); finish it with dump-logits first"
+        )
+    theirs = [(s.name, s.count) for s in store.shards]
+    mine = [(s.name, s.num_samples) for s in shard_set.index.shards]
+    if theirs != mine:
+        diff = next(
+            (
+                f"store has {a} where the data has {b}"
+                for a, b in zip(theirs, mine, strict=False)
+                if a != b
+            ),
+            f"store lists {len(theirs)} shards, the data {len(mine)}",
+        )
+        raise UserError(f"store {store_path} was built from other shards than {data}: {diff}")
+    if dump["dataset_fingerprint"] != shard_set.fingerprint():
+        raise UserError(
+            f"store {store_path} was built from other shards than {data}: the keys differ "
+            "(dataset fingerprint mismatch)"
+        )
+    seed = int(dump["seed"])
+    if seed_asked is not None and seed_asked != seed:
+        raise UserError(
+            f"store {store_path} was built with seed {seed}, but --seed is {seed_asked}"
+        )
+    aug = AugmentConfig.from_dict(dict(dump["augment"]))
+    if image_size is not None and image_size != aug.image_size:
+        raise UserError(
+            f"store {store_path} holds {aug.image_size}px views, but --image-size is {image_size}"
+        )
+    index = shard_set.index
+    if store.num_classes != index.num_classes:
+        raise UserError(
+            f"store {store_path} has {store.num_classes} classes, the data {index.num_classes}"
+        )
+    names = [t.name for t in store.teachers]
+    # Which rows have a view is one small bool array; nothing else of the store is read here.
+    valid_all = np.asarray(store.array("valid")[...], dtype=bool)
+    rows = []
+    for layout, path in zip(store.shards, shard_set.paths, strict=True):
+        mask = valid_all[layout.row_offset : layout.row_offset + layout.count]
+        valid = np.flatnonzero(mask).astype(np.int64)
+        rows.append(ShardRows(name=layout.name, path=str(path), count=layout.count, valid=valid))
+    return DataBinding(
+        shards=rows,
+        aug=aug,
+        seed=seed,
+        num_views=store.num_views,
+        num_classes=index.num_classes,
+        class_names=list(index.class_names),
+        channels=index.channels,
+        teacher_names=names,
+        mean=list(index.mean),
+        std=list(index.std),
+        store_path=str(store_path),
+        store_fingerprint=str(dump["dataset_fingerprint"]),
+        targets_identity={
+            "topk": store.topk,
+            "teachers": {t.name: t.checkpoint_sha256 for t in store.teachers},
+        },
+    )
+
+
+def bind_online(
+    teacher_specs: Sequence[str],
+    shard_set: Any,
+    device: torch.device,
+    *,
+    aug: str = "auto",
+    image_size: int | None = None,
+    seed: int | None = None,
+    views: int = 1,
+) -> DataBinding:
+    """Bind the shards to live teachers (online mode): fresh views from ``(seed, view, key)``."""
+    index = shard_set.index
+    loaded = load_online_teachers(
+        teacher_specs, device, num_classes=index.num_classes, in_chans=index.channels
+    )
+    teachers = loaded.models
+    size = image_size or loaded.image_size
+    augment = preset(aug, size)
+    return DataBinding(
+        shards=shard_rows_for(shard_set.paths, [s.num_samples for s in index.shards]),
+        aug=augment,
+        seed=0 if seed is None else seed,
+        num_views=views,
+        num_classes=index.num_classes,
+        class_names=list(index.class_names),
+        channels=index.channels,
+        teacher_names=list(teachers),
+        mean=list(index.mean),
+        std=list(index.std),
+        store_path=None,
+        store_fingerprint=None,
+        targets_identity={
+            "topk": index.num_classes,
+            "teachers": loaded.checkpoint_sha256,
+        },
+        online=teachers,
+    )
