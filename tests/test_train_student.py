@@ -15,6 +15,7 @@ from civt_pipe.cli.app import app
 from civt_pipe.pipeline.augment.config import AugmentConfig
 from civt_pipe.pipeline.data.index import ShardIndex
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
+from civt_pipe.pipeline.data.planning import plan_training, shard_rows_for
 from civt_pipe.pipeline.data.shard_set import resolve_shards
 from civt_pipe.pipeline.models.checkpoint import (
     load_checkpoint,
@@ -22,20 +23,15 @@ from civt_pipe.pipeline.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from civt_pipe.pipeline.models.registry import build_student, build_teacher
+from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.replay.online_teachers import load_online_teachers, teacher_probs
-from civt_pipe.pipeline.replay.student_stream import ViewSource, iter_batches, plan_epoch
+from civt_pipe.pipeline.replay.segments import ViewSource, iter_view_batches
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
-from civt_pipe.pipeline.stages.student import (
-    StudentTrainConfig,
-    parse_per_teacher,
-    train_student,
-    warmup_steps_for,
-)
+from civt_pipe.pipeline.stages.student.config import StudentTrainConfig, parse_per_teacher
+from civt_pipe.pipeline.stages.student.run import train_student, warmup_steps_for
 from civt_pipe.pipeline.train.losses import civt_loss
 from civt_pipe.stores.logit_store import LogitStore
-from civt_pipe.stores.topk import dense_target
 
 SIZE = 16
 
@@ -63,7 +59,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     torch.manual_seed(0)
     specs = []
     for name, arch in (("cnn", "cnn-nano"), ("inn", "inn-nano")):
-        model = build_teacher(arch, num_classes=10, in_chans=1, image_size=SIZE)
+        model = create_model(arch, num_classes=10, in_chans=1, image_size=SIZE)
         ckpt = root / f"{name}.pt"
         save_checkpoint(ckpt, make_checkpoint(model))
         specs.append(f"{name}={arch}:{ckpt}")
@@ -143,16 +139,14 @@ def test_both_modes_give_the_same_loss_on_the_same_batch(world: dict[str, Any]) 
     store = LogitStore.open(world["store"])
     aug = AugmentConfig.from_dict(store.user_attrs["augment"])
     shard_set = resolve_shards(str(world["train"]))
-    from civt_pipe.pipeline.replay.student_stream import shard_rows_for
-
     rows = shard_rows_for(shard_set.paths, [s.num_samples for s in shard_set.index.shards])
-    plan = plan_epoch(
-        rows, seed=0, epoch=1, num_views=2, rank=0, world_size=1, batch_size=16, shuffle_buffer=32
+    plan = plan_training(
+        rows, seed=0, epoch=1, rank=0, world_size=1, batch_size=16, shuffle_buffer=32
     )
     stored_src = ViewSource(aug=aug, seed=0, num_classes=10, channels=1, store_path=str(store.path))
     online_src = ViewSource(aug=aug, seed=0, num_classes=10, channels=1)
-    stored = next(iter_batches(stored_src, rows, plan))
-    online = next(iter_batches(online_src, rows, plan))
+    stored = next(iter_view_batches(stored_src, rows, plan, view=1))
+    online = next(iter_view_batches(online_src, rows, plan, view=1))
     assert torch.equal(stored.images, online.images)
     assert torch.equal(stored.label_targets, online.label_targets)
     teachers = load_online_teachers(
@@ -160,12 +154,9 @@ def test_both_modes_give_the_same_loss_on_the_same_batch(world: dict[str, Any]) 
     ).models
     taus = {"cnn": 1.0, "inn": 2.0}
     live = teacher_probs(teachers, online.images, taus)
-    from_store = {
-        name: dense_target(lp, ix, 10, taus[name])
-        for name, (lp, ix, _lse) in stored.teachers.items()
-    }
+    from_store = {name: topk.dense(10, taus[name]) for name, topk in stored.teachers.items()}
     torch.manual_seed(0)
-    student = build_student(
+    student = create_model(
         "civt-nano", num_classes=10, in_chans=1, image_size=SIZE, teacher_names=["cnn", "inn"]
     ).eval()
     with torch.no_grad():

@@ -18,9 +18,10 @@ import torch
 from civt_pipe.pipeline.data.index import ShardIndex
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
-from civt_pipe.pipeline.models.registry import build_teacher
+from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
-from civt_pipe.pipeline.stages.student import StudentTrainConfig, train_student
+from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
+from civt_pipe.pipeline.stages.student.run import train_student
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     specs = []
     for name, arch in (("cnn", "cnn-nano"), ("inn", "inn-nano")):
         ckpt = root / f"{name}.pt"
-        model = build_teacher(arch, num_classes=10, in_chans=1, image_size=16)
+        model = create_model(arch, num_classes=10, in_chans=1, image_size=16)
         save_checkpoint(ckpt, make_checkpoint(model))
         specs.append(TeacherSpec.parse(f"{name}={arch}:{ckpt}"))
     store = root / "store.zarr"
@@ -134,7 +135,8 @@ def test_sigkill_then_resume_reaches_the_weights_of_an_uninterrupted_run(
 
 _DRIVER = """
 import json, os, sys
-from civt_pipe.pipeline.stages.student import StudentTrainConfig, train_student
+from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
+from civt_pipe.pipeline.stages.student.run import train_student
 cfg = StudentTrainConfig(**json.loads(sys.argv[1]))
 summary = train_student(cfg)
 with open(os.path.join(cfg.out, f"rank{os.environ['RANK']}.json"), "w") as fh:

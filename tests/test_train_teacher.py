@@ -18,13 +18,13 @@ from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint
 from civt_pipe.pipeline.runtime.errors import UserError
-from civt_pipe.pipeline.stages.teacher import (
+from civt_pipe.pipeline.stages.teacher.config import (
     TeacherTrainConfig,
     config_path,
     metrics_path,
     recipe_family,
-    train_teacher,
 )
+from civt_pipe.pipeline.stages.teacher.run import train_teacher
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_short_run_writes_a_loadable_checkpoint_metrics_and_config(
     assert len(ckpt["mean"]) == 1 and 0 < ckpt["mean"][0] < 1
     assert ckpt["metrics"]["val_top1"] == result["val_top1"]
     assert 0.0 <= result["val_top1"] <= 1.0
-    assert ckpt["train_state"]["epoch"] == 2 and ckpt["train_state"]["step"] == 2 * 3
+    assert ckpt["train_state"]["epoch"] == 2 and ckpt["train_state"]["global_step"] == 2 * 3
 
     lines = [json.loads(line) for line in metrics_path(out).read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
@@ -112,7 +112,8 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("optimizer", "sgd"), ("lr", 0.5), ("workers", 2), ("epochs", 4)]
+    ("option", "value"),
+    [("optimizer", "sgd"), ("lr", 0.5), ("shuffle_buffer", 7), ("epochs", 4)],
 )
 def test_resume_refuses_options_that_change_the_result(
     toy: tuple[Path, Path], tmp_path: Path, option: str, value: object
@@ -120,7 +121,7 @@ def test_resume_refuses_options_that_change_the_result(
     out = tmp_path / "t.pt"
     train_teacher(_cfg(toy, out, epochs=1))
     changed = {"epochs": 1, option: value}
-    with pytest.raises(UserError, match=f"cannot resume .* with {option} "):
+    with pytest.raises(UserError, match=f"cannot resume .*: it was trained with {option}="):
         train_teacher(_cfg(toy, out, resume=True, **changed))
 
 
@@ -254,6 +255,6 @@ def test_two_process_ddp_run_writes_one_checkpoint_and_one_report(
     assert len(reports) == 1 and reports[0]["epochs"] == 2
     ckpt = load_checkpoint(out)
     assert ckpt["config"]["world_size"] == 2 and ckpt["train_state"]["epoch"] == 2
-    # Shards of 20, 20 and 8 go whole to the 2 ranks (28 / 20 samples): every rank runs the
-    # smaller rank's 20 // 8 = 2 full batches per epoch.
-    assert ckpt["config"]["steps_per_epoch"] == 2 and ckpt["train_state"]["step"] == 4
+    # Shards of 20, 20 and 8 go whole to the 2 ranks (28 / 20 samples): every rank runs
+    # 48 // (2 × 8) = 3 full batches per epoch, the 20-sample rank cycling its shards.
+    assert ckpt["config"]["steps_per_epoch"] == 3 and ckpt["train_state"]["global_step"] == 6

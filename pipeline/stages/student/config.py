@@ -1,0 +1,170 @@
+"""``train-student``'s configuration (torch-free, so the command line builds its options fast)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ...augment.config import PRESET_CHOICES
+from ...models.token_mode import TOKEN_MODES, TokenMode
+from ...replay.modes import VERIFY_MODES
+from ...runtime.errors import UserError
+from ...runtime.options import check_choices, check_numbers, option
+
+LAST = "last.pt"
+FINAL = "final.pt"
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+
+
+def parse_per_teacher(values: Sequence[str], option: str) -> tuple[float, dict[str, float]]:
+    """Parse ``--tau 2`` / ``--tau cnn=2 --tau inn=4`` into (default, per-teacher overrides)."""
+    default = 1.0
+    named: dict[str, float] = {}
+    for text in values:
+        name, sep, number = text.rpartition("=")
+        try:
+            value = float(number)
+        except ValueError:
+            raise UserError(f"{option} {text!r} is not a number or NAME=NUMBER") from None
+        if not math.isfinite(value):
+            raise UserError(f"{option} {text!r} is not a finite number")
+        if sep:
+            if not name:
+                raise UserError(f"{option} {text!r} has an empty teacher name")
+            named[name] = value
+        else:
+            default = value
+    return default, named
+
+
+@dataclass(kw_only=True)
+class StudentTrainConfig:
+    """Everything ``train-student`` needs; serialized to ``RUN_DIR/config.json`` and checkpoints.
+
+    ``resume="may-change"`` marks what a ``--resume`` may change without changing the weights:
+    output paths, cadence and machinery. The data, store and teachers may be respelled (another
+    path to the same files); the run identity pins their fingerprints and digests instead.
+    """
+
+    data: str = option(help="Training shards: directory or pattern.", resume="may-change")
+    out: str = option(help="Run directory (last.pt, final.pt, metrics).", resume="may-change")
+    model: str = option("civt-nano", help="Student preset (civt-nano, civt-ti...).")
+    store: str | None = option(
+        None, help="Logit store dumped from the same shards.", resume="may-change"
+    )
+    teachers: tuple[str, ...] = option(
+        (),
+        help="Online mode (no --store): NAME=ARCH:CHECKPOINT.",
+        flag="--teacher",
+        resume="may-change",
+    )
+    epochs: int = option(10, help="Epochs; epoch e uses view e mod V.", minimum=1)
+    batch_size: int = option(64, help="Images per step and rank.", minimum=1)
+    lr: float | None = option(
+        None, help="Peak learning rate [default: 1e-3 × global batch / 512].", minimum=0
+    )
+    min_lr: float = option(1e-6, help="Floor of the cosine (capped at lr).", flag="", minimum=0)
+    weight_decay: float = option(0.05, help="AdamW weight decay.", minimum=0)
+    warmup_epochs: float = option(
+        5.0, help="Linear warm-up (at most a fifth of the run).", minimum=0
+    )
+    # The command line spells τ and λ as repeatable --tau/--lambda (T or NAME=T), split into a
+    # default and per-teacher overrides by parse_per_teacher.
+    tau: float = option(1.0, help="Default distillation temperature τt.", flag="")
+    taus: dict[str, float] = option(help="Per-teacher τt overrides.", flag="", default_factory=dict)
+    lambda_kd: float = option(1.0, help="Default λt, the weight of each teacher's KL.", flag="")
+    lambdas: dict[str, float] = option(
+        help="Per-teacher λt overrides.", flag="", default_factory=dict
+    )
+    lambda_cls: float = option(1.0, help="Class-token cross-entropy weight.", minimum=0)
+    label_smoothing: float = option(0.0, help="Label smoothing of the CE term.", minimum=0)
+    token_mode: TokenMode = option(
+        "per-teacher",
+        help="One token per teacher, one shared token, or none.",
+        choices=TOKEN_MODES,
+    )
+    patch_size: int | None = option(None, help="Patch size [default: preset's].", minimum=1)
+    val: str | None = option(
+        None, help="Validation shards, evaluated every epoch.", resume="may-change"
+    )
+    resume: bool = option(
+        False, help="Continue the run in --out from last.pt.", resume="may-change"
+    )
+    overwrite: bool = option(False, help="Start over in a used --out.", resume="may-change")
+    save_every: int = option(
+        0,
+        help="Also checkpoint every N steps (0: epoch ends only).",
+        minimum=0,
+        resume="may-change",
+    )
+    verify_replay: str = option(
+        "sample",
+        help="Check replayed views against stored digests: all, sample (first block of each "
+        "shard), off.",
+        choices=VERIFY_MODES,
+        resume="may-change",
+    )
+    views: int = option(1, help="Online mode: distinct views V.", minimum=1)
+    aug: str = option(
+        "auto",
+        help="Online mode: augmentation preset (auto: small up to 32 px, else deit).",
+        choices=PRESET_CHOICES,
+    )
+    image_size: int | None = option(
+        None, help="Online mode: view size [default: the teachers'].", minimum=1
+    )
+    seed: int | None = option(
+        None,
+        help="Seed of the augmentation, the student's initialization and the data order "
+        "[store mode: the store's; online mode: 0].",
+        minimum=0,
+    )
+    shuffle_buffer: int = option(512, help="Samples in the shuffle buffer.", flag="", minimum=1)
+    workers: int = option(0, help="DataLoader processes (0: none).", minimum=0, resume="may-change")
+    threads: int | None = option(
+        None,
+        help="Torch CPU threads [default: free cores minus workers].",
+        minimum=1,
+        resume="may-change",
+    )
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", resume="may-change")
+    log_every: int = option(
+        1,
+        help="Write a step record to metrics.jsonl every N steps.",
+        flag="",
+        minimum=1,
+        resume="may-change",
+    )
+    progress: bool = option(True, help="Draw progress bars.", flag="", resume="may-change")
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
+        check_choices(self)
+        if self.store is not None and self.teachers:
+            raise UserError("give either --store (stored logits) or --teacher (online), not both")
+        if self.lr is not None and not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        tau_values = [("--tau", self.tau), *[(f"--tau {k}", v) for k, v in self.taus.items()]]
+        for name, value in tau_values:
+            if not value > 0:
+                raise UserError(f"{name} must be positive, got {value}")
+        for name, value in [
+            ("--lambda", self.lambda_kd),
+            *[(f"--lambda {k}", v) for k, v in self.lambdas.items()],
+        ]:
+            if value < 0:
+                raise UserError(f"{name} must be 0 or more, got {value}")
+        if not self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.seed is not None and not self.seed < 2**63:
+            raise UserError(f"--seed must be in [0, 2**63), got {self.seed}")
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite contradict each other; pick one")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["teachers"] = list(self.teachers)
+        return out

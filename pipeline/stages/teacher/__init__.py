@@ -1,0 +1,1 @@
+"""``train-teacher``: teachers trained on the shards, checkpoints that every stage reads."""

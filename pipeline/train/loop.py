@@ -1,0 +1,329 @@
+"""The one training loop: ``train-teacher`` and ``train-student`` both run :func:`fit`.
+
+A stage builds its model and optimizer and hands :func:`fit` a :class:`TrainTask`: the batches
+of an epoch (from a step on), one ``step`` (batch → loss terms), validation, and how its metric
+records and checkpoint metrics look. The loop owns the rest, the same way for every stage:
+
+- epochs, and inside the interrupted epoch the stream from the saved step on;
+- torch re-seeded before every step from ``(seed, epoch, step, rank)`` (:func:`step_seed`), so
+  drop-path and the like depend on the step's coordinates only, never on what ran before;
+- the learning rate as a function of the global step (:func:`..train.schedule.lr_at`);
+- loss terms accumulated on the device and synced to the host only when logged (a ``step``
+  record every ``log_every`` steps, an epoch record at every epoch end), not every step;
+- the resumable checkpoint every ``save_every`` steps and at every epoch end, after validation;
+- DDP under torchrun (rank 0 writes, every rank validates its share), barriers at epoch ends,
+  and the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..runtime.atomic import append_jsonl, atomic_write_bytes
+from ..runtime.console import make_progress
+from ..runtime.distributed import DistContext, barrier
+from ..runtime.seeds import keyed_seed
+from .checkpointer import Checkpointer
+from .schedule import ScheduleConfig, lr_at, set_lr
+from .state import TrainState
+
+_DISPLAY_EVERY = 25
+"""Steps between host syncs for the progress bar's loss when no step records are written."""
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The torch seed of one training step (dropout, drop-path), from its coordinates only."""
+    return keyed_seed("civt-step-v1", seed, epoch, step, rank)
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one step computed: the loss to minimize and the scalars to log."""
+
+    loss: Tensor
+    """The scalar ``backward()`` runs on."""
+    terms: dict[str, Tensor]
+    """Named scalars (loss parts, accuracy) averaged into the metric records; same names every
+    step of a run."""
+    batch_size: int
+    """Samples of this rank's batch."""
+
+
+StepFn = Callable[[nn.Module, Any], StepResult]
+"""One step's forward: ``(model, batch) -> StepResult``; no optimizer work inside."""
+
+
+@dataclass(frozen=True, slots=True)
+class EpochSummary:
+    """One finished epoch, as the loop measured it."""
+
+    epoch: int
+    """0-based."""
+    global_step: int
+    """Optimizer steps of the run after this epoch."""
+    lr: float
+    """Learning rate of the epoch's last step."""
+    mean: dict[str, float]
+    """Each term averaged over the steps this session took in the epoch, over all ranks."""
+    last: dict[str, float]
+    """Each term of the epoch's last step on this rank."""
+    images: int
+    """Samples trained on in this epoch (this session, all ranks)."""
+    seconds: float
+    val: dict[str, float]
+    """What :meth:`TrainTask.validate` returned ({} without validation data)."""
+
+
+class TrainTask(Protocol):
+    """What a stage supplies to :func:`fit`."""
+
+    def batches(self, epoch: int, start_step: int) -> Iterable[Any]:
+        """The epoch's batches from ``start_step`` on (the stream is planned per epoch)."""
+        ...
+
+    def step(self, model: nn.Module, batch: Any) -> StepResult:
+        """Forward one batch through ``model`` (DDP-wrapped when distributed): a :data:`StepFn`."""
+        ...
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Figures on validation data after an epoch, on every rank ({} when there is none)."""
+        ...
+
+    def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
+        """The metrics-file line of an epoch."""
+        ...
+
+    def checkpoint_metrics(self, summary: EpochSummary | None) -> dict[str, Any]:
+        """``metrics`` of a checkpoint written after ``summary`` (None: mid-epoch or final
+        without a finished epoch in this session)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoopConfig:
+    """How :func:`fit` runs, resolved by the stage."""
+
+    epochs: int
+    steps_per_epoch: int
+    schedule: ScheduleConfig
+    seed: int
+    """Base of every step's torch seed (:func:`step_seed`)."""
+    metrics_file: Path
+    log_every: int = 0
+    """Write a ``step`` record every this many steps (0: epoch records only)."""
+    save_every: int = 0
+    """Also checkpoint every this many steps (0: only at epoch ends)."""
+    final: Path | None = None
+    """Where to write the finished model (None: the resumable checkpoint is the result)."""
+    description: str = "train"
+    """Label of the progress bar."""
+    progress: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    """What :func:`fit` reports."""
+
+    global_step: int
+    last_epoch: EpochSummary | None
+    """The last epoch this session finished (None when it resumed a finished run)."""
+    images: int
+    """Samples trained on in this session, all ranks."""
+    seconds: float
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, step: StepFn, batch: Any, lr: float
+) -> StepResult:
+    """One optimizer update at learning rate ``lr``: forward, backward, step."""
+    set_lr(optimizer, lr)
+    result = step(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    optimizer.step()
+    return result
+
+
+def truncate_metrics(path: Path, global_step: int) -> None:
+    """Drop metric records past ``global_step`` (written between the last checkpoint and a
+    kill), so a resumed run's file reads like an uninterrupted one's."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= global_step
+    ]
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+
+
+def _summed(terms: dict[str, Tensor]) -> Tensor:
+    return torch.stack([t.detach().double() for t in terms.values()])
+
+
+def fit(
+    task: TrainTask,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: LoopConfig,
+    checkpointer: Checkpointer,
+    *,
+    ctx: DistContext,
+    device: torch.device,
+    resume_from: TrainState | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` for ``cfg.epochs`` epochs (the rest of them when resuming).
+
+    Args:
+        task: the stage's batches, step, validation and records.
+        model: the unwrapped model (checkpointed and validated as is; DDP-wrapped for steps).
+        optimizer: over ``model``'s parameters.
+        cfg: epochs, schedule, seeds, files, cadences.
+        checkpointer: writes the resumable checkpoint (main rank only).
+        ctx: this process in the job.
+        device: where the model is.
+        resume_from: the restored position (:meth:`Checkpointer.restore`), or None.
+        on_epoch_end: called on every rank with (finished epochs, epoch record) after that
+            epoch's checkpoint is on disk.
+    """
+    start_epoch, start_step, global_step = 0, 0, 0
+    if resume_from is not None:
+        start_epoch, start_step = resume_from.epoch, resume_from.step_in_epoch
+        global_step = resume_from.global_step
+    if ctx.is_main:
+        if resume_from is not None:
+            truncate_metrics(cfg.metrics_file, global_step)
+        else:
+            cfg.metrics_file.unlink(missing_ok=True)
+
+    net: nn.Module = model
+    if ctx.is_distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    world = ctx.world_size
+    last_epoch: EpochSummary | None = None
+    session_images = 0
+    started = time.perf_counter()
+    with make_progress(disable=not (cfg.progress and ctx.is_main)) as progress:
+        bar = progress.add_task(
+            cfg.description, total=cfg.steps_per_epoch * cfg.epochs, unit="step"
+        )
+        progress.update(bar, completed=global_step)
+        for epoch in range(start_epoch, cfg.epochs):
+            first = start_step if epoch == start_epoch else 0
+            net.train()
+            epoch_started = log_started = time.perf_counter()
+            epoch_sum: Tensor | None = None
+            log_sum: Tensor | None = None
+            last_terms: Tensor | None = None
+            names: list[str] = []
+            steps_done = log_steps = epoch_images = log_images = 0
+            lr = lr_at(global_step, cfg.schedule)
+            for step, batch in enumerate(task.batches(epoch, first), start=first):
+                torch.manual_seed(step_seed(cfg.seed, epoch, step, ctx.rank))
+                lr = lr_at(global_step, cfg.schedule)
+                result = train_step(net, optimizer, task.step, batch, lr)
+                global_step += 1
+                steps_done += 1
+                log_steps += 1
+                images = result.batch_size * world
+                epoch_images += images
+                log_images += images
+                names = list(result.terms)
+                last_terms = _summed(result.terms)
+                epoch_sum = last_terms if epoch_sum is None else epoch_sum + last_terms
+                log_sum = last_terms if log_sum is None else log_sum + last_terms
+                last_of_epoch = step + 1 == cfg.steps_per_epoch
+                log_now = cfg.log_every > 0 and (global_step % cfg.log_every == 0 or last_of_epoch)
+                display_now = cfg.log_every == 0 and global_step % _DISPLAY_EVERY == 0
+                if ctx.is_main and (log_now or display_now):
+                    means = dict(zip(names, (log_sum / log_steps).tolist(), strict=True))
+                    now = time.perf_counter()
+                    if log_now:
+                        append_jsonl(
+                            cfg.metrics_file,
+                            {
+                                "kind": "step",
+                                "epoch": epoch,
+                                "step": global_step,
+                                "lr": lr,
+                                "images_per_s": log_images / max(now - log_started, 1e-9),
+                                **means,
+                            },
+                        )
+                    progress.update(
+                        bar, info=f"epoch {epoch + 1}/{cfg.epochs} loss {means['loss']:.4f}"
+                    )
+                if log_now or display_now:
+                    log_sum, log_steps, log_images = None, 0, 0
+                    log_started = time.perf_counter()
+                progress.update(bar, advance=1)
+                if cfg.save_every and global_step % cfg.save_every == 0 and not last_of_epoch:
+                    checkpointer.save(
+                        model,
+                        optimizer,
+                        epoch=epoch,
+                        step_in_epoch=step + 1,
+                        global_step=global_step,
+                        metrics=task.checkpoint_metrics(None),
+                    )
+            totals = epoch_sum if epoch_sum is not None else torch.zeros(0, dtype=torch.float64)
+            if ctx.is_distributed:
+                torch.distributed.all_reduce(totals)
+            mean = dict(zip(names, (totals / max(steps_done * world, 1)).tolist(), strict=True))
+            last = {} if last_terms is None else dict(zip(names, last_terms.tolist(), strict=True))
+            seconds = time.perf_counter() - epoch_started
+            val = task.validate(model)
+            session_images += epoch_images
+            last_epoch = EpochSummary(
+                epoch=epoch,
+                global_step=global_step,
+                lr=lr,
+                mean=mean,
+                last=last,
+                images=epoch_images,
+                seconds=seconds,
+                val=val,
+            )
+            record = task.epoch_record(last_epoch)
+            if ctx.is_main:
+                append_jsonl(cfg.metrics_file, record)
+                checkpointer.save(
+                    model,
+                    optimizer,
+                    epoch=epoch + 1,
+                    step_in_epoch=0,
+                    global_step=global_step,
+                    metrics=task.checkpoint_metrics(last_epoch),
+                )
+                progress.console.print(_epoch_line(last_epoch, cfg.epochs))
+            barrier(ctx)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record)
+    seconds = time.perf_counter() - started
+    if cfg.final is not None:
+        checkpointer.save_final(model, cfg.final, task.checkpoint_metrics(last_epoch))
+        barrier(ctx)
+    return FitResult(
+        global_step=global_step, last_epoch=last_epoch, images=session_images, seconds=seconds
+    )
+
+
+def _epoch_line(summary: EpochSummary, epochs: int) -> str:
+    terms = " ".join(f"{name} {value:.4f}" for name, value in summary.mean.items())
+    val = "".join(f" val {name} {value:.3f}" for name, value in sorted(summary.val.items()))
+    rate = summary.images / max(summary.seconds, 1e-9)
+    return (
+        f"epoch {summary.epoch + 1}/{epochs}: {terms}{val} lr {summary.lr:.2e} "
+        f"{rate:,.0f} img/s ({summary.seconds:.1f} s)"
+    )

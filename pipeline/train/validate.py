@@ -1,0 +1,147 @@
+"""Validation: top-1/top-5 accuracy of a model on a shard set, one pass, every rank its share.
+
+Teachers have one output, reported as the head ``"logits"``. Students report every head —
+``"cls"``, one per teacher token, and ``"mean"`` (the mean of the distinct heads, as in the
+official Co-advise code) — with the class-token head as the headline figure (the paper's text).
+
+:func:`evaluate_model` is what the training stages call at epoch ends and what ``evaluate`` runs;
+extra :class:`BatchObserver` objects let comparisons against other per-row data (e.g. stored
+teacher logits, looked up by the batch's shard and position) ride along the same pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..data.streams import EvalBatch, eval_batches
+from ..runtime.console import make_progress
+from ..runtime.distributed import DistContext
+from ..runtime.errors import UserError
+from .metrics import TopKCounter
+
+TEACHER_HEAD = "logits"
+"""Head name under which a teacher's (single) output is reported."""
+CLS_HEAD = "cls"
+MEAN_HEAD = "mean"
+
+
+class BatchObserver(Protocol):
+    """Something that looks at every evaluation batch alongside the accuracy counts."""
+
+    name: str
+    """Key of :meth:`result` in the returned dict."""
+
+    def observe(self, outputs: dict[str, Tensor], batch: EvalBatch) -> None:
+        """See one batch: the model's logits per head and the batch (rows, labels)."""
+
+    def result(self, ctx: DistContext, device: torch.device) -> Any:
+        """The summary after the last batch (reduced over ranks when distributed)."""
+
+
+def head_outputs(outputs: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every reported head of a model's forward output, by name.
+
+    A teacher's tensor becomes ``{"logits": ...}``; a student's dict is kept and gains
+    ``"mean"`` when it has more than the class head.
+    """
+    if isinstance(outputs, Tensor):
+        return {TEACHER_HEAD: outputs}
+    from ..models.heads import prediction
+
+    heads = dict(outputs)
+    if len(heads) > 1:
+        heads[MEAN_HEAD] = prediction(outputs, MEAN_HEAD)
+    return heads
+
+
+def headline_head(heads: dict[str, Any]) -> str:
+    """The head whose accuracy is the top-level figure: ``cls`` for students, else the only one."""
+    return CLS_HEAD if CLS_HEAD in heads else next(iter(heads))
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    shard_set: object,
+    *,
+    image_size: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    ctx: DistContext | None = None,
+    observers: tuple[BatchObserver, ...] = (),
+    description: str = "evaluate",
+) -> dict[str, Any]:
+    """Top-1/top-5 accuracy of ``model`` on every sample of ``shard_set``.
+
+    Under torchrun each rank evaluates its share of the samples and the counts are summed, so
+    every rank returns the same figures. The model is put in eval mode and left there.
+
+    Args:
+        model: a teacher (logits tensor) or student (dict of logits per head), unwrapped.
+        shard_set: the ``ShardSet`` to evaluate on.
+        image_size: side of the center-cropped evaluation view (the model's input size).
+        batch_size: samples per forward pass.
+        device: where the model is.
+        workers: DataLoader worker processes decoding the shards.
+        ctx: distributed context (None: a single process).
+        observers: extra per-batch consumers; their results are added under their ``name``.
+        description: label of the progress bar.
+
+    Returns:
+        ``{"top1", "top5", "num_samples", "heads": {name: {"top1", "top5"}}}`` with
+        fractions in [0, 1], plus one entry per observer.
+    """
+    ctx = ctx or DistContext()
+    device = torch.device(device)
+    model.eval()
+    counter = TopKCounter()
+    total = shard_set.num_samples  # type: ignore[attr-defined]
+    with make_progress(disable=not ctx.is_main) as progress:
+        task = progress.add_task(description, total=total, unit="img")
+        batches = eval_batches(
+            shard_set,
+            image_size=image_size,
+            batch_size=batch_size,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            workers=workers,
+        )
+        for batch in batches:
+            images = batch.images.to(device, non_blocking=True)
+            heads = head_outputs(model(images))
+            counter.update(heads, batch.labels)
+            for observer in observers:
+                observer.observe(heads, batch)
+            progress.advance(task, len(batch.labels) * ctx.world_size)
+    if ctx.is_distributed:
+        _ensure_heads(counter, model, image_size, device, shard_set)
+        counter.all_reduce(device if device.type == "cuda" else None)
+    if counter.num_samples == 0:
+        raise UserError("the evaluation data holds no samples")
+    heads_acc = counter.result()
+    top = heads_acc[headline_head(heads_acc)]
+    result: dict[str, Any] = {
+        "top1": top["top1"],
+        "top5": top["top5"],
+        "num_samples": counter.num_samples,
+        "heads": heads_acc,
+    }
+    for observer in observers:
+        result[observer.name] = observer.result(ctx, device)
+    return result
+
+
+def _ensure_heads(
+    counter: TopKCounter, model: nn.Module, image_size: int, device: torch.device, shard_set: object
+) -> None:
+    """Give a rank that saw no samples the same head names as the others (for all_reduce)."""
+    if counter.hits:
+        return
+    channels = shard_set.channels  # type: ignore[attr-defined]
+    probe = torch.zeros(1, channels, image_size, image_size, device=device)
+    for name in head_outputs(model(probe)):
+        counter.hits[name] = [0] * len(counter.ks)

@@ -1,0 +1,210 @@
+"""The one loop as a unit: a step, record cadence, checkpoints, and exact mid-epoch resume.
+
+A toy task (a dropout MLP on batches keyed by epoch and step) stands in for a stage, so the loop
+runs in milliseconds without data files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from civt_pipe.pipeline.runtime.distributed import DistContext
+from civt_pipe.pipeline.train.checkpointer import Checkpointer
+from civt_pipe.pipeline.train.loop import (
+    EpochSummary,
+    LoopConfig,
+    StepResult,
+    fit,
+    train_step,
+)
+from civt_pipe.pipeline.train.schedule import ScheduleConfig
+from civt_pipe.pipeline.train.steps import ClassificationStep, DistillationStep
+
+CPU = torch.device("cpu")
+STEPS, EPOCHS = 4, 2
+
+
+class Killed(Exception):
+    pass
+
+
+@dataclass
+class ToyTask:
+    kill_at: tuple[int, int] | None = None
+    seen: list[tuple[int, int]] = field(default_factory=list)
+
+    def batches(self, epoch: int, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for step in range(start_step, STEPS):
+            if (epoch, step) == self.kill_at:
+                raise Killed
+            gen = torch.Generator().manual_seed(1000 * epoch + step)
+            self.seen.append((epoch, step))
+            yield torch.randn(5, 4, generator=gen), torch.randint(0, 3, (5,), generator=gen)
+
+    def step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> StepResult:
+        return ClassificationStep(device=CPU)(model, batch)
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return {"top1": 0.5}
+
+    def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
+        return {
+            "kind": "epoch",
+            "epoch": summary.epoch,
+            "step": summary.global_step,
+            **summary.mean,
+        }
+
+    def checkpoint_metrics(self, summary: EpochSummary | None) -> dict[str, Any]:
+        return {"val": summary.val if summary else {}}
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 3))
+
+
+def _make(net: nn.Module, state: dict[str, Any] | None, metrics: Mapping[str, Any]) -> dict:
+    ckpt = {
+        "format": "civt-pipe",
+        "version": 1,
+        "kind": "teacher",
+        "arch": "toy",
+        "model_args": {},
+        "state_dict": net.state_dict(),
+        "metrics": dict(metrics),
+        "config": {},
+    }
+    if state is not None:
+        ckpt["train_state"] = state
+    return ckpt
+
+
+def _run(
+    out: Path, task: ToyTask, *, save_every: int = 0, resume: bool = False
+) -> tuple[nn.Module, Any]:
+    model = _model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    schedule = ScheduleConfig(base_lr=1e-2, total_steps=STEPS * EPOCHS, warmup_steps=2)
+    checkpointer = Checkpointer(
+        path=out / "last.pt",
+        make=_make,
+        kind="teacher",
+        command="toy",
+        identity={},
+        schedule={"base_lr": 1e-2},
+    )
+    state = None
+    if resume:
+        state = checkpointer.restore(checkpointer.load(), model, optimizer)
+    cfg = LoopConfig(
+        epochs=EPOCHS,
+        steps_per_epoch=STEPS,
+        schedule=schedule,
+        seed=7,
+        metrics_file=out / "metrics.jsonl",
+        log_every=2,
+        save_every=save_every,
+        final=out / "final.pt",
+        progress=False,
+    )
+    result = fit(
+        task, model, optimizer, cfg, checkpointer, ctx=DistContext(), device=CPU, resume_from=state
+    )
+    return model, result
+
+
+def _records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fit_logs_at_its_cadence_and_checkpoints_each_epoch(tmp_path: Path) -> None:
+    _, result = _run(tmp_path, ToyTask())
+    assert result.global_step == STEPS * EPOCHS and result.images == 5 * STEPS * EPOCHS
+    records = _records(tmp_path)
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == [2, 4, 6, 8]
+    assert {"loss", "top1", "lr", "images_per_s", "epoch"} <= set(records[0])
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
+    state = torch.load(tmp_path / "last.pt", weights_only=True)["train_state"]
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (2, 0, 8)
+    final = torch.load(tmp_path / "final.pt", weights_only=True)
+    assert "train_state" not in final and final["metrics"] == {"val": {"top1": 0.5}}
+    assert result.last_epoch.val == {"top1": 0.5}
+
+
+def test_resume_inside_an_epoch_reaches_the_uninterrupted_weights(tmp_path: Path) -> None:
+    whole, _ = _run(tmp_path / "whole", ToyTask())
+    killed = tmp_path / "killed"
+    with pytest.raises(Killed):
+        _run(killed, ToyTask(kill_at=(1, 3)), save_every=3)
+    saved = torch.load(killed / "last.pt", weights_only=True)["train_state"]
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 2, 6)
+    task = ToyTask()
+    resumed, result = _run(killed, task, save_every=3, resume=True)
+    assert task.seen == [(1, 2), (1, 3)]  # only what the killed run had not trained on
+    assert result.global_step == STEPS * EPOCHS
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # Records past the checkpoint (step 6) were dropped before the resumed run wrote again.
+    steps = [(r["kind"], r["step"]) for r in _records(killed)]
+    assert steps == [(r["kind"], r["step"]) for r in _records(tmp_path / "whole")]
+
+
+def test_train_step_updates_the_weights_and_returns_the_terms() -> None:
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = (torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))
+    result = train_step(model, optimizer, ClassificationStep(device=CPU), batch, lr=0.1)
+    assert set(result.terms) == {"loss", "top1"} and result.batch_size == 5
+    assert optimizer.param_groups[0]["lr"] == 0.1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.body(x)
+        return {"cls": z, "cnn": 2 * z}
+
+
+def _student_batch() -> SimpleNamespace:
+    return SimpleNamespace(images=torch.randn(2, 4), label_targets=torch.eye(3)[[0, 2]])
+
+
+def test_distillation_step_reports_every_loss_part() -> None:
+    step = DistillationStep(
+        targets=lambda batch, images: {"cnn": torch.full((2, 3), 1 / 3)},
+        taus={"cnn": 2.0},
+        lambdas={"cnn": 0.5},
+        device=CPU,
+    )
+    result = step(_TwoHeads(), _student_batch())
+    assert set(result.terms) == {"loss", "loss_cls", "loss_kd_cnn"}
+    expected = result.terms["loss_cls"] + 0.5 * result.terms["loss_kd_cnn"]
+    torch.testing.assert_close(result.loss, expected)
+
+
+def test_without_distillation_no_teacher_target_is_computed() -> None:
+    def targets(batch: Any, images: Tensor) -> dict[str, Tensor]:
+        raise AssertionError("token mode none must not compute teacher targets")
+
+    step = DistillationStep(
+        targets=targets, taus={"cnn": 1.0}, lambdas={"cnn": 1.0}, device=CPU, distill=False
+    )
+    result = step(_TwoHeads(), _student_batch())
+    assert set(result.terms) == {"loss", "loss_cls"}
+    torch.testing.assert_close(result.loss, result.terms["loss_cls"])
