@@ -78,14 +78,14 @@ def student_step_fn(
     cost that training from stored logits should add nothing to. Without ``teacher_names`` the
     student has no distillation tokens and the loss is cross-entropy only.
     """
-    from civt_pipe.pipeline.models.registry import build_student
+    from civt_pipe.pipeline.models.factory import create_model
     from civt_pipe.pipeline.train.losses import civt_loss
     from civt_pipe.pipeline.train.schedule import OptimizerConfig, build_optimizer
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     token_mode = "per-teacher" if teacher_names else "none"
-    model = build_student(
+    model = create_model(
         arch,
         num_classes=num_classes,
         in_chans=in_chans,

@@ -46,7 +46,7 @@ def main() -> None:
         model_from_checkpoint,
         save_checkpoint,
     )
-    from civt_pipe.pipeline.models.registry import build_teacher
+    from civt_pipe.pipeline.models.factory import create_model
     from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
     from civt_pipe.stores.logit_store import LogitStore
     from civt_pipe.stores.topk import TopKLogits
@@ -60,7 +60,7 @@ def main() -> None:
     for i, arch in enumerate(args.teachers.split(",")):
         ckpt = work / f"t{i}.pt"
         torch.manual_seed(i)
-        model = build_teacher(
+        model = create_model(
             arch,
             num_classes=shards.num_classes,
             in_chans=shards.channels,

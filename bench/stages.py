@@ -75,7 +75,8 @@ def replicate_shards(data: Path, out: Path, times: int) -> Path:
 
 def train_teachers(root: Path, train: Path, *, epochs: int, workers: int) -> list[Teacher]:
     """``train-teacher`` for each nano teacher; returns their checkpoints."""
-    from civt_pipe.pipeline.stages.teacher import TeacherTrainConfig, train_teacher
+    from civt_pipe.pipeline.stages.teacher.config import TeacherTrainConfig
+    from civt_pipe.pipeline.stages.teacher.run import train_teacher
 
     teachers = []
     for name, arch in TEACHERS:
@@ -172,7 +173,8 @@ def student_config_kwargs(
 
 def run_student_from_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """``train_student`` from :func:`student_config_kwargs` output; returns its summary."""
-    from civt_pipe.pipeline.stages.student import StudentTrainConfig, train_student
+    from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
+    from civt_pipe.pipeline.stages.student.run import train_student
 
     args = dict(kwargs)
     args["teachers"] = tuple(args.get("teachers", ()))
@@ -202,8 +204,7 @@ def load_teacher_models(teachers: Sequence[Teacher], *, num_classes: int, channe
     """The teachers as ``dump-logits`` loads them (eval mode, CPU): ``LoadedTeacher`` each."""
     import torch
 
-    from civt_pipe.pipeline.stages.dump.run import TeacherSpec
-    from civt_pipe.pipeline.stages.dump.teachers import load_teachers
+    from civt_pipe.pipeline.models.teachers import TeacherSpec, load_teachers
 
     specs = [TeacherSpec.parse(t.spec) for t in teachers]
     return load_teachers(specs, torch.device("cpu"), num_classes=num_classes, channels=channels)

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import Any
 
-import typer
-
+from ..pipeline.stages.evaluate.run import EvaluateConfig
 from .common import emit_json
+from .options import JSON_OPTION, config_command
 
 
-def evaluate_command(
-    checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", help="Teacher or student checkpoint file.")
-    ],
-    data: Annotated[str, typer.Option("--data", help="Shards to evaluate on.")],
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per batch.")] = 256,
-    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 0,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads", help="Torch CPU threads (default: free cores minus workers).", min=1
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    store: Annotated[
-        Path | None,
-        typer.Option(
-            "--store", help="dump-logits store of these shards: also report KL to each teacher."
-        ),
-    ] = None,
-    store_views: Annotated[
-        int | None,
-        typer.Option("--store-views", help="Use only the store's first N views (default all)."),
-    ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
-) -> None:
-    """Accuracy of every head of a checkpoint (students: cls, each teacher token, mean)."""
-    from ..pipeline.stages.evaluate import EvaluateConfig, evaluate
+def _run(cfg: EvaluateConfig, extras: dict[str, Any]) -> None:
+    from ..pipeline.stages.evaluate.run import evaluate
 
-    result = evaluate(
-        EvaluateConfig(
-            checkpoint=checkpoint,
-            data=data,
-            batch_size=batch_size,
-            device=device,
-            workers=workers,
-            threads=threads,
-            store=store,
-            store_views=store_views,
-        )
-    )
-    if json_output:
+    result = evaluate(cfg)
+    if extras["as_json"]:
         emit_json(result)
         return
     from rich.table import Table
@@ -76,3 +36,11 @@ def evaluate_command(
         for head, row in kl.items():
             kl_table.add_row(head, *(f"{row[t]:.4f}" for t in teachers))
         console.print(kl_table)
+
+
+evaluate_command = config_command(
+    EvaluateConfig,
+    _run,
+    doc="Accuracy of every head of a checkpoint (students: cls, each teacher token, mean).",
+    extra=[JSON_OPTION],
+)

@@ -28,7 +28,7 @@ from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.reader import iter_shard
 from civt_pipe.pipeline.data.shard_set import resolve_shards
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
-from civt_pipe.pipeline.models.registry import build_teacher
+from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
 from civt_pipe.stores.logit_store import LogitStore
@@ -69,7 +69,7 @@ class DumpFixture:
 def save_teacher(path: Path, arch: str, seed: int, *, classes: int = 10, size: int = 8) -> Path:
     """An untrained teacher checkpoint (digits statistics do not matter for these tests)."""
     torch.manual_seed(seed)
-    model = build_teacher(arch, num_classes=classes, in_chans=1, image_size=size)
+    model = create_model(arch, num_classes=classes, in_chans=1, image_size=size)
     save_checkpoint(path, make_checkpoint(model))
     return path
 

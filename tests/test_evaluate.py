@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.shard_set import ShardSet, resolve_shards
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
-from civt_pipe.pipeline.models.registry import build_student, build_teacher
-from civt_pipe.pipeline.stages.evaluate import evaluate_model, head_outputs
+from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.train.metrics import TopKCounter, topk_correct
+from civt_pipe.pipeline.train.validate import evaluate_model, head_outputs
 
 # Class order in the shards is alphabetical: bright, dark, mid.
 CENTERS = torch.tensor([LEVELS["bright"], LEVELS["dark"], LEVELS["mid"]]) / 255.0
@@ -86,7 +86,7 @@ def test_mean_head_averages_distinct_heads() -> None:
 
 
 def _save_teacher(path: Path, num_classes: int) -> None:
-    model = build_teacher("cnn-nano", num_classes=num_classes, in_chans=1, image_size=16)
+    model = create_model("cnn-nano", num_classes=num_classes, in_chans=1, image_size=16)
     names = [f"c{i}" for i in range(num_classes)]
     save_checkpoint(path, make_checkpoint(model, class_names=names))
 
@@ -107,7 +107,7 @@ def test_cli_json_schema_for_a_teacher(toy: ShardSet, tmp_path: Path) -> None:
 
 
 def test_cli_reports_every_student_head(toy: ShardSet, tmp_path: Path) -> None:
-    model = build_student(
+    model = create_model(
         "civt-nano", num_classes=3, in_chans=1, image_size=16, teacher_names=["cnn", "inn"]
     )
     ckpt = tmp_path / "final.pt"
@@ -134,7 +134,7 @@ def test_cli_table_without_json(toy: ShardSet, tmp_path: Path) -> None:
 
 def test_other_class_names_with_the_same_count_warn(toy: ShardSet, tmp_path: Path) -> None:
     ckpt = tmp_path / "t.pt"
-    model = build_teacher("cnn-nano", num_classes=3, in_chans=1, image_size=16)
+    model = create_model("cnn-nano", num_classes=3, in_chans=1, image_size=16)
     data = str(toy.paths[0].parent)
     for names, warned in ((list(toy.class_names), False), (["cat", "dog", "owl"], True)):
         save_checkpoint(ckpt, make_checkpoint(model, class_names=names))

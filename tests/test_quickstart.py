@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import civt_pipe.pipeline.workflows.quickstart as qs
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
-from civt_pipe.pipeline.models.registry import build_teacher
+from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.runtime.errors import UserError
 
 HEADS = {"cls": {"top1": 0.93, "top5": 1.0}, "cnn": {"top1": 0.92, "top5": 1.0}}
@@ -187,7 +187,7 @@ def test_reuse_checks_read_the_real_artifacts(tmp_path: Path) -> None:
 
     ckpt = tmp_path / "cnn.pt"
     assert qs.teacher_epochs_done(ckpt) == 0
-    model = build_teacher("cnn-nano", num_classes=10, in_chans=1, image_size=8)
+    model = create_model("cnn-nano", num_classes=10, in_chans=1, image_size=8)
     save_checkpoint(ckpt, make_checkpoint(model, train_state={"epoch": 3, "step": 60}))
     assert qs.teacher_epochs_done(ckpt) == 3
 

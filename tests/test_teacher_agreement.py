@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
-from civt_pipe.pipeline.models.registry import build_student, build_teacher
+from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
-from civt_pipe.pipeline.stages.evaluate import EvaluateConfig, evaluate
-from civt_pipe.pipeline.stages.teacher_agreement import KLAccumulator
+from civt_pipe.pipeline.stages.evaluate.run import EvaluateConfig, evaluate
+from civt_pipe.pipeline.stages.evaluate.teacher_agreement import KLAccumulator
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Fixture:
 
 def _save_teacher(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
-    model = build_teacher("cnn-nano", num_classes=10, in_chans=1, image_size=8)
+    model = create_model("cnn-nano", num_classes=10, in_chans=1, image_size=8)
     save_checkpoint(path, make_checkpoint(model))
     return path
 
@@ -101,7 +101,7 @@ def test_first_view_only_differs_from_all_views(fx: Fixture) -> None:
 
 def test_student_reports_every_head_in_json(fx: Fixture, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = build_student(
+    model = create_model(
         "civt-nano", num_classes=10, in_chans=1, image_size=8, teacher_names=["cnn", "twin"]
     )
     ckpt = tmp_path / "student.pt"
@@ -167,12 +167,12 @@ def test_store_views_out_of_range_and_without_store(fx: Fixture) -> None:
 
 def test_class_count_mismatch_with_store(fx: Fixture, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = build_teacher("cnn-nano", num_classes=7, in_chans=1, image_size=8)
+    model = create_model("cnn-nano", num_classes=7, in_chans=1, image_size=8)
     ckpt = tmp_path / "seven.pt"
     save_checkpoint(ckpt, make_checkpoint(model))
     meta = {"num_classes": 7, "image_size": 8}
     from civt_pipe.pipeline.data.shard_set import resolve_shards
-    from civt_pipe.pipeline.stages.teacher_agreement import teacher_agreement
+    from civt_pipe.pipeline.stages.evaluate.teacher_agreement import teacher_agreement
 
     with pytest.raises(UserError, match=r"store .* has 10 classes but the checkpoint has 7"):
         teacher_agreement(

@@ -29,9 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..augment.config import PRESET_CHOICES
+from ..models.token_mode import TokenMode
 from ..runtime.atomic import atomic_write_json
 from ..runtime.console import console, info, warn
-from ..runtime.errors import UserError
+from ..runtime.errors import USER_ERRORS, UserError
+from ..runtime.options import check_choices, check_numbers, option
 
 MANIFEST = "quickstart.json"
 RESULTS = "results.json"
@@ -46,60 +49,48 @@ _OWNED = ("data", "teachers", "store.zarr", "runs", MANIFEST, RESULTS)
 class QuickstartConfig:
     """Settings of ``civt-pipe quickstart``. The defaults are the measured recipe (README)."""
 
-    out: Path = Path("quickstart")
-    """Working directory; everything the quickstart writes goes below it."""
-    epochs: int = 30
-    """Student epochs, for CivT and the no-distillation baseline alike."""
-    teacher_epochs: int = 10
-    """Epochs of each teacher."""
-    views: int = 10
-    """Stored augmented views per image (epoch e replays view e mod V)."""
-    topk: int = 5
-    """Teacher logits kept per (image, view)."""
-    lr: float = 2e-3
-    """Student peak learning rate (AdamW, warm-up then cosine)."""
-    batch_size: int = 64
-    """Student batch."""
-    image_size: int = 16
-    """Side of every model's input (the 8×8 digits upscaled). Measured: at the native 8 px the
-    involution teacher reached only 73 % test top-1 in 8 epochs (94 % at 16 px in 10)."""
-    patch_size: int = 4
-    """Student patch size: 16 px / 4 = a 4×4 grid of 16 patch tokens."""
-    aug: str = "small"
-    """Augmentation preset of the stored views (``small`` suits 16 px digits)."""
-    seed: int = 0
-    """Seeds the teachers, the stored views and the students."""
-    device: str = "auto"
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
-    threads: int = 1
-    """Torch CPU threads. The nano models are too small to gain from more, and on a CPU shared
-    with other work extra threads spin-wait: measured 20× slower with 2 threads on a busy
-    2-core machine. Data loading runs in worker processes on the other core."""
-    overwrite: bool = False
-    """Start afresh: remove what an earlier quickstart wrote in ``out`` (only that)."""
-    progress: bool = True
-    """Draw each stage's progress bars."""
+    out: Path = option(
+        Path("quickstart"), help="Working directory (re-run into it to resume).", flag="--out"
+    )
+    epochs: int = option(30, help="Student epochs, for CivT and the baseline alike.", minimum=1)
+    teacher_epochs: int = option(10, help="Epochs of each teacher.", minimum=1)
+    views: int = option(10, help="Stored augmented views per image.", minimum=1)
+    # At most 10: digits has 10 classes.
+    topk: int = option(5, help="Teacher logits kept per view.", minimum=1, maximum=10)
+    lr: float = option(2e-3, help="Student peak learning rate (AdamW, warm-up then cosine).")
+    batch_size: int = option(64, help="Student batch.", flag="", minimum=1)
+    # Measured: at the native 8 px the involution teacher reached only 73 % test top-1 in 8
+    # epochs (94 % at 16 px in 10).
+    image_size: int = option(
+        16, help="Side of every model's input (the 8×8 digits upscaled).", flag="", minimum=1
+    )
+    patch_size: int = option(
+        4, help="Student patch size: 16 px / 4 = a 4×4 grid of 16 patches.", flag="", minimum=1
+    )
+    aug: str = option(
+        "small",
+        help="Augmentation preset of the stored views (small suits 16 px digits).",
+        flag="",
+        choices=PRESET_CHOICES,
+    )
+    seed: int = option(0, help="Seed of teachers, views and students.", minimum=0)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
+    # The nano models are too small to gain from more, and on a CPU shared with other work
+    # extra threads spin-wait: measured 20× slower with 2 threads on a busy 2-core machine.
+    # Data loading runs in worker processes on the other core.
+    threads: int = option(1, help="Torch CPU threads.", flag="", minimum=1)
+    overwrite: bool = option(
+        False, help="Start afresh: remove an earlier quickstart's files in --out."
+    )
+    progress: bool = option(True, help="Draw each stage's progress bars.", flag="")
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        for name in (
-            "epochs",
-            "teacher_epochs",
-            "views",
-            "topk",
-            "batch_size",
-            "image_size",
-            "patch_size",
-            "threads",
-        ):
-            value = getattr(self, name)
-            if value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.topk > 10:
-            raise UserError(f"--topk must be at most 10 (digits has 10 classes), got {self.topk}")
+        check_numbers(self)
+        check_choices(self)
         if not self.lr > 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.seed < 2**63:
+        if not self.seed < 2**63:
             raise UserError(f"--seed must lie in [0, 2**63), got {self.seed}")
 
     def settings(self) -> dict[str, Any]:
@@ -188,14 +179,14 @@ def store_done(path: Path) -> bool:
 
     try:
         store = LogitStore.open(path)
-    except UserError:
+    except USER_ERRORS:
         return False
     return store.is_complete() and store.is_finalized
 
 
 def run_done(path: Path) -> bool:
     """A student run is finished once ``final.pt`` exists."""
-    from ..stages.student import FINAL
+    from ..stages.student.config import FINAL
 
     return (path / FINAL).is_file()
 
@@ -248,7 +239,8 @@ def _make_shards(split: str, out: Path) -> None:
 
 
 def _train_teacher(cfg: QuickstartConfig, paths: Paths, name: str, arch: str) -> None:
-    from ..stages.teacher import TeacherTrainConfig, train_teacher
+    from ..stages.teacher.config import TeacherTrainConfig
+    from ..stages.teacher.run import train_teacher
 
     out = paths.teacher(name)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +271,7 @@ def _dump(cfg: QuickstartConfig, paths: Paths, results: _Results) -> None:
     if paths.store.exists():
         try:
             LogitStore.open(paths.store)
-        except UserError as err:
+        except USER_ERRORS as err:
             warn(f"re-dumping {paths.store}: {err}")
             replace = True
     summary = run_dump(
@@ -305,9 +297,10 @@ def _dump(cfg: QuickstartConfig, paths: Paths, results: _Results) -> None:
 
 
 def _train_student(
-    cfg: QuickstartConfig, paths: Paths, run_dir: Path, token_mode: str, *, fresh: bool
+    cfg: QuickstartConfig, paths: Paths, run_dir: Path, token_mode: TokenMode, *, fresh: bool
 ) -> None:
-    from ..stages.student import LAST, StudentTrainConfig, train_student
+    from ..stages.student.config import LAST, StudentTrainConfig
+    from ..stages.student.run import train_student
 
     resume = (run_dir / LAST).is_file() and not fresh
     train_student(
@@ -332,7 +325,7 @@ def _train_student(
 
 
 def _evaluate(cfg: QuickstartConfig, checkpoint: Path, data: Path) -> dict[str, Any]:
-    from ..stages.evaluate import EvaluateConfig, evaluate
+    from ..stages.evaluate.run import EvaluateConfig, evaluate
 
     return evaluate(
         EvaluateConfig(
@@ -389,7 +382,7 @@ def plan_steps(cfg: QuickstartConfig, paths: Paths, results: _Results) -> list[S
     )
 
     def evaluate_all() -> None:
-        from ..stages.student import FINAL
+        from ..stages.student.config import FINAL
 
         for name, _ in TEACHERS:
             results.teachers[name] = _evaluate(cfg, paths.teacher(name), paths.test)

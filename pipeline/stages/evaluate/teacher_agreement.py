@@ -3,7 +3,7 @@
 The store written by ``dump-logits`` on the evaluation shards holds, per (row, view), every
 teacher's top-k log-probabilities for an *augmented* view whose parameters are stored. The KL is
 only meaningful on those same views, so this module rebuilds them exactly as ``train-student``
-does (:func:`..replay.student_stream.render_segment`: key check, replay from the
+does (:func:`..replay.segments.render_segment`: key check, replay from the
 stored parameters, digest check), runs the model on them and averages, per head ``h`` and teacher
 ``t``, ``KL(p_t ‖ softmax(z_h))`` at τ = 1 over every valid (row, view), where ``p_t`` is the
 store's dense target (:func:`civt_pipe.stores.topk.dense_target`).
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..runtime.errors import UserError
+from ...runtime.errors import UserError
 
 
 def kl_per_row(target: Tensor, logits: Tensor) -> Tensor:
@@ -96,17 +96,17 @@ def teacher_agreement(
         device: where the model is.
         progress: show a progress bar.
     """
-    from ...stores.logit_store import LogitStore
-    from ...stores.topk import dense_target
-    from ..replay.student_stream import Segment, ViewSource, render_segment
-    from ..runtime.console import make_progress
-    from .evaluate import head_outputs
-    from .student import store_setup
+    from ....stores.logit_store import LogitStore
+    from ...data.planning import Segment
+    from ...replay.binding import bind_store
+    from ...replay.segments import ViewSource, render_segment
+    from ...runtime.console import make_progress
+    from ...train.validate import head_outputs
 
     store = Path(store)
     if not store.exists():
         raise UserError(f"store {store} does not exist")
-    setup = store_setup(store, data, shard_set)  # the checks train-student makes, as is
+    setup = bind_store(store, data, shard_set)  # the checks train-student makes, as is
     logits_store = LogitStore.open(store)
     if logits_store.num_classes != int(meta["num_classes"]):
         raise UserError(
@@ -156,8 +156,7 @@ def teacher_agreement(
             for view in range(num_views):
                 for block in render_segment(source, logits_store, shard, segment, view, needed):
                     targets = {
-                        name: dense_target(lp, ix, setup.num_classes, tau=1.0)
-                        for name, (lp, ix, _lse) in block.teachers.items()
+                        name: topk.dense(setup.num_classes) for name, topk in block.teachers.items()
                     }
                     pending.append((block.images, targets))
                     pending_rows += len(block.images)

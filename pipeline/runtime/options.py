@@ -1,0 +1,128 @@
+"""Config fields that describe themselves: help text, command-line flag, and the resume rule.
+
+Every stage's configuration is a typed dataclass. Declaring a field with :func:`option` records,
+once, what the command line shows for it and whether a resumed run may change it:
+
+    epochs: int = option(10, help="Epochs; epoch e uses view e mod V.", minimum=1)
+    workers: int = option(2, help="Data-loading processes per rank.", resume="may-change")
+
+``resume="must-match"`` (the default) is the safe side: a field that changes the weights must equal
+the saved run's value, so a new option that changes results can never resume silently. Only
+fields that provably do not change what is computed (paths of outputs, progress bars, worker and
+thread counts, logging cadence) say ``"may-change"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import MISSING, Field
+from typing import Any, Literal
+
+from .errors import UserError
+
+Resume = Literal["must-match", "may-change"]
+"""Whether a resumed run may change a field (``must-match``: it must equal the saved value)."""
+
+_KEY = "civt_pipe.option"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OptionInfo:
+    """What :func:`option` records about a config field."""
+
+    help: str
+    """One line for ``--help``."""
+    resume: Resume = "must-match"
+    flag: str | None = None
+    """The command-line flag (default: ``--field-name``); ``""`` keeps the field off the CLI."""
+    minimum: float | None = None
+    """Smallest allowed value of a number (checked by the CLI and :func:`check_numbers`)."""
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    """The allowed values of a string field."""
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    help: str,
+    resume: Resume = "must-match",
+    flag: str | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    default_factory: Any = MISSING,
+) -> Any:
+    """A dataclass field carrying its :class:`OptionInfo` (use like ``dataclasses.field``)."""
+    info = OptionInfo(
+        help=help, resume=resume, flag=flag, minimum=minimum, maximum=maximum, choices=choices
+    )
+    if default_factory is not MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={_KEY: info})
+    return dataclasses.field(default=default, metadata={_KEY: info})
+
+
+def option_info(f: Field[Any]) -> OptionInfo | None:
+    """The :class:`OptionInfo` of a dataclass field, or None for a plain field."""
+    info = f.metadata.get(_KEY)
+    return info if isinstance(info, OptionInfo) else None
+
+
+def resume_mismatch(
+    config_type: type, saved: Mapping[str, Any], current: Mapping[str, Any]
+) -> str | None:
+    """The first field of ``config_type`` that must match on resume but differs, else None.
+
+    ``saved``/``current`` are the configs as plain JSON-like dicts (``dataclasses.asdict``). A
+    field without :func:`option` metadata counts as ``must-match``; a field missing from the
+    saved dict (a run from an older version) must then equal its default.
+    """
+    for f in dataclasses.fields(config_type):
+        info = option_info(f)
+        if info is not None and info.resume == "may-change":
+            continue
+        if f.name not in current:
+            continue
+        if f.default is not MISSING:
+            fallback = f.default
+        elif f.default_factory is not MISSING:
+            fallback = f.default_factory()
+        else:
+            fallback = None
+        if saved.get(f.name, fallback) != current[f.name]:
+            return f.name
+    return None
+
+
+def check_numbers(config: Any) -> None:
+    """Raise :class:`UserError` for the first numeric field that is not finite or out of range."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        info = option_info(f)
+        flag = (info.flag if info and info.flag else None) or "--" + f.name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
+        if info is None:
+            continue
+        if info.minimum is not None and value < info.minimum:
+            raise UserError(f"{flag} must be at least {info.minimum:g}, got {value}")
+        if info.maximum is not None and value > info.maximum:
+            raise UserError(f"{flag} must be at most {info.maximum:g}, got {value}")
+
+
+def check_choices(config: Any) -> None:
+    """Raise :class:`UserError` for the first field whose value is not one of its ``choices``.
+
+    ``None`` passes: an optional field left unset takes a default chosen elsewhere.
+    """
+    for f in dataclasses.fields(config):
+        info = option_info(f)
+        value = getattr(config, f.name)
+        if info is None or info.choices is None or value is None or value in info.choices:
+            continue
+        flag = info.flag or "--" + f.name.replace("_", "-")
+        raise UserError(f"{flag} must be one of {', '.join(info.choices)}, got {value!r}")

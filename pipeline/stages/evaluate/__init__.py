@@ -1,0 +1,1 @@
+"""``civt-pipe evaluate``: accuracy per head, and with ``--store`` the KL to each teacher."""
