@@ -131,8 +131,9 @@ class StudentTrainConfig:
         resume="may-change",
     )
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.", resume="may-change")
+    # Every step record syncs the losses to the host; 10 keeps the device busy between them.
     log_every: int = option(
-        1,
+        10,
         help="Write a step record to metrics.jsonl every N steps.",
         flag="",
         minimum=1,
