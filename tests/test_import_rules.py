@@ -134,17 +134,6 @@ def test_code_imports_itself_relatively(module: str) -> None:
     assert absolute == [], f"{MODULES[module]}: absolute civt_pipe imports at lines {absolute}"
 
 
-def test_stores_is_a_leaf() -> None:
-    bad = [
-        (m, target)
-        for m in MODULES
-        if m.startswith("civt_pipe.stores")
-        for target, _, _ in _imports(m)
-        if not target.startswith("civt_pipe.stores")
-    ]
-    assert bad == []
-
-
 def test_pipeline_never_imports_the_cli() -> None:
     bad = [
         (m, target)

@@ -1,5 +1,5 @@
-"""``dump-logits`` configuration: the ``--teacher`` spec, :class:`DumpConfig`, and the defaults
-that depend on the data and the machine (augmentation recipe, forward threads).
+"""``dump-logits`` configuration: :class:`DumpConfig` and the defaults that depend on the data
+and the machine (augmentation recipe, forward threads).
 """
 
 from __future__ import annotations
