@@ -32,6 +32,14 @@ SPLITS: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("mixer-ti", "per-teacher"): (52, 3701376, 102, 22542),
     ("civt-nano", "shared"): (27, 670080, 56, 14324),
     ("civt-nano", "none"): (26, 669120, 55, 14122),
+    ("regnety-600mf", "per-teacher"): (81, 5416864, 131, 35386),
+    ("regnety-4gf", "per-teacher"): (116, 19494368, 187, 74178),
+    # cls mode has no distillation token: the same split as "none".
+    ("civt-nano", "cls"): (26, 669120, 55, 14122),
+    # aligned: the stems' convolutions decay, their BN parameters and biases do not.
+    ("civt-nano", "aligned"): (36, 818416, 72, 15104),
+    ("resnet10", "cls"): (13, 4897472, 25, 5770),
+    ("mixer-ti", "cls"): (50, 3697536, 100, 22522),
 }
 
 
@@ -39,6 +47,8 @@ def _build(arch: str, token_mode: str) -> NormalizedModel:
     kwargs: dict[str, object] = {"num_classes": 10, "image_size": 32}
     if arch in list_models("student"):
         kwargs.update(teacher_names=("cnn", "inn"), token_mode=token_mode)
+        if token_mode == "aligned":
+            kwargs.update(align={"cnn": "conv", "inn": "inv"})
     try:
         with torch.device("meta"):
             return create_model(arch, **kwargs)

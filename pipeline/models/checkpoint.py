@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,7 @@ PathLike = str | os.PathLike[str]
 
 def file_sha256(path: PathLike) -> str:
     """Hex sha256 of a file's bytes (recorded with every teacher in the logit store)."""
-    target = Path(path)
-    if not target.is_file():
-        raise UserError(f"file {target} does not exist")
+    target = _checkpoint_file(path)
     digest = hashlib.sha256()
     with open(target, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -105,25 +104,81 @@ def save_checkpoint(path: PathLike, ckpt: Mapping[str, Any]) -> None:
     atomic_torch_save(dict(ckpt), path)
 
 
-def _torch_load(path: PathLike) -> Any:
+def _checkpoint_file(path: PathLike) -> Path:
+    """``path`` as a file to load; a missing path or a directory is a :class:`UserError`."""
     target = Path(path)
+    if target.is_dir():
+        raise UserError(f"checkpoint {target} is a directory, not a checkpoint file")
     if not target.is_file():
         raise UserError(f"checkpoint file {target} does not exist")
+    return target
+
+
+def _torch_load(path: PathLike) -> Any:
+    target = _checkpoint_file(path)
     try:
         # weights_only: a checkpoint is data, and unpickling arbitrary objects would run code
         # from whoever wrote the file. Our checkpoints and torchvision weight files both pass.
-        return torch.load(target, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):  # intact, but pickles classes beyond tensors
+        with warnings.catch_warnings():
+            # A plain pickle.dump file makes torch warn before it fails; the failure is reported.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(target, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        code = pickled_code(target)
+        if code is not None:
             raise UserError(
-                f"{target} is not a weights-only checkpoint (it holds Python objects other than "
-                "tensors and plain containers); re-save its state_dict with torch.save"
+                f"{target} is not a civt-pipe checkpoint: it contains pickled code ({code}); "
+                "refusing to load it"
             ) from None
         raise UserError(
             f"{target} is not a readable checkpoint (damaged, or not written by torch.save)"
         ) from None
     except Exception as err:  # a damaged file can make the unpickler raise almost anything
         raise UserError(f"{target} is not a readable checkpoint ({_reason(err)})") from None
+
+
+# What torch.save itself pickles around tensors; any other global a pickle names is code that
+# unpickling would import and call.
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+
+
+def pickled_code(path: PathLike) -> str | None:
+    """The first global (``module.name``) a pickle file would import beyond tensors, or None.
+
+    Read with :mod:`pickletools` — parsed, never executed. Looks inside torch's zip format
+    (``*/data.pkl``) and at every pickle of a plain or legacy file.
+    """
+    import io
+    import pickletools
+    import zipfile
+
+    target = Path(path)
+    if zipfile.is_zipfile(target):
+        with zipfile.ZipFile(target) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            data = archive.read(pickles[0]) if pickles else b""
+    else:
+        data = target.read_bytes()
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        strings: list[str] = []
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name in _STRING_OPS:
+                    strings.append(str(arg))
+                    continue
+                if opcode.name == "GLOBAL":
+                    name = str(arg).replace(" ", ".")
+                elif opcode.name == "STACK_GLOBAL":
+                    name = ".".join(strings[-2:]) if len(strings) >= 2 else "an unnamed global"
+                else:
+                    continue
+                if not name.startswith(_TENSOR_GLOBALS):
+                    return name
+        except Exception:  # not (or no longer) a pickle: raw storage bytes, damage
+            return None
+    return None
 
 
 def _reason(err: BaseException) -> str:

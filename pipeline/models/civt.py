@@ -4,18 +4,22 @@ https://arxiv.org/abs/2106.12378. A ViT with the class token plus one distillati
 teacher, each token read out by its own linear head; the student learns the labels on the class
 token and teacher t's soft predictions on token t. It differs from :class:`VisionTransformer`
 only in the tokens it prepends and the heads it reads (as timm's DeiT differs from its ViT).
-The token mode (see :mod:`.heads`) gives the paper's ablations: a shared token (Table 6), DeiT
-(one teacher), no distillation.
+The token mode (see :mod:`.token_mode`) gives the paper's variants and ablations: token
+inductive-bias alignment (``"aligned"``, built as :class:`.civt_aligned.AlignedCivT`), the class
+token fitting labels and every teacher (``"cls"``, Table 6's "1 token"), one shared distillation
+token (``"shared"``, the average-teacher target), DeiT (one teacher), no distillation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..runtime.errors import UserError
+from .civt_aligned import AlignedCivT
 from .heads import HeadPlan
 from .registry import register_model
 from .token_mode import TokenMode
@@ -29,7 +33,8 @@ class CivT(VisionTransformer):
 
     Args:
         teacher_names: output keys of the distillation heads, one per teacher.
-        token_mode: ``"per-teacher"``, ``"shared"`` or ``"none"``.
+        token_mode: ``"per-teacher"``, ``"shared"``, ``"cls"`` or ``"none"`` (``"aligned"`` is
+            :class:`.civt_aligned.AlignedCivT`).
         **vit_args: :class:`VisionTransformer` arguments (image_size, patch_size, embed_dim...).
     """
 
@@ -65,6 +70,28 @@ class CivT(VisionTransformer):
         return self.plan.outputs(super().forward_head(x)["cls"], distill)
 
 
+def build_civt(
+    *,
+    teacher_names: Sequence[str],
+    token_mode: TokenMode,
+    align: Mapping[str, str] | None,
+    **vit_args: Any,
+) -> VisionTransformer:
+    """A :class:`CivT`, or an :class:`.civt_aligned.AlignedCivT` for ``token_mode="aligned"``.
+
+    Args:
+        teacher_names: one output key per teacher.
+        token_mode: one of :data:`.token_mode.TOKEN_MODES`.
+        align: every teacher's role (``"conv"``/``"inv"``); required by, and only for, aligned.
+        **vit_args: :class:`VisionTransformer` arguments.
+    """
+    if token_mode == "aligned":
+        return AlignedCivT(teacher_names=teacher_names, align=align or {}, **vit_args)
+    if align:
+        raise UserError(f"align is for token mode 'aligned' only, not {token_mode!r}")
+    return CivT(teacher_names=teacher_names, token_mode=token_mode, **vit_args)
+
+
 @register_model(
     "civt-ti",
     kind="student",
@@ -78,17 +105,19 @@ def civt_ti(
     image_size: int,
     teacher_names: Sequence[str] = (),
     token_mode: TokenMode = "per-teacher",
+    align: Mapping[str, str] | None = None,
     patch_size: int = 16,
     drop_path_rate: float = 0.1,
-) -> CivT:
+) -> VisionTransformer:
     """CivT-Ti, the paper's main student (DeiT-Ti with one token per teacher)."""
     model_args: dict[str, Any] = dict(embed_dim=192, depth=12, num_heads=3)
-    return CivT(
+    return build_civt(
         num_classes=num_classes,
         in_chans=in_chans,
         image_size=image_size,
         teacher_names=teacher_names,
         token_mode=token_mode,
+        align=align,
         patch_size=patch_size,
         drop_path_rate=drop_path_rate,
         **model_args,
@@ -108,17 +137,19 @@ def civt_s(
     image_size: int,
     teacher_names: Sequence[str] = (),
     token_mode: TokenMode = "per-teacher",
+    align: Mapping[str, str] | None = None,
     patch_size: int = 16,
     drop_path_rate: float = 0.1,
-) -> CivT:
+) -> VisionTransformer:
     """CivT-S (DeiT-S with one token per teacher)."""
     model_args: dict[str, Any] = dict(embed_dim=384, depth=12, num_heads=6)
-    return CivT(
+    return build_civt(
         num_classes=num_classes,
         in_chans=in_chans,
         image_size=image_size,
         teacher_names=teacher_names,
         token_mode=token_mode,
+        align=align,
         patch_size=patch_size,
         drop_path_rate=drop_path_rate,
         **model_args,
@@ -133,17 +164,19 @@ def civt_nano(
     image_size: int,
     teacher_names: Sequence[str] = (),
     token_mode: TokenMode = "per-teacher",
+    align: Mapping[str, str] | None = None,
     patch_size: int = 4,
     drop_path_rate: float = 0.0,
-) -> CivT:
+) -> VisionTransformer:
     """A CivT that trains on 16 px images on a CPU in minutes (no stochastic depth)."""
     model_args: dict[str, Any] = dict(embed_dim=96, depth=6, num_heads=3)
-    return CivT(
+    return build_civt(
         num_classes=num_classes,
         in_chans=in_chans,
         image_size=image_size,
         teacher_names=teacher_names,
         token_mode=token_mode,
+        align=align,
         patch_size=patch_size,
         drop_path_rate=drop_path_rate,
         **model_args,

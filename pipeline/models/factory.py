@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -70,7 +71,8 @@ def create_model(name: str, /, **kwargs: Any) -> NormalizedModel:
         **kwargs: ``num_classes`` (required), ``in_chans`` (3), ``image_size`` (224),
             ``mean``/``std`` (see :func:`.normalize.default_stats`), and the options of the
             preset's function (``civt-pipe models`` lists them), e.g. ``teacher_names``,
-            ``token_mode``, ``patch_size``, ``drop_path_rate``. ``small_input`` (3×3
+            ``token_mode``, ``align`` (CivT with ``token_mode="aligned"``: each teacher's
+            ``"conv"``/``"inv"`` role), ``patch_size``, ``drop_path_rate``. ``small_input`` (3×3
             stride-1 stem without max-pool), for presets that take it, defaults to
             ``image_size <= 64``.
     """
@@ -102,12 +104,22 @@ def create_model(name: str, /, **kwargs: Any) -> NormalizedModel:
     _check_arguments(name, args)
     mean, std = default_stats(args["in_chans"], given.get("mean"), given.get("std"))
     body = preset.fn(**{key: args[key] for key in preset.parameters})
-    # Sequences are recorded as lists: checkpoints and JSON configs hold plain containers.
-    record = {key: list(v) if isinstance(v, tuple) else v for key, v in args.items()}
+    # Sequences and mappings are recorded as lists and dicts: checkpoints and JSON configs hold
+    # plain containers.
+    record = {key: _plain(value) for key, value in args.items()}
     record.update(mean=list(mean), std=list(std))
     return NormalizedModel(
         Normalize(mean, std), body, arch=name, kind=preset.kind, model_args=record
     )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a JSON-friendly container (tuples as lists, mappings as dicts)."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
 
 
 def _check_arguments(name: str, args: dict[str, Any]) -> None:
@@ -148,7 +160,8 @@ def reference_parameter_count(arch: str, num_classes: int = 1000, image_size: in
 
 def describe_models() -> list[dict[str, Any]]:
     """One row per preset: name, kind, parameters at 1000 classes / 224 px, description,
-    default patch size, the published parameter count and the options it takes."""
+    default patch size, the published parameter count, a teacher's inductive bias (``"conv"``,
+    ``"inv"`` or None) and the options it takes."""
     return [
         {
             "name": name,
@@ -157,6 +170,7 @@ def describe_models() -> list[dict[str, Any]]:
             "description": PRESETS[name].description,
             "patch_size": PRESETS[name].patch_size,
             "published_params": PRESETS[name].published_params,
+            "bias": PRESETS[name].bias,
             "arguments": accepted_arguments(name),
         }
         for name in list_models()

@@ -2,7 +2,9 @@
 
 Every student returns ``dict[str, Tensor]``: ``"cls"`` (trained on the labels) plus one entry per
 teacher name (trained against that teacher). The token mode (:mod:`.token_mode`) decides how many
-distillation tokens/heads stand behind those entries.
+distillation tokens/heads stand behind those entries. Every student also names its headline
+inference head (:func:`inference_head`): ``"cls"``, or ``"mean"`` for the aligned CivT, whose
+official code reports the mean of its three heads.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from ..runtime.errors import UserError
-from .token_mode import TOKEN_MODES, TokenMode
+from .token_mode import TOKEN_MODES, TokenMode, check_aligned_teacher_count
 
 CLS = "cls"
+MEAN = "mean"
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,9 @@ class HeadPlan:
 
     Args:
         teacher_names: one output key per teacher (unique, not ``"cls"``, no dots).
-        token_mode: ``"per-teacher"``, ``"shared"`` or ``"none"``.
+        token_mode: one of :data:`.token_mode.TOKEN_MODES`. ``"cls"`` keeps the teacher names:
+            each maps to the class logits themselves (one head fits labels and teachers);
+            ``"aligned"`` needs exactly two teachers.
     """
 
     teacher_names: tuple[str, ...] = ()
@@ -39,7 +44,7 @@ class HeadPlan:
             )
         seen: set[str] = set()
         for name in self.teacher_names:
-            if not name or "." in name or name == CLS or name in ("mean",):
+            if not name or "." in name or name in (CLS, MEAN):
                 raise UserError(
                     f"teacher name {name!r} is not usable as a head name "
                     "(it must be non-empty, contain no dot, and not be 'cls' or 'mean')"
@@ -47,6 +52,8 @@ class HeadPlan:
             if name in seen:
                 raise UserError(f"teacher name {name!r} is given twice")
             seen.add(name)
+        if self.token_mode == "aligned":
+            check_aligned_teacher_count(self.teacher_names)
         if self.token_mode == "none":
             # Without distillation tokens the teacher names have no head to map to.
             object.__setattr__(self, "teacher_names", ())
@@ -54,7 +61,7 @@ class HeadPlan:
     @property
     def num_distill(self) -> int:
         """Distillation tokens (and heads) the student needs."""
-        if self.token_mode == "per-teacher":
+        if self.token_mode in ("per-teacher", "aligned"):
             return len(self.teacher_names)
         if self.token_mode == "shared":
             return 1 if self.teacher_names else 0
@@ -65,11 +72,32 @@ class HeadPlan:
         return 0 if self.token_mode == "shared" else self.teacher_names.index(teacher)
 
     def outputs(self, cls_logits: Tensor, distill_logits: Sequence[Tensor]) -> dict[str, Tensor]:
-        """The output dict: ``"cls"`` then one entry per teacher."""
+        """The output dict: ``"cls"`` then one entry per teacher.
+
+        In ``"cls"`` mode every teacher's entry *is* ``cls_logits`` (the same tensor object), so
+        the loss's KL terms act on the class head and ``prediction(..., "mean")`` counts it once.
+        """
         out = {CLS: cls_logits}
         for name in self.teacher_names:
-            out[name] = distill_logits[self.distill_index(name)]
+            if self.token_mode == "cls":
+                out[name] = cls_logits
+            else:
+                out[name] = distill_logits[self.distill_index(name)]
         return out
+
+
+def pooled_head_plan(arch: str, teacher_names: Sequence[str], token_mode: TokenMode) -> HeadPlan:
+    """The :class:`HeadPlan` of a student without tokens (``arch`` names it in errors).
+
+    ``"per-teacher"`` gives one head per teacher; ``"cls"`` is the single-head option (one
+    output trained on the labels and every teacher); ``"aligned"`` needs a CivT's patch stems.
+    """
+    if token_mode == "aligned":
+        raise UserError(
+            f"token mode 'aligned' needs a CivT student (civt-nano, civt-ti, civt-s); {arch} has "
+            "no patch tokens to align"
+        )
+    return HeadPlan(tuple(teacher_names), token_mode)
 
 
 class MultiHead(nn.Module):
@@ -95,7 +123,7 @@ def prediction(outputs: dict[str, Tensor] | Tensor, head: str = CLS) -> Tensor:
     """
     if isinstance(outputs, Tensor):
         return outputs
-    if head == "mean":
+    if head == MEAN:
         distinct: list[Tensor] = []
         for tensor in outputs.values():
             if not any(tensor is seen for seen in distinct):
@@ -104,3 +132,16 @@ def prediction(outputs: dict[str, Tensor] | Tensor, head: str = CLS) -> Tensor:
     if head not in outputs:
         raise UserError(f"unknown head {head!r}; this model has: mean, {', '.join(outputs)}")
     return outputs[head]
+
+
+def inference_head(model: nn.Module) -> str:
+    """The head a student reports as its headline prediction (``"cls"`` or ``"mean"``).
+
+    Read from the first submodule with an ``inference_head`` attribute, so wrappers (the
+    normalizing wrapper, DDP) need not forward it; a model without one (a teacher) gets ``"cls"``.
+    """
+    for module in model.modules():
+        head = getattr(module, "inference_head", None)
+        if isinstance(head, str):
+            return head
+    return CLS

@@ -1,8 +1,10 @@
 """MLP-Mixer (Tolstikhin et al., NeurIPS 2021) as a Table-3 student of the Co-advise study.
 
 https://arxiv.org/abs/2105.01601. Mixer-Ti: 12 layers, 192 hidden, token-MLP 96, channel-MLP
-768 (the Ti/16 scaling of Mixer-S/16's 512/256/2048). There is no class token, so every target
-(class labels and each teacher) gets its own linear head on the globally pooled features.
+768 (the Ti/16 scaling of Mixer-S/16's 512/256/2048). There is no class token, so the heads
+read the globally pooled features: with ``token_mode="per-teacher"`` (default) every target
+(class labels and each teacher) gets its own linear head; ``"cls"`` is the single-head option
+(one output trained on the labels and on every teacher). The paper does not say which it used.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .heads import HeadPlan, MultiHead
+from .heads import HeadPlan, MultiHead, pooled_head_plan
 from .registry import register_model
 from .token_mode import TokenMode
 from .vit import Mlp, PatchEmbed
@@ -48,6 +50,8 @@ class MlpMixer(nn.Module):
         plan: heads (see :class:`.heads.HeadPlan`).
     """
 
+    inference_head = "cls"
+
     def __init__(
         self,
         *,
@@ -75,7 +79,11 @@ class MlpMixer(nn.Module):
         return self.heads(tokens.mean(dim=1))
 
 
-@register_model("mixer-ti", kind="student", description="MLP-Mixer-Ti 192×12, one head per target")
+@register_model(
+    "mixer-ti",
+    kind="student",
+    description="MLP-Mixer-Ti 192×12, one head per target or a single head",
+)
 def mixer_ti(
     *,
     num_classes: int,
@@ -92,6 +100,6 @@ def mixer_ti(
         patch_size=patch_size,
         in_chans=in_chans,
         num_classes=num_classes,
-        plan=HeadPlan(tuple(teacher_names), token_mode),
+        plan=pooled_head_plan("mixer-ti", teacher_names, token_mode),
         **model_args,
     )

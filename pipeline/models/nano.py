@@ -108,7 +108,9 @@ class NanoNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@register_model("cnn-nano", kind="teacher", description="3-stage CNN for CPUs and tiny images")
+@register_model(
+    "cnn-nano", kind="teacher", bias="conv", description="3-stage CNN for CPUs and tiny images"
+)
 def cnn_nano(*, num_classes: int, in_chans: int, small_input: bool) -> NanoNet:
     """The convolution twin."""
     model_args: dict[str, Any] = dict(widths=(32, 64, 96), blocks=(2, 2, 2), kernel_size=3)
@@ -117,7 +119,12 @@ def cnn_nano(*, num_classes: int, in_chans: int, small_input: bool) -> NanoNet:
     )
 
 
-@register_model("inn-nano", kind="teacher", description="cnn-nano with involution for convolution")
+@register_model(
+    "inn-nano",
+    kind="teacher",
+    bias="inv",
+    description="cnn-nano with involution for convolution",
+)
 def inn_nano(*, num_classes: int, in_chans: int, small_input: bool) -> NanoNet:
     """The involution twin: same widths and depth, only the spatial operator differs."""
     model_args: dict[str, Any] = dict(widths=(32, 64, 96), blocks=(2, 2, 2), kernel_size=3)

@@ -17,14 +17,7 @@ from torch import Tensor, nn
 
 from .involution import Involution
 from .registry import register_model
-
-
-def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-    return [
-        nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    ]
+from .stems import involution_stem_layers
 
 
 class InvolutionBottleneck(nn.Module):
@@ -80,10 +73,7 @@ class RedNet(nn.Module):
         kernel_size: int = 7,
     ) -> None:
         super().__init__()
-        half = stem_channels // 2
-        stem: list[nn.Module] = _conv_bn_relu(in_chans, half, 3, 1 if small_input else 2)
-        stem += [Involution(half, 3, 1), nn.BatchNorm2d(half), nn.ReLU(inplace=True)]
-        stem += _conv_bn_relu(half, stem_channels, 3)
+        stem = involution_stem_layers(in_chans, stem_channels, 1 if small_input else 2)
         if not small_input:
             stem.append(nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem)
@@ -129,6 +119,7 @@ class RedNet(nn.Module):
 @register_model(
     "rednet26",
     kind="teacher",
+    bias="inv",
     description="RedNet-26 (involution)",
     published_params=9_200_000,
 )
@@ -140,6 +131,7 @@ def rednet26(*, num_classes: int, in_chans: int, small_input: bool) -> RedNet:
 @register_model(
     "rednet38",
     kind="teacher",
+    bias="inv",
     description="RedNet-38 (involution)",
     published_params=12_400_000,
 )
@@ -151,6 +143,7 @@ def rednet38(*, num_classes: int, in_chans: int, small_input: bool) -> RedNet:
 @register_model(
     "rednet50",
     kind="teacher",
+    bias="inv",
     description="RedNet-50 (involution)",
     published_params=15_500_000,
 )
@@ -162,6 +155,7 @@ def rednet50(*, num_classes: int, in_chans: int, small_input: bool) -> RedNet:
 @register_model(
     "rednet101",
     kind="teacher",
+    bias="inv",
     description="RedNet-101 (involution)",
     published_params=25_600_000,
 )

@@ -23,6 +23,8 @@ from typing import Literal, TypeVar
 
 from torch import nn
 
+from .token_mode import AlignRole
+
 ModelKind = Literal["teacher", "student"]
 """A teacher returns logits ``[B, C]``; a student a dict of logits per head (see ``heads``)."""
 
@@ -40,6 +42,9 @@ class ModelPreset:
         fn: the preset function; its keyword-only parameters are the options it takes.
         published_params: parameters the paper or reference code reports at 1000 classes and
             224 px (students without distillation tokens), ``None`` when there is no such figure.
+        bias: a teacher's inductive bias (``"conv"`` convolution, ``"inv"`` involution), which
+            gives its role in ``--token-mode aligned`` (see :mod:`.alignment`); ``None`` for
+            students and teachers of neither kind.
     """
 
     name: str
@@ -47,6 +52,7 @@ class ModelPreset:
     description: str
     fn: Callable[..., nn.Module]
     published_params: int | None = None
+    bias: AlignRole | None = None
 
     @property
     def parameters(self) -> dict[str, inspect.Parameter]:
@@ -66,7 +72,12 @@ PRESETS: dict[str, ModelPreset] = {}
 
 
 def register_model(
-    name: str, *, kind: ModelKind, description: str, published_params: int | None = None
+    name: str,
+    *,
+    kind: ModelKind,
+    description: str,
+    published_params: int | None = None,
+    bias: AlignRole | None = None,
 ) -> Callable[[_Fn], _Fn]:
     """Register the decorated function as preset ``name`` and return it unchanged.
 
@@ -87,7 +98,7 @@ def register_model(
         ]
         if positional:
             raise TypeError(f"preset {name!r} must take keyword-only arguments, not {positional}")
-        PRESETS[name] = ModelPreset(name, kind, description, fn, published_params)
+        PRESETS[name] = ModelPreset(name, kind, description, fn, published_params, bias)
         return fn
 
     return decorate

@@ -1,7 +1,10 @@
-"""ResNet-10 as a Table-3 student of the Co-advise study: one head per target.
+"""ResNet-10 as a Table-3 student of the Co-advise study.
 
 torchvision's ResNet with one BasicBlock per stage (about 4.9 M parameters), its ``fc`` replaced
 by a :class:`.heads.MultiHead` on the pooled features, so it returns the student output dict.
+The paper does not say how this student takes two teachers, so both options exist:
+``token_mode="per-teacher"`` (default) gives one head per target, ``"cls"`` is the single-head
+option (one output trained on the labels and on every teacher).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from .heads import HeadPlan, MultiHead
+from .heads import HeadPlan, MultiHead, pooled_head_plan
 from .registry import register_model
 from .token_mode import TokenMode
 
@@ -25,6 +28,8 @@ class ResNet10(nn.Module):
         small_input: 3×3 stride-1 stem without max-pool (images of 64 px or less).
         plan: heads (see :class:`.heads.HeadPlan`).
     """
+
+    inference_head = "cls"
 
     def __init__(
         self, *, num_classes: int, in_chans: int = 3, small_input: bool = False, plan: HeadPlan
@@ -44,7 +49,9 @@ class ResNet10(nn.Module):
         return self.heads(self.backbone(x))
 
 
-@register_model("resnet10", kind="student", description="ResNet-10, one head per target")
+@register_model(
+    "resnet10", kind="student", description="ResNet-10, one head per target or a single head"
+)
 def resnet10(
     *,
     num_classes: int,
@@ -54,5 +61,5 @@ def resnet10(
     token_mode: TokenMode = "per-teacher",
 ) -> ResNet10:
     """ResNet-10 (Table 3's convolutional student)."""
-    plan = HeadPlan(tuple(teacher_names), token_mode)
+    plan = pooled_head_plan("resnet10", teacher_names, token_mode)
     return ResNet10(num_classes=num_classes, in_chans=in_chans, small_input=small_input, plan=plan)

@@ -1,5 +1,9 @@
 """torchvision CNN teachers (ResNet, RegNetY), always built with ``weights=None``.
 
+Co-advise's CNN teachers, RegNetY-600MF and RegNetY-4GF, are not shipped by torchvision under a
+name; they are built from its ``RegNet`` with the published block parameters (Radosavovic et al.,
+2020, as in pycls/timm), see :data:`REGNET_Y_PARAMS`.
+
 Weights come from ``train-teacher`` or a local file (see ``checkpoint.py``); nothing is
 downloaded. Two adaptations are made in place:
 
@@ -12,12 +16,63 @@ The presets at the foot record the parameter counts torchvision lists for its Im
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 
 import torchvision.models as tvm
 from torch import nn
+from torchvision.models.regnet import BlockParams
 
 from .registry import register_model
+
+REGNET_Y_PARAMS: dict[str, dict[str, float]] = {
+    "regnety-600mf": dict(depth=15, w_0=48, w_a=32.54, w_m=2.32, group_width=16),
+    "regnety-4gf": dict(depth=22, w_0=96, w_a=31.41, w_m=2.24, group_width=64),
+}
+"""RegNetY design parameters the torchvision builders lack (all with squeeze-excitation 0.25)."""
+
+
+def regnet_stages(
+    depth: int, w_0: float, w_a: float, w_m: float, group_width: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Per-stage ``(depths, widths, group widths)`` of a RegNet, as pycls (the RegNet authors'
+    code, whose models the papers report) generates them.
+
+    Block widths follow ``w_0 · w_m^round(log((i·w_a + w_0) / w_0) / log w_m)``, quantized to
+    multiples of 8; equal consecutive widths form a stage, whose width is then rounded to a
+    multiple of its group width. torchvision's ``BlockParams.from_init_params`` rounds that last
+    step differently (RegNetY-4GF's second stage: 256 instead of 192, 21.4 M parameters instead
+    of the published 20.6 M), so only its ``RegNet`` is used, not its width rule.
+    """
+    block_widths = []
+    for i in range(depth):
+        k = round(math.log((i * w_a + w_0) / w_0) / math.log(w_m))
+        block_widths.append(int(round(w_0 * w_m**k / 8) * 8))
+    widths: list[int] = []
+    depths: list[int] = []
+    for width in block_widths:  # non-decreasing, so stages are runs of equal widths
+        if widths and widths[-1] == width:
+            depths[-1] += 1
+        else:
+            widths.append(width)
+            depths.append(1)
+    groups = [min(group_width, w) for w in widths]
+    widths = [max(g, round(w / g) * g) for w, g in zip(widths, groups, strict=True)]
+    return depths, widths, groups
+
+
+def _regnet_y(name: str, *, weights: None, num_classes: int) -> tvm.RegNet:
+    """torchvision's ``RegNet`` with :data:`REGNET_Y_PARAMS` ``[name]`` (``weights`` is always
+    None, taken for the signature of torchvision's builders: nothing is downloaded)."""
+    p = REGNET_Y_PARAMS[name]
+    depths, widths, groups = regnet_stages(
+        int(p["depth"]), p["w_0"], p["w_a"], p["w_m"], int(p["group_width"])
+    )
+    n = len(depths)
+    params = BlockParams(depths, widths, groups, [1.0] * n, [2] * n, se_ratio=0.25)
+    return tvm.RegNet(params, num_classes=num_classes)
+
 
 TORCHVISION_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": tvm.resnet18,
@@ -25,6 +80,7 @@ TORCHVISION_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": tvm.resnet50,
     "regnet_y_400mf": tvm.regnet_y_400mf,
     "regnet_y_800mf": tvm.regnet_y_800mf,
+    **{name: functools.partial(_regnet_y, name) for name in REGNET_Y_PARAMS},
 }
 
 
@@ -71,6 +127,7 @@ def build_torchvision(
 @register_model(
     "resnet18",
     kind="teacher",
+    bias="conv",
     description="torchvision resnet18 (convolution)",
     published_params=11_689_512,
 )
@@ -84,6 +141,7 @@ def resnet18(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Module
 @register_model(
     "resnet34",
     kind="teacher",
+    bias="conv",
     description="torchvision resnet34 (convolution)",
     published_params=21_797_672,
 )
@@ -97,6 +155,7 @@ def resnet34(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Module
 @register_model(
     "resnet50",
     kind="teacher",
+    bias="conv",
     description="torchvision resnet50 (convolution)",
     published_params=25_557_032,
 )
@@ -110,6 +169,7 @@ def resnet50(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Module
 @register_model(
     "regnet_y_400mf",
     kind="teacher",
+    bias="conv",
     description="torchvision regnet_y_400mf (convolution)",
     published_params=4_344_144,
 )
@@ -123,6 +183,7 @@ def regnet_y_400mf(*, num_classes: int, in_chans: int, small_input: bool) -> nn.
 @register_model(
     "regnet_y_800mf",
     kind="teacher",
+    bias="conv",
     description="torchvision regnet_y_800mf (convolution)",
     published_params=6_432_512,
 )
@@ -130,4 +191,32 @@ def regnet_y_800mf(*, num_classes: int, in_chans: int, small_input: bool) -> nn.
     """torchvision's RegNetY-800MF."""
     return build_torchvision(
         "regnet_y_800mf", num_classes=num_classes, in_chans=in_chans, small_input=small_input
+    )
+
+
+@register_model(
+    "regnety-600mf",
+    kind="teacher",
+    bias="conv",
+    description="RegNetY-600MF (convolution; Co-advise's light CNN teacher)",
+    published_params=6_055_160,  # timm regnety_006 / pycls RegNetY-600MF
+)
+def regnety_600mf(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Module:
+    """RegNetY-600MF from torchvision's ``RegNet`` (depth 15, w0 48, wa 32.54, wm 2.32, g 16)."""
+    return build_torchvision(
+        "regnety-600mf", num_classes=num_classes, in_chans=in_chans, small_input=small_input
+    )
+
+
+@register_model(
+    "regnety-4gf",
+    kind="teacher",
+    bias="conv",
+    description="RegNetY-4GF (convolution; Co-advise's heavier CNN teacher)",
+    published_params=20_646_656,  # timm regnety_040 / pycls RegNetY-4.0GF
+)
+def regnety_4gf(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Module:
+    """RegNetY-4GF from torchvision's ``RegNet`` (depth 22, w0 96, wa 31.41, wm 2.24, g 64)."""
+    return build_torchvision(
+        "regnety-4gf", num_classes=num_classes, in_chans=in_chans, small_input=small_input
     )

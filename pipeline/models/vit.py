@@ -2,11 +2,14 @@
 
 https://arxiv.org/abs/2010.11929, https://arxiv.org/abs/2012.12877. Built bottom-up: patch
 embedding, attention, MLP, block, model. Variants override two hooks, as timm's DeiT does:
-``_pos_embed`` (which tokens are prepended) and ``forward_head`` (what is read out). Its own
-output is ``{"cls": logits}``, the student contract with no distillation token.
+``_pos_embed`` (which tokens are prepended) and ``forward_head`` (what is read out); a variant
+with another patch embedding passes ``embed_layer`` and overrides ``tokens``. Its own output is
+``{"cls": logits}``, the student contract with no distillation token.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +89,11 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+EmbedLayer = Callable[[int, int, int, int], nn.Module]
+"""Builds a patch embedding from ``(image_size, patch_size, in_chans, dim)``; it must make one
+token per ``patch_size`` square (see :class:`PatchEmbed`)."""
+
+
 class VisionTransformer(nn.Module):
     """ViT with a class token; ``forward`` returns ``{"cls": logits}``.
 
@@ -101,7 +109,11 @@ class VisionTransformer(nn.Module):
         drop_path_rate: stochastic depth of the last block (linear from 0).
         num_prefix_tokens: tokens before the patches that get a position embedding; subclasses
             with extra tokens pass more.
+        embed_layer: the patch embedding's builder (:class:`PatchEmbed` by default).
     """
+
+    inference_head = "cls"
+    """The headline inference head (see :func:`.heads.inference_head`)."""
 
     def __init__(
         self,
@@ -116,15 +128,15 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         num_prefix_tokens: int = 1,
+        embed_layer: EmbedLayer = PatchEmbed,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_prefix_tokens = num_prefix_tokens
-        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = embed_layer(image_size, patch_size, in_chans, embed_dim)
+        num_patches = (image_size // patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.patch_embed.num_patches + num_prefix_tokens, embed_dim)
-        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + num_prefix_tokens, embed_dim))
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, mlp_ratio, r) for r in rates))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
@@ -153,9 +165,13 @@ class VisionTransformer(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed
 
+    def tokens(self, x: Tensor) -> Tensor:
+        """The first block's input: prefix and patch tokens plus position embedding."""
+        return self._pos_embed(self.patch_embed(x))
+
     def forward_features(self, x: Tensor) -> Tensor:
         """All tokens after the last block and norm, ``[B, prefix + N, dim]``."""
-        return self.norm(self.blocks(self._pos_embed(self.patch_embed(x))))
+        return self.norm(self.blocks(self.tokens(x)))
 
     def forward_head(self, x: Tensor) -> dict[str, Tensor]:
         """Read the class token out."""

@@ -2,7 +2,8 @@
 
 Teachers have one output, reported as the head ``"logits"``. Students report every head —
 ``"cls"``, one per teacher token, and ``"mean"`` (the mean of the distinct heads, as in the
-official Co-advise code) — with the class-token head as the headline figure (the paper's text).
+official Co-advise code) — with the model's inference head (:func:`..models.heads.inference_head`:
+the class token for most students, the mean for the aligned CivT) as the headline figure.
 
 :func:`evaluate_model` is what the training stages call at epoch ends and what ``evaluate`` runs;
 extra :class:`BatchObserver` objects let comparisons against other per-row data (e.g. stored
@@ -57,8 +58,11 @@ def head_outputs(outputs: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
     return heads
 
 
-def headline_head(heads: dict[str, Any]) -> str:
-    """The head whose accuracy is the top-level figure: ``cls`` for students, else the only one."""
+def headline_head(heads: dict[str, Any], preferred: str = CLS_HEAD) -> str:
+    """The head whose accuracy is the top-level figure: ``preferred`` (a student's inference
+    head) when reported, else ``cls``, else the only one (a teacher's)."""
+    if preferred in heads:
+        return preferred
     return CLS_HEAD if CLS_HEAD in heads else next(iter(heads))
 
 
@@ -93,7 +97,8 @@ def evaluate_model(
 
     Returns:
         ``{"top1", "top5", "num_samples", "heads": {name: {"top1", "top5"}}}`` with
-        fractions in [0, 1], plus one entry per observer.
+        fractions in [0, 1] (the top level is the model's inference head), plus one entry per
+        observer.
     """
     ctx = ctx or DistContext()
     device = torch.device(device)
@@ -122,8 +127,10 @@ def evaluate_model(
         counter.all_reduce(device if device.type == "cuda" else None)
     if counter.num_samples == 0:
         raise UserError("the evaluation data holds no samples")
+    from ..models.heads import inference_head
+
     heads_acc = counter.result()
-    top = heads_acc[headline_head(heads_acc)]
+    top = heads_acc[headline_head(heads_acc, inference_head(model))]
     result: dict[str, Any] = {
         "top1": top["top1"],
         "top5": top["top5"],
