@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..pipeline.stages.student.config import StudentTrainConfig, parse_per_teacher
+from ..pipeline.stages.student.config import (
+    StudentTrainConfig,
+    parse_align,
+    parse_distill,
+    parse_per_teacher,
+)
 from .common import emit_json
 from .options import JSON_OPTION, config_command, extra_option
 
@@ -13,7 +18,17 @@ def _convert(values: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
     # --tau/--lambda take T for every teacher or NAME=T for one: a default plus overrides.
     tau, taus = parse_per_teacher(extras["tau"] or [], "--tau")
     lambda_kd, lambdas = parse_per_teacher(extras["lambda_"] or [], "--lambda")
-    return {**values, "tau": tau, "taus": taus, "lambda_kd": lambda_kd, "lambdas": lambdas}
+    distill, distills = parse_distill(extras["distill"] or [])
+    return {
+        **values,
+        "tau": tau,
+        "taus": taus,
+        "lambda_kd": lambda_kd,
+        "lambdas": lambdas,
+        "distill": distill,
+        "distills": distills,
+        "align": parse_align(extras["align"] or []),
+    }
 
 
 def _run(cfg: StudentTrainConfig, extras: dict[str, Any]) -> None:
@@ -46,6 +61,21 @@ train_student_command = config_command(
             None,
             "--lambda",
             help="KL weight: L for all teachers, or NAME=L (repeatable).",
+        ),
+        extra_option(
+            "distill",
+            list[str] | None,
+            None,
+            "--distill",
+            help="soft (KL at τ) or hard (CE to the teacher's arg-max, DeiT): for all "
+            "teachers, or NAME=soft|hard (repeatable) [default: soft].",
+        ),
+        extra_option(
+            "align",
+            list[str] | None,
+            None,
+            "--align",
+            help="Aligned mode: NAME=conv|inv (repeatable) [default: from each teacher's arch].",
         ),
         JSON_OPTION,
     ],

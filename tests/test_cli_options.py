@@ -49,6 +49,7 @@ SPECIAL: dict[str, tuple[list[str], Any]] = {
     "format": (["jpg"], "jpg"),
     "optimizer": (["sgd"], "sgd"),
     "token_mode": (["shared"], "shared"),
+    "recipe": (["deit"], "deit"),
     "verify_replay": (["all"], "all"),
     "on_error": (["skip"], "skip"),
     "aug": (["crop-flip"], "crop-flip"),

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from civt_pipe.pipeline.train.losses import civt_loss, distillation_kl, soft_cross_entropy
+from civt_pipe.pipeline.models.factory import create_model
+from civt_pipe.pipeline.train.losses import (
+    civt_loss,
+    distillation_kl,
+    hard_distillation_ce,
+    soft_cross_entropy,
+)
 
 
 def test_soft_cross_entropy_equals_torch_cross_entropy_on_one_hot_labels() -> None:
@@ -56,3 +62,50 @@ def test_civt_loss_rejects_teacher_without_student_head() -> None:
     out = {"cls": torch.randn(2, 3)}
     with pytest.raises(ValueError, match="no head for teacher"):
         civt_loss(out, torch.eye(3)[:2], {"cnn": torch.full((2, 3), 1 / 3)})
+
+
+def test_hard_distillation_is_cross_entropy_to_the_teacher_arg_max() -> None:
+    torch.manual_seed(2)
+    out = {"cls": torch.randn(4, 5), "cnn": torch.randn(4, 5), "inn": torch.randn(4, 5)}
+    y = F.one_hot(torch.tensor([0, 1, 2, 3]), 5).float()
+    teacher_logits = torch.randn(4, 5)
+    top1 = teacher_logits.argmax(-1)
+    targets = {"cnn": top1, "inn": F.softmax(torch.randn(4, 5), -1)}
+    loss = civt_loss(out, y, targets, hard={"cnn"}, distill_smoothing=0.1, taus={"inn": 2.0})
+    torch.testing.assert_close(
+        loss.kd["cnn"], F.cross_entropy(out["cnn"], top1, label_smoothing=0.1)
+    )
+    torch.testing.assert_close(loss.kd["cnn"], hard_distillation_ce(out["cnn"], top1, 0.1))
+    torch.testing.assert_close(loss.kd["inn"], distillation_kl(out["inn"], targets["inn"], 2.0))
+    expected = soft_cross_entropy(out["cls"], y) + loss.kd["cnn"] + loss.kd["inn"]
+    torch.testing.assert_close(loss.total, expected)
+    # The hard term ignores τ: it is the same at any temperature of that teacher.
+    again = civt_loss(out, y, targets, hard={"cnn"}, distill_smoothing=0.1, taus={"cnn": 4.0})
+    torch.testing.assert_close(again.kd["cnn"], loss.kd["cnn"])
+
+
+def test_cls_mode_loss_is_ce_plus_every_teachers_kl_on_the_class_head() -> None:
+    """Token mode ``cls`` (paper Table 6 "1 token"): no distillation token; the class head
+    fits the labels and each teacher, so Eq. 5 becomes CE + Σ_t KL, all on ``z_cls``."""
+    torch.manual_seed(3)
+    student = create_model(
+        "civt-nano",
+        num_classes=6,
+        in_chans=1,
+        image_size=16,
+        teacher_names=["cnn", "inn"],
+        token_mode="cls",
+    ).eval()
+    with torch.no_grad():
+        out = student(torch.rand(3, 1, 16, 16))
+    assert torch.equal(out["cnn"], out["cls"]) and torch.equal(out["inn"], out["cls"])
+    y = F.one_hot(torch.tensor([0, 1, 2]), 6).float()
+    probs = {"cnn": F.softmax(torch.randn(3, 6), -1), "inn": F.softmax(torch.randn(3, 6), -1)}
+    loss = civt_loss(out, y, probs, taus={"inn": 2.0})
+    z = out["cls"]
+    expected = (
+        soft_cross_entropy(z, y)
+        + distillation_kl(z, probs["cnn"], 1.0)
+        + distillation_kl(z, probs["inn"], 2.0)
+    )
+    torch.testing.assert_close(loss.total, expected)

@@ -269,3 +269,149 @@ def test_a_replay_that_misses_the_stored_digest_stops_training(
     with pytest.raises(UserError, match="does not match the digest stored"):
         train_student(_cfg(world, tmp_path / "run", store=str(copy), epochs=1))
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Token modes, hard distillation and recipes through real (tiny) runs
+
+
+def _store_with_archs(world: dict[str, Any], tmp_path: Path, archs: dict[str, str]) -> Path:
+    """A copy of the world's store whose teachers claim other architectures (attributes only)."""
+    import shutil
+
+    copy = tmp_path / "other-archs.zarr"
+    shutil.copytree(world["store"], copy)
+    meta_path = copy / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    for teacher in meta["attributes"]["teachers"]:
+        teacher["arch"] = archs.get(teacher["name"], teacher["arch"])
+    meta_path.write_text(json.dumps(meta))
+    return copy
+
+
+def _config_json(out: Path) -> dict[str, Any]:
+    return json.loads((out / "config.json").read_text())
+
+
+def test_aligned_run_takes_roles_from_the_store_archs(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    summary = train_student(_cfg(world, out, token_mode="aligned", epochs=1, batch_size=24))
+    assert summary["steps"] == 3
+    assert _config_json(out)["resolved"]["align"] == {"cnn": "conv", "inn": "inv"}
+    _model, meta = model_from_checkpoint(out / "final.pt", expect_kind="student")
+    assert meta["model_args"]["token_mode"] == "aligned"
+    # An explicit --align swaps the roles; resuming with other roles is refused.
+    swapped = tmp_path / "swapped"
+    cfg = _cfg(world, swapped, token_mode="aligned", align={"cnn": "inv", "inn": "conv"}, epochs=1)
+    train_student(replace(cfg, batch_size=24))
+    assert _config_json(swapped)["resolved"]["align"] == {"cnn": "inv", "inn": "conv"}
+    with pytest.raises(UserError, match="cannot resume"):
+        train_student(
+            _cfg(world, swapped, token_mode="aligned", epochs=1, batch_size=24, resume=True)
+        )
+
+
+def test_aligned_refuses_two_cnn_teachers_and_a_single_teacher(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    store = _store_with_archs(world, tmp_path, {"inn": "cnn-nano"})
+    with pytest.raises(UserError, match="one convolution and one involution teacher"):
+        train_student(_cfg(world, tmp_path / "a", store=str(store), token_mode="aligned"))
+    one = (world["teachers"][0],)
+    with pytest.raises(UserError, match="exactly two teachers"):
+        train_student(_cfg(world, tmp_path / "b", store=None, teachers=one, token_mode="aligned"))
+    assert not (tmp_path / "a" / "last.pt").exists() and not (tmp_path / "b" / "last.pt").exists()
+
+
+def test_cls_mode_trains_the_class_head_on_labels_and_teachers(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    train_student(_cfg(world, out, token_mode="cls", epochs=1, batch_size=24))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_cls", "loss_kd_cnn", "loss_kd_inn"} <= set(records[-1])
+    _model, meta = model_from_checkpoint(out / "final.pt", expect_kind="student")
+    assert meta["model_args"]["token_mode"] == "cls"
+
+
+def test_hard_target_is_the_stored_arg_max(world: dict[str, Any]) -> None:
+    from civt_pipe.pipeline.replay.binding import bind_store
+    from civt_pipe.pipeline.stages.student.run import teacher_targets
+
+    shard_set = resolve_shards(str(world["train"]))
+    setup = bind_store(world["store"], str(world["train"]), shard_set)
+    plan = plan_training(
+        setup.shards, seed=0, epoch=0, rank=0, world_size=1, batch_size=16, shuffle_buffer=32
+    )
+    source = ViewSource(
+        aug=setup.aug, seed=0, num_classes=10, channels=1, store_path=str(world["store"])
+    )
+    batch = next(iter_view_batches(source, setup.shards, plan, view=0))
+    taus = {"cnn": 1.0, "inn": 1.0}
+    cpu = torch.device("cpu")
+    targets = teacher_targets(batch, setup, taus, cpu, batch.images, hard={"cnn"})
+    assert targets["cnn"].dtype == torch.int64 and targets["cnn"].shape == (16,)
+    assert torch.equal(targets["cnn"], batch.teachers["cnn"].indices[:, 0].long())
+    # k = C here, so the dense target is the whole distribution: its arg-max is the same class.
+    assert torch.equal(targets["cnn"], batch.teachers["cnn"].dense(10).argmax(-1))
+    assert targets["inn"].shape == (16, 10)  # the soft teacher keeps its distribution
+    # Online, the hard target is the arg-max of the live logits: the same classes.
+    teachers = load_online_teachers(world["teachers"], cpu, num_classes=10, in_chans=1).models
+    live = teacher_probs(teachers, batch.images, taus, hard={"cnn"})
+    assert torch.equal(live["cnn"], targets["cnn"])
+
+
+def test_hard_distillation_run_logs_both_kinds_and_refuses_bad_names(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    train_student(_cfg(world, out, distills={"cnn": "hard"}, distill_smoothing=0.1, epochs=1))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_kd_cnn", "loss_kd_inn"} <= set(records[-1])
+    saved = _config_json(out)
+    assert saved["distills"] == {"cnn": "hard"} and saved["distill_smoothing"] == 0.1
+    with pytest.raises(UserError, match="--distill names teacher 'vit'"):
+        train_student(_cfg(world, tmp_path / "a", distills={"vit": "hard"}))
+    with pytest.raises(UserError, match=r"--tau cnn=\.\.\. contradicts --distill cnn=hard"):
+        train_student(_cfg(world, tmp_path / "b", distill="hard", taus={"cnn": 2.0}))
+
+
+def test_recipe_values_and_their_sources_land_in_config_json(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    cfg = _cfg(world, out, recipe="coadvise", lr=2e-3, epochs=1, batch_size=24)
+    train_student(cfg)
+    hyper = _config_json(out)["hyperparameters"]
+    assert hyper["recipe"] == "coadvise"
+    assert hyper["lr"] == {"value": 2e-3, "from": "--lr (command line)"}
+    assert hyper["min_lr"]["value"] == pytest.approx(5e-6 * 24 / 512)
+    assert hyper["min_lr"]["from"].startswith("recipe coadvise: 5e-06 × 24/512")
+    assert hyper["clip_grad"]["value"] == 15.0 and hyper["label_smoothing"]["value"] == 0.1
+    assert hyper["drop_path"]["value"] == 0.0 and hyper["warmup_epochs"]["value"] == 20.0
+    # 20 warm-up epochs in a 1-epoch run are clamped to a fifth of it: round(0.2 × 3) steps.
+    assert hyper["warmup_steps"]["value"] == 1
+    with pytest.raises(UserError, match="--drop-path: resnet10 has no stochastic depth"):
+        train_student(_cfg(world, tmp_path / "r", model="resnet10", drop_path=0.1))
+
+
+def test_hard_distillation_on_a_store_without_a_top1_is_one_line(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """k ≥ 1 is part of the format; a store claiming k = 0 (no top-1) is refused on opening."""
+    import shutil
+
+    copy = tmp_path / "no-top1.zarr"
+    shutil.copytree(world["store"], copy)
+    meta = json.loads((copy / "zarr.json").read_text())
+    meta["attributes"]["topk"] = 0
+    (copy / "zarr.json").write_text(json.dumps(meta))
+    args = ["train-student", "--data", str(world["train"]), "--store", str(copy)]
+    args += ["--out", str(tmp_path / "run"), "--distill", "hard", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("civt-pipe: error: "), result.output
+    assert "teachers/cnn" in lines[0]

@@ -40,6 +40,8 @@ class DataBinding:
     class_names: list[str]
     channels: int
     teacher_names: list[str]
+    teacher_archs: dict[str, str]
+    """Each teacher's registry architecture (the store's record, or the live teacher's)."""
     mean: list[float]
     std: list[float]
     store_path: str | None
@@ -112,7 +114,7 @@ def bind_store(
         )
     names = [t.name for t in store.teachers]
     # Which rows have a view is one small bool array; nothing else of the store is read here.
-    valid_all = np.asarray(store.array("valid")[...], dtype=bool)
+    valid_all = store.read("valid").astype(bool)
     rows = []
     for layout, path in zip(store.shards, shard_set.paths, strict=True):
         mask = valid_all[layout.row_offset : layout.row_offset + layout.count]
@@ -127,6 +129,7 @@ def bind_store(
         class_names=list(index.class_names),
         channels=index.channels,
         teacher_names=names,
+        teacher_archs={t.name: t.arch for t in store.teachers},
         mean=list(index.mean),
         std=list(index.std),
         store_path=str(store_path),
@@ -165,6 +168,7 @@ def bind_online(
         class_names=list(index.class_names),
         channels=index.channels,
         teacher_names=list(teachers),
+        teacher_archs=dict(loaded.archs),
         mean=list(index.mean),
         std=list(index.std),
         store_path=None,

@@ -9,7 +9,7 @@ target structure the store path builds: per teacher a dense distribution ``softm
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -28,6 +28,8 @@ class OnlineTeachers(NamedTuple):
     """Their common input size."""
     checkpoint_sha256: dict[str, str]
     """Digest of each teacher's checkpoint file (what a resumed run must see again)."""
+    archs: dict[str, str]
+    """Each teacher's registry architecture (what ``--token-mode aligned`` reads roles from)."""
 
 
 def load_online_teachers(
@@ -56,16 +58,24 @@ def load_online_teachers(
         models=teachers,
         image_size=loaded[0].image_size,
         checkpoint_sha256={t.info.name: t.info.checkpoint_sha256 for t in loaded},
+        archs={t.info.name: t.info.arch for t in loaded},
     )
 
 
 @torch.no_grad()
 def teacher_probs(
-    teachers: Mapping[str, nn.Module], images: Tensor, taus: Mapping[str, float]
+    teachers: Mapping[str, nn.Module],
+    images: Tensor,
+    taus: Mapping[str, float],
+    hard: Collection[str] = (),
 ) -> dict[str, Tensor]:
-    """Per teacher ``softmax(z / τ)`` on ``images`` (float32 ``[B, C]``), as the loss expects."""
+    """Per teacher ``softmax(z / τ)`` on ``images`` (float32 ``[B, C]``), as the loss expects;
+    for a teacher in ``hard``, the arg-max class of its live logits (int64 ``[B]``)."""
     out: dict[str, Tensor] = {}
     for name, model in teachers.items():
         logits = model(images).float()
-        out[name] = torch.softmax(logits / taus.get(name, 1.0), dim=-1)
+        if name in hard:
+            out[name] = logits.argmax(dim=-1)
+        else:
+            out[name] = torch.softmax(logits / taus.get(name, 1.0), dim=-1)
     return out

@@ -6,6 +6,11 @@ Paper Eq. 5 (Ren et al., CVPR 2022):
 
 with z_t teacher t's logits and z_s,t the student's output on teacher t's distillation token.
 
+A teacher may instead be distilled *hard*, as in DeiT (Touvron et al., 2021, Eq. 3): its term is
+the cross-entropy of the student's output for it against the teacher's arg-max class,
+``λt·CE(σ(z_s,t), argmax z_t)``, with no τ and an optional label smoothing ε (DeiT's code leaves it
+0). DeiT weighs it as ``(1-α)·CE + α·CE_hard`` with α = 0.5: ``--lambda-cls 0.5 --lambda 0.5``.
+
 Reductions, written down because they change the scale of every term:
 - cross-entropy: mean over the batch of the per-sample sum over classes (``-Σ y·log q``);
 - KL: ``batchmean`` — the sum over classes, averaged over the batch (what ``F.kl_div(...,
@@ -16,7 +21,7 @@ Reductions, written down because they change the scale of every term:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +52,16 @@ def distillation_kl(student_logits: Tensor, teacher_probs: Tensor, tau: float) -
     return kl * (tau * tau)
 
 
+def hard_distillation_ce(
+    student_logits: Tensor, teacher_classes: Tensor, label_smoothing: float = 0.0
+) -> Tensor:
+    """Cross-entropy of ``student_logits`` ``[B, C]`` against the teacher's arg-max classes
+    ``[B]`` (int), batch mean; ``label_smoothing`` ε as in :func:`soft_cross_entropy`."""
+    return F.cross_entropy(
+        student_logits.float(), teacher_classes.long(), label_smoothing=label_smoothing
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CivTLoss:
     """The loss and its parts (for logging)."""
@@ -59,37 +74,44 @@ class CivTLoss:
 def civt_loss(
     outputs: Mapping[str, Tensor],
     label_target: Tensor,
-    teacher_probs: Mapping[str, Tensor],
+    teacher_targets: Mapping[str, Tensor],
     *,
     lambda_cls: float = 1.0,
     lambdas: Mapping[str, float] | None = None,
     taus: Mapping[str, float] | None = None,
     label_smoothing: float = 0.0,
+    hard: Collection[str] = (),
+    distill_smoothing: float = 0.0,
 ) -> CivTLoss:
-    """Paper Eq. 5 on one batch.
+    """Paper Eq. 5 on one batch, with DeiT's hard distillation for the teachers in ``hard``.
 
     Args:
         outputs: the student's logits per token: ``"cls"`` plus one entry per teacher name.
         label_target: ground-truth distribution ``[B, C]`` (the λ-mix of both labels for a
             mixed view, a one-hot otherwise).
-        teacher_probs: per teacher, its distribution ``[B, C]`` at that teacher's τ.
+        teacher_targets: per teacher, its distribution ``[B, C]`` at that teacher's τ; for a
+            teacher in ``hard``, its arg-max class ``[B]`` (int) instead.
         lambda_cls: λ0, the weight of the class-token cross-entropy.
         lambdas: λt per teacher (default 1).
-        taus: τt per teacher (default 1); only the τ² factor is applied here, the student's
-            logits are divided by τt inside :func:`distillation_kl`.
+        taus: τt per soft teacher (default 1); only the τ² factor is applied here, the
+            student's logits are divided by τt inside :func:`distillation_kl`.
         label_smoothing: ε for the class-token cross-entropy.
+        hard: the teachers distilled hard (:func:`hard_distillation_ce`).
+        distill_smoothing: ε for the hard teachers' cross-entropy.
     """
     lambdas = lambdas or {}
     taus = taus or {}
-    missing = [name for name in teacher_probs if name not in outputs]
+    missing = [name for name in teacher_targets if name not in outputs]
     if missing:
         raise ValueError(
             f"the student has no head for teacher(s) {missing}; heads: {sorted(outputs)}"
         )
     cls = soft_cross_entropy(outputs["cls"], label_target, label_smoothing)
     kd = {
-        name: distillation_kl(outputs[name], probs, taus.get(name, 1.0))
-        for name, probs in teacher_probs.items()
+        name: hard_distillation_ce(outputs[name], target, distill_smoothing)
+        if name in hard
+        else distillation_kl(outputs[name], target, taus.get(name, 1.0))
+        for name, target in teacher_targets.items()
     }
     total = lambda_cls * cls
     for name, term in kd.items():

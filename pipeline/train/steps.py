@@ -19,7 +19,8 @@ from .loop import StepResult
 from .losses import civt_loss
 
 TargetsFn = Callable[[Any, Tensor], dict[str, Tensor]]
-"""``(batch, images on the device) -> {teacher: probabilities [B, C] at its τ}``."""
+"""``(batch, images on the device) -> {teacher: probabilities [B, C] at its τ}``; a hard teacher
+(:attr:`DistillationStep.hard`) gives its arg-max classes ``[B]`` instead."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +43,8 @@ class ClassificationStep:
 @dataclass(frozen=True, kw_only=True)
 class DistillationStep:
     """Paper Eq. 5 on a batch of views (``images``, ``label_targets``): class-token
-    cross-entropy plus one KL term per teacher; logs ``loss``, ``loss_cls``, ``loss_kd_<name>``.
+    cross-entropy plus one term per teacher (KL, or cross-entropy to the teacher's arg-max for
+    the teachers in ``hard``); logs ``loss``, ``loss_cls``, ``loss_kd_<name>``.
 
     Without distillation (``distill=False``, token mode ``none``) the teachers' targets are
     never computed: only the class-token term remains.
@@ -55,6 +57,10 @@ class DistillationStep:
     lambda_cls: float = 1.0
     label_smoothing: float = 0.0
     distill: bool = True
+    hard: frozenset[str] = frozenset()
+    """Teachers distilled hard (DeiT): their targets are arg-max classes."""
+    distill_smoothing: float = 0.0
+    """Label smoothing of the hard teachers' cross-entropy."""
 
     def __call__(self, model: nn.Module, batch: Any) -> StepResult:
         images = batch.images.to(self.device, non_blocking=True)
@@ -68,6 +74,8 @@ class DistillationStep:
             lambdas=self.lambdas if self.distill else {},
             taus=self.taus,
             label_smoothing=self.label_smoothing,
+            hard=self.hard,
+            distill_smoothing=self.distill_smoothing,
         )
         terms = {"loss": loss.total, "loss_cls": loss.cls}
         terms.update({f"loss_kd_{name}": term for name, term in loss.kd.items()})

@@ -5,18 +5,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ...augment.config import PRESET_CHOICES
-from ...models.token_mode import TOKEN_MODES, TokenMode
+from ...models.token_mode import ALIGN_ROLES, TOKEN_MODES, TokenMode
 from ...replay.modes import VERIFY_MODES
 from ...runtime.errors import UserError
-from ...runtime.options import check_choices, check_numbers, option
+from ...runtime.options import (
+    MAX_THREADS,
+    MAX_WORKERS,
+    check_choices,
+    check_numbers,
+    option,
+)
+from ...train.recipes import RECIPES, RecipeName, recipe_help
 
 LAST = "last.pt"
 FINAL = "final.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+
+DistillKind = Literal["soft", "hard"]
+"""``soft``: τ²·KL to the teacher's distribution (paper Eq. 5); ``hard``: cross-entropy to the
+teacher's arg-max (DeiT's hard distillation)."""
+
+DISTILL_KINDS: tuple[DistillKind, ...] = get_args(DistillKind)
 
 
 def parse_per_teacher(values: Sequence[str], option: str) -> tuple[float, dict[str, float]]:
@@ -38,6 +51,37 @@ def parse_per_teacher(values: Sequence[str], option: str) -> tuple[float, dict[s
         else:
             default = value
     return default, named
+
+
+def parse_distill(values: Sequence[str]) -> tuple[DistillKind, dict[str, DistillKind]]:
+    """Parse ``--distill hard`` / ``--distill cnn=hard`` into (default, per-teacher kinds)."""
+    default: DistillKind = "soft"
+    named: dict[str, DistillKind] = {}
+    for text in values:
+        name, sep, kind = text.rpartition("=")
+        if kind not in DISTILL_KINDS:
+            raise UserError(f"--distill {text!r} must be soft, hard, NAME=soft or NAME=hard")
+        chosen: DistillKind = "hard" if kind == "hard" else "soft"
+        if sep:
+            if not name:
+                raise UserError(f"--distill {text!r} has an empty teacher name")
+            named[name] = chosen
+        else:
+            default = chosen
+    return default, named
+
+
+def parse_align(values: Sequence[str]) -> dict[str, str]:
+    """Parse repeated ``--align NAME=conv|inv`` into ``{teacher: role}``."""
+    roles: dict[str, str] = {}
+    for text in values:
+        name, sep, role = text.partition("=")
+        if not sep or not name:
+            raise UserError(f"--align {text!r} must be NAME=conv or NAME=inv")
+        if role not in ALIGN_ROLES:
+            raise UserError(f"--align {text!r}: the role must be conv or inv, not {role!r}")
+        roles[name] = role
+    return roles
 
 
 @dataclass(kw_only=True)
@@ -63,13 +107,32 @@ class StudentTrainConfig:
     )
     epochs: int = option(10, help="Epochs; epoch e uses view e mod V.", minimum=1)
     batch_size: int = option(64, help="Images per step and rank.", minimum=1)
-    lr: float | None = option(
-        None, help="Peak learning rate [default: 1e-3 × global batch / 512].", minimum=0
+    recipe: RecipeName = option(
+        "small",
+        help="Where the defaults of the options below come from: small (tuned for small data "
+        "on a CPU), coadvise or deit (the published ImageNet recipes). Options given on the "
+        "command line override it; config.json records every value and its source.",
+        choices=RECIPES,
     )
-    min_lr: float = option(1e-6, help="Floor of the cosine (capped at lr).", flag="", minimum=0)
-    weight_decay: float = option(0.05, help="AdamW weight decay.", minimum=0)
-    warmup_epochs: float = option(
-        5.0, help="Linear warm-up (at most a fifth of the run).", minimum=0
+    lr: float | None = option(None, help="Peak learning rate " + recipe_help("lr"), minimum=0)
+    min_lr: float | None = option(
+        None, help="Floor of the cosine, capped at lr " + recipe_help("min_lr"), minimum=0
+    )
+    weight_decay: float | None = option(
+        None, help="AdamW weight decay " + recipe_help("weight_decay"), minimum=0
+    )
+    warmup_epochs: float | None = option(
+        None,
+        help="Linear warm-up, at most a fifth of the run " + recipe_help("warmup_epochs"),
+        minimum=0,
+    )
+    clip_grad: float | None = option(
+        None, help="Clip the gradient norm at this (0: off) " + recipe_help("clip_grad"), minimum=0
+    )
+    drop_path: float | None = option(
+        None,
+        help="Stochastic depth of the student's last block " + recipe_help("drop_path"),
+        minimum=0,
     )
     # The command line spells τ and λ as repeatable --tau/--lambda (T or NAME=T), split into a
     # default and per-teacher overrides by parse_per_teacher.
@@ -80,11 +143,29 @@ class StudentTrainConfig:
         help="Per-teacher λt overrides.", flag="", default_factory=dict
     )
     lambda_cls: float = option(1.0, help="Class-token cross-entropy weight.", minimum=0)
-    label_smoothing: float = option(0.0, help="Label smoothing of the CE term.", minimum=0)
+    label_smoothing: float | None = option(
+        None,
+        help="Label smoothing of the class-token CE " + recipe_help("label_smoothing"),
+        minimum=0,
+    )
+    # The command line spells these as repeatable --distill KIND / NAME=KIND (parse_distill).
+    distill: DistillKind = option("soft", help="Default distillation kind.", flag="")
+    distills: dict[str, DistillKind] = option(
+        help="Per-teacher distillation kinds.", flag="", default_factory=dict
+    )
+    distill_smoothing: float = option(
+        0.0, help="Label smoothing of a hard teacher's cross-entropy (as DeiT offers).", minimum=0
+    )
     token_mode: TokenMode = option(
         "per-teacher",
-        help="One token per teacher, one shared token, or none.",
+        help="per-teacher: a learned token per teacher; aligned: conv/inv stem tokens (two "
+        "teachers); shared: one token for all; cls: the class token fits labels and teachers "
+        "(paper Table 6 '1 token'); none: labels only.",
         choices=TOKEN_MODES,
+    )
+    # --align NAME=conv|inv, repeatable (parse_align); the rest comes from the teachers' archs.
+    align: dict[str, str] = option(
+        help="Aligned mode: teacher roles (conv or inv).", flag="", default_factory=dict
     )
     patch_size: int | None = option(None, help="Patch size [default: preset's].", minimum=1)
     val: str | None = option(
@@ -123,11 +204,18 @@ class StudentTrainConfig:
         minimum=0,
     )
     shuffle_buffer: int = option(512, help="Samples in the shuffle buffer.", flag="", minimum=1)
-    workers: int = option(0, help="DataLoader processes (0: none).", minimum=0, resume="may-change")
+    workers: int = option(
+        0,
+        help="DataLoader processes (0: none).",
+        minimum=0,
+        maximum=MAX_WORKERS,
+        resume="may-change",
+    )
     threads: int | None = option(
         None,
         help="Torch CPU threads [default: free cores minus workers].",
         minimum=1,
+        maximum=MAX_THREADS,
         resume="may-change",
     )
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.", resume="may-change")
@@ -158,8 +246,25 @@ class StudentTrainConfig:
         ]:
             if value < 0:
                 raise UserError(f"{name} must be 0 or more, got {value}")
-        if not self.label_smoothing < 1:
-            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        for flag, fraction in (
+            ("--label-smoothing", self.label_smoothing),
+            ("--distill-smoothing", self.distill_smoothing),
+            ("--drop-path", self.drop_path),
+        ):
+            if fraction is not None and not fraction < 1:
+                raise UserError(f"{flag} must be in [0, 1), got {fraction}")
+        for name, kind in [("", self.distill), *self.distills.items()]:
+            if kind not in DISTILL_KINDS:
+                where = f"{name}=" if name else ""
+                raise UserError(f"--distill {where}{kind} must be soft or hard")
+        for name, role in self.align.items():
+            if role not in ALIGN_ROLES:
+                raise UserError(f"--align {name}={role}: the role must be conv or inv")
+        if self.align and self.token_mode != "aligned":
+            raise UserError(
+                f"--align only applies to --token-mode aligned (the token mode is "
+                f"{self.token_mode})"
+            )
         if self.seed is not None and not self.seed < 2**63:
             raise UserError(f"--seed must be in [0, 2**63), got {self.seed}")
         if self.resume and self.overwrite:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ...runtime.console import info, warn
 from ...runtime.distributed import DistContext
 from ...runtime.errors import UserError
 from ...train.loop import EpochSummary, StepResult
+from ...train.recipes import HYPERPARAMETERS, resolve_hyperparameters
 from ...train.steps import DistillationStep
 from .config import CONFIG, FINAL, LAST, METRICS, StudentTrainConfig
 
@@ -47,7 +48,7 @@ def warmup_steps_for(warmup_epochs: float, epochs: int, steps_per_epoch: int) ->
 # What the run trains on
 
 
-def _check_names(option: str, given: Mapping[str, float], teachers: Sequence[str]) -> None:
+def _check_names(option: str, given: Mapping[str, object], teachers: Sequence[str]) -> None:
     unknown = sorted(set(given) - set(teachers))
     if unknown:
         raise UserError(
@@ -61,25 +62,45 @@ def teacher_targets(
     taus: Mapping[str, float],
     device: torch.device,
     images: Tensor,
+    hard: Collection[str] = (),
 ) -> dict[str, Tensor]:
-    """Per teacher the dense distribution at its τ: from the store's top-k, or live teachers."""
+    """Per teacher the dense distribution at its τ, from the store's top-k or live teachers; for
+    a teacher in ``hard``, its arg-max class ``[B]`` (the stored top-1, or the live arg-max)."""
     if setup.online:
         from ...replay.online_teachers import teacher_probs
 
-        return teacher_probs(setup.online, images, taus)
+        return teacher_probs(setup.online, images, taus, hard)
     return {
-        name: topk.dense(setup.num_classes, taus[name]).to(device)
+        # The stored top-k is sorted by descending logit: column 0 is the teacher's arg-max.
+        name: topk.indices[..., 0].long().to(device)
+        if name in hard
+        else topk.dense(setup.num_classes, taus[name]).to(device)
         for name, topk in batch.teachers.items()
     }
+
+
+def _hard_teachers(cfg: StudentTrainConfig, names: Sequence[str]) -> frozenset[str]:
+    """The teachers distilled hard; a per-teacher τ for one of them is a contradiction."""
+    _check_names("--distill", cfg.distills, names)
+    hard = frozenset(n for n in names if cfg.distills.get(n, cfg.distill) == "hard")
+    for name in sorted(hard & set(cfg.taus)):
+        raise UserError(
+            f"--tau {name}=... contradicts --distill {name}=hard: hard distillation uses the "
+            "teacher's arg-max, with no temperature"
+        )
+    return hard
 
 
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 
 
-def _run_identity(setup: DataBinding, world_size: int) -> dict[str, Any]:
+def _run_identity(
+    setup: DataBinding, world_size: int, align: Mapping[str, str] | None
+) -> dict[str, Any]:
     """Derived facts (no config fields) a resumed run must share to reach the same weights."""
     return {
+        "align": dict(align) if align is not None else None,
         "world_size": world_size,
         "resolved_seed": setup.seed,
         "store_fingerprint": setup.store_fingerprint,
@@ -119,7 +140,12 @@ def train_student(cfg: StudentTrainConfig) -> dict[str, Any]:
         shutdown(ctx)
 
 
-def _prepare_run_dir(cfg: StudentTrainConfig, is_main: bool) -> Path:
+def _check_run_dir(cfg: StudentTrainConfig) -> Path:
+    """The run directory, once it is clear ``--resume``/``--overwrite`` fit what it holds.
+
+    Nothing is removed here: ``--overwrite`` clears the old run (:func:`_clear_run_dir`) only
+    after every other check passed, so a typo in ``--store`` cannot empty a run directory.
+    """
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a directory")
@@ -133,10 +159,13 @@ def _prepare_run_dir(cfg: StudentTrainConfig, is_main: bool) -> Path:
             f"{run_dir} already holds a run; pass --resume to continue it "
             "or --overwrite to start over"
         )
-    if is_main and cfg.overwrite:
-        for name in (LAST, FINAL, METRICS, CONFIG):
-            (run_dir / name).unlink(missing_ok=True)
     return run_dir
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """``--overwrite``: remove the previous run's files (and only those) from ``run_dir``."""
+    for name in (LAST, FINAL, METRICS, CONFIG):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 @dataclass(kw_only=True)
@@ -205,17 +234,19 @@ class _StudentTask:
 
 
 def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> dict[str, Any]:
-    from ...data.shard_set import resolve_shards
+    from ...data.shard_set import check_shards_complete, resolve_shards
     from ...models.checkpoint import make_checkpoint
     from ...models.factory import create_model, get_preset
-    from ...runtime.atomic import atomic_write_json
+    from ...runtime.atomic import atomic_write_json, check_output_dir
     from ...train.checkpointer import Checkpointer
     from ...train.loop import LoopConfig, fit
     from ...train.schedule import OptimizerConfig, ScheduleConfig, build_optimizer
     from ...train.steps import DistillationStep
 
-    run_dir = _prepare_run_dir(cfg, ctx.is_main)
+    check_output_dir(cfg.out)
+    run_dir = _check_run_dir(cfg)
     shard_set = resolve_shards(cfg.data)
+    check_shards_complete(shard_set)
     setup = (
         bind_store(cfg.store, cfg.data, shard_set, seed=cfg.seed, image_size=cfg.image_size)
         if cfg.store
@@ -230,20 +261,33 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
         )
     )
     val_set = resolve_shards(cfg.val) if cfg.val else None
+    if val_set is not None:
+        check_shards_complete(val_set)
     names = setup.teacher_names
     _check_names("--tau", cfg.taus, names)
     _check_names("--lambda", cfg.lambdas, names)
+    distill = cfg.token_mode != "none"
+    hard = _hard_teachers(cfg, names) if distill else frozenset()
+    align = None
+    if cfg.token_mode == "aligned":
+        from ...models.alignment import resolve_alignment
+
+        align = resolve_alignment(dict(setup.teacher_archs), cfg.align)
     taus = {n: cfg.taus.get(n, cfg.tau) for n in names}
     lambdas = {n: cfg.lambdas.get(n, cfg.lambda_kd) for n in names}
-    if cfg.epochs > setup.num_views:
-        warn(
-            f"{cfg.epochs} epochs over {setup.num_views} stored view(s): views repeat "
-            f"(epoch e uses view e mod {setup.num_views})"
-        )
-
     world = ctx.world_size
     global_batch = cfg.batch_size * world
-    lr = cfg.lr if cfg.lr is not None else 1e-3 * global_batch / 512
+    preset = get_preset(cfg.model, kind="student")  # a teacher's name is an error of its own
+    drop_path_param = preset.parameters.get("drop_path_rate")
+    if drop_path_param is None and cfg.drop_path is not None:
+        raise UserError(f"--drop-path: {cfg.model} has no stochastic depth to set")
+    hyper = resolve_hyperparameters(
+        cfg.recipe,
+        {name: getattr(cfg, name) for name in HYPERPARAMETERS},
+        global_batch=global_batch,
+        preset_drop_path=None if drop_path_param is None else float(drop_path_param.default),
+    )
+    lr = float(hyper["lr"].value or 0)
     num_valid = sum(len(s.valid) for s in setup.shards)
     steps_per_epoch = num_valid // global_batch
     if steps_per_epoch == 0:
@@ -251,17 +295,26 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
             f"{num_valid} usable samples cannot fill one global batch of {global_batch}; "
             "lower --batch-size"
         )
+    warmup_epochs = float(hyper["warmup_epochs"].value or 0)
+    warmup_steps = warmup_steps_for(warmup_epochs, cfg.epochs, steps_per_epoch)
     schedule = ScheduleConfig(
         base_lr=lr,
         total_steps=steps_per_epoch * cfg.epochs,
-        warmup_steps=warmup_steps_for(cfg.warmup_epochs, cfg.epochs, steps_per_epoch),
-        min_lr=min(cfg.min_lr, lr),
+        warmup_steps=warmup_steps,
+        min_lr=float(hyper["min_lr"].value or 0),
     )
+    provenance: dict[str, Any] = {"recipe": cfg.recipe}
+    provenance.update({name: value.to_dict() for name, value in hyper.items()})
+    provenance["warmup_steps"] = {
+        "value": warmup_steps,
+        "from": f"min({warmup_epochs:g} warm-up epochs, a fifth of {cfg.epochs} epochs) × "
+        f"{steps_per_epoch} steps per epoch",
+    }
+    clip_grad = hyper["clip_grad"].value
+    drop_path = hyper["drop_path"].value
 
     # Seeded right before building: the initial weights are a function of the seed alone.
     torch.manual_seed(setup.seed)
-    get_preset(cfg.model, kind="student")  # a teacher's name is an error of its own
-    distill = cfg.token_mode != "none"
     model = create_model(
         cfg.model,
         num_classes=setup.num_classes,
@@ -269,12 +322,15 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
         image_size=setup.aug.image_size,
         teacher_names=names if distill else (),
         token_mode=cfg.token_mode,
+        align=align,
         patch_size=cfg.patch_size,
+        drop_path_rate=drop_path,
         mean=setup.mean,
         std=setup.std,
     ).to(device)
-    optimizer = build_optimizer(model, OptimizerConfig(lr=lr, weight_decay=cfg.weight_decay))
-    identity = _run_identity(setup, world)
+    weight_decay = float(hyper["weight_decay"].value or 0)
+    optimizer = build_optimizer(model, OptimizerConfig(lr=lr, weight_decay=weight_decay))
+    identity = _run_identity(setup, world, align)
     config = json.loads(json.dumps(cfg.to_dict()))
 
     def make(net: nn.Module, state: dict[str, Any] | None, metrics: Mapping[str, Any]) -> dict:
@@ -305,9 +361,18 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
         at = f"epoch {resume_from.epoch + 1}, step {resume_from.step_in_epoch}"
         info(f"resuming {run_dir} at {at}")
 
+    if cfg.epochs > setup.num_views:  # after the checks: a refused run prints one line
+        warn(
+            f"{cfg.epochs} epochs over {setup.num_views} stored view(s): views repeat "
+            f"(epoch e uses view e mod {setup.num_views})"
+        )
     if ctx.is_main:
+        if cfg.overwrite:  # every check passed: only now does the old run go
+            _clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG, {**config, "resolved": identity, "lr": lr})
+        atomic_write_json(
+            run_dir / CONFIG, {**config, "resolved": identity, "hyperparameters": provenance}
+        )
 
     source = ViewSource(
         aug=setup.aug,
@@ -322,12 +387,14 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
         setup=setup,
         source=source,
         distill=DistillationStep(
-            targets=lambda batch, images: teacher_targets(batch, setup, taus, device, images),
+            targets=lambda batch, images: teacher_targets(batch, setup, taus, device, images, hard),
             taus=taus,
             lambdas=lambdas,
             lambda_cls=cfg.lambda_cls,
-            label_smoothing=cfg.label_smoothing,
+            label_smoothing=float(hyper["label_smoothing"].value or 0),
             distill=distill,
+            hard=hard,
+            distill_smoothing=cfg.distill_smoothing,
             device=device,
         ),
         val_set=val_set,
@@ -346,6 +413,7 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
         final=final,
         description="train-student",
         progress=cfg.progress,
+        clip_grad=None if clip_grad is None else float(clip_grad),
     )
     result = fit(
         task, model, optimizer, loop, checkpointer, ctx=ctx, device=device, resume_from=resume_from
