@@ -2,14 +2,57 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from ..pipeline import __version__
-from .common import user_errors
+from .common import error_line, user_errors
+
+
+class OneLineErrors(TyperGroup):
+    """The command group, with typer's usage errors as one ``civt-pipe: error:`` line.
+
+    typer draws a bad option value, an unknown option or a missing argument as a usage block
+    and a boxed message; every other mistake is one line (:func:`.common.user_errors`), so
+    these are too: the message, and where ``--help`` explains the command. Exit code 2.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or not argv:
+            # No arguments at all shows the help (no_args_is_help), as typer does it.
+            return super().main(
+                argv, prog_name, complete_var, standalone_mode, windows_expand_args, **extra
+            )
+        try:
+            code = super().main(argv, prog_name, complete_var, False, windows_expand_args, **extra)
+        except typer.TyperException as err:  # typer's usage errors (bad value, unknown option)
+            ctx = getattr(err, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            error_line(err.format_message() + where)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            error_line("aborted")
+            sys.exit(1)
+        # Outside standalone mode typer returns an exit code (typer.Exit, --help) or the
+        # command's result (None: success).
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="civt-pipe",
     help="Train data-efficient vision transformers from several light teachers (Co-advise / CivT), "
     "with the teachers' logits computed once and stored.",

@@ -20,3 +20,10 @@ class StoreVersionError(StoreError):
     A subclass so that callers which treat "not a store" generically (``dump-logits`` resuming)
     can let this message, which says what to do, through unchanged.
     """
+
+
+class StoreDamagedError(StoreError):
+    """A logit store whose data is missing or corrupt (an array, a chunk, a checksum).
+
+    A subclass so that ``dump-logits`` can tell "damaged store, re-dump it" from "not a store".
+    """

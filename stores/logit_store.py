@@ -5,6 +5,11 @@ never touch the same chunk file; ``written`` has one chunk per shard for the sam
 the creator writes metadata and attributes (``create``, ``finalize``). ``write_shard`` writes the
 data first and the shard's ``written`` flag last, so a killed writer leaves the shard missing,
 never half-present. Fill values never stand for "written": only ``written`` does.
+
+Integrity (format 3): every chunk ends with a ``crc32c`` checksum and every chunk of a written
+shard is on disk, even one equal to the fill value; ``open`` checks arrays and chunk presence
+(:mod:`.integrity`) and every read goes through :meth:`LogitStore.read`, which turns a chunk that
+does not decode into one ``StoreDamagedError`` line naming array and chunk.
 """
 
 from __future__ import annotations
@@ -17,31 +22,47 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.array_spec import ArrayConfigParams
 
 from .blocks import ShardBlock, ViewBlock, pad_shard_block
-from .errors import StoreError, StoreVersionError
+from .errors import StoreDamagedError, StoreError, StoreVersionError
+from .integrity import check_arrays, check_chunks, chunk_failure
 from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    VERSION_CHANGES,
+    ArraySpec,
     FieldSpec,
     ShardLayout,
     StoreSpec,
     TeacherInfo,
+    array_specs,
     index_dtype,
     key_digest,
     round_up,
 )
 from .topk import TopKLogits
 
-__all__ = ["LogitStore", "ShardBlock", "StoreError", "StoreVersionError", "ViewBlock"]
+__all__ = [
+    "LogitStore",
+    "ShardBlock",
+    "StoreDamagedError",
+    "StoreError",
+    "StoreVersionError",
+    "ViewBlock",
+]
+
+# Chunks equal to the fill value are written too: a missing chunk then always means lost data.
+_WRITE_EVERY_CHUNK: ArrayConfigParams = {"write_empty_chunks": True}
 
 
-def _compressors(dtype: np.dtype[Any] | str) -> list[BloscCodec]:
+def _compressors(dtype: np.dtype[Any] | str) -> list[BloscCodec | Crc32cCodec]:
     # Byte shuffle helps multi-byte numbers; single bytes (bool, uint8, strings) gain nothing.
+    # crc32c comes last, so it checks the bytes on disk before blosc decodes them.
     itemsize = np.dtype(dtype).itemsize if dtype != "str" else 1
     shuffle: Literal["shuffle", "noshuffle"] = "shuffle" if itemsize > 1 else "noshuffle"
-    return [BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)]
+    return [BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), Crc32cCodec()]
 
 
 class LogitStore:
@@ -82,42 +103,21 @@ class LogitStore:
         group = zarr.open_group(str(target), mode="w-", zarr_format=3)
         chunk = spec.resolved_chunk_rows
         rows = spec.num_rows
-        views = spec.num_views
-        k = spec.topk
-
-        def add(name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> None:
-            fill: Any = "" if dtype == "str" else np.zeros((), dtype=dtype).item()
-            group.create_array(
-                name,
-                shape=shape,
-                dtype=str if dtype == "str" else dtype,
-                chunks=chunks,
-                compressors=_compressors(dtype),
-                fill_value=fill,
-            )
-
-        add("keys", (rows,), "str", (chunk,))
-        add("valid", (rows,), "bool", (chunk,))
-        add("labels", (rows,), "int32", (chunk,))
-        add("view_labels", (rows, views), "int32", (chunk, 1))
-        add("digests", (rows, views), "uint64", (chunk, 1))
-        add("written", (len(spec.shards),), "bool", (1,))
         group.create_group("aug")
-        for fname, fspec in spec.aug_fields.items():
-            add(
-                f"aug/{fname}",
-                (rows, views, *fspec.shape),
-                fspec.dtype,
-                (chunk, 1, *fspec.shape),
-            )
         group.create_group("teachers")
-        idx = index_dtype(spec.num_classes).name
         for teacher in spec.teachers:
             group.create_group(f"teachers/{teacher.name}")
-            base = f"teachers/{teacher.name}"
-            add(f"{base}/logprobs", (rows, views, k), "float16", (chunk, 1, k))
-            add(f"{base}/indices", (rows, views, k), idx, (chunk, 1, k))
-            add(f"{base}/lse", (rows, views), "float32", (chunk, 1))
+        for name, array in spec.arrays().items():
+            fill: Any = "" if array.dtype == "str" else np.zeros((), dtype=array.dtype).item()
+            group.create_array(
+                name,
+                shape=array.shape,
+                dtype=str if array.dtype == "str" else array.dtype,
+                chunks=array.chunks,
+                compressors=_compressors(array.dtype),
+                fill_value=fill,
+            )
+        idx = index_dtype(spec.num_classes).name
         # Attributes last: a store killed during creation is not mistaken for a valid one.
         group.attrs.update(
             {
@@ -125,8 +125,8 @@ class LogitStore:
                 "format_version": FORMAT_VERSION,
                 "num_rows": rows,
                 "chunk_rows": chunk,
-                "num_views": views,
-                "topk": k,
+                "num_views": spec.num_views,
+                "topk": spec.topk,
                 "num_classes": spec.num_classes,
                 "index_dtype": idx,
                 "shards": [
@@ -142,9 +142,17 @@ class LogitStore:
         return cls(target, group, "r+")
 
     @classmethod
-    def open(cls, path: str | Path, mode: Literal["r", "r+"] = "r") -> LogitStore:
+    def open(
+        cls, path: str | Path, mode: Literal["r", "r+"] = "r", *, check: bool = True
+    ) -> LogitStore:
         """Open an existing store; ``StoreError`` if it is missing, not a store, or of another
-        format version (newer: upgrade civt-pipe; older: re-dump it)."""
+        format version (newer: upgrade civt-pipe; older: re-dump it).
+
+        With ``check`` (the default), ``StoreDamagedError`` if an array the attributes promise
+        is missing or not of the promised shape, dtype and chunks, or a chunk of a shard marked
+        written is absent (one directory listing per array). ``check=False`` only for a store
+        this process family already checked (reopening in a data-loader worker).
+        """
         target = Path(path)
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
@@ -153,7 +161,8 @@ class LogitStore:
         if not target.is_dir() or not (target / "zarr.json").is_file():
             raise StoreError(f"{target} is not a civt-pipe logit store (no zarr group there)")
         try:
-            group = zarr.open_group(str(target), mode=mode, zarr_format=3)
+            # Not the consolidated metadata: it would still list an array deleted from disk.
+            group = zarr.open_group(str(target), mode=mode, zarr_format=3, use_consolidated=False)
         except Exception as err:  # any zarr/JSON failure means "not a store we can read"
             raise StoreError(f"{target} is not a readable zarr v3 group: {err}") from None
         attrs = dict(group.attrs)
@@ -172,14 +181,30 @@ class LogitStore:
         if version < FORMAT_VERSION:
             raise StoreVersionError(
                 f"{target} was written with the older logit store format version {version}; this "
-                f"civt-pipe reads version {FORMAT_VERSION} only (it stores top-k log-probabilities "
-                "instead of raw float16 logits): re-dump it with civt-pipe dump-logits --overwrite"
+                f"civt-pipe reads version {FORMAT_VERSION} only ({VERSION_CHANGES[version]}): "
+                "re-dump it with civt-pipe dump-logits --overwrite"
             )
-        return cls(target, group, mode)
+        store = cls(target, group, mode)
+        if check:
+            store.check_whole()
+        return store
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Data-loader workers and spawned ranks reopen the store instead of pickling zarr state.
-        return (LogitStore.open, (self.path, self.mode))
+        # Data-loader workers and spawned ranks reopen the store instead of pickling zarr state;
+        # the parent checked it when it opened it.
+        return (_reopen, (self.path, self.mode))
+
+    def check_whole(self) -> None:
+        """``StoreDamagedError`` naming the first missing or misshapen array, or the first absent
+        chunk of a shard marked written (what :meth:`open` checks)."""
+        where = str(self.path)
+        specs = self.array_specs
+        try:
+            check_arrays(where, self._group, specs)
+        except (KeyError, ValueError, TypeError) as err:  # unreadable array metadata
+            raise StoreDamagedError(f"{where}: array metadata cannot be read ({err})") from None
+        written = [s for s, ok in zip(self._layout, self.written_flags(), strict=True) if ok]
+        check_chunks(where, self.path, specs, written, self.chunk_rows)
 
     # ------------------------------------------------------------------ description
     @property
@@ -248,6 +273,20 @@ class LogitStore:
         return bool(self._attrs.get("complete", False))
 
     @property
+    def array_specs(self) -> dict[str, ArraySpec]:
+        """Every array the attributes promise: path -> shape, dtype, chunks."""
+        return array_specs(
+            num_rows=self.num_rows,
+            chunk_rows=self.chunk_rows,
+            num_views=self.num_views,
+            topk=self.topk,
+            num_shards=len(self._layout),
+            num_classes=self.num_classes,
+            aug_fields=self.aug_fields,
+            teacher_names=self.teacher_names,
+        )
+
+    @property
     def spec(self) -> StoreSpec:
         """The spec the store was created from."""
         return StoreSpec(
@@ -293,21 +332,40 @@ class LogitStore:
         return self._layout[self._by_name[name]]
 
     def array(self, name: str) -> zarr.Array:
-        """The zarr array at ``name`` (e.g. ``"teachers/cnn/logprobs"``), cached."""
+        """The zarr array at ``name`` (e.g. ``"teachers/cnn/logprobs"``), cached.
+
+        Writes through it store every chunk, even one equal to the fill value. Read with
+        :meth:`read`, which names a damaged chunk instead of raising the codec's error.
+        """
         if name not in self._arrays:
-            arr = self._group[name]
+            try:
+                arr = self._group[name]
+            except KeyError:
+                raise StoreDamagedError(f"{self.path}: array {name} is missing") from None
             if not isinstance(arr, zarr.Array):
                 raise StoreError(f"logit store {self.path}: {name} is not an array")
-            self._arrays[name] = arr
+            self._arrays[name] = arr.with_config(_WRITE_EVERY_CHUNK)
         return self._arrays[name]
 
+    def read(self, name: str, selection: Any = ...) -> np.ndarray:
+        """``selection`` of array ``name`` as numpy; the one place the store decodes chunks.
+
+        A chunk that fails its checksum or does not decode is a ``StoreDamagedError`` naming
+        the array and the chunk.
+        """
+        arr = self.array(name)
+        try:
+            return np.asarray(arr[selection])
+        except Exception as err:  # codec errors come as ValueError, RuntimeError, blosc's own...
+            raise chunk_failure(str(self.path), name, arr, selection, err) from None
+
     def _keys(self, rows: slice) -> list[str]:
-        return [str(k) for k in np.asarray(self.array("keys")[rows]).tolist()]
+        return [str(k) for k in self.read("keys", rows).tolist()]
 
     # ------------------------------------------------------------------ completeness
     def written_flags(self) -> np.ndarray:
         """``[num_shards]`` bool: which shards are completely written."""
-        return np.asarray(self.array("written")[:], dtype=bool)
+        return self.read("written").astype(bool)
 
     def missing_shards(self) -> list[str]:
         """Names of shards whose ``written`` flag is not set, in store order."""
@@ -338,12 +396,19 @@ class LogitStore:
         layout = self.shard(name)
         flag_index = self._by_name[name]
         written = self.array("written")
-        if bool(written[flag_index]):
+        if bool(self.read("written", flag_index)):
             if not replace:
                 raise StoreError(f"shard {name!r} is already written in {self.path}")
             # Clear first: a rewrite killed half-way must leave the shard missing.
             written[flag_index] = False
         data = self._padded_block(layout, block)
+        # Nothing non-finite is ever stored: a NaN logit would train a student on garbage.
+        for array_name in data:
+            if data[array_name].dtype.kind == "f" and not np.isfinite(data[array_name]).all():
+                raise StoreError(
+                    f"{array_name} of shard {name!r} holds NaN or infinite values; nothing of "
+                    f"the shard was written to {self.path}"
+                )
         rows = slice(layout.row_offset, layout.row_offset + round_up(layout.count, self.chunk_rows))
         for array_name, values in data.items():
             self.array(array_name)[rows] = values
@@ -371,7 +436,7 @@ class LogitStore:
         rows = slice(layout.row_offset, layout.row_offset + layout.count)
 
         def get(array_name: str) -> np.ndarray:
-            return np.asarray(self.array(array_name)[rows, view])
+            return self.read(array_name, (rows, view))
 
         teachers = {
             t: TopKLogits(
@@ -384,12 +449,12 @@ class LogitStore:
         return ViewBlock(
             view=view,
             keys=self._keys(rows),
-            labels=np.asarray(self.array("labels")[rows]),
+            labels=self.read("labels", rows),
             view_labels=get("view_labels"),
             digests=get("digests"),
             aug={f: get(f"aug/{f}") for f in self._attrs["aug_fields"]},
             teachers=teachers,
-            valid=np.asarray(self.array("valid")[rows], dtype=bool),
+            valid=self.read("valid", rows).astype(bool),
         )
 
     def read_shard(self, name: str) -> ShardBlock:
@@ -398,7 +463,7 @@ class LogitStore:
         rows = slice(layout.row_offset, layout.row_offset + layout.count)
 
         def get(array_name: str) -> np.ndarray:
-            return np.asarray(self.array(array_name)[rows])
+            return self.read(array_name, rows)
 
         teachers = {
             t: TopKLogits(
@@ -442,10 +507,10 @@ class LogitStore:
         for layout in self._layout:
             rows = slice(layout.row_offset, layout.row_offset + layout.count)
             keys = self._keys(rows)
-            valid = np.asarray(self.array("valid")[rows], dtype=bool)
-            view_labels = np.asarray(self.array("view_labels")[rows])[valid]
+            valid = self.read("valid", rows).astype(bool)
+            view_labels = self.read("view_labels", rows)[valid]
             for t in names:
-                top1 = np.asarray(self.array(f"teachers/{t}/indices")[rows, :, 0])[valid]
+                top1 = self.read(f"teachers/{t}/indices", (rows, slice(None), 0))[valid]
                 hits[t] += int((top1 == view_labels).sum())
             counted += int(view_labels.size)
             skipped.extend(k for k, ok in zip(keys, valid, strict=True) if not ok)
@@ -479,6 +544,11 @@ class LogitStore:
             # ignore it still find every array's own zarr.json.
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(self.path), zarr_format=3)
+
+
+def _reopen(path: Path, mode: Literal["r", "r+"]) -> LogitStore:
+    """Unpickling: open again without repeating the whole-store check."""
+    return LogitStore.open(path, mode, check=False)
 
 
 def _short(value: Any) -> str:

@@ -21,12 +21,19 @@ from .errors import StoreError
 FORMAT_NAME = "civt-pipe-logit-store"
 """Value of the group attribute ``format``; anything else is not one of our stores."""
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped on any change a reader of the previous version would misread.
 
-Version 2 stores top-k log-probabilities (``teachers/<name>/logprobs``); version 1 stored raw
-logits in float16 (``values``), which saturate at 65504 and lose ~1.5 % of a probability at
-ordinary logit scales. Older versions are refused with a request to re-dump."""
+Version 3 ends every array's codec chain with a ``crc32c`` checksum and writes every chunk of a
+written shard (even one equal to the fill value), so damage and loss are detected instead of read
+as data. Version 2 stored top-k log-probabilities (``teachers/<name>/logprobs``); version 1 stored
+raw logits in float16 (``values``). Older versions are refused with a request to re-dump."""
+
+VERSION_CHANGES = {
+    1: "it stores raw float16 logits instead of top-k log-probabilities",
+    2: "its chunks carry no checksums, so damaged or missing chunks read as data",
+}
+"""Why a store of an older format version cannot be read (the refusal names it)."""
 
 DEFAULT_CHUNK_MULTIPLE = 64
 """Default ``chunk_rows`` is the largest shard count rounded up to a multiple of this."""
@@ -145,6 +152,50 @@ class TeacherInfo:
 
 
 @dataclass(frozen=True)
+class ArraySpec:
+    """What one array of a store must be: its shape, dtype and chunk shape."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    """A numpy dtype name, or ``"str"`` for variable-length UTF-8 strings."""
+    chunks: tuple[int, ...]
+
+
+def array_specs(
+    *,
+    num_rows: int,
+    chunk_rows: int,
+    num_views: int,
+    topk: int,
+    num_shards: int,
+    num_classes: int,
+    aug_fields: dict[str, FieldSpec],
+    teacher_names: Iterable[str],
+) -> dict[str, ArraySpec]:
+    """Every array a store with these attributes holds, by path (the one list that ``create``
+    makes, ``open`` checks and ``verify`` checks)."""
+    rows, chunk, views, k = num_rows, chunk_rows, num_views, topk
+    specs = {
+        "keys": ArraySpec((rows,), "str", (chunk,)),
+        "valid": ArraySpec((rows,), "bool", (chunk,)),
+        "labels": ArraySpec((rows,), "int32", (chunk,)),
+        "view_labels": ArraySpec((rows, views), "int32", (chunk, 1)),
+        "digests": ArraySpec((rows, views), "uint64", (chunk, 1)),
+        "written": ArraySpec((num_shards,), "bool", (1,)),
+    }
+    for name, fspec in aug_fields.items():
+        specs[f"aug/{name}"] = ArraySpec(
+            (rows, views, *fspec.shape), fspec.dtype, (chunk, 1, *fspec.shape)
+        )
+    idx = index_dtype(num_classes).name
+    for t in teacher_names:
+        specs[f"teachers/{t}/logprobs"] = ArraySpec((rows, views, k), "float16", (chunk, 1, k))
+        specs[f"teachers/{t}/indices"] = ArraySpec((rows, views, k), idx, (chunk, 1, k))
+        specs[f"teachers/{t}/lse"] = ArraySpec((rows, views), "float32", (chunk, 1))
+    return specs
+
+
+@dataclass(frozen=True)
 class ShardLayout:
     """Where one shard's rows live: ``rows [row_offset, row_offset + count)``."""
 
@@ -232,3 +283,16 @@ class StoreSpec:
         """Total rows including padding (the length of every array's first axis)."""
         chunk = self.resolved_chunk_rows
         return sum(round_up(c, chunk) for _, c in self.shards)
+
+    def arrays(self) -> dict[str, ArraySpec]:
+        """Every array of a store made from this spec (:func:`array_specs`)."""
+        return array_specs(
+            num_rows=self.num_rows,
+            chunk_rows=self.resolved_chunk_rows,
+            num_views=self.num_views,
+            topk=self.topk,
+            num_shards=len(self.shards),
+            num_classes=self.num_classes,
+            aug_fields=self.aug_fields,
+            teacher_names=[t.name for t in self.teachers],
+        )

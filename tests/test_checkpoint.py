@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import pickle
 from pathlib import Path
 
 import pytest
@@ -115,12 +116,39 @@ def test_corrupt_file_is_user_error_naming_it(tmp_path: Path, content: bytes | N
         load_checkpoint(path)
 
 
-def test_file_pickling_arbitrary_objects_is_refused_not_unpickled(tmp_path: Path) -> None:
+class _Planted:
+    """Unpickling this would call ``pathlib.Path.touch`` on the test's marker: pickled code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump", "namespace"])
+def test_pickled_code_is_refused_as_unsafe_and_never_run(tmp_path: Path, writer: str) -> None:
     # Full unpickling would run code from the file's author; only weights are ever loaded.
-    path = tmp_path / "namespace.pt"
-    torch.save({"args": argparse.Namespace(lr=0.1), "model": {}}, path)
-    with pytest.raises(UserError, match=r"namespace\.pt is not a weights-only checkpoint"):
+    path, marker = tmp_path / "evil.pt", tmp_path / "ran"
+    payload: object = _Planted(marker)
+    if writer == "namespace":
+        payload = argparse.Namespace(lr=0.1)
+    if writer == "pickle.dump":
+        path.write_bytes(pickle.dumps({"model": payload}))
+    else:
+        torch.save({"model": payload}, path)
+    unsafe = r"evil\.pt is not a civt-pipe checkpoint: it contains pickled code \(.+\); refusing"
+    with pytest.raises(UserError, match=unsafe):
         load_checkpoint(path)
+    with pytest.raises(UserError, match=unsafe):
+        model_from_checkpoint(path, arch="cnn-nano")
+    assert not marker.exists()
+
+
+def test_directory_given_as_checkpoint_is_named_a_directory(tmp_path: Path) -> None:
+    for load in (load_checkpoint, model_from_checkpoint, file_sha256):
+        with pytest.raises(UserError, match=r"is a directory, not a checkpoint file"):
+            load(tmp_path)
 
 
 def test_missing_or_foreign_file_is_user_error(tmp_path: Path) -> None:

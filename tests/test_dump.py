@@ -313,7 +313,7 @@ def test_copied_shard_is_a_duplicate_key_error(fx: DumpFixture, tmp_path: Path) 
         ),
     )
     copied.save(tmp_path)
-    with pytest.raises(UserError, match=r"a\.tar and b\.tar hold the same keys"):
+    with pytest.raises(UserError, match=r"occurs in two shards: a\.tar and b\.tar"):
         run_dump(fx.config(tmp_path / "s.zarr", data=str(tmp_path)))
     assert not (tmp_path / "s.zarr").exists()
 

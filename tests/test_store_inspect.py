@@ -170,7 +170,7 @@ def test_verify_names_the_first_violation(
     tmp_path: Path, array: str, index: Any, value: Any, message: str
 ) -> None:
     path = tmp_path / "s.zarr"
-    _known_store(path)
+    _known_store(path).finalize()
     verify_store(path)
     _corrupt(path, array, index, value)
     with pytest.raises(StoreError, match=re.escape(message)):
@@ -179,7 +179,7 @@ def test_verify_names_the_first_violation(
 
 def test_verify_ignores_skipped_rows(tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
-    _known_store(path)
+    _known_store(path).finalize()
     _corrupt(path, "valid", 1, False)
     _corrupt(path, "digests", (1, 0), 0)
     verify_store(path)

@@ -18,11 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from civt_pipe.pipeline.runtime.distributed import DistContext
+from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.train.checkpointer import Checkpointer
 from civt_pipe.pipeline.train.loop import (
+    Diverged,
     EpochSummary,
     LoopConfig,
     StepResult,
+    first_non_finite,
     fit,
     train_step,
 )
@@ -40,6 +43,8 @@ class Killed(Exception):
 @dataclass
 class ToyTask:
     kill_at: tuple[int, int] | None = None
+    poison_at: tuple[int, int] | None = None
+    """(epoch, step) whose images are NaN: that step's loss, and then the weights, are NaN."""
     seen: list[tuple[int, int]] = field(default_factory=list)
 
     def batches(self, epoch: int, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -48,7 +53,10 @@ class ToyTask:
                 raise Killed
             gen = torch.Generator().manual_seed(1000 * epoch + step)
             self.seen.append((epoch, step))
-            yield torch.randn(5, 4, generator=gen), torch.randint(0, 3, (5,), generator=gen)
+            images = torch.randn(5, 4, generator=gen)
+            if (epoch, step) == self.poison_at:
+                images = torch.full_like(images, float("nan"))
+            yield images, torch.randint(0, 3, (5,), generator=gen)
 
     def step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> StepResult:
         return ClassificationStep(device=CPU)(model, batch)
@@ -90,7 +98,7 @@ def _make(net: nn.Module, state: dict[str, Any] | None, metrics: Mapping[str, An
 
 
 def _run(
-    out: Path, task: ToyTask, *, save_every: int = 0, resume: bool = False
+    out: Path, task: ToyTask, *, save_every: int = 0, resume: bool = False, log_every: int = 2
 ) -> tuple[nn.Module, Any]:
     model = _model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -112,7 +120,7 @@ def _run(
         schedule=schedule,
         seed=7,
         metrics_file=out / "metrics.jsonl",
-        log_every=2,
+        log_every=log_every,
         save_every=save_every,
         final=out / "final.pt",
         progress=False,
@@ -208,3 +216,56 @@ def test_without_distillation_no_teacher_target_is_computed() -> None:
     result = step(_TwoHeads(), _student_batch())
     assert set(result.terms) == {"loss", "loss_cls"}
     torch.testing.assert_close(result.loss, result.terms["loss_cls"])
+
+
+def _strict_records(out: Path) -> list[dict[str, Any]]:
+    """The metrics file parsed as strict JSON (NaN and Infinity refused)."""
+
+    def refuse(word: str) -> Any:
+        raise AssertionError(f"metrics.jsonl holds {word}")
+
+    text = (out / "metrics.jsonl").read_text()
+    return [json.loads(line, parse_constant=refuse) for line in text.splitlines()]
+
+
+def _saved_step(out: Path) -> int:
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+    return int(ckpt["train_state"]["global_step"])
+
+
+def test_a_nan_loss_stops_the_run_naming_step_and_term_and_keeps_the_last_checkpoint(
+    tmp_path: Path,
+) -> None:
+    # Global step 7 (epoch 1, step 2) is poisoned; checkpoints at 3, 4 (epoch end), 6.
+    with pytest.raises(Diverged) as caught:
+        _run(tmp_path, ToyTask(poison_at=(1, 2)), save_every=3)
+    message = str(caught.value)
+    assert isinstance(caught.value, UserError) and "\n" not in message
+    assert "step 7 (epoch 2)" in message and "loss=nan" in message, message
+    assert f"{tmp_path / 'last.pt'} keeps step 6" in message, message
+    assert _saved_step(tmp_path) == 6  # the poisoned state was never saved
+    assert not (tmp_path / "final.pt").exists()
+    assert [r["step"] for r in _strict_records(tmp_path)] == [2, 4, 4, 6]
+
+
+def test_a_nan_loss_between_syncs_is_caught_at_the_epoch_end(tmp_path: Path) -> None:
+    # No step records and no mid-epoch checkpoints: the epoch end is the only sync.
+    with pytest.raises(Diverged, match=r"step 6 \(epoch 2\): loss=nan"):
+        _run(tmp_path, ToyTask(poison_at=(1, 1)), log_every=0)
+    assert _saved_step(tmp_path) == 4  # epoch 0's checkpoint; epoch 1's was refused
+    assert [r["kind"] for r in _strict_records(tmp_path)] == ["epoch"]
+
+
+def test_a_nan_loss_before_any_checkpoint_says_none_was_written(tmp_path: Path) -> None:
+    with pytest.raises(Diverged, match="no checkpoint of this run was written"):
+        _run(tmp_path, ToyTask(poison_at=(0, 0)))
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_first_non_finite_finds_the_first_bad_step_and_its_terms() -> None:
+    ok = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    window = [ok, torch.tensor([1.0, float("inf")]), torch.tensor([float("nan")] * 2)]
+    assert first_non_finite(window) == (1, [1])
+    assert first_non_finite([ok, ok]) is None
+    assert first_non_finite([]) is None

@@ -4,7 +4,8 @@ Each tar holds ``{key}.{png|jpg}`` and ``{key}.cls`` (the decimal label) per sam
 member metadata so the same input gives byte-identical tars. Writes are crash-safe:
 
 1. a marker file (:data:`INCOMPLETE_MARKER`) says the directory is being written;
-2. every tar is written as ``<name>.partial`` and renamed when complete;
+2. every tar is written as ``<name>.partial`` and renamed when complete
+   (:func:`..runtime.atomic.atomic_writer`: disk full or a read-only directory is one line);
 3. ``index.json`` is written (atomically) after the last tar, then the marker is removed.
 
 A killed run therefore leaves no index (and a marker), which readers treat as incomplete; a
@@ -14,7 +15,6 @@ failing run removes what it wrote.
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.atomic import atomic_write_bytes, atomic_writer, check_output_dir
 from ..runtime.console import make_progress
 from ..runtime.errors import UserError
 from ..runtime.options import check_choices, check_numbers, option
@@ -147,27 +148,25 @@ def _write_tar(
     sizes: set[tuple[int, int]],
     on_sample: Callable[[], None],
 ) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as fh:
-        with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for i in rows:
-                image = data.load_image(i)
-                expected_ndim = 2 if data.channels == 1 else 3
-                if image.dtype != np.uint8 or image.ndim != expected_ndim:
-                    raise UserError(
-                        f"source {data.spec}: image {data.keys[i]} has shape {image.shape} "
-                        f"and dtype {image.dtype}, expected uint8 with {data.channels} channel(s)"
-                    )
-                stats.add(image)
-                sizes.add((int(image.shape[0]), int(image.shape[1])))
-                key = data.keys[i]
-                encoded = encode_image(image, fmt, jpeg_quality=jpeg_quality)
-                _add_member(tar, f"{key}.{fmt}", encoded)
-                _add_member(tar, f"{key}.cls", str(int(data.labels[i])).encode("ascii"))
-                on_sample()
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(partial, path)
+    with (
+        atomic_writer(path) as fh,
+        tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for i in rows:
+            image = data.load_image(i)
+            expected_ndim = 2 if data.channels == 1 else 3
+            if image.dtype != np.uint8 or image.ndim != expected_ndim:
+                raise UserError(
+                    f"source {data.spec}: image {data.keys[i]} has shape {image.shape} "
+                    f"and dtype {image.dtype}, expected uint8 with {data.channels} channel(s)"
+                )
+            stats.add(image)
+            sizes.add((int(image.shape[0]), int(image.shape[1])))
+            key = data.keys[i]
+            encoded = encode_image(image, fmt, jpeg_quality=jpeg_quality)
+            _add_member(tar, f"{key}.{fmt}", encoded)
+            _add_member(tar, f"{key}.cls", str(int(data.labels[i])).encode("ascii"))
+            on_sample()
 
 
 def make_shards(cfg: MakeShardsConfig) -> ShardIndex:
@@ -182,10 +181,11 @@ def make_shards(cfg: MakeShardsConfig) -> ShardIndex:
     _check_keys(data)
     fmt = cfg.format or data.default_format
     out_dir = Path(cfg.out_dir)
+    check_output_dir(out_dir)
     _prepare_out_dir(out_dir, cfg.overwrite)
 
     marker = out_dir / INCOMPLETE_MARKER
-    marker.write_text("make-shards is writing this directory\n", encoding="utf-8")
+    atomic_write_bytes(marker, b"make-shards is writing this directory\n")
     written: list[Path] = []
     stats = _PixelStats(data.channels)
     sizes: set[tuple[int, int]] = set()

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..runtime.errors import UserError
-from .imageio import IMAGE_SUFFIXES, tar_looks_complete
+from .imageio import IMAGE_SUFFIXES, TarDamage, tar_looks_complete, tar_member_names
 from .index import (
     INCOMPLETE_MARKER,
     INDEX_FILENAME,
@@ -155,6 +157,77 @@ def resolve_shards(spec: str | os.PathLike[str]) -> ShardSet:
     if "{" in text or path.is_file():
         return _from_pattern(text)
     raise UserError(f"shard spec {text}: no such directory or file")
+
+
+def sample_keys(member_names: Sequence[str], shard: Path) -> list[str]:
+    """The sample keys of a tar's members, webdataset's way: consecutive members sharing a key
+    (the name up to the first dot of its basename) are one sample; ``__*__`` members and names
+    without a suffix are not samples. A key met twice (a second ``x.png`` in one run, or a run
+    of ``x`` after other keys) is a :class:`UserError` naming it."""
+    keys: list[str] = []
+    seen: set[str] = set()
+    suffixes: set[str] = set()
+    for name in member_names:
+        match = _KEY_AND_SUFFIX.match(name)
+        if match is None or re.match(r"__[^/]*__($|/)", name):
+            continue
+        key, suffix = match.group(1), match.group(2)
+        if keys and keys[-1] == key:
+            if suffix in suffixes:
+                raise UserError(f"shard {shard} holds the key {key!r} twice ({name} again)")
+            suffixes.add(suffix)
+            continue
+        if key in seen:
+            raise UserError(f"shard {shard} holds the key {key!r} twice")
+        seen.add(key)
+        keys.append(key)
+        suffixes = {suffix}
+    return keys
+
+
+def check_shards_complete(shard_set: ShardSet) -> None:
+    """Refuse a damaged shard set before any work starts, with one line naming the shard.
+
+    Every tar's headers are walked (:func:`.imageio.tar_member_names`: one small read per
+    member, no image decoded): each tar must be complete (not cut short, headers intact, its
+    end-of-archive blocks present), hold exactly the keys its index entry lists (count and key
+    digest), and no key may occur twice in the set (DESIGN §3: a key is a sample's identity).
+    """
+    hashes: list[np.ndarray] = []
+    for path, info in zip(shard_set.paths, shard_set.index.shards, strict=True):
+        try:
+            names = tar_member_names(path)
+        except TarDamage as err:
+            raise UserError(f"shard {path} is truncated or damaged: {err}") from None
+        except OSError as err:
+            raise UserError(f"shard {path} cannot be read: {err.strerror or err}") from None
+        keys = sample_keys(names, path)
+        if len(keys) != info.num_samples:
+            raise UserError(
+                f"shard {path} holds {len(keys)} samples, its index entry says {info.num_samples}"
+            )
+        if key_digest(keys) != info.key_digest:
+            raise UserError(f"shard {path} has keys that differ from its index entry")
+        # Across shards, 8-byte hashes stand in for the keys (a million keys: 8 MB, not 100 MB);
+        # a repeated hash is confirmed on the keys themselves before it is called a duplicate.
+        hashes.append(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
+    _check_keys_unique_across(shard_set, hashes)
+
+
+def _check_keys_unique_across(shard_set: ShardSet, hashes: list[np.ndarray]) -> None:
+    if len(hashes) < 2:
+        return
+    values = np.concatenate(hashes)
+    owner = np.repeat(np.arange(len(hashes)), [len(h) for h in hashes])
+    order = np.argsort(values, kind="stable")
+    repeated = np.flatnonzero(values[order][1:] == values[order][:-1])
+    for at in repeated.tolist():
+        first, second = int(owner[order[at]]), int(owner[order[at + 1]])
+        a, b = shard_set.paths[first], shard_set.paths[second]
+        shared = set(sample_keys(tar_member_names(a), a)) & set(sample_keys(tar_member_names(b), b))
+        if shared:
+            key = min(shared)
+            raise UserError(f"the key {key!r} occurs in two shards: {a.name} and {b.name}")
 
 
 def scan_shards(paths: Sequence[Path]) -> ShardIndex:

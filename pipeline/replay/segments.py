@@ -131,6 +131,14 @@ def render_segment(
                         f"shard {shard.name} position {pos} holds key {key!r} but the store's "
                         f"row holds {str(stored_key)!r}; the store was built from other shards"
                     )
+            # A sample the dump rendered (valid) must decode now; else replay would render a
+            # hole and the digest check would blame the augmentation code, not the image.
+            for sample, pos in zip(block, block_pos.tolist(), strict=True):
+                if sample.image is None and bool(stored.valid[pos]):
+                    raise UserError(
+                        f"shard {shard.name}: sample {sample.key!r} cannot be decoded "
+                        f"({sample.error}); it decoded when dump-logits stored its views"
+                    )
             params = {name: np.asarray(value[block_pos]) for name, value in stored.aug.items()}
             replayed = replay(block, params, source.aug)
             check = source.verify == "all" or (source.verify == "sample" and not verified_any)

@@ -27,6 +27,12 @@ Resume = Literal["must-match", "may-change"]
 
 _KEY = "civt_pipe.option"
 
+MAX_THREADS = 1024
+"""Ceiling of every ``--threads`` (torch takes a C int; more threads than this is a typo)."""
+MAX_WORKERS = 256
+"""Ceiling of every ``--workers``: each one is a process with its own copy of the pipeline."""
+_INT64 = 2**63
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class OptionInfo:
@@ -97,7 +103,11 @@ def resume_mismatch(
 
 
 def check_numbers(config: Any) -> None:
-    """Raise :class:`UserError` for the first numeric field that is not finite or out of range."""
+    """Raise :class:`UserError` for the first numeric field that is not finite or out of range.
+
+    Every number must be finite, and every integer must fit in 64 bits (torch and numpy hold
+    it in one), whether the field declares a range or not; declared ranges are checked too.
+    """
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -106,6 +116,8 @@ def check_numbers(config: Any) -> None:
         flag = (info.flag if info and info.flag else None) or "--" + f.name.replace("_", "-")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{flag} must be a finite number, got {value}")
+        if isinstance(value, int) and not -_INT64 <= value < _INT64:
+            raise UserError(f"{flag} must lie in [-2**63, 2**63), got {value}")
         if info is None:
             continue
         if info.minimum is not None and value < info.minimum:

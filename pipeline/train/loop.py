@@ -11,6 +11,8 @@ records and checkpoint metrics look. The loop owns the rest, the same way for ev
 - loss terms accumulated on the device and synced to the host only when logged (a ``step``
   record every ``log_every`` steps, an epoch record at every epoch end), not every step;
 - the resumable checkpoint every ``save_every`` steps and at every epoch end, after validation;
+- a loss that is not finite stops the run with one line naming the step and the term, and
+  nothing poisoned is saved (:class:`Diverged`, :func:`first_non_finite`);
 - DDP under torchrun (rank 0 writes, every rank validates its share), barriers at epoch ends,
   and the final checkpoint.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from ..runtime.atomic import append_jsonl, atomic_write_bytes
 from ..runtime.console import make_progress
 from ..runtime.distributed import DistContext, barrier
+from ..runtime.errors import UserError
 from ..runtime.seeds import keyed_seed
 from .checkpointer import Checkpointer
 from .schedule import ScheduleConfig, lr_at, set_lr
@@ -37,6 +40,82 @@ from .state import TrainState
 
 _DISPLAY_EVERY = 25
 """Steps between host syncs for the progress bar's loss when no step records are written."""
+
+
+class Diverged(UserError):
+    """A loss term became NaN or infinite: the run stops, its last checkpoint stays as it was."""
+
+
+def first_non_finite(window: list[Tensor]) -> tuple[int, list[int]] | None:
+    """The first entry of ``window`` (one vector of loss terms per step) holding a NaN or an
+    infinity, with the indices of those terms; None when every term is finite.
+
+    One host sync for the whole window (a second only when something is not finite), so the
+    check rides on the loop's existing syncs instead of costing one per step.
+    """
+    if not window:
+        return None
+    bad = ~torch.isfinite(torch.stack(window))
+    if not bool(bad.any()):
+        return None
+    row = int(bad.any(dim=1).nonzero()[0].item())
+    return row, [int(i) for i in bad[row].nonzero().flatten().tolist()]
+
+
+@dataclass(kw_only=True)
+class _FiniteGuard:
+    """The loss terms of the steps since the last check, checked where the loop syncs anyway
+    (step records, progress display, checkpoints, epoch ends): a run that diverged stops there,
+    before anything computed after the bad step is written."""
+
+    ctx: DistContext
+    device: torch.device
+    checkpoint: Path
+    saved_step: int | None
+    """Global step of the last checkpoint of this run on disk (None: none yet)."""
+    window: list[Tensor] = field(default_factory=list)
+    first_step: int = 0
+    """Global step (counted from 1, as in the records) of ``window[0]``."""
+
+    def add(self, global_step: int, terms: Tensor) -> None:
+        if not self.window:
+            self.first_step = global_step
+        self.window.append(terms)
+
+    def check(
+        self, names: list[str], epoch: int, global_step: int, model: nn.Module | None = None
+    ) -> None:
+        """Raise :class:`Diverged` if a term since the last check (or, given ``model`` before
+        a save, a weight) is not finite on any rank; then start a new window."""
+        window, self.window = self.window, []
+        found = first_non_finite(window)
+        weights_bad = False
+        if found is None and model is not None:
+            flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
+            weights_bad = bool(flags) and not bool(torch.stack(flags).all())
+        local_bad = found is not None or weights_bad
+        any_bad = local_bad
+        if self.ctx.is_distributed:  # every rank reaches the same checks: they agree to stop
+            flag = torch.tensor([float(local_bad)], device=self.device)
+            torch.distributed.all_reduce(flag)
+            any_bad = bool(flag.item() > 0)
+        if not any_bad:
+            return
+        kept = (
+            f"{self.checkpoint} keeps step {self.saved_step}"
+            if self.saved_step is not None
+            else "no checkpoint of this run was written"
+        )
+        where = f"(epoch {epoch + 1})"
+        if found is not None:
+            row, terms = found
+            values = ", ".join(f"{names[i]}={window[row][i].item():g}" for i in terms)
+            what = f"the loss is not finite at step {self.first_step + row} {where}: {values}"
+        elif weights_bad:
+            what = f"the weights are not finite after step {global_step} {where}"
+        else:
+            what = f"the loss is not finite on another rank by step {global_step} {where}"
+        raise Diverged(f"{what}; stopped without saving, {kept} (a lower --lr often helps)")
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -126,6 +205,8 @@ class LoopConfig:
     description: str = "train"
     """Label of the progress bar."""
     progress: bool = True
+    clip_grad: float | None = None
+    """Clip the gradients' global norm at this before every optimizer step (None: never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +222,21 @@ class FitResult:
 
 
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, step: StepFn, batch: Any, lr: float
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: StepFn,
+    batch: Any,
+    lr: float,
+    clip_grad: float | None = None,
 ) -> StepResult:
-    """One optimizer update at learning rate ``lr``: forward, backward, step."""
+    """One optimizer update at learning rate ``lr``: forward, backward, optionally clip the
+    gradients' global norm at ``clip_grad``, step."""
     set_lr(optimizer, lr)
     result = step(model, batch)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
+    if clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     optimizer.step()
     return result
 
@@ -211,6 +300,12 @@ def fit(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     world = ctx.world_size
+    guard = _FiniteGuard(
+        ctx=ctx,
+        device=device,
+        checkpoint=checkpointer.path,
+        saved_step=resume_from.global_step if resume_from is not None else None,
+    )
     last_epoch: EpochSummary | None = None
     session_images = 0
     started = time.perf_counter()
@@ -232,7 +327,7 @@ def fit(
             for step, batch in enumerate(task.batches(epoch, first), start=first):
                 torch.manual_seed(step_seed(cfg.seed, epoch, step, ctx.rank))
                 lr = lr_at(global_step, cfg.schedule)
-                result = train_step(net, optimizer, task.step, batch, lr)
+                result = train_step(net, optimizer, task.step, batch, lr, cfg.clip_grad)
                 global_step += 1
                 steps_done += 1
                 log_steps += 1
@@ -241,11 +336,14 @@ def fit(
                 log_images += images
                 names = list(result.terms)
                 last_terms = _summed(result.terms)
+                guard.add(global_step, last_terms)
                 epoch_sum = last_terms if epoch_sum is None else epoch_sum + last_terms
                 log_sum = last_terms if log_sum is None else log_sum + last_terms
                 last_of_epoch = step + 1 == cfg.steps_per_epoch
                 log_now = cfg.log_every > 0 and (global_step % cfg.log_every == 0 or last_of_epoch)
                 display_now = cfg.log_every == 0 and global_step % _DISPLAY_EVERY == 0
+                if log_now or display_now:  # a sync anyway: nothing non-finite is logged
+                    guard.check(names, epoch, global_step)
                 if ctx.is_main and (log_now or display_now):
                     means = dict(zip(names, (log_sum / log_steps).tolist(), strict=True))
                     now = time.perf_counter()
@@ -269,6 +367,7 @@ def fit(
                     log_started = time.perf_counter()
                 progress.update(bar, advance=1)
                 if cfg.save_every and global_step % cfg.save_every == 0 and not last_of_epoch:
+                    guard.check(names, epoch, global_step, model)
                     checkpointer.save(
                         model,
                         optimizer,
@@ -277,9 +376,11 @@ def fit(
                         global_step=global_step,
                         metrics=task.checkpoint_metrics(None),
                     )
+                    guard.saved_step = global_step
             totals = epoch_sum if epoch_sum is not None else torch.zeros(0, dtype=torch.float64)
             if ctx.is_distributed:
                 torch.distributed.all_reduce(totals)
+            guard.check(names, epoch, global_step, model)
             mean = dict(zip(names, (totals / max(steps_done * world, 1)).tolist(), strict=True))
             last = {} if last_terms is None else dict(zip(names, last_terms.tolist(), strict=True))
             seconds = time.perf_counter() - epoch_started
@@ -306,6 +407,7 @@ def fit(
                     global_step=global_step,
                     metrics=task.checkpoint_metrics(last_epoch),
                 )
+                guard.saved_step = global_step
                 progress.console.print(_epoch_line(last_epoch, cfg.epochs))
             barrier(ctx)
             if on_epoch_end is not None:

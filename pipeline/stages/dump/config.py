@@ -11,7 +11,7 @@ from typing import Literal, get_args
 from ...augment.config import PRESET_CHOICES, AugmentConfig, preset
 from ...models.teacher_spec import TeacherSpec
 from ...runtime.errors import UserError
-from ...runtime.options import check_choices, check_numbers, option
+from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
 
 OnError = Literal["fail", "skip"]
 """What ``dump-logits`` does with a sample it cannot decode: stop, or record it and go on."""
@@ -34,7 +34,10 @@ class DumpConfig:
     seed: int = option(0, help="Augmentation seed.", minimum=0)
     batch_size: int = option(256, help="Views per teacher forward pass.", minimum=1)
     workers: int = option(
-        1, help="DataLoader processes decoding and augmenting (0: none).", minimum=0
+        1,
+        help="DataLoader processes decoding and augmenting (0: none).",
+        minimum=0,
+        maximum=MAX_WORKERS,
     )
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
     on_error: OnError = option(
@@ -66,6 +69,7 @@ class DumpConfig:
         help="CPU threads for the teachers [default: free cores minus workers, unless "
         "OMP_NUM_THREADS is set].",
         minimum=1,
+        maximum=MAX_THREADS,
     )
     progress: bool = option(True, help="Draw progress bars.", flag="")
 

@@ -1,7 +1,9 @@
 """Stage one, ``dump-logits``: every teacher on every augmented view, top-k logits into a store.
 
-Flow (DESIGN §5, §7): check everything a user can get wrong before any work; rank 0 creates the
-store (or checks that an existing incomplete one was made by the same command, and resumes it);
+Flow (DESIGN §5, §7): check everything a user can get wrong before any work (options, shards
+complete and readable, teachers) — ``--overwrite`` deletes nothing before that; rank 0 takes the
+store's writer lock, then creates the store (or checks that an existing incomplete one was made by
+the same command, and resumes it);
 the missing shards are split over ranks; DataLoader workers decode and render mix blocks
 (:mod:`.data` on the one stream, :mod:`...data.streams`) while the main process runs the
 teachers; each shard is written with one ``write_shard`` once all its rows are in; rank 0
@@ -21,15 +23,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ....stores.errors import StoreDamagedError
+from ....stores.lock import WriterLock
 from ....stores.logit_store import LogitStore, StoreVersionError
 from ....stores.schema import FieldSpec, StoreSpec
 from ...augment.config import AugmentConfig
 from ...augment.params import param_fields
 from ...data.planning import ShardRows, StreamPlan, plan_pass, shard_rows_for
-from ...data.shard_set import ShardSet, resolve_shards
+from ...data.shard_set import ShardSet, check_shards_complete, resolve_shards
 from ...data.streams import PlannedStream, WorkerError, make_loader
 from ...models.teachers import LoadedTeacher, TeacherSpec, load_teachers
-from ...runtime.console import info, make_progress
+from ...runtime.console import info, make_progress, warn
 from ...runtime.device import cpu_threads, resolve_device
 from ...runtime.distributed import DistContext, barrier, init_distributed, shutdown
 from ...runtime.errors import USER_ERRORS, UserError
@@ -38,23 +42,6 @@ from .data import DumpBlock, ShardViews
 from .teachers import ShardAccumulator, TeacherRunner
 
 __all__ = ["DumpConfig", "TeacherSpec", "print_summary", "run_dump"]
-
-
-def check_distinct_shards(shards: ShardSet) -> None:
-    """Keys must be unique across the shard set (row identity, DESIGN §3).
-
-    Within a shard set the index guarantees it (``make-shards`` refuses duplicate keys and a
-    scan of foreign tars checks them), and every shard's keys are checked against its index
-    digest while it is read. What the index cannot see is one tar copied under two names:
-    equal key digests give that away without opening a tar.
-    """
-    seen: dict[str, str] = {}
-    for entry in shards.index.shards:
-        other = seen.setdefault(entry.key_digest, entry.name)
-        if other != entry.name:
-            raise UserError(
-                f"shards {other} and {entry.name} hold the same keys; sample keys must be unique"
-            )
 
 
 def _store_spec(
@@ -100,7 +87,7 @@ def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
     if exists and not cfg.overwrite:
         try:
             store = LogitStore.open(out, mode="r")
-        except StoreVersionError:
+        except (StoreVersionError, StoreDamagedError):
             raise  # says itself whether to upgrade civt-pipe or re-dump
         except USER_ERRORS:
             raise UserError(
@@ -123,11 +110,18 @@ def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
     return _Plan(missing=[s.name for s in store.shards], finalized=False)
 
 
-def _shared_plan(ctx: DistContext, cfg: DumpConfig, spec: StoreSpec) -> _Plan:
-    """Rank 0 plans; every rank gets the same plan (or raises the same error)."""
+def _shared_plan(ctx: DistContext, cfg: DumpConfig, spec: StoreSpec, lock: WriterLock) -> _Plan:
+    """Rank 0 takes the writer lock and plans; every rank gets the same plan (or raises the same
+    error)."""
     plan: _Plan | None = None
     if ctx.is_main:
         try:
+            stale = lock.acquire()
+            if stale is not None:
+                warn(
+                    f"took over the lock of {cfg.out} from a writer that is gone (pid {stale.pid}"
+                    f", host {stale.host}); resuming where it stopped"
+                )
             plan = _plan_store(cfg, spec)
         except USER_ERRORS as err:
             plan = _Plan(missing=[], finalized=False, error=str(err))
@@ -236,7 +230,8 @@ def run_dump(cfg: DumpConfig) -> dict[str, Any]:
 
 def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
     shards = resolve_shards(cfg.data)
-    check_distinct_shards(shards)
+    # Every tar whole and as indexed, keys unique, before anything is written or replaced.
+    check_shards_complete(shards)
     teachers = load_teachers(
         cfg.teachers,
         device,
@@ -253,8 +248,9 @@ def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
     spec = _store_spec(cfg, shards, teachers, aug)
 
     ctx = init_distributed(device)
+    lock = WriterLock(cfg.out)
     try:
-        plan = _shared_plan(ctx, cfg, spec)
+        plan = _shared_plan(ctx, cfg, spec, lock)
         if plan.finalized:
             if ctx.is_main:
                 info(f"store {cfg.out} is already complete; nothing to do")
@@ -285,6 +281,7 @@ def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
         barrier(ctx)
         return _summary(cfg, LogitStore.open(cfg.out), stats, already_complete=False, rank=ctx.rank)
     finally:
+        lock.release()  # rank 0's, on success and on every error
         shutdown(ctx)
 
 

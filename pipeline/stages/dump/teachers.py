@@ -175,11 +175,27 @@ class TeacherRunner:
             np.concatenate([t.views for t in taken]),
         )
 
+    def _check_finite(
+        self, teacher: str, shard: str, logits: torch.Tensor, rows: np.ndarray, views: np.ndarray
+    ) -> None:
+        """``UserError`` naming teacher, shard and the first view whose logits are NaN or
+        infinite: such logits have no top-k, and nothing non-finite may reach the store."""
+        bad = ~torch.isfinite(logits).all(dim=-1)
+        if bool(bad.any()):
+            at = int(torch.nonzero(bad)[0, 0])
+            key = self.shards[shard].keys[int(rows[at])]
+            raise UserError(
+                f"teacher {teacher!r} gave non-finite logits (NaN or Inf) on shard {shard}, "
+                f"sample {key!r} view {int(views[at])}; nothing of this shard was written"
+            )
+
     @torch.inference_mode()
     def _run(self, shard: str, n: int) -> None:
         batch, rows, view_ids = self._take(shard, n)
         batch = batch.to(self.device, non_blocking=True)
         for teacher in self.teachers:
-            top = TopKLogits.from_logits(teacher.model(batch), self.topk)
+            logits = teacher.model(batch)
+            self._check_finite(teacher.info.name, shard, logits, rows, view_ids)
+            top = TopKLogits.from_logits(logits, self.topk)
             self.shards[shard].add_logits(teacher.info.name, rows, view_ids, top)
         self.views_done += n

@@ -2,7 +2,8 @@
 
 Teachers have one output, reported as the head ``"logits"``. Students report every head —
 ``"cls"``, one per teacher token, and ``"mean"`` (the mean of the distinct heads, as in the
-official Co-advise code) — with the class-token head as the headline figure (the paper's text).
+official Co-advise code) — with the model's inference head as the headline figure (the class
+token for most students, the mean of the heads for the aligned CivT; see docs/models.md).
 
 The pass itself is :func:`..train.validate.evaluate_model`, shared with the training stages'
 epoch-end validation; ``--store`` adds :mod:`.teacher_agreement` as an observer of that pass.
@@ -16,7 +17,7 @@ from typing import Any
 
 from ...runtime.console import warn
 from ...runtime.errors import UserError
-from ...runtime.options import check_numbers, option
+from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_numbers, option
 
 
 @dataclass(kw_only=True, slots=True)
@@ -29,15 +30,20 @@ class EvaluateConfig:
     data: str = option(help="Shards to evaluate on: a directory or a brace pattern.")
     batch_size: int = option(256, help="Samples per batch.", minimum=1)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
-    workers: int = option(0, help="Data-loading processes.", minimum=0)
+    workers: int = option(0, help="Data-loading processes.", minimum=0, maximum=MAX_WORKERS)
     threads: int | None = option(
-        None, help="Torch CPU threads (default: free cores minus workers).", minimum=1
+        None,
+        help="Torch CPU threads (default: free cores minus workers).",
+        minimum=1,
+        maximum=MAX_THREADS,
     )
     store: Path | None = option(
         None, help="dump-logits store of these shards: also report KL to each teacher."
     )
-    # No minimum here: the range is 1..V of the store, checked once the store is open.
-    store_views: int | None = option(None, help="Use only the store's first N views (default all).")
+    # The upper end of the range, V of the store, is checked once the store is open.
+    store_views: int | None = option(
+        None, help="Use only the store's first N views (default all).", minimum=1
+    )
 
     def __post_init__(self) -> None:
         self.checkpoint = Path(self.checkpoint)
@@ -53,15 +59,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     plus ``checkpoint``, ``arch`` and ``kind`` (and, with ``cfg.store``, ``kl_to_teachers``:
     ``{head: {teacher: KL}}`` from :func:`.teacher_agreement.
     teacher_agreement`, and ``store``)."""
-    from ...data.shard_set import resolve_shards
+    from ...data.shard_set import check_shards_complete, resolve_shards
     from ...models.checkpoint import model_from_checkpoint
     from ...runtime.device import cpu_threads, resolve_device
     from ...train.validate import evaluate_model
 
     device = resolve_device(cfg.device)
     shard_set = resolve_shards(cfg.data)
-    if not cfg.checkpoint.is_file():
-        raise UserError(f"checkpoint file {cfg.checkpoint} does not exist")
+    check_shards_complete(shard_set)
     model, meta = model_from_checkpoint(
         cfg.checkpoint,
         device=device,

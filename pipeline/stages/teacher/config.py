@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...runtime.errors import UserError
-from ...runtime.options import check_choices, check_numbers, option
+from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
 from ...train.choices import OPTIMIZERS
 
 # ----------------------------------------------------------------------------------- recipes
@@ -87,10 +87,15 @@ class TeacherTrainConfig:
         None, help="Flip probability (default 0.5; 0 under 16 px).", minimum=0, maximum=1
     )
     threads: int | None = option(
-        None, help="Torch CPU threads (default: free cores minus workers).", minimum=1
+        None,
+        help="Torch CPU threads (default: free cores minus workers).",
+        minimum=1,
+        maximum=MAX_THREADS,
     )
     seed: int = option(0, help="Seed of weights, augmentation, order.", minimum=0)
-    workers: int = option(1, help="Data-loading processes per rank (0: none).", minimum=0)
+    workers: int = option(
+        1, help="Data-loading processes per rank (0: none).", minimum=0, maximum=MAX_WORKERS
+    )
     shuffle_buffer: int = option(
         1024, help="Samples held for shuffling per rank (1: shard order).", minimum=1
     )

@@ -1,0 +1,467 @@
+"""The bad-input battery: every command, given what a careless or hostile user gives it.
+
+Each case runs the command line in-process and asserts the contract of DESIGN §8 / issue 16:
+exit code 2, exactly one stderr line starting with ``civt-pipe: error:``, no traceback, and —
+when the run is refused before any work — the files it was pointed at unchanged (the case's
+own directory and the shared fixtures, compared byte for byte before and after).
+
+The fixtures (toy shards, an untrained teacher, a store, a short student run) are built once
+for the module; a case that damages something copies it into its own directory first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from toy_shards import make_toy_shards
+from typer.testing import CliRunner
+
+from civt_pipe.cli.app import app
+from civt_pipe.pipeline.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from civt_pipe.pipeline.models.factory import create_model
+from civt_pipe.pipeline.models.teacher_spec import TeacherSpec
+from civt_pipe.pipeline.stages.dump.config import DumpConfig
+from civt_pipe.pipeline.stages.dump.run import run_dump
+from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
+from civt_pipe.pipeline.stages.student.run import train_student
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Toy shards (train: 2 tars, 24 samples, 3 classes; test), an untrained cnn-nano teacher,
+    a store of the train shards (V = 2, k = 3) and a one-epoch student run from it."""
+    root = tmp_path_factory.mktemp("bad-input")
+    train = make_toy_shards(root, "train", per_class=8)
+    test = make_toy_shards(root, "test", per_class=3, seed=1)
+    torch.manual_seed(0)
+    teacher = root / "cnn.pt"
+    save_checkpoint(
+        teacher,
+        make_checkpoint(create_model("cnn-nano", num_classes=3, in_chans=1, image_size=SIZE)),
+    )
+    store = root / "store.zarr"
+    run_dump(
+        DumpConfig(
+            data=str(train),
+            teachers=(TeacherSpec.parse(f"cnn=cnn-nano:{teacher}"),),
+            out=store,
+            views=2,
+            topk=3,
+            workers=0,
+            device="cpu",
+            aug="small",
+            progress=False,
+        )
+    )
+    run = root / "run"
+    train_student(
+        StudentTrainConfig(
+            data=str(train),
+            store=str(store),
+            out=str(run),
+            epochs=1,
+            batch_size=8,
+            warmup_epochs=0,
+            device="cpu",
+            progress=False,
+        )
+    )
+    return {"root": root, "train": train, "test": test, "ckpt": teacher, "store": store, "run": run}
+
+
+# ------------------------------------------------------------------------------- damage kits
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copyfile(src, dst)
+    return dst
+
+
+def _flip_bytes(path: Path, at: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * at)
+    data[i : i + 8] = bytes(b ^ 0xFF for b in data[i : i + 8])
+    path.write_bytes(bytes(data))
+
+
+def _chunks(array: Path) -> list[Path]:
+    """The chunk files of a zarr v3 array directory (everything but its metadata)."""
+    return sorted(p for p in array.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def truncated_tar(tmp: Path, w: dict[str, Path]) -> None:
+    shards = _copy(w["train"], tmp / "shards")
+    tar = shards / "train-000000.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+
+
+def duplicate_keys(tmp: Path, w: dict[str, Path]) -> None:
+    """A shard set whose third tar is a copy of the second: its keys occur twice."""
+    shards = _copy(w["test"], tmp / "shards")
+    index = json.loads((shards / "index.json").read_text())
+    first = index["shards"][0]
+    _copy(shards / first["name"], shards / "test-000009.tar")
+    index["shards"].append({**first, "name": "test-000009.tar"})
+    index["num_samples"] += first["num_samples"]
+    (shards / "index.json").write_text(json.dumps(index))
+
+
+def corrupt_png(tmp: Path, w: dict[str, Path]) -> None:
+    """Flip bytes inside the image data of the first sample (the tar itself stays whole)."""
+    shards = _copy(w["train"], tmp / "shards")
+    tar = shards / "train-000000.tar"
+    with tarfile.open(tar) as tf:
+        member = next(m for m in tf.getmembers() if m.name.endswith(".png"))
+    data = bytearray(tar.read_bytes())
+    start = member.offset_data + 16  # past the PNG signature and IHDR length
+    data[start : start + member.size - 16] = bytes(len(data[start : start + member.size - 16]))
+    tar.write_bytes(bytes(data))
+
+
+def garbage_checkpoint(tmp: Path, w: dict[str, Path]) -> None:
+    (tmp / "ckpt.pt").write_bytes(b"this is not a checkpoint" * 10)
+
+
+def truncated_checkpoint(tmp: Path, w: dict[str, Path]) -> None:
+    data = w["ckpt"].read_bytes()
+    (tmp / "ckpt.pt").write_bytes(data[: len(data) // 2])
+
+
+def pickled_code(tmp: Path, w: dict[str, Path]) -> None:
+    """A checkpoint whose pickle names a class to build (code run at load time)."""
+    ckpt = load_checkpoint(w["ckpt"])
+    ckpt["extra"] = argparse.Namespace(payload="import os")
+    torch.save(ckpt, tmp / "ckpt.pt")
+
+
+def directory_checkpoint(tmp: Path, w: dict[str, Path]) -> None:
+    (tmp / "ckpt.pt").mkdir()
+
+
+def nan_teacher(tmp: Path, w: dict[str, Path]) -> None:
+    ckpt = load_checkpoint(w["ckpt"])
+    for tensor in ckpt["state_dict"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    save_checkpoint(tmp / "ckpt.pt", ckpt)
+
+
+def store_copy(tmp: Path, w: dict[str, Path]) -> Path:
+    return _copy(w["store"], tmp / "store.zarr")
+
+
+def store_missing_teacher(tmp: Path, w: dict[str, Path]) -> None:
+    shutil.rmtree(store_copy(tmp, w) / "teachers" / "cnn")
+
+
+def store_missing_chunk(tmp: Path, w: dict[str, Path]) -> None:
+    _chunks(store_copy(tmp, w) / "teachers" / "cnn" / "logprobs")[0].unlink()
+
+
+def store_flipped_aug(tmp: Path, w: dict[str, Path]) -> None:
+    aug = store_copy(tmp, w) / "aug"
+    _flip_bytes(next(p for a in sorted(aug.iterdir()) if a.is_dir() for p in _chunks(a)))
+
+
+def store_flipped_lse(tmp: Path, w: dict[str, Path]) -> None:
+    _flip_bytes(_chunks(store_copy(tmp, w) / "teachers" / "cnn" / "lse")[0])
+
+
+def run_copy(tmp: Path, w: dict[str, Path]) -> None:
+    _copy(w["run"], tmp / "run")
+
+
+def a_file(tmp: Path, w: dict[str, Path]) -> None:
+    (tmp / "file").write_text("not a directory\n")
+
+
+def a_directory(tmp: Path, w: dict[str, Path]) -> None:
+    (tmp / "dir").mkdir()
+
+
+def teacher_out_exists(tmp: Path, w: dict[str, Path]) -> None:
+    _copy(w["ckpt"], tmp / "teacher.pt")
+
+
+# ------------------------------------------------------------------------------------ cases
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: list[str]
+    """Command line; ``{train} {test} {ckpt} {store} {run}`` name the fixtures, ``{tmp}`` the
+    case's own directory."""
+    expect: str
+    """A piece of the error line (case-insensitive)."""
+    setup: Callable[[Path, dict[str, Path]], Any] | None = None
+    refused: bool = True
+    """False: the mistake shows only once work has begun, so files may have been written."""
+    pending: str | None = None
+    """Why the case still fails (another part of issue 16): expected to fail, strictly."""
+
+
+def tt(
+    *extra: str, data: str = "{train}", out: str = "{tmp}/t.pt", arch: str = "cnn-nano"
+) -> list[str]:
+    return ["train-teacher", "--arch", arch, "--data", data, "--out", out, *extra]
+
+
+def dl(*extra: str, data: str = "{train}", ckpt: str = "{ckpt}", out: str = "{tmp}/s") -> list[str]:
+    return [
+        "dump-logits",
+        "--data",
+        data,
+        "--teacher",
+        f"cnn=cnn-nano:{ckpt}",
+        "--out",
+        out,
+        *extra,
+    ]
+
+
+def ts(
+    *extra: str, data: str = "{train}", store: str = "{store}", out: str = "{tmp}/out"
+) -> list[str]:
+    # Epochs = V and a batch the 24 samples fill: a case's own option comes later and wins.
+    head = ["train-student", "--data", data, "--store", store, "--out", out]
+    return [*head, "--epochs", "2", "--batch-size", "8", "--warmup-epochs", "0", *extra]
+
+
+def ev(*extra: str, ckpt: str = "{run}/final.pt", data: str = "{test}") -> list[str]:
+    return ["evaluate", "--checkpoint", ckpt, "--data", data, *extra]
+
+
+def ms(*extra: str, source: str = "digits", out: str = "{tmp}/shards") -> list[str]:
+    return ["make-shards", source, out, *extra]
+
+
+def qs(*extra: str, out: str = "{tmp}/q") -> list[str]:
+    return ["quickstart", "--out", out, *extra]
+
+
+C2 = "issue 16 items 1, 4, 8 (store arrays checked on open, checksums, NaN logits): helper C"
+D2 = "issue 16 items 6, 10 (shards, checkpoints, images): helper D2"
+BAD = "{tmp}/ckpt.pt"
+
+CASES = [
+    # make-shards
+    Case("shards-size-0", ms("--shard-size", "0"), "--shard-size must be at least 1"),
+    Case("shards-size-text", ms("--shard-size", "abc"), "--shard-size"),
+    Case("shards-split", ms("--split", "val"), "--split must be one of"),
+    Case("shards-quality", ms("--format", "jpg", "--jpeg-quality", "101"), "--jpeg-quality"),
+    Case("shards-source", ms(source="nosuch:x"), "nosuch"),
+    Case("shards-folder", ms(source="folder:{tmp}/none"), "none"),
+    Case("shards-no-outdir", ["make-shards", "digits"], "missing argument"),
+    Case("shards-into-used", ms(out="{train}"), "--overwrite"),
+    # train-teacher
+    Case("teacher-epochs-neg", tt("--epochs", "-1"), "--epochs must be at least 1"),
+    Case("teacher-epochs-text", tt("--epochs", "abc"), "--epochs"),
+    Case("teacher-lr-inf", tt("--lr", "inf"), "--lr must be a finite number"),
+    Case("teacher-wd-nan", tt("--weight-decay", "nan"), "--weight-decay must be a finite"),
+    Case("teacher-warmup-nan", tt("--warmup-epochs", "nan"), "--warmup-epochs must be a"),
+    Case("teacher-threads-huge", tt("--threads", "99999999999999999999"), "--threads"),
+    Case("teacher-workers-huge", tt("--workers", "100000"), "--workers must be at most"),
+    Case("teacher-unknown-option", tt("--bogus", "1"), "no such option: --bogus"),
+    Case("teacher-missing-arch", ["train-teacher", "--data", "{train}"], "missing option"),
+    Case("teacher-arch", tt(arch="nosuch-arch"), "nosuch-arch"),
+    Case("teacher-data-missing", tt(data="{tmp}/none"), "none"),
+    Case("teacher-resume-overwrite", tt("--resume", "--overwrite"), "contradict"),
+    Case("teacher-out-exists", tt(out="{tmp}/teacher.pt"), "exists", teacher_out_exists),
+    Case("teacher-out-dir", tt("--overwrite", out="{tmp}/dir"), "directory", a_directory),
+    Case("teacher-init-garbage", tt("--init", BAD), "ckpt.pt", garbage_checkpoint),
+    # dump-logits
+    Case("dump-topk-0", dl("--topk", "0"), "--topk must be at least 1"),
+    Case("dump-views-0", dl("--views", "0"), "--views must be at least 1"),
+    Case("dump-views-text", dl("--views", "two"), "--views"),
+    Case("dump-topk-over-classes", dl("--topk", "4"), "--topk"),
+    Case(
+        "dump-spec",
+        ["dump-logits", "--data", "{train}", "--teacher", "cnn-nano", "--out", "{tmp}/s"],
+        "NAME=ARCH:CHECKPOINT",
+    ),
+    Case("dump-same-name", dl("--teacher", "cnn=cnn-nano:{ckpt}"), "given twice"),
+    Case("dump-ckpt-missing", dl(ckpt="{tmp}/none.pt"), "none.pt"),
+    Case("dump-ckpt-garbage", dl(ckpt=BAD), "ckpt.pt", garbage_checkpoint),
+    Case("dump-ckpt-truncated", dl(ckpt=BAD), "ckpt.pt", truncated_checkpoint),
+    Case("dump-ckpt-pickled-code", dl(ckpt=BAD), "pickled code", pickled_code),
+    Case("dump-ckpt-directory", dl(ckpt=BAD), "directory", directory_checkpoint),
+    Case("dump-truncated-tar", dl(data="{tmp}/shards"), "train-000000.tar", truncated_tar),
+    Case("dump-nan-teacher", dl("--topk", "3", ckpt=BAD), "cnn", nan_teacher, refused=False),
+    # inspect-store
+    Case("inspect-missing", ["inspect-store", "{tmp}/none.zarr"], "none.zarr"),
+    Case("inspect-not-a-store", ["inspect-store", "{tmp}/dir"], "dir", a_directory),
+    Case("inspect-unknown-option", ["inspect-store", "{store}", "--deep"], "--deep"),
+    Case(
+        "inspect-missing-teacher",
+        ["inspect-store", "{tmp}/store.zarr"],
+        "teachers/cnn",
+        store_missing_teacher,
+    ),
+    Case(
+        "inspect-verify-missing-chunk",
+        ["inspect-store", "{tmp}/store.zarr", "--verify"],
+        "logprobs",
+        store_missing_chunk,
+    ),
+    Case(
+        "inspect-verify-flipped-aug",
+        ["inspect-store", "{tmp}/store.zarr", "--verify"],
+        "aug/",
+        store_flipped_aug,
+    ),
+    Case(
+        "inspect-verify-flipped-lse",
+        ["inspect-store", "{tmp}/store.zarr", "--verify"],
+        "lse",
+        store_flipped_lse,
+    ),
+    # train-student
+    Case("student-lr-inf", ts("--lr", "inf"), "--lr must be a finite number"),
+    Case("student-lambda-cls-nan", ts("--lambda-cls", "nan"), "--lambda-cls must be a"),
+    Case("student-warmup-nan", ts("--warmup-epochs", "nan"), "--warmup-epochs must be a"),
+    Case("student-wd-nan", ts("--weight-decay", "nan"), "--weight-decay must be a finite"),
+    Case("student-tau-nan", ts("--tau", "nan"), "--tau 'nan' is not a finite number"),
+    Case("student-tau-negative", ts("--tau", "cnn=-1"), "--tau cnn must be positive"),
+    Case("student-lambda-text", ts("--lambda", "cnn=abc"), "--lambda 'cnn=abc'"),
+    Case("student-tau-unknown-teacher", ts("--tau", "rnn=2"), "rnn"),
+    Case("student-batch-0", ts("--batch-size", "0"), "--batch-size must be at least 1"),
+    Case("student-epochs-neg", ts("--epochs", "-1"), "--epochs must be at least 1"),
+    Case("student-views-0", ts("--views", "0"), "--views must be at least 1"),
+    Case("student-store-and-teacher", ts("--teacher", "cnn=cnn-nano:{ckpt}"), "not both"),
+    Case(
+        "student-store-typo-overwrite",
+        ts("--overwrite", store="{tmp}/stroe.zarr", out="{tmp}/run"),
+        "stroe.zarr",
+        run_copy,
+    ),
+    Case("student-batch-over-data", ts("--batch-size", "32", "--epochs", "10"), "lower --batch"),
+    Case("student-store-other-shards", ts(data="{test}"), "shard"),
+    Case("student-resume-nothing", ts("--resume"), "does not exist"),
+    Case("student-run-exists", ts(out="{tmp}/run"), "--overwrite", run_copy),
+    Case(
+        "student-resume-changed",
+        ts("--resume", "--epochs", "1", "--lambda-cls", "0.5", out="{tmp}/run"),
+        "lambda_cls",
+        run_copy,
+    ),
+    Case("student-truncated-tar", ts(data="{tmp}/shards"), "train-000000", truncated_tar),
+    Case(
+        "student-store-missing-teacher",
+        ts(store="{tmp}/store.zarr"),
+        "teachers/cnn",
+        store_missing_teacher,
+    ),
+    Case(
+        "student-store-flipped-aug",
+        ts("--verify-replay", "off", store="{tmp}/store.zarr"),
+        "aug/",
+        store_flipped_aug,
+        refused=False,  # found when the chunk is read, in the first epoch
+    ),
+    Case(
+        "student-corrupt-png",
+        ts(data="{tmp}/shards"),
+        "decod",
+        corrupt_png,
+        refused=False,
+    ),
+    # evaluate
+    Case("evaluate-batch-0", ev("--batch-size", "0"), "--batch-size must be at least 1"),
+    Case(
+        "evaluate-store-views-0",
+        ev("--store", "{store}", "--store-views", "0"),
+        "--store-views must be at least 1",
+    ),
+    Case(
+        "evaluate-store-views-over",
+        ev("--store", "{store}", "--store-views", "5", data="{train}"),
+        "--store-views",
+    ),
+    Case("evaluate-store-views-alone", ev("--store-views", "1"), "--store-views needs"),
+    Case("evaluate-ckpt-missing", ev(ckpt="{tmp}/none.pt"), "none.pt"),
+    Case("evaluate-ckpt-garbage", ev(ckpt=BAD), "ckpt.pt", garbage_checkpoint),
+    Case("evaluate-ckpt-pickled-code", ev(ckpt=BAD), "pickled code", pickled_code),
+    Case("evaluate-ckpt-directory", ev(ckpt=BAD), "directory", directory_checkpoint),
+    Case(
+        "evaluate-duplicate-keys", ev(data="{tmp}/shards"), "occurs in two shards", duplicate_keys
+    ),
+    Case("evaluate-store-of-other-shards", ev("--store", "{store}"), "store"),
+    # quickstart
+    Case("quickstart-topk", qs("--topk", "11"), "--topk must be at most 10"),
+    Case("quickstart-epochs-0", qs("--epochs", "0"), "--epochs must be at least 1"),
+    Case("quickstart-lr-nan", qs("--lr", "nan"), "--lr must be a finite number"),
+    Case("quickstart-views-text", qs("--views", "x"), "--views"),
+    Case("quickstart-out-file", qs(out="{tmp}/file"), "file", a_file),
+    # models, and the program itself
+    Case("models-unknown-option", ["models", "--all"], "no such option: --all"),
+    Case("models-extra-argument", ["models", "resnet18"], "unexpected extra argument"),
+    Case("unknown-command", ["train"], "no such command 'train'"),
+]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every file (by content digest) and folder under ``root``."""
+    return {
+        str(p.relative_to(root)): "dir"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _params() -> list[Any]:
+    marks: dict[str, list[Any]] = {}
+    for case in CASES:
+        if case.pending:
+            marks[case.id] = [pytest.mark.xfail(strict=True, reason=case.pending)]
+    return [pytest.param(c, id=c.id, marks=marks.get(c.id, [])) for c in CASES]
+
+
+def test_the_battery_covers_every_command_with_forty_cases() -> None:
+    commands = {c.args[0] for c in CASES}
+    registered = {cmd.name for cmd in app.registered_commands}
+    assert registered <= commands, registered - commands
+    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", _params())
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(
+    case: Case, world: dict[str, Path], tmp_path: Path
+) -> None:
+    if case.setup is not None:
+        case.setup(tmp_path, world)
+    names = {k: str(v) for k, v in world.items()}
+    args = [a.format(tmp=tmp_path, **names) for a in case.args]
+    before = (_tree(tmp_path), _tree(world["root"]))
+
+    result = CliRunner().invoke(app, args)
+
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    if not case.refused:  # the run had started: its progress lines come before the error
+        assert sum("error:" in line for line in lines) == 1, result.stderr
+        lines = lines[-1:]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("civt-pipe: error: "), lines[0]
+    assert case.expect.lower() in lines[0].lower(), lines[0]
+    assert result.stdout == ""
+    assert _tree(world["root"]) == before[1], "a shared fixture changed"
+    if case.refused:
+        assert _tree(tmp_path) == before[0], "a refused run changed its files"
