@@ -14,19 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from toy_shards import make_toy_shards
+from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.imageio import TarDamage, tar_member_names
 from civt_pipe.pipeline.data.index import ShardIndex, ShardInfo
 from civt_pipe.pipeline.data.shard_set import check_shards_complete, resolve_shards
-from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
-from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.runtime.errors import UserError
-from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
 
 FIRST = "train-000000.tar"
 
@@ -45,24 +41,8 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("bad-data")
     data = make_toy_shards(root, "train", per_class=8)
-    torch.manual_seed(0)
-    teacher = root / "cnn.pt"
-    model = create_model("cnn-nano", num_classes=3, in_chans=1, image_size=8)
-    save_checkpoint(teacher, make_checkpoint(model))
-    store = root / "store.zarr"
-    run_dump(
-        DumpConfig(
-            data=str(data),
-            teachers=(TeacherSpec.parse(f"cnn=cnn-nano:{teacher}"),),
-            out=store,
-            views=1,
-            topk=3,
-            seed=0,
-            workers=0,
-            device="cpu",
-            progress=False,
-        )
-    )
+    teacher = make_toy_teacher(root / "cnn.pt")
+    store = dump_toy_store(data, teacher, root / "store.zarr", views=1, seed=0)
     return World(root, data, teacher, store)
 
 

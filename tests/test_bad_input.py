@@ -23,15 +23,11 @@ from typing import Any
 
 import pytest
 import torch
-from toy_shards import make_toy_shards
+from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
-from civt_pipe.pipeline.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from civt_pipe.pipeline.models.factory import create_model
-from civt_pipe.pipeline.models.teacher_spec import TeacherSpec
-from civt_pipe.pipeline.stages.dump.config import DumpConfig
-from civt_pipe.pipeline.stages.dump.run import run_dump
+from civt_pipe.pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
 from civt_pipe.pipeline.stages.student.run import train_student
 
@@ -45,26 +41,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad-input")
     train = make_toy_shards(root, "train", per_class=8)
     test = make_toy_shards(root, "test", per_class=3, seed=1)
-    torch.manual_seed(0)
-    teacher = root / "cnn.pt"
-    save_checkpoint(
-        teacher,
-        make_checkpoint(create_model("cnn-nano", num_classes=3, in_chans=1, image_size=SIZE)),
-    )
-    store = root / "store.zarr"
-    run_dump(
-        DumpConfig(
-            data=str(train),
-            teachers=(TeacherSpec.parse(f"cnn=cnn-nano:{teacher}"),),
-            out=store,
-            views=2,
-            topk=3,
-            workers=0,
-            device="cpu",
-            aug="small",
-            progress=False,
-        )
-    )
+    teacher = make_toy_teacher(root / "cnn.pt", image_size=SIZE)
+    store = dump_toy_store(train, teacher, root / "store.zarr", views=2, aug="small")
     run = root / "run"
     train_student(
         StudentTrainConfig(

@@ -13,14 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
-from toy_shards import make_toy_shards
+from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
-from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
-from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.runtime import atomic
 from civt_pipe.pipeline.runtime.atomic import (
     append_jsonl,
@@ -29,7 +26,6 @@ from civt_pipe.pipeline.runtime.atomic import (
     check_output_file,
 )
 from civt_pipe.pipeline.runtime.errors import UserError
-from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
 
 FULL = r"no space left on device; free some space, then run the command again"
 
@@ -176,23 +172,8 @@ def test_train_student_on_a_full_disk_stops_in_one_line_and_resumes_to_the_same_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = make_toy_shards(tmp_path, "train", per_class=8)
-    torch.manual_seed(0)
-    teacher = tmp_path / "cnn.pt"
-    model = create_model("cnn-nano", num_classes=3, in_chans=1, image_size=8)
-    save_checkpoint(teacher, make_checkpoint(model))
-    store = tmp_path / "store.zarr"
-    run_dump(
-        DumpConfig(
-            data=str(data),
-            teachers=(TeacherSpec.parse(f"cnn=cnn-nano:{teacher}"),),
-            out=store,
-            views=2,
-            topk=3,
-            workers=0,
-            device="cpu",
-            progress=False,
-        )
-    )
+    teacher = make_toy_teacher(tmp_path / "cnn.pt")
+    store = dump_toy_store(data, teacher, tmp_path / "store.zarr", views=2)
 
     def train(run: Path, *extra: str) -> tuple[int, str, str]:
         result = CliRunner().invoke(

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
+from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
+from civt_pipe.pipeline.models.factory import create_model
+from civt_pipe.pipeline.models.teacher_spec import TeacherSpec
+from civt_pipe.pipeline.stages.dump.config import DumpConfig
+from civt_pipe.pipeline.stages.dump.run import run_dump
 
 LEVELS = {"dark": 30, "mid": 128, "bright": 225}
 """Mean pixel of each class; the shards list classes alphabetically: bright, dark, mid."""
@@ -28,4 +35,21 @@ def make_toy_shards(root: Path, split: str, per_class: int = 16, seed: int = 0) 
             source=f"folder:{folder}", out_dir=out, split=split, shard_size=20, format="png"
         )
     )
+    return out
+
+
+def make_toy_teacher(path: Path, image_size: int = 8, seed: int = 0) -> Path:
+    """An untrained ``cnn-nano`` checkpoint for the toy shards (3 classes, 1 channel)."""
+    torch.manual_seed(seed)
+    model = create_model("cnn-nano", num_classes=3, in_chans=1, image_size=image_size)
+    save_checkpoint(path, make_checkpoint(model))
+    return path
+
+
+def dump_toy_store(data: Path, teacher: Path, out: Path, **options: Any) -> Path:
+    """``dump-logits`` of ``data`` with the one ``cnn`` teacher (k = 3, in-process, no bars)."""
+    settings: dict[str, Any] = dict(topk=3, workers=0, device="cpu", progress=False)
+    settings.update(options)
+    teachers = (TeacherSpec.parse(f"cnn=cnn-nano:{teacher}"),)
+    run_dump(DumpConfig(data=str(data), teachers=teachers, out=out, **settings))
     return out
