@@ -14,6 +14,8 @@ does not decode into one ``StoreDamagedError`` line naming array and chunk.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -43,6 +45,9 @@ from .schema import (
     round_up,
 )
 from .topk import TopKLogits
+
+# Write failures a user causes and can fix (full disk, quota, read-only or forbidden folder).
+_USER_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 __all__ = [
     "LogitStore",
@@ -410,9 +415,18 @@ class LogitStore:
                     f"the shard was written to {self.path}"
                 )
         rows = slice(layout.row_offset, layout.row_offset + round_up(layout.count, self.chunk_rows))
-        for array_name, values in data.items():
-            self.array(array_name)[rows] = values
-        written[flag_index] = True
+        try:
+            for array_name, values in data.items():
+                self.array(array_name)[rows] = values
+            written[flag_index] = True
+        except OSError as err:
+            # The shard's flag is still False, so the next run writes the shard anew.
+            if err.errno not in _USER_WRITE_ERRNOS:
+                raise
+            raise StoreError(
+                f"cannot write shard {name!r} to {self.path}: {os.strerror(err.errno or 0).lower()}"
+                "; fix that, then run the same command again (the shard is written anew)"
+            ) from err
 
     def _padded_block(self, layout: ShardLayout, block: ShardBlock) -> dict[str, np.ndarray]:
         return pad_shard_block(

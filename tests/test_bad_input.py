@@ -233,8 +233,6 @@ def qs(*extra: str, out: str = "{tmp}/q") -> list[str]:
     return ["quickstart", "--out", out, *extra]
 
 
-C2 = "issue 16 items 1, 4, 8 (store arrays checked on open, checksums, NaN logits): helper C"
-D2 = "issue 16 items 6, 10 (shards, checkpoints, images): helper D2"
 BAD = "{tmp}/ckpt.pt"
 
 CASES = [

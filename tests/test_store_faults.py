@@ -9,6 +9,7 @@ logits, and ``--overwrite`` that deletes nothing before every check passed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+import zarr
 from store_helpers import make_block, make_spec
 from toy_shards import make_toy_shards
 from typer.testing import CliRunner
@@ -315,3 +317,30 @@ def test_a_lock_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot create the writer lock"):
         WriterLock(blocker / "s.zarr").acquire()
+
+
+def test_a_full_disk_while_writing_a_shard_is_one_line_and_the_shard_is_written_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec()
+    store = LogitStore.create(tmp_path / "s.zarr", spec)
+    name = spec.shards[0][0]
+    original = zarr.storage.LocalStore.set
+    calls = {"n": 0}
+
+    async def full_after_two_chunks(self: Any, key: str, value: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", full_after_two_chunks)
+    with pytest.raises(
+        StoreError, match=r"^cannot write shard .*no space left on device; fix"
+    ) as err:
+        store.write_shard(name, make_block(spec, name))
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", original)
+    assert not store.written_flags()[0]
+    store.write_shard(name, make_block(spec, name))  # the same command again: no "already written"
+    assert store.written_flags()[0]
