@@ -27,7 +27,10 @@ from civt_pipe.pipeline.runtime.atomic import (
 )
 from civt_pipe.pipeline.runtime.errors import UserError
 
-FULL = r"no space left on device; free some space, then run the command again"
+FULL = (
+    r"no space left on device; free some space, then run the command again"
+    r" \(with --resume if it has one\)"
+)
 
 
 def fail_fsync_of(

@@ -50,7 +50,11 @@ def write_error(err: OSError, path: PathLike) -> UserError | None:
         reason = f"{err.filename or 'a folder on its path'} is not a directory"
     else:
         reason = os.strerror(err.errno).lower() if err.errno is not None else str(err)
-    hint = "; free some space, then run the command again" if err.errno in _FULL else ""
+    hint = (
+        "; free some space, then run the command again (with --resume if it has one)"
+        if err.errno in _FULL
+        else ""
+    )
     return UserError(f"cannot write {path}: {reason}{hint}")
 
 
