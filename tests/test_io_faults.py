@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -27,10 +28,11 @@ from civt_pipe.pipeline.runtime.atomic import (
 )
 from civt_pipe.pipeline.runtime.errors import UserError
 
-FULL = (
-    r"no space left on device; free some space, then run the command again"
-    r" \(with --resume if it has one\)"
+FULL_TEXT = (
+    "no space left on device; free some space, then run the command again"
+    " (with --resume if it has one)"
 )
+FULL = re.escape(FULL_TEXT)
 
 
 def fail_fsync_of(
@@ -200,7 +202,7 @@ def test_train_student_on_a_full_disk_stops_in_one_line_and_resumes_to_the_same_
     assert code == 2
     # The progress of epoch 1 comes first; the failure is the one last line, no traceback.
     last_line = err.strip().splitlines()[-1]
-    assert last_line == f"civt-pipe: error: cannot write {run / 'last.pt'}: {FULL}"
+    assert last_line == f"civt-pipe: error: cannot write {run / 'last.pt'}: {FULL_TEXT}"
     assert "Traceback" not in err
     assert not partials(run) and not (run / "final.pt").exists()
     monkeypatch.undo()
