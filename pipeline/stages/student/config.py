@@ -32,24 +32,37 @@ teacher's arg-max (DeiT's hard distillation)."""
 DISTILL_KINDS: tuple[DistillKind, ...] = get_args(DistillKind)
 
 
+def split_named(values: Sequence[str], option: str) -> list[tuple[str | None, str]]:
+    """Split repeated ``VALUE`` / ``NAME=VALUE`` options into ``(name or None, value)`` pairs.
+
+    The one place per-teacher options are split (``--tau``, ``--lambda``, ``--distill``,
+    ``--align``); an empty name before ``=`` is an error.
+    """
+    pairs: list[tuple[str | None, str]] = []
+    for text in values:
+        name, sep, value = text.rpartition("=")
+        if sep and not name:
+            raise UserError(f"{option} {text!r} has an empty teacher name")
+        pairs.append((name if sep else None, value))
+    return pairs
+
+
 def parse_per_teacher(values: Sequence[str], option: str) -> tuple[float, dict[str, float]]:
     """Parse ``--tau 2`` / ``--tau cnn=2 --tau inn=4`` into (default, per-teacher overrides)."""
     default = 1.0
     named: dict[str, float] = {}
-    for text in values:
-        name, sep, number = text.rpartition("=")
+    for name, number in split_named(values, option):
+        text = number if name is None else f"{name}={number}"
         try:
             value = float(number)
         except ValueError:
             raise UserError(f"{option} {text!r} is not a number or NAME=NUMBER") from None
         if not math.isfinite(value):
             raise UserError(f"{option} {text!r} is not a finite number")
-        if sep:
-            if not name:
-                raise UserError(f"{option} {text!r} has an empty teacher name")
-            named[name] = value
-        else:
+        if name is None:
             default = value
+        else:
+            named[name] = value
     return default, named
 
 
@@ -57,26 +70,24 @@ def parse_distill(values: Sequence[str]) -> tuple[DistillKind, dict[str, Distill
     """Parse ``--distill hard`` / ``--distill cnn=hard`` into (default, per-teacher kinds)."""
     default: DistillKind = "soft"
     named: dict[str, DistillKind] = {}
-    for text in values:
-        name, sep, kind = text.rpartition("=")
+    for name, kind in split_named(values, "--distill"):
         if kind not in DISTILL_KINDS:
+            text = kind if name is None else f"{name}={kind}"
             raise UserError(f"--distill {text!r} must be soft, hard, NAME=soft or NAME=hard")
         chosen: DistillKind = "hard" if kind == "hard" else "soft"
-        if sep:
-            if not name:
-                raise UserError(f"--distill {text!r} has an empty teacher name")
-            named[name] = chosen
-        else:
+        if name is None:
             default = chosen
+        else:
+            named[name] = chosen
     return default, named
 
 
 def parse_align(values: Sequence[str]) -> dict[str, str]:
     """Parse repeated ``--align NAME=conv|inv`` into ``{teacher: role}``."""
     roles: dict[str, str] = {}
-    for text in values:
-        name, sep, role = text.partition("=")
-        if not sep or not name:
+    for name, role in split_named(values, "--align"):
+        text = role if name is None else f"{name}={role}"
+        if name is None:
             raise UserError(f"--align {text!r} must be NAME=conv or NAME=inv")
         if role not in ALIGN_ROLES:
             raise UserError(f"--align {text!r}: the role must be conv or inv, not {role!r}")
