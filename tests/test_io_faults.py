@@ -36,17 +36,24 @@ FULL = re.escape(FULL_TEXT)
 
 
 def fail_fsync_of(
-    monkeypatch: pytest.MonkeyPatch, suffix: str, *, nth: int = 1
+    monkeypatch: pytest.MonkeyPatch, root: Path, suffix: str, *, nth: int = 1
 ) -> Callable[[], int]:
-    """From now on the ``nth`` fsync of a file whose name ends with ``suffix`` fails with ENOSPC
-    (the point where a full disk surfaces for buffered writes). Returns a call counter."""
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("needs /proc to tell which file an fsync is for")
+    """From now on the ``nth`` fsync of a file under ``root`` whose name ends with ``suffix``
+    fails with ENOSPC (the point where a full disk surfaces for buffered writes). Returns a call
+    counter. The file behind the descriptor is found by its inode, which works on any POSIX
+    system."""
     real = os.fsync
     seen = [0]
 
+    def is_target(fd: int) -> bool:
+        st = os.fstat(fd)
+        return any(
+            (c.st_dev, c.st_ino) == (st.st_dev, st.st_ino)
+            for c in (p.stat() for p in root.rglob("*" + suffix))
+        )
+
     def fsync(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(suffix):
+        if is_target(fd):
             seen[0] += 1
             if seen[0] == nth:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -68,7 +75,7 @@ def test_disk_full_is_one_line_keeps_the_old_file_and_leaves_no_partial(
 ) -> None:
     target = tmp_path / "ckpt.pt"
     target.write_bytes(b"old")
-    fail_fsync_of(monkeypatch, "ckpt.pt.partial")
+    fail_fsync_of(monkeypatch, tmp_path, "ckpt.pt.partial")
     with pytest.raises(UserError, match=rf"cannot write \S*ckpt\.pt: {FULL}"):
         atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old" and not partials(tmp_path)
@@ -145,7 +152,7 @@ def test_make_shards_on_a_full_disk_is_one_line_and_leaves_nothing(
     make_toy_shards(tmp_path, "train", per_class=8)  # its image folder is the source here
     cfg = MakeShardsConfig(source=f"folder:{tmp_path / 'src-train'}", out_dir=tmp_path / "out")
     cfg = replace(cfg, shard_size=10, format="png")
-    fail_fsync_of(monkeypatch, "train-000001.tar.partial")
+    fail_fsync_of(monkeypatch, tmp_path, "train-000001.tar.partial")
     with pytest.raises(UserError, match=rf"train-000001\.tar: {FULL}"):
         make_shards(cfg)
     assert list(cfg.out_dir.iterdir()) == []  # no tar, no partial, no index, no marker
@@ -196,7 +203,8 @@ def test_train_student_on_a_full_disk_stops_in_one_line_and_resumes_to_the_same_
     expected = json.loads(out)["weights_sha256"]
 
     run = tmp_path / "full"
-    saves = fail_fsync_of(monkeypatch, "last.pt.partial", nth=2)  # epoch 1 saved, epoch 2 not
+    # Epoch 1 is saved, epoch 2 is not.
+    saves = fail_fsync_of(monkeypatch, tmp_path, "last.pt.partial", nth=2)
     code, _, err = train(run)
     assert saves() == 2
     assert code == 2
