@@ -214,6 +214,14 @@ def check_shards_complete(shard_set: ShardSet) -> None:
     _check_keys_unique_across(shard_set, hashes)
 
 
+def resolve_complete_shards(spec: str | os.PathLike[str]) -> ShardSet:
+    """:func:`resolve_shards`, then :func:`check_shards_complete`: how every stage that reads
+    shards opens them, so a damaged tar is refused before any work starts."""
+    shard_set = resolve_shards(spec)
+    check_shards_complete(shard_set)
+    return shard_set
+
+
 def _check_keys_unique_across(shard_set: ShardSet, hashes: list[np.ndarray]) -> None:
     if len(hashes) < 2:
         return

@@ -199,7 +199,9 @@ class ViewSegments:
         if self.source.store_path is not None and self._store is None:
             from ...stores.logit_store import LogitStore
 
-            self._store = LogitStore.open(self.source.store_path)
+            # bind_store checked the whole store when the run began; every epoch and worker
+            # reopening it need not list every array's chunks again.
+            self._store = LogitStore.open(self.source.store_path, check=False)
         return render_segment(self.source, self._store, shard, segment, self.view, needed)
 
 

@@ -30,7 +30,7 @@ from ....stores.schema import FieldSpec, StoreSpec
 from ...augment.config import AugmentConfig
 from ...augment.params import param_fields
 from ...data.planning import ShardRows, StreamPlan, plan_pass, shard_rows_for
-from ...data.shard_set import ShardSet, check_shards_complete, resolve_shards
+from ...data.shard_set import ShardSet, resolve_complete_shards
 from ...data.streams import PlannedStream, WorkerError, make_loader
 from ...models.teachers import LoadedTeacher, TeacherSpec, load_teachers
 from ...runtime.console import info, make_progress, warn
@@ -229,9 +229,8 @@ def run_dump(cfg: DumpConfig) -> dict[str, Any]:
 
 
 def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
-    shards = resolve_shards(cfg.data)
     # Every tar whole and as indexed, keys unique, before anything is written or replaced.
-    check_shards_complete(shards)
+    shards = resolve_complete_shards(cfg.data)
     teachers = load_teachers(
         cfg.teachers,
         device,

@@ -59,14 +59,13 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     plus ``checkpoint``, ``arch`` and ``kind`` (and, with ``cfg.store``, ``kl_to_teachers``:
     ``{head: {teacher: KL}}`` from :func:`.teacher_agreement.
     teacher_agreement`, and ``store``)."""
-    from ...data.shard_set import check_shards_complete, resolve_shards
+    from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import model_from_checkpoint
     from ...runtime.device import cpu_threads, resolve_device
     from ...train.validate import evaluate_model
 
     device = resolve_device(cfg.device)
-    shard_set = resolve_shards(cfg.data)
-    check_shards_complete(shard_set)
+    shard_set = resolve_complete_shards(cfg.data)
     model, meta = model_from_checkpoint(
         cfg.checkpoint,
         device=device,

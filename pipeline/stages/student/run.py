@@ -234,7 +234,7 @@ class _StudentTask:
 
 
 def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> dict[str, Any]:
-    from ...data.shard_set import check_shards_complete, resolve_shards
+    from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import make_checkpoint
     from ...models.factory import create_model, get_preset
     from ...runtime.atomic import atomic_write_json, check_output_dir
@@ -245,8 +245,7 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
 
     check_output_dir(cfg.out)
     run_dir = _check_run_dir(cfg)
-    shard_set = resolve_shards(cfg.data)
-    check_shards_complete(shard_set)
+    shard_set = resolve_complete_shards(cfg.data)
     setup = (
         bind_store(cfg.store, cfg.data, shard_set, seed=cfg.seed, image_size=cfg.image_size)
         if cfg.store
@@ -260,9 +259,7 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
             views=cfg.views,
         )
     )
-    val_set = resolve_shards(cfg.val) if cfg.val else None
-    if val_set is not None:
-        check_shards_complete(val_set)
+    val_set = resolve_complete_shards(cfg.val) if cfg.val else None
     names = setup.teacher_names
     _check_names("--tau", cfg.taus, names)
     _check_names("--lambda", cfg.lambdas, names)

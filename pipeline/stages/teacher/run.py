@@ -143,7 +143,7 @@ def _train_teacher(
 ) -> dict[str, Any]:
     from ...augment.config import crop_flip
     from ...data.planning import StreamPlan, plan_training, shard_rows_for
-    from ...data.shard_set import check_shards_complete, resolve_shards
+    from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import make_checkpoint
     from ...models.factory import count_parameters, create_model
     from ...replay.segments import ViewSource, iter_view_batches
@@ -153,11 +153,8 @@ def _train_teacher(
     from ...train.schedule import OptimizerConfig, ScheduleConfig, build_optimizer
 
     check_output_file(cfg.out)
-    train_set = resolve_shards(cfg.data)
-    val_set = resolve_shards(cfg.val) if cfg.val is not None else None
-    for shard_set in (train_set, val_set):
-        if shard_set is not None:
-            check_shards_complete(shard_set)
+    train_set = resolve_complete_shards(cfg.data)
+    val_set = resolve_complete_shards(cfg.val) if cfg.val is not None else None
     if val_set is not None and val_set.num_classes != train_set.num_classes:
         raise UserError(
             f"validation shards have {val_set.num_classes} classes, "
