@@ -83,10 +83,11 @@ def _hard_teachers(cfg: StudentTrainConfig, names: Sequence[str]) -> frozenset[s
     """The teachers distilled hard; a per-teacher τ for one of them is a contradiction."""
     _check_names("--distill", cfg.distills, names)
     hard = frozenset(n for n in names if cfg.distills.get(n, cfg.distill) == "hard")
-    for name in sorted(hard & set(cfg.taus)):
+    clash = sorted(hard & set(cfg.taus))
+    if clash:
         raise UserError(
-            f"--tau {name}=... contradicts --distill {name}=hard: hard distillation uses the "
-            "teacher's arg-max, with no temperature"
+            f"--tau {clash[0]}=... contradicts --distill {clash[0]}=hard: hard distillation "
+            "uses the teacher's arg-max, with no temperature"
         )
     return hard
 
@@ -146,9 +147,7 @@ def _check_run_dir(cfg: StudentTrainConfig) -> Path:
     Nothing is removed here: ``--overwrite`` clears the old run (:func:`_clear_run_dir`) only
     after every other check passed, so a typo in ``--store`` cannot empty a run directory.
     """
-    run_dir = Path(cfg.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} exists and is not a directory")
+    run_dir = Path(cfg.out)  # check_output_dir already refused a file in its place
     last = run_dir / LAST
     if cfg.resume:
         if not last.is_file():
