@@ -5,7 +5,7 @@ zarr answers a read of a missing array (hidden by consolidated metadata) or a mi
 fill values, which look like data: zeros for logits, an empty key. So a store is checked when it
 is opened: every array the attributes promise must have its own metadata with the promised
 shape, dtype and chunks, and every chunk of every written shard must exist (format 3 writes
-chunks even when they equal the fill value). Presence is one directory listing per array, not a
+chunks even when they equal the fill value). Presence is one listing of the store, not a
 stat per read. Damaged bytes are caught by the ``crc32c`` codec at decode time;
 :func:`chunk_failure` turns whatever the codec raised into a sentence naming array and chunk.
 """
@@ -13,15 +13,14 @@ stat per read. Damaged bytes are caught by the ``crc32c`` codec at decode time;
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
 from .errors import StoreDamagedError
+from .location import StoreLocation
 from .schema import ArraySpec, ShardLayout, round_up
 
 
@@ -50,17 +49,18 @@ def check_arrays(where: str, group: zarr.Group, specs: dict[str, ArraySpec]) -> 
                 )
 
 
-def _listed_chunks(array_dir: Path) -> set[tuple[int, ...]]:
-    """Chunk coordinates present on disk under ``array_dir/c`` (zarr v3 default key encoding)."""
-    root = array_dir / "c"
-    found: set[tuple[int, ...]] = set()
-    for dirpath, _, files in os.walk(root):
-        rel = Path(dirpath).relative_to(root).parts
-        for f in files:
-            try:
-                found.add(tuple(int(p) for p in (*rel, f)))
-            except ValueError:
-                continue  # not a chunk file (editor backup, .DS_Store...)
+def _listed_chunks(files: Sequence[str]) -> dict[str, set[tuple[int, ...]]]:
+    """Chunk coordinates per array from the store's file list (``<array>/c/<i>/<j>``, zarr v3
+    default key encoding)."""
+    found: dict[str, set[tuple[int, ...]]] = {}
+    for name in files:
+        array, sep, coords = name.rpartition("/c/")  # a teacher may be called "c" too
+        if not sep:
+            continue  # metadata
+        try:
+            found.setdefault(array, set()).add(tuple(int(p) for p in coords.split("/")))
+        except ValueError:
+            continue  # not a chunk file (editor backup, .DS_Store...)
     return found
 
 
@@ -77,20 +77,22 @@ def shard_chunks(
 
 def check_chunks(
     where: str,
-    root: Path,
+    root: StoreLocation,
     specs: dict[str, ArraySpec],
     written: Sequence[ShardLayout],
     chunk_rows: int,
 ) -> None:
-    """``StoreDamagedError`` naming the first chunk of a written shard that is absent on disk.
+    """``StoreDamagedError`` naming the first chunk of a written shard that is absent from
+    ``root`` (one listing of the whole store: one request on object storage).
 
     ``written`` lists the shards whose flag is set; ``written`` itself is not checked (its
     chunks are the flags, read directly).
     """
+    listed = _listed_chunks(root.list_files())
     for name, spec in specs.items():
         if name == "written":
             continue
-        present = _listed_chunks(root / name)
+        present = listed.get(name, set())
         for layout in written:
             for coords in shard_chunks(spec, layout, chunk_rows):
                 if coords not in present:

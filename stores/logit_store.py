@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from .blocks import ShardBlock, ViewBlock, pad_shard_block
 from .errors import StoreDamagedError, StoreError, StoreVersionError
 from .integrity import check_arrays, check_chunks, chunk_failure
+from .location import StoreLocation
 from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -71,10 +71,13 @@ def _compressors(dtype: np.dtype[Any] | str) -> list[BloscCodec | Crc32cCodec]:
 
 
 class LogitStore:
-    """A logit store on the local file system. Open it with :meth:`create` or :meth:`open`."""
+    """A logit store on the local file system or at an fsspec URL (:mod:`.location`). Open it
+    with :meth:`create` or :meth:`open`."""
 
-    def __init__(self, path: Path, group: zarr.Group, mode: str) -> None:
-        self.path = path
+    def __init__(self, location: StoreLocation, group: zarr.Group, mode: str) -> None:
+        self.location = location
+        self.path: Path | str = location.local if location.local is not None else location.url
+        """The store's directory, or its URL."""
         self.mode = mode
         self._group = group
         self._attrs: dict[str, Any] = dict(group.attrs)
@@ -91,9 +94,10 @@ class LogitStore:
         """Create an empty store for ``spec`` at ``path`` (rank 0 only).
 
         An existing path is an error unless ``overwrite``; even then only a zarr group or an
-        empty directory is replaced, never an unrelated directory.
+        empty directory is replaced, never an unrelated directory. ``path`` may be an fsspec
+        URL (``s3://bucket/s.zarr``).
         """
-        target = Path(path)
+        target = StoreLocation(path)
         if target.exists():
             if not overwrite:
                 raise StoreError(
@@ -101,11 +105,12 @@ class LogitStore:
                 )
             if target.is_file():
                 raise StoreError(f"refusing to overwrite {target}: it is a file, not a store")
-            if any(target.iterdir()) and not (target / "zarr.json").is_file():
+            if not target.is_empty() and not target.is_zarr_group():
                 raise StoreError(f"refusing to overwrite {target}: it is not a zarr store")
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(target), mode="w-", zarr_format=3)
+            target.remove()
+        if target.local is not None:
+            target.local.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(target.zarr_store(read_only=False), mode="w-", zarr_format=3)
         chunk = spec.resolved_chunk_rows
         rows = spec.num_rows
         group.create_group("aug")
@@ -155,19 +160,25 @@ class LogitStore:
 
         With ``check`` (the default), ``StoreDamagedError`` if an array the attributes promise
         is missing or not of the promised shape, dtype and chunks, or a chunk of a shard marked
-        written is absent (one directory listing per array). ``check=False`` only for a store
-        this process family already checked (reopening in a data-loader worker).
+        written is absent (one listing of the store). ``check=False`` only for a store
+        this process family already checked (reopening in a data-loader worker). ``path`` may
+        be an fsspec URL.
         """
-        target = Path(path)
+        target = StoreLocation(path)
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
         if not target.exists():
             raise StoreError(f"no logit store at {target}")
-        if not target.is_dir() or not (target / "zarr.json").is_file():
+        if not target.is_zarr_group():
             raise StoreError(f"{target} is not a civt-pipe logit store (no zarr group there)")
         try:
             # Not the consolidated metadata: it would still list an array deleted from disk.
-            group = zarr.open_group(str(target), mode=mode, zarr_format=3, use_consolidated=False)
+            group = zarr.open_group(
+                target.zarr_store(read_only=mode == "r"),
+                mode=mode,
+                zarr_format=3,
+                use_consolidated=False,
+            )
         except Exception as err:  # any zarr/JSON failure means "not a store we can read"
             raise StoreError(f"{target} is not a readable zarr v3 group: {err}") from None
         attrs = dict(group.attrs)
@@ -209,7 +220,7 @@ class LogitStore:
         except (KeyError, ValueError, TypeError) as err:  # unreadable array metadata
             raise StoreDamagedError(f"{where}: array metadata cannot be read ({err})") from None
         written = [s for s, ok in zip(self._layout, self.written_flags(), strict=True) if ok]
-        check_chunks(where, self.path, specs, written, self.chunk_rows)
+        check_chunks(where, self.location, specs, written, self.chunk_rows)
 
     # ------------------------------------------------------------------ description
     @property
@@ -383,8 +394,7 @@ class LogitStore:
 
     def bytes_on_disk(self, member: str = "") -> int:
         """Bytes of the files under the store (or under ``member``, e.g. ``"teachers/cnn"``)."""
-        root = self.path / member if member else self.path
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        return sum(self.location.child(member).files().values())
 
     # ------------------------------------------------------------------ writing
     def write_shard(self, name: str, block: ShardBlock, *, replace: bool = False) -> None:
@@ -557,10 +567,10 @@ class LogitStore:
             # zarr warns that consolidated metadata is not in the v3 spec yet; readers that
             # ignore it still find every array's own zarr.json.
             warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(str(self.path), zarr_format=3)
+            zarr.consolidate_metadata(self.location.zarr_store(read_only=False), zarr_format=3)
 
 
-def _reopen(path: Path, mode: Literal["r", "r+"]) -> LogitStore:
+def _reopen(path: Path | str, mode: Literal["r", "r+"]) -> LogitStore:
     """Unpickling: open again without repeating the whole-store check."""
     return LogitStore.open(path, mode, check=False)
 

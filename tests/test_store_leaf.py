@@ -23,7 +23,7 @@ from civt_pipe.stores.errors import StoreError, StoreVersionError
 from civt_pipe.stores.logit_store import LogitStore
 
 STORES = Path(schema.__file__).resolve().parent
-ALLOWED_THIRD_PARTY = {"numpy", "zarr", "numcodecs", "torch"}
+ALLOWED_THIRD_PARTY = {"numpy", "zarr", "numcodecs", "torch", "fsspec"}
 
 
 def foreign_imports(source: str) -> list[str]:

@@ -7,9 +7,11 @@ import io
 import os
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
+
+from .remote import ShardPath, is_pipe, is_remote, open_shard, starts_with_gzip
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -89,7 +91,7 @@ def _pax_path(records: bytes) -> str | None:
     return None
 
 
-def tar_member_names(path: str | os.PathLike[str]) -> list[str]:
+def tar_member_names(path: ShardPath) -> list[str]:
     """Names of the regular files of a tar, in order, from its headers alone.
 
     Member data is seeked over, never read (a gzip-compressed tar is decompressed, still
@@ -98,20 +100,21 @@ def tar_member_names(path: str | os.PathLike[str]) -> list[str]:
     (checksum), every member's data lies within the file, and the archive ends with its
     end-of-archive blocks. Raises :class:`TarDamage` saying where the tar breaks, ``OSError``
     when the file cannot be read.
+
+    A tar at a URL is read the same way through fsspec (range reads); one behind a ``pipe:``
+    command is streamed once, its data read and dropped instead of seeked over.
     """
-    target = Path(path)
-    with open(target, "rb") as raw:
-        compressed = raw.read(2) == b"\x1f\x8b"
-        raw.seek(0)
-        size = None if compressed else os.fstat(raw.fileno()).st_size
+    target = path if isinstance(path, str) and is_remote(path) else Path(path)
+    with open_shard(target) as (raw, size):
+        compressed = starts_with_gzip(raw)
         fh = gzip.GzipFile(fileobj=raw) if compressed else raw
         try:
-            return _walk_headers(fh, size)
+            return _walk_headers(fh, None if compressed else size)
         except (EOFError, zlib.error, gzip.BadGzipFile) as err:
             raise TarDamage(f"its gzip stream is damaged ({err})") from None
 
 
-def _walk_headers(fh: io.BufferedIOBase, size: int | None) -> list[str]:
+def _walk_headers(fh: IO[bytes] | io.BufferedIOBase, size: int | None) -> list[str]:
     names: list[str] = []
     offset = 0
     long_name: str | None = None  # from a GNU ``L`` or pax ``x`` header, for the next member
@@ -157,11 +160,11 @@ def _header_name(header: bytes) -> str:
     return joined.decode("utf-8", errors="replace")
 
 
-def _skip(fh: io.BufferedIOBase, count: int, name: str, offset: int) -> None:
+def _skip(fh: IO[bytes] | io.BufferedIOBase, count: int, name: str, offset: int) -> None:
     if count == 0:
         return
-    if isinstance(fh, gzip.GzipFile):
-        # Forward reads only: a short read is where the compressed stream ends.
+    if isinstance(fh, gzip.GzipFile) or not fh.seekable():
+        # Forward reads only: a short read is where the compressed stream (or the pipe) ends.
         remaining = count
         while remaining:
             chunk = fh.read(min(remaining, 1 << 20))
@@ -172,16 +175,19 @@ def _skip(fh: io.BufferedIOBase, count: int, name: str, offset: int) -> None:
         fh.seek(count, os.SEEK_CUR)
 
 
-def tar_looks_complete(path: str | os.PathLike[str]) -> bool:
+def tar_looks_complete(path: ShardPath) -> bool:
     """True when an uncompressed tar ends with the two zero blocks every complete tar has.
 
     A tar cut short (a killed copy, a full disk) ends inside a member instead, which the
     streaming readers cannot tell from a normal end. Compressed tars are not checked here
-    (gzip reports its own truncation).
+    (gzip reports its own truncation), nor is a ``pipe:`` stream (it cannot seek to its end;
+    the reader's count and key check at the end of the shard stands in).
     """
-    target = Path(path)
-    size = target.stat().st_size
-    with open(target, "rb") as fh:
+    if isinstance(path, str) and is_pipe(path):
+        return True
+    target = path if isinstance(path, str) and is_remote(path) else Path(path)
+    with open_shard(target) as (fh, known):
+        size = int(known or 0)
         head = fh.read(2)
         if head == b"\x1f\x8b":
             return True

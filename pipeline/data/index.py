@@ -164,12 +164,22 @@ class ShardIndex:
         """Read ``directory/index.json``; UserError when it is missing or malformed."""
         path = Path(directory) / INDEX_FILENAME
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
+            data = path.read_bytes()
         except FileNotFoundError:
             raise UserError(f"{path} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except OSError as err:
             raise UserError(f"cannot read shard index {path}: {err}") from None
+        return cls.from_json(data, str(path))
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> ShardIndex:
+        """Parse the bytes of an ``index.json`` read from ``where`` (named in the UserError
+        when they are not a valid index)."""
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"cannot read shard index {where}: {err}") from None
         try:
             return cls.from_dict(obj)
         except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise UserError(f"shard index {path} is malformed: {err!r}") from None
+            raise UserError(f"shard index {where} is malformed: {err!r}") from None

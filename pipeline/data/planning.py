@@ -37,6 +37,7 @@ import numpy as np
 
 from ..runtime.errors import UserError
 from ..runtime.seeds import keyed_seed
+from .remote import shard_name
 
 SHARD_ORDER_DOMAIN = "civt-shards-v1"
 SHUFFLE_DOMAIN = "civt-shuffle-v1"
@@ -49,7 +50,7 @@ class ShardRows:
     name: str
     """Basename, as listed in the index and the store."""
     path: str
-    """Path of the tar on this machine."""
+    """Path of the tar on this machine, or its URL or ``pipe:`` command."""
     count: int
     """Samples in the shard (usable or not); mixup partners are drawn among them."""
     valid: np.ndarray
@@ -60,7 +61,7 @@ def shard_rows_for(paths: Sequence[str | Path], counts: Sequence[int]) -> list[S
     """Shards whose every position is usable (no store, or a store without skipped rows)."""
     return [
         ShardRows(
-            name=Path(p).name, path=str(p), count=int(c), valid=np.arange(int(c), dtype=np.int64)
+            name=shard_name(p), path=str(p), count=int(c), valid=np.arange(int(c), dtype=np.int64)
         )
         for p, c in zip(paths, counts, strict=True)
     ]

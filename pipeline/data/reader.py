@@ -11,7 +11,8 @@ Who reads which shard (ranks, DataLoader workers) is decided by the stream plann
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from ..runtime.console import warn
 from ..runtime.errors import UserError
 from .imageio import IMAGE_SUFFIXES, decode_image_bytes, tar_looks_complete
 from .index import ShardInfo, key_digest
+from .remote import ShardPath, exists, is_remote, open_shard, shard_name
 from .shard_set import ShardSet
 
 OnError = Literal["fail", "skip"]
@@ -85,7 +87,7 @@ def iter_shard(
     """Read one tar in order, one :class:`Sample` per key, images as uint8 ``[C, H, W]``.
 
     Args:
-        path: the tar.
+        path: the tar: a local path, an fsspec URL or a ``pipe:`` command (:mod:`.remote`).
         channels: 1 (decoded as grayscale) or 3 (RGB).
         on_error: ``"fail"`` raises :class:`UserError` naming the shard (and key) at the first
             truncated tar, corrupt image or missing label. ``"skip"`` yields undecodable samples
@@ -94,15 +96,13 @@ def iter_shard(
         expected: the shard's index entry; when given, a different sample count or key digest
             at the end is an error (``fail``) or a warning (``skip``).
     """
-    from webdataset.tariterators import tarfile_samples
-
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
-    shard = Path(path)
-    name = shard.name
-    if not shard.is_file():
+    shard: ShardPath = path if isinstance(path, str) and is_remote(path) else Path(path)
+    name = shard_name(shard)
+    if not (shard.is_file() if isinstance(shard, Path) else exists(shard)):
         raise UserError(f"shard {shard} does not exist")
     if on_error == "fail" and not tar_looks_complete(shard):
         raise UserError(f"shard {shard} is truncated (it lacks the end-of-archive blocks)")
@@ -116,7 +116,44 @@ def iter_shard(
         tar_errors.append(_reason(err))
         return True
 
-    stream: Iterator[dict[str, Any]] = iter(tarfile_samples([{"url": str(shard)}], handler=handler))
+    with _samples(shard, handler) as stream:
+        yield from _checked_samples(
+            stream,
+            shard,
+            name,
+            channels=channels,
+            on_error=on_error,
+            expected=expected,
+            tar_errors=tar_errors,
+        )
+
+
+@contextmanager
+def _samples(
+    shard: ShardPath, handler: Callable[[Exception], bool]
+) -> Iterator[Iterator[dict[str, Any]]]:
+    """webdataset's samples of one tar: opened by webdataset for a local file, through
+    :func:`.remote.open_shard` (fsspec or the pipe's output) otherwise."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander, tarfile_samples
+
+    if isinstance(shard, Path):
+        yield iter(tarfile_samples([{"url": str(shard)}], handler=handler))
+        return
+    with open_shard(shard) as (raw, _):
+        source = [{"url": shard, "stream": raw}]
+        yield iter(group_by_keys(tar_file_expander(source, handler=handler), handler=handler))
+
+
+def _checked_samples(
+    stream: Iterator[dict[str, Any]],
+    shard: ShardPath,
+    name: str,
+    *,
+    channels: int,
+    on_error: OnError,
+    expected: ShardInfo | None,
+    tar_errors: list[str],
+) -> Iterator[Sample]:
     keys: list[str] = []
     seen: set[str] = set()
     while True:

@@ -5,6 +5,9 @@
 tars sit in, restricted to the named tars. Tars without an index (made by other tools, e.g. an
 ImageNet conversion) are scanned once — member names and ``.cls`` labels, no image decoding
 except the first — to build an equivalent index with class names ``"0"`` .. ``"C-1"``.
+
+Shards at a URL or behind a ``pipe:`` command (:mod:`.remote`) are named the same two ways
+(a folder URL, or a brace pattern of tars) and must come with their ``index.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...stores.location import local_path
 from ..runtime.errors import UserError
 from .imageio import IMAGE_SUFFIXES, TarDamage, tar_looks_complete, tar_member_names
 from .index import (
@@ -29,6 +33,7 @@ from .index import (
     default_stats,
     key_digest,
 )
+from .remote import ShardPath, exists, index_source, is_pipe, is_remote, read_bytes, shard_name
 
 # Foreign shards say nothing about channels: the first images decide (one colour image makes the
 # set RGB; ImageNet, for one, has a few grayscale JPEGs among colour ones).
@@ -42,11 +47,12 @@ _KEY_AND_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 class ShardSet:
     """Tars in reading order, with the index entry of each."""
 
-    paths: tuple[Path, ...]
+    paths: tuple[ShardPath, ...]
+    """Local tars as paths; remote ones as their URL or ``pipe:`` command."""
     index: ShardIndex
 
     def __post_init__(self) -> None:
-        names = [p.name for p in self.paths]
+        names = [shard_name(p) for p in self.paths]
         if names != [s.name for s in self.index.shards]:
             raise ValueError("ShardSet paths and index shards must name the same tars in order")
 
@@ -56,7 +62,7 @@ class ShardSet:
     @property
     def names(self) -> list[str]:
         """Shard basenames, in order."""
-        return [p.name for p in self.paths]
+        return [shard_name(p) for p in self.paths]
 
     @property
     def num_samples(self) -> int:
@@ -74,10 +80,10 @@ class ShardSet:
     def channels(self) -> int:
         return self.index.channels
 
-    def path(self, name: str) -> Path:
+    def path(self, name: str) -> ShardPath:
         """The tar called ``name``; UserError if it is not part of the set."""
         for p in self.paths:
-            if p.name == name:
+            if shard_name(p) == name:
                 return p
         raise UserError(f"shard {name} is not part of this shard set")
 
@@ -142,8 +148,53 @@ def _from_pattern(spec: str) -> ShardSet:
     return ShardSet(tuple(paths), scan_shards(paths))
 
 
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def _remote_index(source: str) -> ShardIndex:
+    try:
+        data = read_bytes(source)
+    except FileNotFoundError:
+        raise UserError(
+            f"no shard index at {source}: shards at a URL need the {INDEX_FILENAME} that "
+            "make-shards writes beside them (copy it along with the tars)"
+        ) from None
+    return ShardIndex.from_json(data, source)
+
+
+def _from_remote(spec: str) -> ShardSet:
+    """A folder URL (its ``index.json`` lists the tars), or a brace pattern of tar URLs or
+    ``pipe:`` commands (the index beside the first names them)."""
+    from braceexpand import braceexpand
+
+    expanded = list(braceexpand(spec))
+    if len(expanded) == 1 and not is_pipe(spec) and not spec.endswith(_TAR_SUFFIXES):
+        folder = spec.rstrip("/")
+        index = _remote_index(f"{folder}/{INDEX_FILENAME}")
+        if not index.shards:
+            raise UserError(f"shard index {folder}/{INDEX_FILENAME} lists no shards")
+        paths = [f"{folder}/{s.name}" for s in index.shards]
+    else:
+        paths = expanded
+        names = [shard_name(p) for p in paths]
+        if len(set(paths)) != len(paths) or len(set(names)) != len(names):
+            raise UserError(f"shard pattern {spec} names a tar (or a basename) more than once")
+        if not is_pipe(spec) and len({p.rsplit("/", 1)[0] for p in paths}) != 1:
+            raise UserError(f"shard pattern {spec} spans several folders; name one folder's tars")
+        index = _remote_index(index_source(paths[0]))
+        unlisted = [n for n in names if n not in {s.name for s in index.shards}]
+        if unlisted:
+            raise UserError(f"shard {unlisted[0]} is not listed in the index beside it")
+        index = index.subset(names)
+    for path in paths:
+        if not exists(path):
+            raise UserError(f"shard {path} does not exist (the index beside it lists it)")
+    return ShardSet(tuple(paths), index)
+
+
 def resolve_shards(spec: str | os.PathLike[str]) -> ShardSet:
-    """The shard set named by a directory, a brace pattern or a single tar.
+    """The shard set named by a directory, a brace pattern or a single tar — local, at an fsspec
+    URL or behind ``pipe:`` commands (:mod:`.remote`).
 
     Raises :class:`UserError` when the spec names nothing, a tar is missing, the directory is
     empty or was left by an interrupted ``make-shards``.
@@ -151,6 +202,10 @@ def resolve_shards(spec: str | os.PathLike[str]) -> ShardSet:
     text = os.fspath(spec)
     if not text:
         raise UserError("the shard spec is empty")
+    if is_remote(text):
+        return _from_remote(text)
+    if text.lower().startswith("file://"):
+        text = str(local_path(text))  # file:///data/train is /data/train
     path = Path(text).expanduser()
     if path.is_dir():
         return _from_directory(path)
@@ -159,7 +214,7 @@ def resolve_shards(spec: str | os.PathLike[str]) -> ShardSet:
     raise UserError(f"shard spec {text}: no such directory or file")
 
 
-def sample_keys(member_names: Sequence[str], shard: Path) -> list[str]:
+def sample_keys(member_names: Sequence[str], shard: ShardPath) -> list[str]:
     """The sample keys of a tar's members, webdataset's way: consecutive members sharing a key
     (the name up to the first dot of its basename) are one sample; ``__*__`` members and names
     without a suffix are not samples. A key met twice (a second ``x.png`` in one run, or a run
@@ -235,7 +290,9 @@ def _check_keys_unique_across(shard_set: ShardSet, hashes: list[np.ndarray]) -> 
         shared = set(sample_keys(tar_member_names(a), a)) & set(sample_keys(tar_member_names(b), b))
         if shared:
             key = min(shared)
-            raise UserError(f"the key {key!r} occurs in two shards: {a.name} and {b.name}")
+            raise UserError(
+                f"the key {key!r} occurs in two shards: {shard_name(a)} and {shard_name(b)}"
+            )
 
 
 def scan_shards(paths: Sequence[Path]) -> ShardIndex:

@@ -283,7 +283,7 @@ def _dump(cfg: QuickstartConfig, paths: Paths, results: _Results) -> None:
                 TeacherSpec(name=name, arch=arch, checkpoint=paths.teacher(name))
                 for name, arch in TEACHERS
             ),
-            out=paths.store,
+            out=str(paths.store),
             views=cfg.views,
             topk=cfg.topk,
             seed=cfg.seed,

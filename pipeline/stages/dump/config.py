@@ -4,8 +4,8 @@ and the machine (augmentation recipe, forward threads).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, get_args
 
 from ...augment.config import PRESET_CHOICES, AugmentConfig, preset
@@ -28,7 +28,8 @@ class DumpConfig:
         help="NAME=ARCH:CHECKPOINT, once per teacher (e.g. cnn=resnet18:cnn.pt).",
         flag="--teacher",
     )
-    out: Path = option(help="The zarr logit store to write.")
+    # Text, not Path: an fsspec URL (s3://bucket/s.zarr) must keep its "//".
+    out: str = option(help="The zarr logit store to write: a directory or a URL (s3://...).")
     views: int = option(4, help="Augmented views per image (V).", minimum=1)
     topk: int = option(10, help="Logits kept per view and teacher (k).", minimum=1)
     seed: int = option(0, help="Augmentation seed.", minimum=0)
@@ -84,7 +85,7 @@ class DumpConfig:
             raise UserError(f"teacher name {dup[0]!r} is given twice; names must be distinct")
         if not self.seed < 2**63:
             raise UserError(f"--seed must be in [0, 2**63), got {self.seed}")
-        self.out = Path(self.out)
+        self.out = os.fspath(self.out)
 
 
 def resolve_augment(cfg: DumpConfig, image_size: int) -> AugmentConfig:

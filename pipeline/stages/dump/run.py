@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ....stores.errors import StoreDamagedError
+from ....stores.location import StoreLocation
 from ....stores.lock import WriterLock
 from ....stores.logit_store import LogitStore, StoreVersionError
 from ....stores.schema import FieldSpec, StoreSpec
@@ -82,11 +83,11 @@ class _Plan:
 
 def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
     """Rank 0: create the store, or check that an existing one can be resumed."""
-    out = cfg.out
-    exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    out = StoreLocation(cfg.out)
+    exists = out.exists() and not out.is_empty()
     if exists and not cfg.overwrite:
         try:
-            store = LogitStore.open(out, mode="r")
+            store = LogitStore.open(cfg.out, mode="r")
         except (StoreVersionError, StoreDamagedError):
             raise  # says itself whether to upgrade civt-pipe or re-dump
         except USER_ERRORS:
@@ -96,17 +97,23 @@ def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
             ) from None
         store.check_compatible(spec)
         return _Plan(missing=store.missing_shards(), finalized=store.is_finalized)
-    if exists and (out.is_file() or not (out / "zarr.json").is_file()):
+    if exists and (out.is_file() or not out.is_zarr_group()):
         raise UserError(f"refusing to overwrite {out}: it is not a zarr store")
+    if out.local is None:
+        # Object storage renames nothing atomically: the store is made in place, attributes
+        # last, so a kill while creating leaves a group the rerun refuses (--overwrite fixes it).
+        store = LogitStore.create(cfg.out, spec, overwrite=exists)
+        return _Plan(missing=[s.name for s in store.shards], finalized=False)
     # Build the empty store beside the target and rename it into place, so a kill while the
     # arrays are being created never leaves a half-made store at --out for the rerun to trip on.
-    staging = out.with_name(f".{out.name}.creating")
+    local = out.local
+    staging = local.with_name(f".{local.name}.creating")
     if staging.exists():
         shutil.rmtree(staging)  # left by a run killed while creating; the name is ours
     store = LogitStore.create(staging, spec)
-    if out.exists():
-        shutil.rmtree(out)  # an empty directory, or a store --overwrite replaces
-    os.replace(staging, out)
+    if local.exists():
+        shutil.rmtree(local)  # an empty directory, or a store --overwrite replaces
+    os.replace(staging, local)
     return _Plan(missing=[s.name for s in store.shards], finalized=False)
 
 

@@ -76,7 +76,7 @@ def teacher_agreement(
     meta: Mapping[str, Any],
     shard_set: Any,
     *,
-    store: Path,
+    store: str | Path,
     data: str,
     views: int | None = None,
     batch_size: int = 256,
