@@ -8,7 +8,9 @@ Our format (``torch.save`` of a dict; see docs/models.md)::
      "config": {...}, "train_state": {...}  # optional: optimizer, scheduler, step, RNG...}
 
 ``model_args`` are the :func:`.factory.create_model` keyword arguments, so nothing outside the
-file is needed: the model is ``create_model(arch, **model_args)``. :func:`model_from_checkpoint`
+file is needed: the model is ``create_model(arch, **model_args)``. The same checkpoint as weights
+only (:func:`save_safetensors`: a safetensors file with everything but ``state_dict`` as JSON in
+its header, no ``train_state``) loads through the same functions. :func:`model_from_checkpoint`
 also takes a bare state dict (e.g. a torchvision ``resnet18-*.pth``) when told the architecture,
 and adapts the input channels (RGB weights for grayscale data and back) so the user never has
 to.
@@ -17,6 +19,7 @@ to.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import warnings
@@ -27,8 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..runtime.atomic import atomic_torch_save
+from ..runtime.atomic import atomic_torch_save, atomic_write_bytes
 from ..runtime.errors import UserError
+from ..runtime.json_text import json_text
 from .factory import accepted_arguments, create_model, get_preset
 from .normalize import NormalizedModel
 
@@ -37,6 +41,13 @@ VERSION = 1
 REQUIRED_KEYS: tuple[str, ...] = ("kind", "arch", "model_args", "state_dict")
 _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")  # DDP, torch.compile
 _LEGACY_OPTIONS: tuple[str, ...] = ("small_input",)  # see _legacy_args
+# Where torchvision keeps the classifier: ResNet/RegNet "fc", ViT "heads.head", MobileNetV2 and
+# EfficientNet "classifier.1" (after the dropout).
+_CLASSIFIER_KEYS: tuple[str, ...] = (
+    "body.fc.weight",
+    "body.heads.head.weight",
+    "body.classifier.1.weight",
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -104,6 +115,72 @@ def save_checkpoint(path: PathLike, ckpt: Mapping[str, Any]) -> None:
     atomic_torch_save(dict(ckpt), path)
 
 
+# ------------------------------------------------------------------------------ safetensors
+# The same checkpoint as weights only: the state dict under our own names in a safetensors file,
+# every other entry (arch, model_args, class names, metrics, config) as JSON in its header's
+# metadata, so the file alone rebuilds the model. No train_state: it is not resumable. Loading
+# goes through load_checkpoint / model_from_checkpoint like any checkpoint: they recognise the
+# file by its content (a safetensors file starts with its header length, then "{").
+
+SAFETENSORS_SUFFIX = ".safetensors"
+_SAFETENSORS_META = "civt_pipe_checkpoint"  # the header metadata key holding our JSON
+
+
+def weights_file(path: PathLike) -> Path:
+    """Where the weights of checkpoint ``path`` go: ``final.pt`` → ``final.safetensors``."""
+    return Path(path).with_suffix(SAFETENSORS_SUFFIX)
+
+
+def safetensors_bytes(ckpt: Mapping[str, Any]) -> bytes:
+    """``ckpt`` (see :func:`make_checkpoint`) as a safetensors file: weights plus JSON header."""
+    from safetensors.torch import save
+
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+    # Own, contiguous copies: safetensors refuses tensors that share memory or are strided views.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["state_dict"].items()}
+    return save(tensors, metadata={_SAFETENSORS_META: json_text(meta)})
+
+
+def save_safetensors(path: PathLike, ckpt: Mapping[str, Any]) -> None:
+    """Write ``ckpt``'s weights and metadata (no training state) to ``path`` atomically."""
+    if ckpt.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} checkpoint dict (format={ckpt.get('format')!r})")
+    atomic_write_bytes(path, safetensors_bytes(ckpt))
+
+
+def is_safetensors(path: PathLike) -> bool:
+    """Whether the file at ``path`` is a safetensors file (by its first bytes)."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9:
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < size < Path(path).stat().st_size
+
+
+def _safetensors_load(target: Path) -> dict[str, Any]:
+    """Our checkpoint dict from a safetensors file, or its bare state dict (no metadata)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(target), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            names = list(fh.keys())
+            state = {key: fh.get_tensor(key) for key in names}
+    except Exception as err:  # the Rust reader reports damage as its own error type
+        raise UserError(f"{target} is not a readable safetensors file ({_reason(err)})") from None
+    if _SAFETENSORS_META not in meta:
+        return state
+    try:
+        ckpt = json.loads(meta[_SAFETENSORS_META])
+    except json.JSONDecodeError:
+        raise UserError(f"{target} has damaged civt-pipe metadata in its header") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{target} has damaged civt-pipe metadata in its header")
+    ckpt["state_dict"] = state
+    return ckpt
+
+
 def _checkpoint_file(path: PathLike) -> Path:
     """``path`` as a file to load; a missing path or a directory is a :class:`UserError`."""
     target = Path(path)
@@ -116,6 +193,8 @@ def _checkpoint_file(path: PathLike) -> Path:
 
 def _torch_load(path: PathLike) -> Any:
     target = _checkpoint_file(path)
+    if is_safetensors(target):
+        return _safetensors_load(target)
     try:
         # weights_only: a checkpoint is data, and unpickling arbitrary objects would run code
         # from whoever wrote the file. Our checkpoints and torchvision weight files both pass.
@@ -319,7 +398,8 @@ def model_from_checkpoint(
     ``mean``, ``std`` and ``model_args`` describing the returned model. The model is in eval mode.
 
     Args:
-        path: a civt-pipe checkpoint, or a bare state dict (torchvision ``.pth``) with ``arch``.
+        path: a civt-pipe checkpoint (``torch.save`` or safetensors), or a bare state dict
+            (torchvision ``.pth``, or a safetensors file without our metadata) with ``arch``.
         device: where to put the model.
         expect_kind: ``"teacher"`` or ``"student"``; anything else is a :class:`UserError`.
         expect_num_classes: the data's class count; a different classifier is a UserError.
@@ -408,14 +488,15 @@ def _bare_model_args(
         prefixed = {f"body.{k}": v for k, v in state.items()}
         state.clear()
         state.update(prefixed)
-    fc = state.get("body.fc.weight")
+    fc = next((state[k] for k in _CLASSIFIER_KEYS if k in state), None)
     stem = next((v for v in state.values() if v.ndim == 4), None)
     if fc is None or fc.ndim != 2 or stem is None:
         raise UserError(f"{path} does not hold {arch} weights (no classifier 'fc' or stem found)")
     src_chans, size = int(stem.shape[1]), image_size or 224
     num_classes = int(fc.shape[0])
     # The file decides the stem: a torchvision 7×7 stem stays one even on small images.
-    for small in (size <= 64, size > 64):
+    takes_small = "small_input" in get_preset(arch).parameters
+    for small in (size <= 64, size > 64) if takes_small else (None,):
         candidate = create_model(
             arch, num_classes=num_classes, in_chans=src_chans, image_size=size, small_input=small
         )

@@ -27,7 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    save_safetensors,
+    weights_file,
+)
 from ..runtime.errors import UserError
 from ..runtime.options import resume_mismatch
 from .state import TrainState, capture_rng, restore_rng
@@ -95,9 +100,12 @@ class Checkpointer:
         save_checkpoint(self.path, self.make(model, state.to_dict(), metrics))
 
     def save_final(self, model: nn.Module, path: Path, metrics: Mapping[str, Any]) -> None:
-        """Write a checkpoint without training state (main rank only): a finished model."""
+        """Write a checkpoint without training state (main rank only): a finished model, and
+        its weights as safetensors beside it (``final.pt`` → ``final.safetensors``)."""
         if self.is_main:
-            save_checkpoint(path, self.make(model, None, metrics))
+            ckpt = self.make(model, None, metrics)
+            save_checkpoint(path, ckpt)
+            save_safetensors(weights_file(path), ckpt)
 
     def load(self) -> ResumePoint:
         """Read :attr:`path`; anything but a resumable checkpoint of :attr:`kind` is an error."""

@@ -1,0 +1,1 @@
+"""``civt-pipe export``: trained models as timm / torchvision weights, safetensors, TorchScript."""

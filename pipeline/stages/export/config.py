@@ -1,0 +1,56 @@
+"""``export``'s configuration: which checkpoint, which file form, which head.
+
+Torch-free, so the command line builds its options without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...runtime.errors import UserError
+from ...runtime.options import check_choices, option
+
+EXPORT_FORMATS: tuple[str, ...] = ("timm", "safetensors", "torchscript")
+"""The file forms ``export`` writes (see docs/export.md for which heads each carries)."""
+
+MANIFEST_SUFFIX = ".json"
+
+
+def manifest_file(out: Path) -> Path:
+    """The JSON written beside an export: ``deit.safetensors`` → ``deit.json``."""
+    return out.with_suffix(MANIFEST_SUFFIX)
+
+
+@dataclass(kw_only=True, slots=True)
+class ExportConfig:
+    """What ``civt-pipe export`` runs."""
+
+    checkpoint: Path = option(
+        help="Checkpoint to export (train-teacher output, last.pt, final.pt, .safetensors)."
+    )
+    out: Path = option(help="File to write; OUT with the suffix .json describes it.")
+    format: str = option(
+        "safetensors",
+        help="timm (students: timm ViT / DeiT names; teachers: torchvision names), "
+        "safetensors (our names, every head) or torchscript (one head, normalization inside).",
+        choices=EXPORT_FORMATS,
+    )
+    head: str | None = option(
+        None,
+        help="Students: cls, mean or a teacher's name (default: the model's inference head). "
+        "Teachers have one output: leave it out.",
+    )
+    overwrite: bool = option(False, help="Replace an existing OUT and its .json.")
+
+    def __post_init__(self) -> None:
+        self.checkpoint = Path(self.checkpoint)
+        self.out = Path(self.out)
+        check_choices(self)
+        if self.out.suffix == MANIFEST_SUFFIX:
+            raise UserError(
+                f"{self.out}: the export cannot end in {MANIFEST_SUFFIX}, the name of the JSON "
+                "written beside it; use e.g. .safetensors, .pth or .pt"
+            )
+        if self.head == "":
+            raise UserError("--head is empty; give cls, mean or a teacher's name")
