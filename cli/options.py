@@ -26,6 +26,14 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 import typer
 from rich.markup import escape
 
+from ..pipeline.runtime.config_file import (
+    SOURCES_FIELD,
+    FileOption,
+    Origin,
+    file_values,
+    read_config_file,
+)
+from ..pipeline.runtime.errors import UserError
 from ..pipeline.runtime.options import OptionInfo, option_info
 
 C = TypeVar("C")
@@ -65,7 +73,8 @@ def extra_option(
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=default,
-        annotation=Annotated[annotation, typer.Option(flag, help=help)],
+        # Escaped: typer renders help as rich markup, where "[default: soft]" would vanish.
+        annotation=Annotated[annotation, typer.Option(flag, help=escape(help))],
     )
 
 
@@ -122,13 +131,17 @@ def _range_note(info: OptionInfo) -> str:
 
 
 def _parameter(
-    f: Field[Any], info: OptionInfo, field_type: Any, *, positional: bool
+    f: Field[Any], info: OptionInfo, field_type: Any, *, positional: bool, checked_later: bool
 ) -> inspect.Parameter:
     cli_type, repeated = _cli_type(field_type)
     _, optional = _optional(field_type)
     default = _default(f)
+    note = _range_note(info)
+    if checked_later:
+        # Required, but it may come from --config: the command checks it once the file is read.
+        default, optional, note = None, True, note + " [required]"
     # typer renders help as rich markup, where "[x>=1]" or "[default: ...]" would vanish as tags.
-    help_text = escape(info.help + _range_note(info))
+    help_text = escape(info.help + note)
     metavar = "|".join(info.choices) if info.choices else None
     if positional:
         spec: Any = typer.Argument(help=help_text, metavar=f.name.upper(), show_default=False)
@@ -153,17 +166,97 @@ def _parameter(
 
 
 def config_parameters(
-    config_type: type, *, arguments: Collection[str] = ()
+    config_type: type, *, arguments: Collection[str] = (), checked_later: Collection[str] = ()
 ) -> list[inspect.Parameter]:
-    """typer parameters for the CLI fields of ``config_type``; ``arguments`` are positional."""
+    """typer parameters for the CLI fields of ``config_type``; ``arguments`` are positional.
+
+    The required fields named in ``checked_later`` are optional for click (the command itself
+    checks them, after reading ``--config``).
+    """
     hints = typing.get_type_hints(config_type)
     params = [
-        _parameter(f, info, hints[f.name], positional=f.name in arguments)
+        _parameter(
+            f,
+            info,
+            hints[f.name],
+            positional=f.name in arguments,
+            checked_later=f.name in checked_later,
+        )
         for f, info in cli_fields(config_type)
     ]
     # Positional arguments first, in the order given, as they appear on the command line.
     order = {name: i for i, name in enumerate(arguments)}
     return sorted(params, key=lambda p: order.get(p.name, len(order)))
+
+
+CONFIG_PARAMETER = "config_file"
+"""The parameter of ``--config`` on every :func:`config_command`."""
+
+CONFIG_OPTION = extra_option(
+    CONFIG_PARAMETER,
+    Path | None,
+    None,
+    "--config",
+    help="TOML file of options (keys: option names; a [COMMAND] table for one command). "
+    "Options given on the command line win; see docs/commands.md.",
+)
+
+
+def _file_option(name: str, key: str, annotation: Any, flag: str) -> FileOption:
+    cli_type, repeated = _cli_type(annotation)
+    element = typing.get_args(cli_type)[0] if repeated else cli_type
+    return FileOption(name=name, key=key, flag=flag, element=element, repeated=repeated)
+
+
+def _file_options(config_type: type, extra: Sequence[inspect.Parameter]) -> list[FileOption]:
+    """What a config file may set: every CLI field of ``config_type`` and every extra option."""
+    hints = typing.get_type_hints(config_type)
+    found = [
+        _file_option(f.name, f.name, hints[f.name], flag_of(f, info))
+        for f, info in cli_fields(config_type)
+    ]
+    for p in extra:
+        annotation, spec = typing.get_args(p.annotation)
+        # In Annotated[..., typer.Option("--tau")] typer reads the first argument, stored as
+        # the default, as the first flag.
+        flag = spec.default if isinstance(spec.default, str) else spec.param_decls[0]
+        key = flag.removeprefix("--").replace("-", "_")  # --lambda -> lambda, not lambda_
+        found.append(_file_option(p.name, key, annotation, flag))
+    return found
+
+
+CONTEXT_PARAMETER = "cli_context"
+"""The parameter through which typer hands every :func:`config_command` its click context."""
+
+_GIVEN = frozenset({"COMMANDLINE", "ENVIRONMENT", "PROMPT"})
+"""click's ``ParameterSource`` names of a value the user typed (anything else is a default)."""
+
+
+def _command_line_names(ctx: typer.Context | None, names: Collection[str]) -> set[str]:
+    """The parameters given on the command line (or the environment), not left at defaults.
+
+    Without a click context (the command called as a function) every value counts as given.
+    """
+    if ctx is None:
+        return set(names)
+    sources = {n: ctx.get_parameter_source(n) for n in names}
+    return {n for n, source in sources.items() if source is not None and source.name in _GIVEN}
+
+
+def _from_file(ctx: typer.Context | None, path: Path, options: list[FileOption]) -> dict[str, Any]:
+    """The typed values a config file gives this command (see :mod:`config_file`)."""
+    command = ctx.info_name if ctx is not None and ctx.info_name else "this command"
+    commands: set[str] = {command}
+    parent = ctx.parent if ctx is not None else None
+    list_commands = getattr(parent.command, "list_commands", None) if parent else None
+    if list_commands is not None:  # the other commands of the program (civt-pipe's group)
+        commands.update(list_commands(parent))
+    layers = read_config_file(path, command, commands)
+    return file_values(path, layers, options, command)
+
+
+def _has_field(config_type: type, name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(config_type)}
 
 
 def config_command(
@@ -179,17 +272,53 @@ def config_command(
 
     The command builds ``config_type(**convert(fields, extras))`` (list options left out
     become the field's default) and calls ``run(config, extras)``. ``doc`` is its ``--help``.
+
+    Every such command takes ``--config FILE.toml`` (:mod:`..pipeline.runtime.config_file`):
+    the file fills what the command line leaves at its default, so required options may come
+    from either. A config field named ``sources`` receives where each option came from.
     """
     fields = {f.name: f for f, _ in cli_fields(config_type)}
     extra_names = {p.name for p in extra}
-    clash = extra_names & set(fields)
+    clash = (extra_names | {CONFIG_PARAMETER, CONTEXT_PARAMETER}) & set(fields)
     if clash:
         raise ValueError(f"extra options {sorted(clash)} shadow fields of {config_type.__name__}")
 
     hints = typing.get_type_hints(config_type)
     tuples = {n for n in fields if typing.get_origin(_optional(hints[n])[0]) is tuple}
+    file_options = _file_options(config_type, extra)
+    key_of = {option.name: option.key for option in file_options}
+    # Required options are checked here, once the file is read, not by click (which would
+    # refuse a command line that leaves them to the file).
+    required = {
+        n: flag_of(f, info)
+        for f, info in cli_fields(config_type)
+        if (n := f.name) not in arguments and _default(f) is inspect.Parameter.empty
+    }
+    wants_sources = _has_field(config_type, SOURCES_FIELD)
 
     def command(**values: Any) -> None:
+        path = values.pop(CONFIG_PARAMETER)
+        ctx = values.pop(CONTEXT_PARAMETER, None)
+        on_command_line = _command_line_names(ctx, values)
+        from_file = _from_file(ctx, path, file_options) if path is not None else {}
+        for name, value in from_file.items():
+            if name in arguments:
+                raise UserError(f"{name.upper()} is an argument: give it on the command line")
+            if name not in on_command_line:
+                values[name] = value
+        for name, flag in required.items():
+            if values[name] is None:
+                raise UserError(
+                    f"missing option '{flag}' (give it on the command line or in --config)"
+                )
+        sources: dict[str, Origin] = {
+            key_of[name]: "command-line"
+            if name in on_command_line
+            else "config-file"
+            if name in from_file
+            else "default"
+            for name in values
+        }
         extras = {name: values.pop(name) for name in extra_names}
         for name, value in values.items():
             if value is None and fields[name].default is not None:
@@ -199,9 +328,18 @@ def config_command(
             elif name in tuples and isinstance(value, list):
                 values[name] = tuple(value)  # typer collects repeated options in a list
         kwargs = convert(values, extras) if convert is not None else values
+        if wants_sources:
+            kwargs = {**kwargs, SOURCES_FIELD: sources}
         run(config_type(**kwargs), extras)
 
-    parameters = [*config_parameters(config_type, arguments=arguments), *extra]
+    parameters = [
+        *config_parameters(config_type, arguments=arguments, checked_later=required),
+        *extra,
+        CONFIG_OPTION,
+        inspect.Parameter(
+            CONTEXT_PARAMETER, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context
+        ),
+    ]
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__doc__ = doc
     command.__annotations__ = {}

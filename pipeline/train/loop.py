@@ -11,6 +11,8 @@ records and checkpoint metrics look. The loop owns the rest, the same way for ev
 - loss terms accumulated on the device and synced to the host only when logged (a ``step``
   record every ``log_every`` steps, an epoch record at every epoch end), not every step;
 - the resumable checkpoint every ``save_every`` steps and at every epoch end, after validation;
+- metric records to ``metrics_file`` and, with ``tensorboard``, as TensorBoard scalars
+  (:mod:`.tensorboard`);
 - a loss that is not finite stops the run with one line naming the step and the term, and
   nothing poisoned is saved (:class:`Diverged`, :func:`first_non_finite`);
 - DDP under torchrun (rank 0 writes, every rank validates its share), barriers at epoch ends,
@@ -19,6 +21,7 @@ records and checkpoint metrics look. The loop owns the rest, the same way for ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +40,7 @@ from ..runtime.seeds import keyed_seed
 from .checkpointer import Checkpointer
 from .schedule import ScheduleConfig, lr_at, set_lr
 from .state import TrainState
+from .tensorboard import TensorBoardSink
 
 _DISPLAY_EVERY = 25
 """Steps between host syncs for the progress bar's loss when no step records are written."""
@@ -207,6 +211,8 @@ class LoopConfig:
     progress: bool = True
     clip_grad: float | None = None
     """Clip the gradients' global norm at this before every optimizer step (None: never)."""
+    tensorboard: Path | None = None
+    """Also write every metric record as TensorBoard scalars here (None: off)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,10 +312,24 @@ def fit(
         checkpoint=checkpointer.path,
         saved_step=resume_from.global_step if resume_from is not None else None,
     )
+    board = None
+    if ctx.is_main and cfg.tensorboard is not None:
+        resumed = resume_from.global_step if resume_from is not None else None
+        board = TensorBoardSink(cfg.tensorboard, resumed_step=resumed)
+
+    def log(record: dict[str, Any]) -> None:
+        """Append one metric record (main rank): to metrics.jsonl, and to TensorBoard if on."""
+        append_jsonl(cfg.metrics_file, record)
+        if board is not None:
+            board.write(record)
+
     last_epoch: EpochSummary | None = None
     session_images = 0
     started = time.perf_counter()
-    with make_progress(disable=not (cfg.progress and ctx.is_main)) as progress:
+    with (
+        make_progress(disable=not (cfg.progress and ctx.is_main)) as progress,
+        board if board is not None else contextlib.nullcontext(),
+    ):
         bar = progress.add_task(
             cfg.description, total=cfg.steps_per_epoch * cfg.epochs, unit="step"
         )
@@ -348,8 +368,7 @@ def fit(
                     means = dict(zip(names, (log_sum / log_steps).tolist(), strict=True))
                     now = time.perf_counter()
                     if log_now:
-                        append_jsonl(
-                            cfg.metrics_file,
+                        log(
                             {
                                 "kind": "step",
                                 "epoch": epoch,
@@ -398,7 +417,7 @@ def fit(
             )
             record = task.epoch_record(last_epoch)
             if ctx.is_main:
-                append_jsonl(cfg.metrics_file, record)
+                log(record)
                 checkpointer.save(
                     model,
                     optimizer,

@@ -148,6 +148,7 @@ def resolve_hyperparameters(
     *,
     global_batch: int,
     preset_drop_path: float | None,
+    sources: Mapping[str, str] | None = None,
 ) -> dict[str, Resolved]:
     """Every hyper-parameter of :data:`HYPERPARAMETERS` with its provenance.
 
@@ -157,6 +158,8 @@ def resolve_hyperparameters(
         global_batch: images per optimizer step over all ranks (learning rates scale with it).
         preset_drop_path: the student preset's own drop-path default, ``None`` when the preset
             has no stochastic depth (then a recipe's drop path does not apply).
+        sources: where each given value came from (the config's ``sources``): a value from
+            ``config-file`` says so; any other given value is from the command line.
 
     ``clip_grad`` 0 (given) means no clipping and resolves to ``None``. ``min_lr`` is capped at
     the resolved ``lr``.
@@ -164,10 +167,14 @@ def resolve_hyperparameters(
     recipe = RECIPE_TABLE[recipe_name]  # type: ignore[index]
     tag = f"recipe {recipe_name}"
     out: dict[str, Resolved] = {}
+    given_in = {
+        name: "config file" if (sources or {}).get(name) == "config-file" else "command line"
+        for name in HYPERPARAMETERS
+    }
     for name in HYPERPARAMETERS:
         value = given.get(name)
         if value is not None:
-            out[name] = Resolved(value, f"{_flag(name)} (command line)")
+            out[name] = Resolved(value, f"{_flag(name)} ({given_in[name]})")
     if "lr" not in out:
         out["lr"] = Resolved(
             recipe.lr * global_batch / 512,
@@ -190,7 +197,8 @@ def resolve_hyperparameters(
             out[name] = Resolved(getattr(recipe, name), f"{tag} ({recipe.source})")
     if "clip_grad" in out:
         if out["clip_grad"].value == 0:
-            out["clip_grad"] = Resolved(None, "--clip-grad 0 (command line): no clipping")
+            where = given_in["clip_grad"]
+            out["clip_grad"] = Resolved(None, f"--clip-grad 0 ({where}): no clipping")
     elif recipe.clip_grad is None:
         out["clip_grad"] = Resolved(None, f"{tag}: no clipping ({recipe.source})")
     else:

@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 from ...augment.config import PRESET_CHOICES
 from ...models.token_mode import ALIGN_ROLES, TOKEN_MODES, TokenMode
 from ...replay.modes import VERIFY_MODES
+from ...runtime.config_file import Origin
 from ...runtime.errors import UserError
 from ...runtime.options import (
     MAX_THREADS,
@@ -19,11 +20,14 @@ from ...runtime.options import (
     option,
 )
 from ...train.recipes import RECIPES, RecipeName, recipe_help
+from ...train.tensorboard import require_tensorboard
 
 LAST = "last.pt"
 FINAL = "final.pt"
+FINAL_WEIGHTS = "final.safetensors"  # final.pt's weights (models/checkpoint.py weights_file)
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+TENSORBOARD = "tb"
 
 DistillKind = Literal["soft", "hard"]
 """``soft``: τ²·KL to the teacher's distribution (paper Eq. 5); ``hard``: cross-entropy to the
@@ -239,10 +243,24 @@ class StudentTrainConfig:
         resume="may-change",
     )
     progress: bool = option(True, help="Draw progress bars.", flag="", resume="may-change")
+    tensorboard: bool = option(
+        False,
+        help="Also write the metrics as TensorBoard scalars to RUN_DIR/tb (civt-pipe[tb]).",
+        resume="may-change",
+    )
+    # Filled by the command line (--config); a resumed run may take its values from anywhere.
+    sources: dict[str, Origin] = option(
+        help="Where each option's value came from: default, config-file or command-line.",
+        flag="",
+        resume="may-change",
+        default_factory=dict,
+    )
 
     def __post_init__(self) -> None:
         check_numbers(self)
         check_choices(self)
+        if self.tensorboard:
+            require_tensorboard()
         if self.store is not None and self.teachers:
             raise UserError("give either --store (stored logits) or --teacher (online), not both")
         if self.lr is not None and not self.lr > 0:

@@ -36,7 +36,15 @@ from ...runtime.errors import UserError
 from ...train.loop import EpochSummary, StepResult
 from ...train.recipes import HYPERPARAMETERS, resolve_hyperparameters
 from ...train.steps import DistillationStep
-from .config import CONFIG, FINAL, LAST, METRICS, StudentTrainConfig
+from .config import (
+    CONFIG,
+    FINAL,
+    FINAL_WEIGHTS,
+    LAST,
+    METRICS,
+    TENSORBOARD,
+    StudentTrainConfig,
+)
 
 
 def warmup_steps_for(warmup_epochs: float, epochs: int, steps_per_epoch: int) -> int:
@@ -163,7 +171,7 @@ def _check_run_dir(cfg: StudentTrainConfig) -> Path:
 
 def _clear_run_dir(run_dir: Path) -> None:
     """``--overwrite``: remove the previous run's files (and only those) from ``run_dir``."""
-    for name in (LAST, FINAL, METRICS, CONFIG):
+    for name in (LAST, FINAL, FINAL_WEIGHTS, METRICS, CONFIG):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -282,6 +290,7 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
         {name: getattr(cfg, name) for name in HYPERPARAMETERS},
         global_batch=global_batch,
         preset_drop_path=None if drop_path_param is None else float(drop_path_param.default),
+        sources=cfg.sources,
     )
     lr = float(hyper["lr"].value or 0)
     num_valid = sum(len(s.valid) for s in setup.shards)
@@ -410,6 +419,7 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
         description="train-student",
         progress=cfg.progress,
         clip_grad=None if clip_grad is None else float(clip_grad),
+        tensorboard=run_dir / TENSORBOARD if cfg.tensorboard else None,
     )
     result = fit(
         task, model, optimizer, loop, checkpointer, ctx=ctx, device=device, resume_from=resume_from

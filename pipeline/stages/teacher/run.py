@@ -12,6 +12,7 @@ Files, for ``--out runs/teacher.pt``:
 
 - ``runs/teacher.pt`` — the checkpoint (``pipeline/models/checkpoint.py`` format, kind
   "teacher"); ``metrics`` holds the last epoch's figures and ``val_top1``/``val_top5``;
+- ``runs/teacher.safetensors`` — the finished teacher's weights and metadata, no training state;
 - ``runs/teacher.metrics.jsonl`` — one JSON object per epoch;
 - ``runs/teacher.config.json`` — the resolved configuration (every default filled in).
 """
@@ -39,6 +40,7 @@ from .config import (
     config_path,
     metrics_path,
     resolve_config,
+    tensorboard_path,
 )
 
 # ----------------------------------------------------------------------------------- training
@@ -144,7 +146,12 @@ def _train_teacher(
     from ...augment.config import crop_flip
     from ...data.planning import StreamPlan, plan_training, shard_rows_for
     from ...data.shard_set import resolve_complete_shards
-    from ...models.checkpoint import make_checkpoint
+    from ...models.checkpoint import (
+        load_checkpoint,
+        make_checkpoint,
+        save_safetensors,
+        weights_file,
+    )
     from ...models.factory import count_parameters, create_model
     from ...replay.segments import ViewSource, iter_view_batches
     from ...runtime.distributed import init_distributed, shutdown
@@ -289,6 +296,7 @@ def _train_teacher(
             seed=cfg.seed,
             metrics_file=metrics_file,
             description=f"train-teacher {cfg.arch}",
+            tensorboard=tensorboard_path(out) if cfg.tensorboard else None,
         )
         result = fit(
             task,
@@ -301,10 +309,14 @@ def _train_teacher(
             resume_from=resume_from,
             on_epoch_end=on_epoch_end,
         )
+        if ctx.is_main:
+            # The finished teacher's weights beside it: teacher.pt → teacher.safetensors.
+            save_safetensors(weights_file(out), load_checkpoint(out))
         if result.last_epoch is not None:
             last_metrics = task.epoch_record(result.last_epoch)
         return {
             "checkpoint": str(out),
+            "weights_file": str(weights_file(out)),
             "metrics_file": str(metrics_file),
             "config_file": str(config_path(out)),
             "arch": cfg.arch,
