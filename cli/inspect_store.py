@@ -9,7 +9,10 @@ import typer
 
 
 def inspect_store_command(
-    store: Annotated[Path, typer.Argument(help="The logit store directory (zarr v3).")],
+    # Text, not Path: a URL (s3://bucket/s.zarr) must keep its "//".
+    store: Annotated[
+        str, typer.Argument(help="The logit store (zarr v3): a directory or a URL (s3://...).")
+    ],
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
     ] = False,
@@ -20,13 +23,22 @@ def inspect_store_command(
             help="Check every invariant; exit non-zero naming the first violation.",
         ),
     ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            metavar="OUT.png",
+            help="Also draw per-class top-1, agreement, entropy and leftover mass per teacher, "
+            "and each teacher's confusion matrix, as this PNG (needs the \\[plots] extra).",
+        ),
+    ] = None,
 ) -> None:
     """Dataset, V, k, per-teacher accuracy/entropy/leftover, agreement, completeness, sizes."""
     from ..pipeline.stages.inspect_store import InspectStoreConfig, run_inspect_store
     from .common import emit_json
 
     report = run_inspect_store(
-        InspectStoreConfig(store=store, verify=verify, tables=not json_output)
+        InspectStoreConfig(store=store, verify=verify, tables=not json_output, plot=plot)
     )
     if json_output:
         emit_json(report)

@@ -14,23 +14,38 @@ from rich.table import Table
 
 from ...stores.inspect import inspect_store
 from ..runtime.console import console
+from ..viz.figure import check_png_path, require_matplotlib
+from ..viz.store import draw_store, store_class_stats
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class InspectStoreConfig:
     """What ``civt-pipe inspect-store`` was asked."""
 
-    store: Path
-    """The logit store directory."""
+    store: str | Path
+    """The logit store: a directory or an fsspec URL."""
     verify: bool = False
     """Check every invariant first (a violation is a ``StoreError`` naming it)."""
     tables: bool = True
     """Print the human report on stderr (off when the caller prints JSON instead)."""
+    plot: Path | None = None
+    """Also draw the per-class figures and confusion matrices as this PNG (the [plots] extra)."""
 
 
 def run_inspect_store(cfg: InspectStoreConfig) -> dict[str, Any]:
-    """Inspect the store, print the report unless ``cfg.tables`` is off, and return it."""
+    """Inspect the store, print the report unless ``cfg.tables`` is off, and return it.
+
+    With ``cfg.plot`` the report also names the picture (``"plot"``) that
+    :func:`..viz.store.draw_store` wrote; a missing extra or an unwritable path is reported
+    before the store is read.
+    """
+    if cfg.plot is not None:
+        require_matplotlib()
+        check_png_path(cfg.plot)
     report = inspect_store(cfg.store, verify=cfg.verify)
+    if cfg.plot is not None:
+        draw_store(store_class_stats(cfg.store), cfg.plot)
+        report["plot"] = str(cfg.plot)
     if cfg.tables:
         print_report(report)
     return report
@@ -94,6 +109,8 @@ def print_report(report: dict[str, Any]) -> None:
         shown = ", ".join(report["missing_shards"][:10])
         more = len(report["missing_shards"]) - 10
         console.print(f"missing shards: {shown}" + (f" and {more} more" if more > 0 else ""))
+    if report.get("plot"):
+        console.print(f"per-class figures drawn in {report['plot']}")
     if report.get("verified"):
         console.print(
             f"[green]store OK[/green]: {report['num_shards']} shards, every invariant holds"

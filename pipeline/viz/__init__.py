@@ -1,0 +1,1 @@
+"""Pictures of runs and stores (matplotlib, the optional [plots] extra)."""
