@@ -50,7 +50,16 @@ def test_every_model_file_registers_its_presets_teachers_first() -> None:
         assert preset.fn.__module__ != registry.__name__
 
 
-@pytest.mark.parametrize("arch", list_models("teacher"))
+SLOW_PRESETS = {"vit-l-16"}  # 304 M parameters: ~12 s to build and step on a CPU
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        pytest.param(a, marks=pytest.mark.slow) if a in SLOW_PRESETS else a
+        for a in list_models("teacher")
+    ],
+)
 def test_teacher_forward_backward_gives_finite_logits(arch: str) -> None:
     size = _size(arch)
     model = create_model(arch, num_classes=3, in_chans=1, image_size=size)

@@ -40,6 +40,15 @@ SPLITS: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("civt-nano", "aligned"): (36, 818416, 72, 15104),
     ("resnet10", "cls"): (13, 4897472, 25, 5770),
     ("mixer-ti", "cls"): (50, 3697536, 100, 22522),
+    # ViT teachers name their class token and position embedding (torchvision's: class_token,
+    # encoder.pos_embedding); CAKD's CNN students decay their convolutions and linears.
+    ("vit-nano", "per-teacher"): (26, 669120, 54, 14122),
+    ("deit-ti", "per-teacher"): (50, 5457792, 102, 31690),
+    ("deit-s", "per-teacher"): (50, 21532416, 102, 63370),
+    ("vit-b-16", "per-teacher"): (50, 85532160, 102, 126730),
+    ("vit-l-16", "per-teacher"): (98, 302786560, 198, 328714),
+    ("mobilenet-v2", "per-teacher"): (53, 2202560, 105, 34122),
+    ("efficientnet-b0", "per-teacher"): (82, 3968992, 131, 51366),
 }
 
 

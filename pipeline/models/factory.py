@@ -19,7 +19,15 @@ from torch import nn
 from ..runtime.errors import UserError
 
 # Importing the model files runs their @register_model presets; nothing else here uses them.
-from . import civt, mixer, nano, rednet, resnet10, torchvision_teachers  # noqa: F401
+from . import (  # noqa: F401
+    civt,
+    mixer,
+    nano,
+    rednet,
+    resnet10,
+    torchvision_teachers,
+    vit_teachers,
+)
 from .normalize import Normalize, NormalizedModel, default_stats
 from .registry import PRESETS, ModelKind, ModelPreset
 

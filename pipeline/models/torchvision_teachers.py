@@ -1,4 +1,4 @@
-"""torchvision CNN teachers (ResNet, RegNetY), always built with ``weights=None``.
+"""torchvision CNNs (ResNet, RegNetY, MobileNetV2, EfficientNet-B0), built with ``weights=None``.
 
 Co-advise's CNN teachers, RegNetY-600MF and RegNetY-4GF, are not shipped by torchvision under a
 name; they are built from its ``RegNet`` with the published block parameters (Radosavovic et al.,
@@ -9,7 +9,12 @@ downloaded. Two adaptations are made in place:
 
 - ``in_chans`` != 3 replaces the first convolution (same shape otherwise);
 - ``small_input`` (images of 64 px or less) makes the stem a 3×3 stride-1 convolution and drops
-  ResNet's max-pool, the usual CIFAR-style stem, so a 32 px image is not reduced to 1 px.
+  ResNet's max-pool, the usual CIFAR-style stem, so a 32 px image is not reduced to 1 px
+  (MobileNetV2 / EfficientNet-B0: also their first stride-2 stage, see
+  :func:`_adapt_inverted_residual_net`).
+
+MobileNetV2 and EfficientNet-B0 are there as CNN students of cross-architecture distillation
+(``train-cakd``); any CNN preset serves as one, so they are registered as teachers (logits out).
 
 The presets at the foot record the parameter counts torchvision lists for its ImageNet weights.
 """
@@ -80,6 +85,8 @@ TORCHVISION_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": tvm.resnet50,
     "regnet_y_400mf": tvm.regnet_y_400mf,
     "regnet_y_800mf": tvm.regnet_y_800mf,
+    "mobilenet-v2": tvm.mobilenet_v2,
+    "efficientnet-b0": tvm.efficientnet_b0,
     **{name: functools.partial(_regnet_y, name) for name in REGNET_Y_PARAMS},
 }
 
@@ -88,6 +95,29 @@ def _replace_conv(old: nn.Conv2d, *, in_chans: int, kernel: int, stride: int) ->
     return nn.Conv2d(
         in_chans, old.out_channels, kernel, stride, kernel // 2, bias=old.bias is not None
     )
+
+
+def _adapt_inverted_residual_net(
+    features: nn.Sequential, *, in_chans: int, small_input: bool
+) -> None:
+    """MobileNetV2 / EfficientNet: ``features[0][0]`` is the stem convolution.
+
+    ``small_input`` makes it stride 1 and also the first stride-2 stage (``features[2]``), as
+    CIFAR ports of MobileNetV2 do: total stride 8 like ResNet's small stem, so a 32 px image
+    leaves a 4×4 map (stride 32 would leave 1×1).
+    """
+    stem = features[0]
+    assert isinstance(stem, nn.Sequential)
+    conv = stem[0]
+    assert isinstance(conv, nn.Conv2d)
+    if in_chans != 3 or small_input:
+        new = _replace_conv(conv, in_chans=in_chans, kernel=3, stride=1 if small_input else 2)
+        nn.init.kaiming_normal_(new.weight, mode="fan_out")
+        stem[0] = new
+    if small_input:
+        for module in features[2].modules():
+            if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+                module.stride = (1, 1)
 
 
 def build_torchvision(
@@ -121,6 +151,8 @@ def build_torchvision(
             new = _replace_conv(conv, in_chans=in_chans, kernel=3, stride=1 if small_input else 2)
             nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
             stem[0] = new
+    elif isinstance(model, tvm.MobileNetV2 | tvm.EfficientNet):
+        _adapt_inverted_residual_net(model.features, in_chans=in_chans, small_input=small_input)
     return model
 
 
@@ -219,4 +251,32 @@ def regnety_4gf(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Mod
     """RegNetY-4GF from torchvision's ``RegNet`` (depth 22, w0 96, wa 31.41, wm 2.24, g 64)."""
     return build_torchvision(
         "regnety-4gf", num_classes=num_classes, in_chans=in_chans, small_input=small_input
+    )
+
+
+@register_model(
+    "mobilenet-v2",
+    kind="teacher",
+    bias="conv",
+    description="torchvision mobilenet_v2 (convolution; a CAKD student)",
+    published_params=3_504_872,
+)
+def mobilenet_v2(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Module:
+    """torchvision's MobileNetV2."""
+    return build_torchvision(
+        "mobilenet-v2", num_classes=num_classes, in_chans=in_chans, small_input=small_input
+    )
+
+
+@register_model(
+    "efficientnet-b0",
+    kind="teacher",
+    bias="conv",
+    description="torchvision efficientnet_b0 (convolution; a CAKD student)",
+    published_params=5_288_548,
+)
+def efficientnet_b0(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Module:
+    """torchvision's EfficientNet-B0."""
+    return build_torchvision(
+        "efficientnet-b0", num_classes=num_classes, in_chans=in_chans, small_input=small_input
     )
