@@ -82,10 +82,13 @@ def _root(
 def _register() -> None:
     # Imported here, after ``app`` exists; each module imports heavy code inside its command.
     from . import (
+        cakd,
         dump,
         evaluate,
+        export,
         inspect_store,
         models,
+        plot,
         quickstart,
         shards,
         student,
@@ -101,6 +104,9 @@ def _register() -> None:
     app.command("dump-logits")(user_errors(dump.dump_logits_command))
     app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))
     app.command("train-student")(user_errors(student.train_student_command))
+    app.command("train-cakd")(user_errors(cakd.train_cakd_command))
+    app.command("plot")(user_errors(plot.plot_command))
+    app.command("export")(user_errors(export.export_command))
 
 
 _register()

@@ -176,6 +176,14 @@ def teacher_out_exists(tmp: Path, w: dict[str, Path]) -> None:
     _copy(w["ckpt"], tmp / "teacher.pt")
 
 
+def config_typo(tmp: Path, w: dict[str, Path]) -> None:
+    (tmp / "run.toml").write_text("epochs = 1\nbatch_sise = 8\n")
+
+
+def config_wrong_type(tmp: Path, w: dict[str, Path]) -> None:
+    (tmp / "run.toml").write_text('epochs = "two"\n')
+
+
 # ------------------------------------------------------------------------------------ cases
 
 
@@ -319,6 +327,19 @@ CASES = [
     Case("student-batch-0", ts("--batch-size", "0"), "--batch-size must be at least 1"),
     Case("student-epochs-neg", ts("--epochs", "-1"), "--epochs must be at least 1"),
     Case("student-views-0", ts("--views", "0"), "--views must be at least 1"),
+    Case(
+        "student-config-unknown-key",
+        ts("--config", "{tmp}/run.toml"),
+        "train-student has no option 'batch_sise' (did you mean 'batch_size'?)",
+        config_typo,
+    ),
+    Case(
+        "teacher-config-wrong-type",
+        tt("--config", "{tmp}/run.toml"),
+        "'epochs' must be an integer, got string 'two'",
+        config_wrong_type,
+    ),
+    Case("dump-config-missing", dl("--config", "{tmp}/none.toml"), "none.toml does not exist"),
     Case("student-store-and-teacher", ts("--teacher", "cnn=cnn-nano:{ckpt}"), "not both"),
     Case(
         "student-store-typo-overwrite",
@@ -384,6 +405,30 @@ CASES = [
     Case("quickstart-lr-nan", qs("--lr", "nan"), "--lr must be a finite number"),
     Case("quickstart-views-text", qs("--views", "x"), "--views"),
     Case("quickstart-out-file", qs(out="{tmp}/file"), "file", a_file),
+    # export (more cases in test_export.py)
+    Case(
+        "export-teacher-timm-mean",
+        ["export", "{ckpt}", "{tmp}/o.pth", "--format", "timm", "--head", "mean"],
+        "is a teacher with one output",
+    ),
+    Case("export-unknown-head", ["export", "{run}/final.pt", "{tmp}/o.pth", "--head", "x"], "'x'"),
+    Case("export-out-exists", ["export", "{run}/final.pt", "{tmp}/file"], "--overwrite", a_file),
+    # train-cakd, evaluate --noise (more cases in test_train_cakd.py)
+    Case(
+        "cakd-teacher-not-vit",
+        ["train-cakd", "--data", "{train}", "--teacher", "cnn=cnn-nano:{ckpt}", "--out", "{tmp}/c"],
+        "is not a vision transformer",
+    ),
+    Case(
+        "cakd-method",
+        ["train-cakd", "--data", "{train}", "--teacher", "t=a:b", "--out", "o", "--method", "x"],
+        "--method must be one of",
+    ),
+    Case("evaluate-noise-negative", ev("--noise", "-0.1"), "--noise must be at least 0"),
+    # plot, inspect-store --plot (more cases in test_plots.py)
+    Case("plot-no-metrics", ["plot", "{tmp}/dir"], "has no metrics.jsonl", a_directory),
+    Case("plot-several-no-out", ["plot", "{run}", "{run}"], "needs --out FILE.png"),
+    Case("inspect-plot-not-png", ["inspect-store", "{store}", "--plot", "{tmp}/s.jpg"], ".png"),
     # models, and the program itself
     Case("models-unknown-option", ["models", "--all"], "no such option: --all"),
     Case("models-extra-argument", ["models", "resnet18"], "unexpected extra argument"),

@@ -20,10 +20,16 @@ from civt_pipe.pipeline.data import make_shards
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig
 from civt_pipe.pipeline.models.teachers import TeacherSpec
 from civt_pipe.pipeline.runtime.options import option_info
+from civt_pipe.pipeline.stages import plot as plot_stage
+from civt_pipe.pipeline.stages.cakd import run as cakd_run
+from civt_pipe.pipeline.stages.cakd.config import CakdTrainConfig
 from civt_pipe.pipeline.stages.dump import run as dump_run
 from civt_pipe.pipeline.stages.dump.config import DumpConfig
 from civt_pipe.pipeline.stages.evaluate import run as evaluate_run
 from civt_pipe.pipeline.stages.evaluate.run import EvaluateConfig
+from civt_pipe.pipeline.stages.export import run as export_run
+from civt_pipe.pipeline.stages.export.config import ExportConfig
+from civt_pipe.pipeline.stages.plot import PlotConfig
 from civt_pipe.pipeline.stages.student import run as student
 from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
 from civt_pipe.pipeline.stages.teacher import run as teacher
@@ -39,8 +45,17 @@ COMMANDS: list[tuple[str, type, Any, str, list[str]]] = [
     ("train-student", StudentTrainConfig, student, "train_student", []),
     ("evaluate", EvaluateConfig, evaluate_run, "evaluate", []),
     ("quickstart", QuickstartConfig, quickstart, "run_quickstart", []),
+    ("train-cakd", CakdTrainConfig, cakd_run, "train_cakd", []),
+    ("export", ExportConfig, export_run, "export", ["ckpt.pt", "out.safetensors"]),
+    ("plot", PlotConfig, plot_stage, "plot_runs", ["run-a", "run-b"]),
 ]
 IDS = [c[0] for c in COMMANDS]
+POSITIONAL = {
+    "make-shards": ("source", "out_dir"),
+    "export": ("checkpoint", "out"),
+    "plot": ("run_dirs",),
+}
+"""The fields each command takes as positional arguments (shown by name in --help)."""
 
 # A value unlike the default for each kind of field, as (command-line text, expected value).
 SPECIAL: dict[str, tuple[list[str], Any]] = {
@@ -59,6 +74,19 @@ SPECIAL: dict[str, tuple[list[str], Any]] = {
     "hflip": (["0.25"], 0.25),
     "label_smoothing": (["0.2"], 0.2),
     "topk": (["3"], 3),
+}
+
+# Fields whose values differ by command (their choices are the command's own).
+PER_COMMAND: dict[type, dict[str, tuple[list[str], Any]]] = {
+    CakdTrainConfig: {
+        "teacher": (["vit=vit-nano:t.pt"], "vit=vit-nano:t.pt"),
+        "method": (["logit"], "logit"),
+        "recipe": (["paper-cifar"], "paper-cifar"),
+        "milestones": (["3", "5"], (3, 5)),
+        "feature_norm": (["--no-feature-norm"], False),
+        "multi_view": (["--no-multi-view"], False),
+    },
+    ExportConfig: {"format": (["timm"], "timm"), "head": (["cls"], "cls")},
 }
 
 
@@ -84,6 +112,8 @@ def _value_for(config: type, field: dataclasses.Field[Any]) -> tuple[list[str], 
         if config is DumpConfig:
             return texts, tuple(TeacherSpec.parse(t) for t in texts)
         return texts, tuple(texts)
+    if config in PER_COMMAND and field.name in PER_COMMAND[config]:
+        return PER_COMMAND[config][field.name]
     if field.name in SPECIAL:
         return SPECIAL[field.name]
     hints = {f.name: f.type for f in dataclasses.fields(config)}
@@ -108,6 +138,16 @@ def _everything(command: str, config: type, positional: list[str]) -> tuple[list
         if command == "make-shards" and field.name in ("source", "out_dir"):
             expected[field.name] = "digits" if field.name == "source" else Path("out")
             continue
+        if field.name in ("checkpoint", "out") and command == "export":
+            expected[field.name] = Path(positional[0 if field.name == "checkpoint" else 1])
+            continue
+        if field.name == "run_dirs" and command == "plot":
+            expected[field.name] = tuple(Path(p) for p in positional)
+            continue
+        if texts and texts[0].startswith("--no-"):
+            args.append(texts[0])  # a flag that is on by default, switched off
+            expected[field.name] = value
+            continue
         flag = flag_of(field, info)
         if not texts:
             args.append(flag)
@@ -122,7 +162,7 @@ def _everything(command: str, config: type, positional: list[str]) -> tuple[list
         # --resume and --overwrite exclude each other.
         args.remove("--overwrite")
         expected["overwrite"] = False
-    if command == "train-teacher":
+    if command in ("train-teacher", "train-cakd"):
         args.remove("--overwrite")
         expected["overwrite"] = False
     return args, expected
@@ -137,7 +177,7 @@ def test_help_shows_every_config_option(
     fields = cli_fields(config)
     assert fields, "a command without config options"
     for field, info in fields:
-        if field.name in ("source", "out_dir") and command == "make-shards":
+        if field.name in POSITIONAL.get(command, ()):
             assert field.name.upper() in result.output
             continue
         assert flag_of(field, info) in result.output, field.name
@@ -166,7 +206,10 @@ def test_every_option_reaches_the_config_unchanged(
 def test_defaults_of_the_command_line_are_the_configs(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = _capture(monkeypatch, student, "train_student")
     CliRunner().invoke(app, ["train-student", "--data", "d", "--out", "o", "--store", "s"])
-    assert seen == [StudentTrainConfig(data="d", out="o", store="s")]
+    (cfg,) = seen
+    # Besides the values, the command line records where each came from (sources).
+    assert dataclasses.replace(cfg, sources={}) == StudentTrainConfig(data="d", out="o", store="s")
+    assert cfg.sources["data"] == "command-line" and cfg.sources["epochs"] == "default"
 
 
 def test_tau_and_lambda_split_into_default_and_per_teacher(
@@ -225,5 +268,6 @@ def test_resume_flags_mark_only_what_cannot_change_the_weights() -> None:
     assert free(StudentTrainConfig) == {
         "data", "out", "store", "teachers", "val", "resume", "overwrite", "save_every",
         "verify_replay", "workers", "threads", "device", "log_every", "progress",
+        "tensorboard", "sources",
     }  # fmt: skip
-    assert free(ResolvedTeacherConfig) == {"data", "val", "out", "init"}
+    assert free(ResolvedTeacherConfig) == {"data", "val", "out", "init", "sources"}

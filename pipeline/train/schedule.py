@@ -1,7 +1,8 @@
 """Learning-rate schedule and optimizer construction shared by every training loop.
 
 The learning rate is a pure function of the optimizer step (linear warm-up, then cosine decay
-to a floor), so a resumed run only needs the step counter to land on exactly the same value.
+to a floor, or step decay at milestones), so a resumed run only needs the step counter to land
+on exactly the same value.
 Optimizers are built with weight decay only on weight matrices and kernels: biases and
 normalization scales (every 1-D parameter) and whatever a model lists in ``no_weight_decay()``
 (timm's convention: tokens, position embeddings) are left undecayed, as in DeiT.
@@ -51,18 +52,50 @@ class ScheduleConfig:
             )
 
 
+@dataclass(kw_only=True, slots=True)
+class MultiStepSchedule(ScheduleConfig):
+    """The same warm-up, then a step decay instead of the cosine: the rate is multiplied by
+    ``gamma`` at each milestone (the classic ResNet recipe, e.g. CAKD's "lr 0.1 ÷10 at epochs
+    100 and 150"). A subclass, so a cosine schedule's saved form (and its resume check) is
+    unchanged."""
+
+    milestones: tuple[int, ...]
+    """Optimizer steps at which the rate drops, ascending (each in ``(W, T]``)."""
+    gamma: float = 0.1
+    """Factor applied at every milestone."""
+
+    def __post_init__(self) -> None:
+        ScheduleConfig.__post_init__(self)
+        self.milestones = tuple(int(m) for m in self.milestones)
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError(f"milestones must be distinct and ascending, got {self.milestones}")
+        if self.milestones and not (
+            self.warmup_steps < self.milestones[0] and self.milestones[-1] <= self.total_steps
+        ):
+            raise ValueError(
+                f"milestones must lie after the warm-up ({self.warmup_steps} steps) and within "
+                f"the run ({self.total_steps} steps), got {list(self.milestones)}"
+            )
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"the decay factor must lie in (0, 1], got {self.gamma}")
+
+
 def lr_at(step: int, cfg: ScheduleConfig) -> float:
     """The learning rate for optimizer step ``step`` (0-based).
 
     Warm-up: step ``s < W`` gets ``base_lr * (s + 1) / W``, so the last warm-up step is at the
     peak and step 0 is not wasted at zero. Then cosine: ``min + (base - min) * (1 + cos(pi *
     p)) / 2`` with ``p = (s - W) / (T - W)``, which is ``base_lr`` at ``s = W`` and ``min_lr`` at
-    ``s = T``. Steps past ``T`` stay at ``min_lr``.
+    ``s = T``. Steps past ``T`` stay at ``min_lr``. A :class:`MultiStepSchedule` decays instead
+    to ``max(min_lr, base_lr * gamma ** m)``, ``m`` the milestones at or before ``s``.
     """
     if step < 0:
         raise ValueError(f"the step must be non-negative, got {step}")
     if step < cfg.warmup_steps:
         return cfg.base_lr * (step + 1) / cfg.warmup_steps
+    if isinstance(cfg, MultiStepSchedule):
+        passed = sum(1 for m in cfg.milestones if step >= m)
+        return max(cfg.min_lr, cfg.base_lr * cfg.gamma**passed)
     decay_steps = cfg.total_steps - cfg.warmup_steps
     if decay_steps <= 0:
         return cfg.base_lr

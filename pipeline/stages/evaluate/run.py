@@ -11,6 +11,7 @@ epoch-end validation; ``--store`` adds :mod:`.teacher_agreement` as an observer 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,18 +38,28 @@ class EvaluateConfig:
         minimum=1,
         maximum=MAX_THREADS,
     )
-    store: Path | None = option(
-        None, help="dump-logits store of these shards: also report KL to each teacher."
+    # Text, not Path: a URL (s3://bucket/s.zarr) must keep its "//".
+    store: str | None = option(
+        None,
+        help="dump-logits store of these shards (a directory or URL): also report KL to "
+        "each teacher.",
     )
     # The upper end of the range, V of the store, is checked once the store is open.
     store_views: int | None = option(
         None, help="Use only the store's first N views (default all).", minimum=1
     )
+    noise: float = option(
+        0.0,
+        help="Add Gaussian noise of this std to every image in [0, 1] (before the model's "
+        "normalization; clipped back to [0, 1]): a noisy copy of the data.",
+        minimum=0,
+    )
+    noise_seed: int = option(0, help="Seed of the --noise draws.", minimum=0)
 
     def __post_init__(self) -> None:
         self.checkpoint = Path(self.checkpoint)
         if self.store is not None:
-            self.store = Path(self.store)
+            self.store = os.fspath(self.store)
         check_numbers(self)
         if self.store_views is not None and self.store is None:
             raise UserError("--store-views needs --store")
@@ -96,8 +107,13 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 batch_size=cfg.batch_size,
                 device=device,
             )
+        scored: Any = model
+        if cfg.noise > 0:
+            from .noise import GaussianNoise
+
+            scored = GaussianNoise(model, std=cfg.noise, seed=cfg.noise_seed)
         result = evaluate_model(
-            model,
+            scored,
             shard_set,
             image_size=int(meta["image_size"]),
             batch_size=cfg.batch_size,
@@ -105,6 +121,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             workers=cfg.workers,
         )
     result.update(checkpoint=str(cfg.checkpoint), arch=meta["arch"], kind=meta["kind"])
+    if cfg.noise > 0:
+        result.update(noise=cfg.noise, noise_seed=cfg.noise_seed)
     if agreement is not None:
         result.update(kl_to_teachers=agreement, store=str(cfg.store))
     return result

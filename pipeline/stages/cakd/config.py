@@ -1,0 +1,329 @@
+"""``train-cakd``'s configuration: the options, the named recipes, the resolved run.
+
+Torch-free, so the command line builds its options without loading torch.
+
+Recipes (``--recipe``) fill every optimization setting the command line leaves out; what the
+user gives always wins, and ``RUN_DIR/config.json`` records each value with its source (the
+``{"value": ..., "from": ...}`` form ``train-student`` writes for its recipes):
+
+- ``small`` (the default): a CPU-scale recipe for tiny data (digits at 16 px) that trains a
+  ``cnn-nano``-size student in minutes: AdamW, lr 4e-3, weight decay 0.05, 15 epochs of batch
+  64, one warm-up epoch, then cosine (measured against SGD on digits: see docs/cakd.md);
+- ``paper-cifar`` / ``paper-imagenet``: Liu et al. (ACCV 2022), Sec. 4.1: SGD momentum 0.9
+  (no Nesterov), weight decay 1e-4, lr 0.1 divided by 10 at the milestones; CIFAR 200 epochs of
+  batch 64 with milestones 100 and 150, ImageNet 120 epochs of batch 256 with milestones 60 and
+  90. The paper's learning rate is for its batch: it is not rescaled when ``--batch-size``
+  changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+from ...runtime.errors import UserError
+from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
+from ...train.choices import OPTIMIZERS
+
+LAST = "last.pt"
+"""The resumable checkpoint: the student plus projectors, discriminator and both optimizers."""
+FINAL = "student.pt"
+"""The finished student alone (what ``evaluate`` reads)."""
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+
+Method = Literal["cakd", "logit", "none"]
+"""``cakd``: L_proj1 + L_proj2 + λ·L_MVG + CE; ``logit``: Hinton KD; ``none``: CE only."""
+METHODS: tuple[Method, ...] = get_args(Method)
+
+CakdRecipeName = Literal["small", "paper-cifar", "paper-imagenet"]
+CAKD_RECIPES: tuple[CakdRecipeName, ...] = get_args(CakdRecipeName)
+
+
+@dataclass(frozen=True, slots=True)
+class CakdRecipe:
+    """One recipe's optimization settings (see the module docstring)."""
+
+    source: str
+    optimizer: str
+    lr: float
+    """Peak learning rate, as published (not rescaled with the batch)."""
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    """Global batch (split over the ranks)."""
+    warmup_epochs: float
+    milestones: tuple[int, ...]
+    """Epochs at which the rate drops ×0.1; empty: cosine decay instead."""
+    nesterov: bool
+
+
+RECIPE_TABLE: dict[CakdRecipeName, CakdRecipe] = {
+    "small": CakdRecipe(
+        source="civt-pipe's CPU-scale defaults for digits",
+        optimizer="adamw",
+        lr=4e-3,
+        weight_decay=0.05,
+        epochs=15,
+        batch_size=64,
+        warmup_epochs=1.0,
+        milestones=(),
+        nesterov=False,
+    ),
+    "paper-cifar": CakdRecipe(
+        source="Liu et al. ACCV 2022, CIFAR-100",
+        optimizer="sgd",
+        lr=0.1,
+        weight_decay=1e-4,
+        epochs=200,
+        batch_size=64,
+        warmup_epochs=0.0,
+        milestones=(100, 150),
+        nesterov=False,
+    ),
+    "paper-imagenet": CakdRecipe(
+        source="Liu et al. ACCV 2022, ImageNet",
+        optimizer="sgd",
+        lr=0.1,
+        weight_decay=1e-4,
+        epochs=120,
+        batch_size=256,
+        warmup_epochs=0.0,
+        milestones=(60, 90),
+        nesterov=False,
+    ),
+}
+
+
+def _recipe_help(name: str) -> str:
+    parts = []
+    for recipe_name, recipe in RECIPE_TABLE.items():
+        value = getattr(recipe, name)
+        if name == "milestones":
+            text = ",".join(str(m) for m in value) if value else "none (cosine)"
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{recipe_name} {text}")
+    return f"[default: by --recipe: {'; '.join(parts)}]"
+
+
+@dataclass(kw_only=True)
+class CakdTrainConfig:
+    """Everything ``civt-pipe train-cakd`` needs; serialized to ``RUN_DIR/config.json``.
+
+    ``resume="may-change"`` marks what ``--resume`` may change without changing the weights;
+    the data and teacher may be respelled (the run identity pins their fingerprint and digest).
+    """
+
+    data: str = option(help="Training shards: directory or pattern.", resume="may-change")
+    teacher: str = option(
+        help="The ViT teacher, run live: NAME=ARCH:CHECKPOINT (e.g. vit=vit-nano:vit.pt).",
+        resume="may-change",
+    )
+    out: str = option(
+        help="Run directory (last.pt, student.pt, metrics.jsonl, config.json).",
+        resume="may-change",
+    )
+    val: str | None = option(
+        None, help="Validation shards, evaluated every epoch.", resume="may-change"
+    )
+    model: str = option("resnet18", help="The CNN student (see `models`).")
+    method: Method = option(
+        "cakd",
+        help="cakd: PCA + GL projectors + multi-view adversary + CE; logit: Hinton KD "
+        "(CE + τ²·KL); none: CE only.",
+        choices=METHODS,
+    )
+    multi_view: bool = option(
+        True, help="cakd: multi-view generator and discriminator (off: projectors + CE only)."
+    )
+    block: int = option(-1, help="cakd: the teacher block whose features are distilled.")
+    lambda_mvg: float = option(1.0, help="cakd: λ, the weight of L_MVG.", minimum=0)
+    feature_norm: bool = option(
+        True,
+        help="cakd: standardize the teacher's tokens h_T and values V_T per token (a layer norm "
+        "without affine) before the projector losses; off: the raw activations (see docs/cakd.md).",
+    )
+    replace_p: float = option(
+        0.5,
+        help="cakd: probability that g(·) replaces an element of Q_S/K_S/V_S by the teacher's.",
+        minimum=0,
+        maximum=1,
+    )
+    view_p: float = option(
+        0.5,
+        help="cakd: probability that a student input is a transformed view.",
+        minimum=0,
+        maximum=1,
+    )
+    disc_lr: float = option(
+        1e-4, help="cakd: Adam learning rate of the discriminator (constant).", minimum=0
+    )
+    tau: float = option(4.0, help="logit: distillation temperature τ.", minimum=0)
+    alpha: float = option(
+        0.9, help="logit: weight of τ²·KL; CE gets 1 - alpha.", minimum=0, maximum=1
+    )
+    recipe: CakdRecipeName = option(
+        "small",
+        help="Where the optimization defaults come from: small (digits on a CPU), paper-cifar "
+        "or paper-imagenet (Liu et al.). Options given override it.",
+        choices=CAKD_RECIPES,
+    )
+    epochs: int | None = option(None, help="Epochs " + _recipe_help("epochs"), minimum=1)
+    batch_size: int | None = option(
+        None, help="Global batch, split over ranks " + _recipe_help("batch_size"), minimum=1
+    )
+    optimizer: str | None = option(
+        None, help="sgd or adamw " + _recipe_help("optimizer"), choices=OPTIMIZERS
+    )
+    lr: float | None = option(None, help="Peak learning rate " + _recipe_help("lr"), minimum=0)
+    weight_decay: float | None = option(
+        None, help="Weight decay " + _recipe_help("weight_decay"), minimum=0
+    )
+    warmup_epochs: float | None = option(
+        None, help="Linear warm-up " + _recipe_help("warmup_epochs"), minimum=0
+    )
+    milestones: tuple[int, ...] | None = option(
+        None,
+        help="Epoch at which the lr drops ×0.1, repeatable (0 alone: cosine) "
+        + _recipe_help("milestones"),
+        flag="--milestone",
+        minimum=0,
+    )
+    label_smoothing: float = option(0.0, help="Label smoothing of the CE.", minimum=0)
+    image_size: int | None = option(
+        None, help="Input side of both models [default: the teacher's].", minimum=1
+    )
+    min_scale: float | None = option(
+        None, help="Smallest crop area (default 0.08; 0.35 at ≤ 64 px).", maximum=1
+    )
+    hflip: float | None = option(
+        None, help="Flip probability (default 0.5; 0 under 16 px native).", minimum=0, maximum=1
+    )
+    seed: int = option(0, help="Seed of weights, augmentation, views and order.", minimum=0)
+    shuffle_buffer: int = option(
+        1024, help="Samples held for shuffling per rank.", flag="", minimum=1
+    )
+    workers: int = option(
+        0,
+        help="Data-loading processes per rank (0: none).",
+        minimum=0,
+        maximum=MAX_WORKERS,
+        resume="may-change",
+    )
+    threads: int | None = option(
+        None,
+        help="Torch CPU threads [default: free cores minus workers].",
+        minimum=1,
+        maximum=MAX_THREADS,
+        resume="may-change",
+    )
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", resume="may-change")
+    resume: bool = option(
+        False, help="Continue the run in --out from last.pt.", resume="may-change"
+    )
+    overwrite: bool = option(False, help="Start over in a used --out.", resume="may-change")
+    save_every: int = option(
+        0,
+        help="Also checkpoint every N steps (0: epoch ends only).",
+        minimum=0,
+        resume="may-change",
+    )
+    log_every: int = option(
+        10, help="Write a step record every N steps.", flag="", minimum=1, resume="may-change"
+    )
+    progress: bool = option(True, help="Draw progress bars.", flag="", resume="may-change")
+
+    def __post_init__(self) -> None:
+        if self.milestones is not None:
+            self.milestones = tuple(int(m) for m in self.milestones)
+        check_numbers(self)
+        check_choices(self)
+        for flag, value in (("--lr", self.lr), ("--tau", self.tau), ("--disc-lr", self.disc_lr)):
+            if value is not None and not value > 0:
+                raise UserError(f"{flag} must be positive, got {value}")
+        if not self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.min_scale is not None and not 0 < self.min_scale <= 1:
+            raise UserError(f"--min-scale must lie in (0, 1], got {self.min_scale}")
+        if self.milestones is not None and any(m < 0 for m in self.milestones):
+            raise UserError(f"--milestone must be at least 0, got {list(self.milestones)}")
+        if not self.seed < 2**63:
+            raise UserError(f"--seed must lie in [0, 2**63), got {self.seed}")
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite contradict each other; pick one")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (stored in ``config.json`` and every checkpoint)."""
+        out = asdict(self)
+        out["milestones"] = list(self.milestones) if self.milestones is not None else None
+        return out
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResolvedOptimization:
+    """The optimization settings of a run with the recipe's defaults filled in."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    warmup_epochs: float
+    milestones: tuple[int, ...]
+    """Epochs of the ×0.1 drops; empty: cosine."""
+    nesterov: bool
+    provenance: dict[str, Any]
+    """``{"recipe": name, field: {"value": v, "from": source}}`` for ``config.json``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings without provenance (what a resumed run must derive again)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del out["provenance"]
+        out["milestones"] = list(self.milestones)
+        return out
+
+
+def resolve_optimization(cfg: CakdTrainConfig) -> ResolvedOptimization:
+    """Fill what ``cfg`` leaves ``None`` from its recipe, recording where each value came from.
+
+    ``--milestone 0`` alone asks for the cosine decay (no milestones).
+    """
+    recipe = RECIPE_TABLE[cfg.recipe]
+    tag = f"recipe {cfg.recipe} ({recipe.source})"
+    provenance: dict[str, Any] = {"recipe": cfg.recipe}
+    values: dict[str, Any] = {}
+    for name in ("optimizer", "lr", "weight_decay", "epochs", "batch_size", "warmup_epochs"):
+        given = getattr(cfg, name)
+        values[name] = given if given is not None else getattr(recipe, name)
+        source = f"--{name.replace('_', '-')} (command line)" if given is not None else tag
+        provenance[name] = {"value": values[name], "from": source}
+    if cfg.milestones is not None:
+        milestones = tuple(m for m in cfg.milestones if m != 0)
+        provenance["milestones"] = {"value": list(milestones), "from": "--milestone (command line)"}
+    else:
+        milestones = recipe.milestones
+        provenance["milestones"] = {"value": list(milestones), "from": tag}
+    epochs = int(values["epochs"])
+    if any(m > epochs for m in milestones):
+        raise UserError(f"--milestone {max(milestones)} lies past the run's {epochs} epochs")
+    if milestones and values["warmup_epochs"] >= min(milestones):
+        raise UserError(
+            f"the warm-up ({values['warmup_epochs']:g} epochs) must end before the first "
+            f"milestone (epoch {min(milestones)})"
+        )
+    # Nesterov only when the recipe asks for it and the optimizer is its own.
+    nesterov = recipe.nesterov and values["optimizer"] == recipe.optimizer
+    provenance["nesterov"] = {"value": nesterov, "from": tag}
+    return ResolvedOptimization(
+        optimizer=str(values["optimizer"]),
+        lr=float(values["lr"]),
+        weight_decay=float(values["weight_decay"]),
+        epochs=epochs,
+        batch_size=int(values["batch_size"]),
+        warmup_epochs=float(values["warmup_epochs"]),
+        milestones=tuple(sorted(set(milestones))),
+        nesterov=nesterov,
+        provenance=provenance,
+    )

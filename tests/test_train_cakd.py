@@ -1,0 +1,351 @@
+"""``train-cakd``: every method trains on toy shards; resume is exact; the saved student is the
+student alone; the discriminator steps every 5th step; the multistep schedule and the paper's
+SGD recipe; bad input is one line; ``evaluate --noise``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from toy_shards import make_toy_shards
+from typer.testing import CliRunner
+
+from civt_pipe.cli.app import app
+from civt_pipe.pipeline.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from civt_pipe.pipeline.models.factory import create_model
+from civt_pipe.pipeline.runtime.errors import UserError
+from civt_pipe.pipeline.stages.cakd import run as cakd_run
+from civt_pipe.pipeline.stages.cakd.config import (
+    CakdTrainConfig,
+    resolve_optimization,
+)
+from civt_pipe.pipeline.stages.cakd.run import train_cakd
+from civt_pipe.pipeline.stages.evaluate.run import EvaluateConfig, evaluate
+from civt_pipe.pipeline.train.schedule import (
+    MultiStepSchedule,
+    OptimizerConfig,
+    ScheduleConfig,
+    build_optimizer,
+    lr_at,
+)
+
+SIZE = 16
+
+
+def _teacher(path: Path, arch: str = "vit-nano", classes: int = 3) -> Path:
+    torch.manual_seed(1)
+    model = create_model(arch, num_classes=classes, in_chans=1, image_size=SIZE)
+    save_checkpoint(path, make_checkpoint(model))
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Toy shards (48 train images of 3 classes, 9 test) and an untrained vit-nano teacher."""
+    root = tmp_path_factory.mktemp("cakd")
+    return {
+        "root": root,
+        "train": make_toy_shards(root, "train", per_class=16),
+        "test": make_toy_shards(root, "test", per_class=3, seed=1),
+        "vit": _teacher(root / "vit.pt"),
+    }
+
+
+def _cfg(toy: dict[str, Path], out: Path, **options: Any) -> CakdTrainConfig:
+    settings: dict[str, Any] = dict(
+        data=str(toy["train"]),
+        teacher=f"vit=vit-nano:{toy['vit']}",
+        out=str(out),
+        model="cnn-nano",
+        epochs=1,
+        batch_size=16,
+        device="cpu",
+        threads=1,  # on a busy 2-core machine a second thread mostly spin-waits
+        progress=False,
+    )
+    settings.update(options)
+    return CakdTrainConfig(**settings)
+
+
+# ------------------------------------------------------------------------------ the schedule
+
+
+def test_multistep_schedule_drops_tenfold_at_each_milestone() -> None:
+    cfg = MultiStepSchedule(base_lr=0.1, total_steps=200, warmup_steps=2, milestones=(100, 150))
+    values = [lr_at(s, cfg) for s in (0, 1, 2, 99, 100, 149, 150, 199, 500)]
+    expected = [0.05, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.001]
+    assert values == pytest.approx(expected)
+
+
+def test_multistep_schedule_keeps_the_cosine_form_and_checks_milestones() -> None:
+    # A cosine schedule's saved form (what resume compares) has no new keys.
+    assert set(ScheduleConfig.__dataclass_fields__) == {
+        "base_lr",
+        "total_steps",
+        "warmup_steps",
+        "min_lr",
+    }
+    for bad in [(150, 100), (5,), (300,)]:
+        with pytest.raises(ValueError, match="milestones"):
+            MultiStepSchedule(base_lr=0.1, total_steps=200, warmup_steps=10, milestones=bad)
+
+
+def test_paper_recipe_is_plain_sgd_with_momentum_and_command_line_wins() -> None:
+    cfg = CakdTrainConfig(data="d", teacher="vit=vit-nano:x.pt", out="o", recipe="paper-cifar")
+    opt = resolve_optimization(cfg)
+    assert (opt.optimizer, opt.lr, opt.weight_decay) == ("sgd", 0.1, 1e-4)
+    assert (opt.epochs, opt.batch_size, opt.milestones) == (200, 64, (100, 150))
+    assert not opt.nesterov
+    optimizer = build_optimizer(
+        torch.nn.Linear(3, 2),
+        OptimizerConfig(name="sgd", lr=opt.lr, weight_decay=opt.weight_decay, nesterov=False),
+    )
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, False, 1e-4)
+
+    given = CakdTrainConfig(
+        data="d", teacher="t=a:b", out="o", recipe="paper-imagenet", epochs=10, milestones=(0,)
+    )
+    opt = resolve_optimization(given)
+    assert (opt.epochs, opt.milestones, opt.batch_size) == (10, (), 256)
+    assert opt.provenance["epochs"]["from"] == "--epochs (command line)"
+    assert opt.provenance["batch_size"]["from"].startswith("recipe paper-imagenet")
+    with pytest.raises(UserError, match="past the run"):
+        resolve_optimization(
+            CakdTrainConfig(data="d", teacher="t=a:b", out="o", epochs=5, milestones=(8,))
+        )
+
+
+# -------------------------------------------------------------------------------- the methods
+
+
+@pytest.mark.parametrize(
+    ("method", "multi_view", "terms"),
+    [
+        ("none", True, {"loss_ce"}),
+        ("logit", True, {"loss_ce", "loss_kd"}),
+        ("cakd", False, {"loss_ce", "loss_proj1", "loss_proj2"}),
+        ("cakd", True, {"loss_ce", "loss_proj1", "loss_proj2", "loss_mvg", "loss_mad"}),
+    ],
+)
+def test_each_method_trains_an_epoch_and_saves_an_evaluable_student(
+    toy: dict[str, Path], tmp_path: Path, method: str, multi_view: bool, terms: set[str]
+) -> None:
+    out = tmp_path / "run"
+    summary = train_cakd(_cfg(toy, out, method=method, multi_view=multi_view, val=str(toy["test"])))
+    assert summary["steps"] == 3
+    assert terms | {"loss", "top1"} == set(summary["loss"])
+    assert all(torch.isfinite(torch.tensor(v)) for v in summary["loss"].values())
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 1 and "val_top1" in record
+
+    student = create_model("cnn-nano", num_classes=3, in_chans=1, image_size=SIZE)
+    for name in ("student.pt", "last.pt"):
+        saved = load_checkpoint(out / name)
+        # Projectors and discriminator never enter the student's weights.
+        assert set(saved["state_dict"]) == set(student.state_dict())
+    extra = load_checkpoint(out / "last.pt")["train_state"]["cakd"]
+    assert ("projectors" in extra) == (method == "cakd")
+    assert ("discriminator" in extra) == (method == "cakd" and multi_view)
+    assert "train_state" not in load_checkpoint(out / "student.pt")
+    result = evaluate(
+        EvaluateConfig(checkpoint=out / "student.pt", data=str(toy["test"]), threads=1)
+    )
+    assert result["num_samples"] == 9
+
+
+@pytest.mark.slow
+def test_discriminator_steps_exactly_every_fifth_step(toy: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    updates: list[int] = []
+    original = cakd_run.DiscriminatorTrainer.tick
+
+    def spy(self: cakd_run.DiscriminatorTrainer, *args: Any) -> torch.Tensor:
+        before = sum(p.detach().sum().item() for p in self.net.parameters())
+        loss = original(self, *args)
+        after = sum(p.detach().sum().item() for p in self.net.parameters())
+        if before != after:
+            updates.append(self.clock)
+        return loss
+
+    cakd_run.DiscriminatorTrainer.tick = spy  # type: ignore[method-assign]
+    try:
+        train_cakd(_cfg(toy, out, epochs=2, batch_size=8))  # 12 steps
+    finally:
+        cakd_run.DiscriminatorTrainer.tick = original  # type: ignore[method-assign]
+    assert updates == [5, 10]
+    state = load_checkpoint(out / "last.pt")["train_state"]["cakd"]["discriminator"]["optimizer"]
+    assert {int(s["step"]) for s in state["state"].values()} == {2}  # Adam's own step count
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_mid_epoch_equals_an_uninterrupted_run(
+    toy: dict[str, Path], tmp_path: Path
+) -> None:
+    full = tmp_path / "full"
+    train_cakd(_cfg(toy, full, epochs=2, save_every=2))
+
+    class Killed(Exception):
+        pass
+
+    calls = {"n": 0}
+    original = cakd_run.CakdStep.__call__
+
+    def kill_at_fifth(self: cakd_run.CakdStep, model: Any, batch: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the save at step 4, in the middle of epoch 2
+            raise Killed
+        return original(self, model, batch)
+
+    part = tmp_path / "part"
+    cakd_run.CakdStep.__call__ = kill_at_fifth  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Killed):
+            train_cakd(_cfg(toy, part, epochs=2, save_every=2))
+    finally:
+        cakd_run.CakdStep.__call__ = original  # type: ignore[method-assign]
+    state = load_checkpoint(part / "last.pt")["train_state"]
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)
+    train_cakd(_cfg(toy, part, epochs=2, save_every=2, resume=True))
+
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(part / "last.pt")
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0)
+    for part_name in ("projectors", "discriminator"):
+        flat_a = _flat(a["train_state"]["cakd"][part_name])
+        flat_b = _flat(b["train_state"]["cakd"][part_name])
+        assert flat_a.keys() == flat_b.keys()
+        for key, value in flat_a.items():
+            torch.testing.assert_close(flat_b[key], value, rtol=0, atol=0)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        out: dict[str, torch.Tensor] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}/{key}"))
+        return out
+    if isinstance(tree, list | tuple):
+        out = {}
+        for i, value in enumerate(tree):
+            out.update(_flat(value, f"{prefix}/{i}"))
+        return out
+    return {prefix: torch.tensor(float(tree))} if isinstance(tree, int | float) else {}
+
+
+def test_resume_refuses_another_method(toy: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_cakd(_cfg(toy, out, method="none"))
+    with pytest.raises(UserError, match=r"cannot resume .*: it was trained with method="):
+        train_cakd(_cfg(toy, out, method="logit", resume=True))
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(args: list[str]) -> str:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("civt-pipe: error:"), result.output
+    return lines[0]
+
+
+def _cli(toy: dict[str, Path], out: Path, teacher: str, *extra: str) -> list[str]:
+    return [
+        "train-cakd",
+        "--data",
+        str(toy["train"]),
+        "--teacher",
+        teacher,
+        "--out",
+        str(out),
+        "--model",
+        "cnn-nano",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+def test_bad_input_is_one_line_each(toy: dict[str, Path], tmp_path: Path) -> None:
+    cnn = _teacher(tmp_path / "cnn.pt", arch="cnn-nano")
+    line = _one_line_error(_cli(toy, tmp_path / "a", f"cnn=cnn-nano:{cnn}"))
+    assert "ViT" in line or "vit" in line
+    line = _one_line_error(_cli(toy, tmp_path / "b", f"vit=vit-nano:{toy['vit']}", "--block", "99"))
+    assert "99" in line
+    line = _one_line_error(
+        _cli(toy, tmp_path / "c", f"vit=vit-nano:{toy['vit']}", "--model", "civt-nano")
+    )
+    assert "feature map" in line
+    five = _teacher(tmp_path / "five.pt", classes=5)
+    line = _one_line_error(_cli(toy, tmp_path / "d", f"vit=vit-nano:{five}"))
+    assert "5" in line and "3" in line
+    assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+# -------------------------------------------------------------------------------- --noise
+
+
+def test_evaluate_noise_is_seeded_and_changes_the_outputs(
+    toy: dict[str, Path], tmp_path: Path
+) -> None:
+    ckpt = _teacher(tmp_path / "cnn.pt", arch="cnn-nano")
+    base = dict(checkpoint=ckpt, data=str(toy["test"]), device="cpu", threads=1)
+    clean = evaluate(EvaluateConfig(**base))
+    assert "noise" not in clean
+    assert evaluate(EvaluateConfig(**base, noise=0.0)) == clean
+    from civt_pipe.pipeline.stages.evaluate.noise import GaussianNoise
+
+    model = create_model("cnn-nano", num_classes=3, in_chans=1, image_size=SIZE).eval()
+    x = torch.full((4, 1, SIZE, SIZE), 0.5)
+    a = GaussianNoise(model, std=0.3, seed=7)
+    b = GaussianNoise(model, std=0.3, seed=7)
+    c = GaussianNoise(model, std=0.3, seed=8)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+        assert not torch.equal(a(x), c(x))
+        assert not torch.equal(model(x), c(x))
+    noisy = evaluate(EvaluateConfig(**base, noise=0.5, noise_seed=3))
+    assert noisy == evaluate(EvaluateConfig(**base, noise=0.5, noise_seed=3))
+    assert noisy["noise"] == 0.5
+    with pytest.raises(UserError, match="--noise must be at least 0"):
+        EvaluateConfig(checkpoint=ckpt, data="d", noise=-0.1)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_trains_with_the_discriminator_and_saves_once(
+    toy: dict[str, Path], tmp_path: Path
+) -> None:
+    """Under torchrun the student, projectors and (every 5th step, gradients averaged by hand)
+    the discriminator train on both ranks; rank 0 alone reports and saves."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "CIVT_PIPE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2"]
+    cmd += ["-m", "civt_pipe.cli", "train-cakd", "--data", str(toy["train"])]
+    cmd += ["--teacher", f"vit=vit-nano:{toy['vit']}", "--model", "cnn-nano", "--out", str(out)]
+    cmd += ["--epochs", "2", "--batch-size", "8", "--device", "cpu", "--threads", "1", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1 and reports[0]["epochs"] == 2, done.stdout
+    last = load_checkpoint(out / "last.pt")
+    assert last["train_state"]["identity"]["world_size"] == 2
+    steps = last["train_state"]["global_step"]
+    disc = last["train_state"]["cakd"]["discriminator"]["optimizer"]
+    assert {int(s["step"]) for s in disc["state"].values()} == {steps // 5}
+    assert all(
+        torch.isfinite(v).all() for v in load_checkpoint(out / "student.pt")["state_dict"].values()
+    )
