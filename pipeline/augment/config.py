@@ -152,6 +152,16 @@ def crop_flip(image_size: int) -> AugmentConfig:
     )
 
 
+def crop_flip_defaults(image_size: int, native_size: int) -> tuple[float, float]:
+    """The smallest crop area and the flip probability :func:`crop_flip` views default to.
+
+    Crops keep at least 35 % of the area at ≤ 64 px (8 % is the ImageNet rule, too little of a
+    tiny image); sources under 16 px (digits are 8 px) are glyphs, where a mirrored 2 is no
+    longer a 2, so they are not flipped.
+    """
+    return (0.35 if image_size <= 64 else 0.08), (0.0 if native_size < 16 else 0.5)
+
+
 def small(image_size: int) -> AugmentConfig:
     """A gentler recipe for tiny images (8×8 digits upscaled to 16, CIFAR-sized data).
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ...stores.topk import TopKLogits
 from ..augment.config import AugmentConfig
-from ..data.planning import Segment, ShardRows, StreamPlan
+from ..data.planning import Segment, ShardRows, StreamPlan, plan_training
 from ..data.streams import planned_batches
 from ..runtime.errors import UserError
 from .modes import VERIFY_MODES
@@ -245,3 +245,48 @@ def iter_view_batches(
     return planned_batches(
         shards, plan, ViewSegments(source, view), view_batch, start_step=start_step, workers=workers
     )
+
+
+@dataclass(frozen=True)
+class FreshViews:
+    """An epoch's training batches of fresh views for the stages that train on labels with
+    live models (train-teacher, train-cakd): the one planner (shard order, shuffle, equal
+    steps per rank) and a view keyed by ``(seed, view = epoch, key)``, never stored."""
+
+    source: ViewSource
+    shards: Sequence[ShardRows]
+    rank: int
+    world_size: int
+    batch_size: int
+    """Per rank."""
+    shuffle_buffer: int
+    workers: int
+
+    def plan(self, epoch: int) -> StreamPlan:
+        """This rank's plan of ``epoch``."""
+        return plan_training(
+            self.shards,
+            seed=self.source.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=self.batch_size,
+            shuffle_buffer=self.shuffle_buffer,
+        )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps of every epoch (the same each epoch; planning checks the data)."""
+        return self.plan(0).steps
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's ``(images, labels)`` batches from ``start_step`` on."""
+        views = iter_view_batches(
+            self.source,
+            self.shards,
+            self.plan(epoch),
+            view=epoch,
+            start_step=start_step,
+            workers=self.workers,
+        )
+        return ((b.images, b.labels) for b in views)

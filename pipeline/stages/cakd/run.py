@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,13 +317,13 @@ def _train(
     ctx: DistContext,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
-    from ...augment.config import crop_flip
-    from ...data.planning import StreamPlan, plan_training, shard_rows_for
+    from ...augment.config import crop_flip, crop_flip_defaults
+    from ...data.planning import shard_rows_for
     from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import make_checkpoint
     from ...models.factory import count_parameters, create_model
     from ...replay.online_teachers import load_online_teachers
-    from ...replay.segments import ViewSource, iter_view_batches
+    from ...replay.segments import FreshViews, ViewSource
     from ...runtime.atomic import atomic_write_json
     from ...train.checkpointer import Checkpointer
     from ...train.loop import LoopConfig, fit
@@ -403,35 +403,24 @@ def _train(
 
     # The one stream, as train-teacher draws it: crop/flip views keyed by (seed, epoch, key).
     native = max(index.image_size) if index.image_size is not None else image_size
+    min_scale, hflip = crop_flip_defaults(image_size, native)
     augment = dataclasses.replace(
         crop_flip(image_size),
-        scale=(cfg.min_scale or (0.35 if image_size <= 64 else 0.08), 1.0),
-        # Tiny sources (digits are 8 px) are glyphs: a mirrored 2 is no longer a 2.
-        hflip=cfg.hflip if cfg.hflip is not None else (0.0 if native < 16 else 0.5),
+        scale=(cfg.min_scale if cfg.min_scale is not None else min_scale, 1.0),
+        hflip=cfg.hflip if cfg.hflip is not None else hflip,
     )
-    rows = shard_rows_for(train_set.paths, [s.num_samples for s in index.shards])
-    source = ViewSource(
-        aug=augment, seed=cfg.seed, num_classes=index.num_classes, channels=index.channels
+    stream = FreshViews(
+        source=ViewSource(
+            aug=augment, seed=cfg.seed, num_classes=index.num_classes, channels=index.channels
+        ),
+        shards=shard_rows_for(train_set.paths, [s.num_samples for s in index.shards]),
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        batch_size=opt.batch_size // ctx.world_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        workers=cfg.workers,
     )
-
-    def plan(epoch: int) -> StreamPlan:
-        return plan_training(
-            rows,
-            seed=cfg.seed,
-            epoch=epoch,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            batch_size=opt.batch_size // ctx.world_size,
-            shuffle_buffer=cfg.shuffle_buffer,
-        )
-
-    def batches(epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        views_ = iter_view_batches(
-            source, rows, plan(epoch), view=epoch, start_step=start_step, workers=cfg.workers
-        )
-        return ((b.images, b.labels) for b in views_)
-
-    steps_per_epoch = plan(0).steps
+    steps_per_epoch = stream.steps_per_epoch
     total = steps_per_epoch * opt.epochs
     warmup = min(total, round(opt.warmup_epochs * steps_per_epoch))
     schedule: ScheduleConfig
@@ -521,7 +510,7 @@ def _train(
         )
 
     task = _CakdTask(
-        batches_of=batches,
+        batches_of=stream.batches,
         cakd_step=CakdStep(
             method=cfg.method,
             teacher=teacher,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...augment.config import crop_flip_defaults
 from ...runtime.config_file import Origin
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
@@ -228,8 +229,8 @@ def resolve_config(cfg: TeacherTrainConfig, index: Any, world_size: int) -> Reso
     if batch % world_size:
         raise UserError(f"--batch-size {batch} does not split evenly over {world_size} ranks")
     image_size = cfg.image_size or default_image_size(index)
-    # Tiny sources (digits are 8 px) are glyphs: a mirrored 2 is no longer a 2.
     native = max(index.image_size) if index.image_size is not None else image_size
+    min_scale, hflip = crop_flip_defaults(image_size, native)
     return ResolvedTeacherConfig(
         arch=cfg.arch,
         recipe=family,
@@ -247,10 +248,8 @@ def resolve_config(cfg: TeacherTrainConfig, index: Any, world_size: int) -> Reso
         ),
         label_smoothing=cfg.label_smoothing,
         image_size=image_size,
-        min_scale=cfg.min_scale
-        if cfg.min_scale is not None
-        else (0.35 if image_size <= 64 else 0.08),
-        hflip=cfg.hflip if cfg.hflip is not None else (0.0 if native < 16 else 0.5),
+        min_scale=cfg.min_scale if cfg.min_scale is not None else min_scale,
+        hflip=cfg.hflip if cfg.hflip is not None else hflip,
         seed=cfg.seed,
         workers=cfg.workers,
         shuffle_buffer=cfg.shuffle_buffer,

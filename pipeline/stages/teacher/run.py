@@ -20,7 +20,7 @@ Files, for ``--out runs/teacher.pt``:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,7 @@ def _train_teacher(
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     from ...augment.config import crop_flip
-    from ...data.planning import StreamPlan, plan_training, shard_rows_for
+    from ...data.planning import shard_rows_for
     from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import (
         load_checkpoint,
@@ -153,7 +153,7 @@ def _train_teacher(
         weights_file,
     )
     from ...models.factory import count_parameters, create_model
-    from ...replay.segments import ViewSource, iter_view_batches
+    from ...replay.segments import FreshViews, ViewSource
     from ...runtime.distributed import init_distributed, shutdown
     from ...train.checkpointer import Checkpointer
     from ...train.loop import LoopConfig, fit
@@ -197,30 +197,18 @@ def _train_teacher(
         )
         # The one stream: the same planner as train-student (shard order, shuffle, equal
         # steps per rank), fresh unmixed views keyed by (seed, view = epoch, key).
-        rows = shard_rows_for(train_set.paths, [s.num_samples for s in index.shards])
-        source = ViewSource(
-            aug=augment, seed=cfg.seed, num_classes=index.num_classes, channels=index.channels
+        stream = FreshViews(
+            source=ViewSource(
+                aug=augment, seed=cfg.seed, num_classes=index.num_classes, channels=index.channels
+            ),
+            shards=shard_rows_for(train_set.paths, [s.num_samples for s in index.shards]),
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            batch_size=resolved.batch_size // ctx.world_size,
+            shuffle_buffer=cfg.shuffle_buffer,
+            workers=cfg.workers,
         )
-
-        def plan(epoch: int) -> StreamPlan:
-            return plan_training(
-                rows,
-                seed=cfg.seed,
-                epoch=epoch,
-                rank=ctx.rank,
-                world_size=ctx.world_size,
-                batch_size=resolved.batch_size // ctx.world_size,
-                shuffle_buffer=cfg.shuffle_buffer,
-            )
-
-        def batches(epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            """The epoch's ``(images, labels)`` batches from ``start_step`` on."""
-            views = iter_view_batches(
-                source, rows, plan(epoch), view=epoch, start_step=start_step, workers=cfg.workers
-            )
-            return ((b.images, b.labels) for b in views)
-
-        steps_per_epoch = plan(0).steps  # the same every epoch; planning checks the data
+        steps_per_epoch = stream.steps_per_epoch
         epochs = resolved.epochs
         schedule = ScheduleConfig(
             base_lr=resolved.lr,
@@ -280,7 +268,7 @@ def _train_teacher(
             )
 
         task = _TeacherTask(
-            batches_of=batches,
+            batches_of=stream.batches,
             classify=ClassificationStep(label_smoothing=cfg.label_smoothing, device=device),
             val_set=val_set,
             image_size=image_size,
