@@ -349,3 +349,22 @@ def test_two_process_ddp_run_trains_with_the_discriminator_and_saves_once(
     assert all(
         torch.isfinite(v).all() for v in load_checkpoint(out / "student.pt")["state_dict"].values()
     )
+
+
+def test_tensorboard_and_config_file_provenance(toy: dict[str, Path], tmp_path: Path) -> None:
+    """--tensorboard writes event files in RUN_DIR/tb; a value from --config says so in
+    config.json's hyperparameters, one from the command line says that."""
+    config = tmp_path / "run.toml"
+    config.write_text('method = "none"\nlr = 0.002\n')
+    out = tmp_path / "run"
+    args = ["train-cakd", "--config", str(config), "--data", str(toy["train"])]
+    args += ["--teacher", f"vit=vit-nano:{toy['vit']}", "--model", "cnn-nano", "--out", str(out)]
+    args += ["--epochs", "1", "--batch-size", "16", "--device", "cpu", "--threads", "1"]
+    result = CliRunner().invoke(app, [*args, "--tensorboard"])
+    assert result.exit_code == 0, result.output
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["sources"]["lr"] == "config-file" and saved["sources"]["epochs"] == "command-line"
+    hyper = saved["hyperparameters"]
+    assert hyper["lr"]["from"] == "--lr (config file)"
+    assert hyper["epochs"]["from"] == "--epochs (command line)"

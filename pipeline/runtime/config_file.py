@@ -52,6 +52,12 @@ class FileOption:
     """A repeatable option: the file gives a list, one value or a ``{NAME = VALUE}`` table."""
 
 
+def given_in(sources: Mapping[str, str], name: str) -> str:
+    """How a value the user gave for ``name`` reached the run, for provenance notes:
+    ``config file`` when its recorded origin says so, else ``command line``."""
+    return "config file" if sources.get(name) == "config-file" else "command line"
+
+
 def option_keys(option: FileOption) -> set[str]:
     """Every key spelling a file may use for ``option`` (field name and flag, dashes or not)."""
     spellings = {option.key, option.flag.removeprefix("--")}

@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from ..runtime.config_file import given_in
+
 RecipeName = Literal["small", "coadvise", "deit"]
 """A named recipe (see the module docstring)."""
 
@@ -167,14 +169,10 @@ def resolve_hyperparameters(
     recipe = RECIPE_TABLE[recipe_name]  # type: ignore[index]
     tag = f"recipe {recipe_name}"
     out: dict[str, Resolved] = {}
-    given_in = {
-        name: "config file" if (sources or {}).get(name) == "config-file" else "command line"
-        for name in HYPERPARAMETERS
-    }
     for name in HYPERPARAMETERS:
         value = given.get(name)
         if value is not None:
-            out[name] = Resolved(value, f"{_flag(name)} ({given_in[name]})")
+            out[name] = Resolved(value, f"{_flag(name)} ({given_in(sources or {}, name)})")
     if "lr" not in out:
         out["lr"] = Resolved(
             recipe.lr * global_batch / 512,
@@ -197,7 +195,7 @@ def resolve_hyperparameters(
             out[name] = Resolved(getattr(recipe, name), f"{tag} ({recipe.source})")
     if "clip_grad" in out:
         if out["clip_grad"].value == 0:
-            where = given_in["clip_grad"]
+            where = given_in(sources or {}, "clip_grad")
             out["clip_grad"] = Resolved(None, f"--clip-grad 0 ({where}): no clipping")
     elif recipe.clip_grad is None:
         out["clip_grad"] = Resolved(None, f"{tag}: no clipping ({recipe.source})")

@@ -22,9 +22,11 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
+from ...runtime.config_file import Origin, given_in
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
 from ...train.choices import OPTIMIZERS
+from ...train.tensorboard import require_tensorboard
 
 LAST = "last.pt"
 """The resumable checkpoint: the student plus projectors, discriminator and both optimizers."""
@@ -32,6 +34,8 @@ FINAL = "student.pt"
 """The finished student alone (what ``evaluate`` reads)."""
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+TENSORBOARD = "tb"
+"""With ``--tensorboard``: the event files' directory in the run directory."""
 
 Method = Literal["cakd", "logit", "none"]
 """``cakd``: L_proj1 + L_proj2 + λ·L_MVG + CE; ``logit``: Hinton KD; ``none``: CE only."""
@@ -234,8 +238,21 @@ class CakdTrainConfig:
         10, help="Write a step record every N steps.", flag="", minimum=1, resume="may-change"
     )
     progress: bool = option(True, help="Draw progress bars.", flag="", resume="may-change")
+    tensorboard: bool = option(
+        False,
+        help="Also write the metrics as TensorBoard scalars to RUN_DIR/tb (civt-pipe[tb]).",
+        resume="may-change",
+    )
+    sources: dict[str, Origin] = option(
+        help="Where each option's value came from (filled by the command line).",
+        flag="",
+        default_factory=dict,
+        resume="may-change",
+    )
 
     def __post_init__(self) -> None:
+        if self.tensorboard:
+            require_tensorboard()
         if self.milestones is not None:
             self.milestones = tuple(int(m) for m in self.milestones)
         check_numbers(self)
@@ -297,11 +314,16 @@ def resolve_optimization(cfg: CakdTrainConfig) -> ResolvedOptimization:
     for name in ("optimizer", "lr", "weight_decay", "epochs", "batch_size", "warmup_epochs"):
         given = getattr(cfg, name)
         values[name] = given if given is not None else getattr(recipe, name)
-        source = f"--{name.replace('_', '-')} (command line)" if given is not None else tag
+        source = (
+            f"--{name.replace('_', '-')} ({given_in(cfg.sources, name)})"
+            if given is not None
+            else tag
+        )
         provenance[name] = {"value": values[name], "from": source}
     if cfg.milestones is not None:
         milestones = tuple(m for m in cfg.milestones if m != 0)
-        provenance["milestones"] = {"value": list(milestones), "from": "--milestone (command line)"}
+        origin = given_in(cfg.sources, "milestones")
+        provenance["milestones"] = {"value": list(milestones), "from": f"--milestone ({origin})"}
     else:
         milestones = recipe.milestones
         provenance["milestones"] = {"value": list(milestones), "from": tag}

@@ -52,7 +52,15 @@ from ...runtime.console import info
 from ...runtime.distributed import DistContext
 from ...runtime.errors import UserError
 from ...train.loop import EpochSummary, StepResult
-from .config import CONFIG, FINAL, LAST, METRICS, CakdTrainConfig, resolve_optimization
+from .config import (
+    CONFIG,
+    FINAL,
+    LAST,
+    METRICS,
+    TENSORBOARD,
+    CakdTrainConfig,
+    resolve_optimization,
+)
 
 # --------------------------------------------------------------------------------- the modules
 
@@ -542,6 +550,7 @@ def _train(
         save_every=cfg.save_every,
         final=final,
         description=f"train-cakd {cfg.method}",
+        tensorboard=run_dir / TENSORBOARD if cfg.tensorboard else None,
         progress=cfg.progress,
     )
     result = fit(
