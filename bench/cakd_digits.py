@@ -169,9 +169,9 @@ def main() -> None:
 
 def _teacher_state(path: Path) -> dict[str, object]:
     """The teacher checkpoint's training state (epoch/total), to tell a finished one apart."""
-    import torch
+    from civt_pipe.pipeline.models.checkpoint import load_checkpoint
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
     config = ckpt.get("config") or {}
     state = ckpt.get("train_state") or {}
     if state.get("epoch") == config.get("epochs"):

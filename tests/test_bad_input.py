@@ -23,13 +23,11 @@ from typing import Any
 
 import pytest
 import torch
-from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher
+from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher, train_toy_student
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.models.checkpoint import load_checkpoint, save_checkpoint
-from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
-from civt_pipe.pipeline.stages.student.run import train_student
 
 SIZE = 16
 
@@ -44,18 +42,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     teacher = make_toy_teacher(root / "cnn.pt", image_size=SIZE)
     store = dump_toy_store(train, teacher, root / "store.zarr", views=2, aug="small")
     run = root / "run"
-    train_student(
-        StudentTrainConfig(
-            data=str(train),
-            store=str(store),
-            out=str(run),
-            epochs=1,
-            batch_size=8,
-            warmup_epochs=0,
-            device="cpu",
-            progress=False,
-        )
-    )
+    train_toy_student(train, store, run)
     return {"root": root, "train": train, "test": test, "ckpt": teacher, "store": store, "run": run}
 
 

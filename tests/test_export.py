@@ -20,7 +20,7 @@ import torchvision.models as tvm
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.regnet import BlockParams
-from toy_shards import dump_toy_store, make_toy_shards
+from toy_shards import dump_toy_store, make_toy_shards, train_toy_student
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
@@ -38,8 +38,6 @@ from civt_pipe.pipeline.models.teachers import load_teachers
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.stages.export.config import ExportConfig
 from civt_pipe.pipeline.stages.export.run import export
-from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
-from civt_pipe.pipeline.stages.student.run import train_student
 from civt_pipe.pipeline.stages.teacher.config import TeacherTrainConfig
 from civt_pipe.pipeline.stages.teacher.run import train_teacher
 
@@ -232,18 +230,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     store = dump_toy_store(train, teacher, root / "store.zarr", views=1, aug="small")
     run = root / "run"
-    train_student(
-        StudentTrainConfig(
-            data=str(train),
-            store=str(store),
-            out=str(run),
-            epochs=1,
-            batch_size=8,
-            warmup_epochs=0,
-            device="cpu",
-            progress=False,
-        )
-    )
+    train_toy_student(train, store, run)
     return {"root": root, "train": train, "test": test, "teacher": teacher, "run": run}
 
 

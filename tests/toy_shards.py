@@ -53,3 +53,23 @@ def dump_toy_store(data: Path, teacher: Path, out: Path, **options: Any) -> Path
     teachers = (TeacherSpec.parse(f"cnn=cnn-nano:{teacher}"),)
     run_dump(DumpConfig(data=str(data), teachers=teachers, out=out, **settings))
     return out
+
+
+def train_toy_student(data: Path, store: Path, out: Path) -> Path:
+    """One epoch of ``train-student`` from ``store`` (batch 8, no warm-up, no bars); the run dir."""
+    from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
+    from civt_pipe.pipeline.stages.student.run import train_student
+
+    train_student(
+        StudentTrainConfig(
+            data=str(data),
+            store=str(store),
+            out=str(out),
+            epochs=1,
+            batch_size=8,
+            warmup_epochs=0,
+            device="cpu",
+            progress=False,
+        )
+    )
+    return out
