@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .errors import StoreError
+from .integrity import check_indexes
 from .logit_store import LogitStore
 from .schema import FORMAT_VERSION, round_up
 from .topk import leftover_mass, target_entropy
@@ -33,8 +34,9 @@ def inspect_store(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
     Per teacher: ``top1`` (share of valid (sample, view) pairs whose arg-max is the view
     label), ``mean_entropy`` (nats, of the τ=1 target with the leftover spread uniformly) and
     ``mean_leftover`` (mass outside the top k). ``agreement``: per teacher pair, the share of
-    views on which both arg-maxes agree. With ``verify``, :func:`verify_store` runs first and
-    the report carries ``"verified": true``.
+    views on which both arg-maxes agree. ``num_files``: files under the store (metadata
+    included; format 4 keeps one file per (shard, array)). With ``verify``,
+    :func:`verify_store` runs first and the report carries ``"verified": true``.
     """
     if verify:
         verify_store(path)
@@ -75,7 +77,8 @@ def inspect_store(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
 
     views = store.num_views
     sample_views = written_samples * views
-    bytes_on_disk = store.bytes_on_disk()
+    files = store.location.files()
+    bytes_on_disk = sum(files.values())
     teacher_reports = []
     teacher_bytes_total = 0
     for info in store.teachers:
@@ -112,6 +115,7 @@ def inspect_store(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
         "teachers": teacher_reports,
         "agreement": [{"teachers": [a, b], "agreement": mean(n)} for (a, b), n in agree.items()],
         "bytes_on_disk": bytes_on_disk,
+        "num_files": len(files),
         "bytes_per_sample_view": bytes_on_disk / sample_views if sample_views else 0.0,
         "bytes_per_sample_view_teacher": (
             teacher_bytes_total / (sample_views * len(names)) if sample_views else 0.0
@@ -136,12 +140,13 @@ def _where(row_view: tuple[int, ...]) -> str:
 def verify_store(path: str | Path) -> None:
     """Check every invariant; ``StoreError`` naming the first violation.
 
-    Layout (offsets chunk-aligned, disjoint, arrays shaped and chunked as the attributes say,
-    every chunk of a written shard present: checked by ``LogitStore.open``), every shard
-    written, the store finalized, every chunk's checksum (each is decoded once), keys non-empty
-    and unique, labels and view labels in range, digests non-zero on valid rows, and per
-    teacher: log-probabilities finite, ≤ 0, descending and with ``Σ exp ≤ 1`` (up to
-    :data:`KEPT_MASS_SLACK`), indices in range and distinct, ``lse`` finite.
+    Layout (offsets chunk-aligned, disjoint, arrays shaped, chunked and sharded as the attributes
+    say, every file of a written shard present: checked by ``LogitStore.open``), every shard
+    written, the store finalized, every sharded file's index whole and listing every inner chunk,
+    every chunk's checksum (each is decoded once), keys non-empty and unique, labels and view
+    labels in range, digests non-zero on valid rows, and per teacher: log-probabilities finite,
+    ≤ 0, descending and with ``Σ exp ≤ 1`` (up to :data:`KEPT_MASS_SLACK`), indices in range
+    and distinct, ``lse`` finite.
     """
     store = LogitStore.open(path)
     where = str(store.path)
@@ -169,6 +174,7 @@ def verify_store(path: str | Path) -> None:
             f"{where}: every shard is written but the store was never finalized (dump-logits "
             "stopped before its last step); run the same dump-logits command again"
         )
+    check_indexes(where, store.location, store.array_specs, store.shards, chunk)
 
     seen: set[str] = set()
     for s in store.shards:

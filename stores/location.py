@@ -179,16 +179,6 @@ class StoreLocation:
             return self.local.is_dir() and (self.local / "zarr.json").is_file()
         return self.child("zarr.json").is_file()
 
-    def list_files(self) -> list[str]:
-        """Paths of every file under this place, relative to it and ``/``-separated."""
-        if self.local is not None:
-            found: list[str] = []
-            for dirpath, _, names in os.walk(self.local):
-                rel = Path(dirpath).relative_to(self.local).as_posix()
-                found.extend(n if rel == "." else f"{rel}/{n}" for n in names)
-            return found
-        return list(self.files())
-
     def files(self) -> dict[str, int]:
         """Every file under this place: path relative to it (``/``-separated) → size in bytes."""
         if self.local is not None:

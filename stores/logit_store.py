@@ -1,15 +1,20 @@
 """The zarr v3 logit store: create, write one shard at a time, read one view, finalize.
 
-Concurrency rules (DESIGN §5): every shard owns whole chunks, so writers of different shards
-never touch the same chunk file; ``written`` has one chunk per shard for the same reason. Only
-the creator writes metadata and attributes (``create``, ``finalize``). ``write_shard`` writes the
-data first and the shard's ``written`` flag last, so a killed writer leaves the shard missing,
-never half-present. Fill values never stand for "written": only ``written`` does.
+Concurrency rules (DESIGN §5): every shard owns whole files: a per-view array is sharded
+(zarr's sharding codec) into one file per ``chunk_rows`` rows holding every view, and shards
+start on a ``chunk_rows`` boundary, so writers of different shards never touch the same file;
+``written`` has one chunk per shard for the same reason. A shard's files are always written
+whole (all views at once) after deleting any earlier copy, so zarr's read-modify-write of a
+sharded file never reads another attempt's bytes. Only the creator writes metadata and
+attributes (``create``, ``finalize``). ``write_shard`` writes the data first and the shard's
+``written`` flag last, so a killed writer leaves the shard missing, never half-present. Fill
+values never stand for "written": only ``written`` does.
 
-Integrity (format 3): every chunk ends with a ``crc32c`` checksum and every chunk of a written
-shard is on disk, even one equal to the fill value; ``open`` checks arrays and chunk presence
-(:mod:`.integrity`) and every read goes through :meth:`LogitStore.read`, which turns a chunk that
-does not decode into one ``StoreDamagedError`` line naming array and chunk.
+Integrity (format 4): every inner chunk and every file's index end with a ``crc32c`` checksum,
+and every chunk of a written shard is on disk, even one equal to the fill value; ``open`` checks
+arrays and file presence (:mod:`.integrity`) and every read goes through
+:meth:`LogitStore.read`, which turns a chunk that does not decode into one ``StoreDamagedError``
+line naming the array and the view (or the file whose index is damaged).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from zarr.core.array_spec import ArrayConfigParams
 
 from .blocks import ShardBlock, ViewBlock, pad_shard_block
 from .errors import StoreDamagedError, StoreError, StoreVersionError
-from .integrity import check_arrays, check_chunks, chunk_failure
+from .integrity import check_arrays, check_files, chunk_failure, file_key, shard_files
 from .location import StoreLocation
 from .schema import (
     FORMAT_NAME,
@@ -124,6 +129,7 @@ class LogitStore:
                 shape=array.shape,
                 dtype=str if array.dtype == "str" else array.dtype,
                 chunks=array.chunks,
+                shards=array.shards,
                 compressors=_compressors(array.dtype),
                 fill_value=fill,
             )
@@ -159,10 +165,10 @@ class LogitStore:
         format version (newer: upgrade civt-pipe; older: re-dump it).
 
         With ``check`` (the default), ``StoreDamagedError`` if an array the attributes promise
-        is missing or not of the promised shape, dtype and chunks, or a chunk of a shard marked
-        written is absent (one listing of the store). ``check=False`` only for a store
-        this process family already checked (reopening in a data-loader worker). ``path`` may
-        be an fsspec URL.
+        is missing or not of the promised shape, dtype, chunks and shards, or a file of a shard
+        marked written is absent or shorter than its index (one listing of the store).
+        ``check=False`` only for a store this process family already checked (reopening in a
+        data-loader worker). ``path`` may be an fsspec URL.
         """
         target = StoreLocation(path)
         if mode not in ("r", "r+"):
@@ -212,7 +218,7 @@ class LogitStore:
 
     def check_whole(self) -> None:
         """``StoreDamagedError`` naming the first missing or misshapen array, or the first absent
-        chunk of a shard marked written (what :meth:`open` checks)."""
+        or truncated file of a shard marked written (what :meth:`open` checks)."""
         where = str(self.path)
         specs = self.array_specs
         try:
@@ -220,7 +226,7 @@ class LogitStore:
         except (KeyError, ValueError, TypeError) as err:  # unreadable array metadata
             raise StoreDamagedError(f"{where}: array metadata cannot be read ({err})") from None
         written = [s for s, ok in zip(self._layout, self.written_flags(), strict=True) if ok]
-        check_chunks(where, self.location, specs, written, self.chunk_rows)
+        check_files(where, self.location, specs, written, self.chunk_rows)
 
     # ------------------------------------------------------------------ description
     @property
@@ -290,7 +296,7 @@ class LogitStore:
 
     @property
     def array_specs(self) -> dict[str, ArraySpec]:
-        """Every array the attributes promise: path -> shape, dtype, chunks."""
+        """Every array the attributes promise: path -> shape, dtype, chunks, shards."""
         return array_specs(
             num_rows=self.num_rows,
             chunk_rows=self.chunk_rows,
@@ -367,13 +373,13 @@ class LogitStore:
         """``selection`` of array ``name`` as numpy; the one place the store decodes chunks.
 
         A chunk that fails its checksum or does not decode is a ``StoreDamagedError`` naming
-        the array and the chunk.
+        the array and the view and chunk (or the file, when its index is damaged).
         """
         arr = self.array(name)
         try:
             return np.asarray(arr[selection])
         except Exception as err:  # codec errors come as ValueError, RuntimeError, blosc's own...
-            raise chunk_failure(str(self.path), name, arr, selection, err) from None
+            raise chunk_failure(str(self.path), self.location, name, arr, selection, err) from None
 
     def _keys(self, rows: slice) -> list[str]:
         return [str(k) for k in self.read("keys", rows).tolist()]
@@ -400,9 +406,10 @@ class LogitStore:
     def write_shard(self, name: str, block: ShardBlock, *, replace: bool = False) -> None:
         """Write one shard's block (all views, teachers, aug fields), then set its flag.
 
-        Writes whole chunks (the block padded to the shard's chunk span), so no chunk is shared
-        with another shard and a rewrite produces the same bytes. Raises ``StoreError`` if the
-        shard is already written (unless ``replace``) or the store is finalized.
+        Deletes the shard's files, then writes them whole (the block padded to the shard's chunk
+        span, all views at once), so nothing of an earlier attempt is merged in, no file is
+        shared with another shard, and a rewrite produces the same bytes. Raises ``StoreError``
+        if the shard is already written (unless ``replace``) or the store is finalized.
         """
         if self.mode != "r+":
             raise StoreError(f"logit store {self.path} is open read-only")
@@ -426,6 +433,7 @@ class LogitStore:
                 )
         rows = slice(layout.row_offset, layout.row_offset + round_up(layout.count, self.chunk_rows))
         try:
+            self._delete_files(layout)
             for array_name, values in data.items():
                 self.array(array_name)[rows] = values
             written[flag_index] = True
@@ -437,6 +445,16 @@ class LogitStore:
                 f"cannot write shard {name!r} to {self.path}: {os.strerror(err.errno or 0).lower()}"
                 "; fix that, then run the same command again (the shard is written anew)"
             ) from err
+
+    def _delete_files(self, layout: ShardLayout) -> None:
+        # zarr writes a sharded file by reading it, merging and rewriting it. A shard is always
+        # written whole, so nothing of an earlier attempt is kept, but a leftover file that no
+        # longer decodes would make the rewrite fail: delete the shard's files first, so the
+        # read finds nothing (``written`` is the flag, cleared above, not data).
+        for array_name, spec in self.array_specs.items():
+            if array_name != "written":
+                for coords in shard_files(spec, layout, self.chunk_rows):
+                    self.location.child(file_key(array_name, coords)).delete_file()
 
     def _padded_block(self, layout: ShardLayout, block: ShardBlock) -> dict[str, np.ndarray]:
         return pad_shard_block(
@@ -453,7 +471,8 @@ class LogitStore:
 
     # ------------------------------------------------------------------ reading
     def read_view(self, name: str, view: int) -> ViewBlock:
-        """One view of one shard: one chunk read per array (when the shard fits one chunk)."""
+        """One view of one shard: one inner chunk read per array (when the shard fits one
+        chunk); a per-view array's read is two ranged requests, its file's index then the chunk."""
         if not 0 <= view < self.num_views:
             raise StoreError(f"view {view} is out of range: {self.path} has {self.num_views} views")
         layout = self.shard(name)
@@ -482,7 +501,7 @@ class LogitStore:
         )
 
     def read_shard(self, name: str) -> ShardBlock:
-        """All views of one shard (V chunk reads per per-view array)."""
+        """All views of one shard (one whole-file read per per-view array)."""
         layout = self.shard(name)
         rows = slice(layout.row_offset, layout.row_offset + layout.count)
 

@@ -21,17 +21,22 @@ from .errors import StoreError
 FORMAT_NAME = "civt-pipe-logit-store"
 """Value of the group attribute ``format``; anything else is not one of our stores."""
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bumped on any change a reader of the previous version would misread.
 
-Version 3 ends every array's codec chain with a ``crc32c`` checksum and writes every chunk of a
-written shard (even one equal to the fill value), so damage and loss are detected instead of read
-as data. Version 2 stored top-k log-probabilities (``teachers/<name>/logprobs``); version 1 stored
-raw logits in float16 (``values``). Older versions are refused with a request to re-dump."""
+Version 4 stores each (shard, per-view array) as one zarr v3 *sharded* file holding one inner
+chunk per view (``sharding_indexed``; the index and every inner chunk checksummed), instead of
+one file per (shard, view, array). Version 3 ends every array's codec chain with a ``crc32c``
+checksum and writes every chunk of a written shard (even one equal to the fill value), so damage
+and loss are detected instead of read as data. Version 2 stored top-k log-probabilities
+(``teachers/<name>/logprobs``); version 1 stored raw logits in float16 (``values``). Older
+versions are refused with a request to re-dump."""
 
 VERSION_CHANGES = {
     1: "it stores raw float16 logits instead of top-k log-probabilities",
     2: "its chunks carry no checksums, so damaged or missing chunks read as data",
+    3: "it keeps one file per (shard, view, array) where version 4 keeps one sharded file "
+    "per (shard, array)",
 }
 """Why a store of an older format version cannot be read (the refusal names it)."""
 
@@ -153,12 +158,20 @@ class TeacherInfo:
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """What one array of a store must be: its shape, dtype and chunk shape."""
+    """What one array of a store must be: its shape, dtype, chunk shape and shard shape."""
 
     shape: tuple[int, ...]
     dtype: str
     """A numpy dtype name, or ``"str"`` for variable-length UTF-8 strings."""
     chunks: tuple[int, ...]
+    """The unit of a read: the inner chunk when the array is sharded."""
+    shards: tuple[int, ...] | None = None
+    """The unit of a file (zarr's sharding codec), or None when every chunk is its own file."""
+
+    @property
+    def file_shape(self) -> tuple[int, ...]:
+        """The part of the array one file holds: the shard, or the chunk when not sharded."""
+        return self.shards if self.shards is not None else self.chunks
 
 
 def array_specs(
@@ -173,25 +186,33 @@ def array_specs(
     teacher_names: Iterable[str],
 ) -> dict[str, ArraySpec]:
     """Every array a store with these attributes holds, by path (the one list that ``create``
-    makes, ``open`` checks and ``verify`` checks)."""
+    makes, ``open`` checks and ``verify`` checks).
+
+    Per-view arrays are sharded: one file per ``chunk_rows`` rows holding every view, one inner
+    chunk per view, so a file belongs to one shard (one writer) and a read is one view.
+    """
     rows, chunk, views, k = num_rows, chunk_rows, num_views, topk
+
+    def per_view(dtype: str, *trailing: int) -> ArraySpec:
+        return ArraySpec(
+            (rows, views, *trailing), dtype, (chunk, 1, *trailing), (chunk, views, *trailing)
+        )
+
     specs = {
         "keys": ArraySpec((rows,), "str", (chunk,)),
         "valid": ArraySpec((rows,), "bool", (chunk,)),
         "labels": ArraySpec((rows,), "int32", (chunk,)),
-        "view_labels": ArraySpec((rows, views), "int32", (chunk, 1)),
-        "digests": ArraySpec((rows, views), "uint64", (chunk, 1)),
+        "view_labels": per_view("int32"),
+        "digests": per_view("uint64"),
         "written": ArraySpec((num_shards,), "bool", (1,)),
     }
     for name, fspec in aug_fields.items():
-        specs[f"aug/{name}"] = ArraySpec(
-            (rows, views, *fspec.shape), fspec.dtype, (chunk, 1, *fspec.shape)
-        )
+        specs[f"aug/{name}"] = per_view(fspec.dtype, *fspec.shape)
     idx = index_dtype(num_classes).name
     for t in teacher_names:
-        specs[f"teachers/{t}/logprobs"] = ArraySpec((rows, views, k), "float16", (chunk, 1, k))
-        specs[f"teachers/{t}/indices"] = ArraySpec((rows, views, k), idx, (chunk, 1, k))
-        specs[f"teachers/{t}/lse"] = ArraySpec((rows, views), "float32", (chunk, 1))
+        specs[f"teachers/{t}/logprobs"] = per_view("float16", k)
+        specs[f"teachers/{t}/indices"] = per_view(idx, k)
+        specs[f"teachers/{t}/lse"] = per_view("float32")
     return specs
 
 

@@ -29,12 +29,16 @@ pytestmark = pytest.mark.slow
 STORE_DIGEST = "6ffcd458965999692e0249bf6d1c69f03009502c9512762a16732b8f137e1aee"
 # Store format 3 (issue 16) moved only the byte counts: every chunk carries a 4-byte crc32c
 # and each array's metadata names the codec. STORE_DIGEST (the decoded contents) held.
+# Store format 4 (issue 14, sharding) moved only the byte counts again (+2,081 B per teacher):
+# each per-view array's file now ends with a shard index (16 B per view + a 4-byte crc32c:
+# 36 B × 4 shards × 3 arrays = 432 B) and its zarr.json describes the sharding codec (~550 B
+# more per array). The compressed chunks themselves and STORE_DIGEST held.
 STORE_FIGURES = (
     '{"num_classes": 10, "num_samples": 359, "num_views": 2, "teachers": [{"arch": "cnn-nano", '
-    '"bytes_on_disk": 10470, "bytes_per_sample_view": 14.582173, "checkpoint_sha256": "ac9ad5c7'
+    '"bytes_on_disk": 12551, "bytes_per_sample_view": 17.480501, "checkpoint_sha256": "ac9ad5c7'
     'dfea6b9b0c6945b60ae7f2f1f8e19336218011382d9bc8e5bf582321", "mean_entropy": 2.258571, "mean'
     '_leftover": 0.394693, "name": "cnn", "top1": 0.107242}, {"arch": "inn-nano", "bytes_on_dis'
-    'k": 14515, "bytes_per_sample_view": 20.215877, "checkpoint_sha256": "d796006cbfd04d86098fb'
+    'k": 16596, "bytes_per_sample_view": 23.114206, "checkpoint_sha256": "d796006cbfd04d86098fb'
     '9728a29ccbfdb436ecdc65080ec37922b4a8b543239", "mean_entropy": 0.139683, "mean_leftover": 0'
     '.012852, "name": "inn", "top1": 0.083565}], "topk": 5}'
 )

@@ -155,7 +155,10 @@ def test_make_shards_on_a_full_disk_is_one_line_and_leaves_nothing(
     fail_fsync_of(monkeypatch, tmp_path, "train-000001.tar.partial")
     with pytest.raises(UserError, match=rf"train-000001\.tar: {FULL}"):
         make_shards(cfg)
-    assert list(cfg.out_dir.iterdir()) == []  # no tar, no partial, no index, no marker
+    # No partial and no index; the finished first tar (with its receipt and the marker) stays
+    # for the next run, which resumes.
+    names = sorted(p.name for p in cfg.out_dir.iterdir())
+    assert names == [".make-shards-incomplete", "train-000000.tar", "train-000000.tar.receipt.json"]
     monkeypatch.undo()
     assert len(make_shards(cfg).shards) == 3
 

@@ -222,7 +222,10 @@ def test_folder_round_trip_keys_classes_and_rgb(tmp_path: Path) -> None:
     expected = make_folder(tmp_path / "imgs")
     index = make_shards(MakeShardsConfig(f"folder:{tmp_path / 'imgs'}", tmp_path / "out"))
     assert index.class_names == ("cat", "dog gone")
-    assert index.channels == 3 and index.format == "jpg" and index.image_size == (6, 7)
+    # The PNG and JPEG files are copied as they are, the BMP stored as PNG: members of both.
+    assert index.channels == 3 and index.format == "jpg+png" and index.image_size == (6, 7)
+    assert index.extra["images"] == {"copied": 4, "encoded": 1, "resized": 0, "skipped": 0}
+    assert index.extra["ignored_files"] == 1  # cat/notes.txt
     samples = read_back(tmp_path / "out")
     assert {s.key: index.class_names[s.label] for s in samples} == expected
     assert "cat_b_v2" in expected and "dog_gone_d" in expected
@@ -279,7 +282,7 @@ def test_non_empty_out_dir_needs_overwrite(tmp_path: Path) -> None:
     assert names == [INDEX_FILENAME, "keep.txt", "test-000000.tar"]
 
 
-def test_failed_run_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
+def test_failed_run_leaves_nothing_that_looks_complete_and_resumes(tmp_path: Path) -> None:
     make_folder(tmp_path / "imgs")
     bad = tmp_path / "imgs" / "dog gone" / "zz.png"
     # A valid PNG header with the pixel data cut off: the header check passes, decoding fails.
@@ -289,9 +292,20 @@ def test_failed_run_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
     keys = list(open_source(f"folder:{tmp_path / 'imgs'}", "train").keys)
     assert keys.index("dog_gone_zz") >= 2
     out = tmp_path / "out"
+    cfg = MakeShardsConfig(f"folder:{tmp_path / 'imgs'}", out, shard_size=2)
     with pytest.raises(UserError, match=r"zz\.png"):
-        make_shards(MakeShardsConfig(f"folder:{tmp_path / 'imgs'}", out, shard_size=2))
-    assert list(out.iterdir()) == []
+        make_shards(cfg)
+    # No index and the marker: readers refuse the directory; no partial file is left.
+    assert not (out / INDEX_FILENAME).exists() and (out / INCOMPLETE_MARKER).exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+    with pytest.raises(UserError, match="interrupted"):
+        resolve_shards(out)
+    # Once the file is repaired, the same command finishes the directory.
+    Image.fromarray(np.zeros((6, 7, 3), dtype=np.uint8)).save(bad)
+    assert make_shards(cfg).num_samples == 6
+    assert sorted(p.name for p in out.iterdir()) == [INDEX_FILENAME] + [
+        f"train-{i:06d}.tar" for i in range(3)
+    ]
 
 
 def test_interrupted_directory_is_refused_by_readers(tmp_path: Path) -> None:

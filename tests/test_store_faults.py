@@ -129,12 +129,12 @@ def test_a_deleted_array_is_refused_not_read_as_zeros(
     assert not (tmp_path / "run").exists()
 
 
-def test_a_deleted_chunk_is_refused_naming_array_and_chunk(
+def test_a_deleted_file_is_refused_naming_array_and_file(
     world: dict[str, Any], tmp_path: Path
 ) -> None:
     store = _copy(world, tmp_path)
     (store / "teachers" / "cnn" / "lse" / "c" / "0" / "0").unlink()
-    want = f"chunk (0, 0) of array teachers/cnn/lse (shard {FIRST}) is missing"
+    want = f"file teachers/cnn/lse/c/0/0 of array teachers/cnn/lse (shard {FIRST}) is missing"
     assert want in _refused("inspect-store", str(store), "--verify")
     assert want in _refused(*_train(world, store, tmp_path / "run"))
 
@@ -183,7 +183,7 @@ def test_chunks_equal_to_the_fill_value_are_written_and_checked(tmp_path: Path) 
     chunk = tmp_path / "s.zarr" / "aug" / "flip" / "c" / "0" / "0"
     assert chunk.is_file()
     chunk.unlink()
-    with pytest.raises(StoreDamagedError, match=r"chunk \(0, 0\) of array aug/flip"):
+    with pytest.raises(StoreDamagedError, match=r"file aug/flip/c/0/0 of array aug/flip"):
         inspect_store(tmp_path / "s.zarr")
 
 
@@ -297,7 +297,7 @@ def test_a_damaged_store_is_not_resumed_as_if_whole(world: dict[str, Any], tmp_p
     store = _copy(world, tmp_path)
     (store / "digests" / "c" / "1" / "0").unlink()
     line = _refused(*_dump_args(world, store))
-    assert "chunk (1, 0) of array digests" in line and "--overwrite" in line
+    assert "file digests/c/1/0 of array digests" in line and "--overwrite" in line
 
 
 def test_older_format_stores_are_refused_with_a_re_dump_hint(

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import pickle
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,10 @@ import pytest
 import torch
 import zarr
 from store_helpers import SHARDS, make_block, make_spec, write_all
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 
 from civt_pipe.stores.errors import StoreError
+from civt_pipe.stores.integrity import file_key, read_shard_index
 from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.schema import FORMAT_VERSION, FieldSpec, StoreSpec, TeacherInfo
 from civt_pipe.stores.topk import TopKLogits, dense_target
@@ -265,23 +266,42 @@ def test_read_view_is_one_chunk_read_per_array(
     write_all(LogitStore.create(path, spec), spec)
     store = LogitStore.open(path)
     store.read_view(SHARDS[1][0], 0)  # warm the array metadata cache
-    reads: list[str] = []
+    reads: list[tuple[str, Any]] = []
     original = zarr.storage.LocalStore.get
 
-    async def counting_get(self: zarr.storage.LocalStore, key: str, *args: Any, **kw: Any) -> Any:
-        reads.append(key)
-        return await original(self, key, *args, **kw)
+    async def counting_get(
+        self: zarr.storage.LocalStore, key: str, prototype: Any, byte_range: Any = None
+    ) -> Any:
+        reads.append((key, byte_range))
+        return await original(self, key, prototype, byte_range)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
     store.read_view(SHARDS[1][0], 1)
-    chunk_reads = Counter(key.split("/c/")[0] for key in reads if "/c/" in key)
-    expected = {"keys", "valid", "labels", "view_labels", "digests", "aug/crop", "aug/flip"}
+    by_array: dict[str, list[tuple[str, Any]]] = {}
+    for key, byte_range in reads:
+        if "/c/" in key:
+            by_array.setdefault(key.split("/c/")[0], []).append((key, byte_range))
+    per_row = {"keys", "valid", "labels"}
+    per_view = {"view_labels", "digests", "aug/crop", "aug/flip"}
     for t in ("cnn", "inn"):
-        expected |= {f"teachers/{t}/logprobs", f"teachers/{t}/indices", f"teachers/{t}/lse"}
-    assert set(chunk_reads) == expected
-    assert all(n == 1 for n in chunk_reads.values()), chunk_reads
-    # The chunk read is the one of shard 1 (row chunk 1), view 1.
-    assert "teachers/cnn/logprobs/c/1/1/0" in reads
+        per_view |= {f"teachers/{t}/logprobs", f"teachers/{t}/indices", f"teachers/{t}/lse"}
+    assert set(by_array) == per_row | per_view
+    for name in per_row:  # one whole chunk file: shard 1's rows
+        assert by_array[name] == [(f"{name}/c/1", None)]
+    specs = store.array_specs
+    for name in per_view:
+        # Shard 1's file of the array (row block 1), read twice: its index (the tail), then
+        # exactly view 1's inner chunk, the byte range the index gives for it.
+        file = (1,) + (0,) * (len(specs[name].shape) - 1)
+        key = file_key(name, file)
+        (index_key, tail), (chunk_key, chunk) = by_array[name]
+        assert index_key == chunk_key == key
+        assert isinstance(tail, SuffixByteRequest) and isinstance(chunk, RangeByteRequest)
+        chunks, shards = specs[name].chunks, specs[name].shards
+        assert shards is not None
+        index = read_shard_index("s", store.location, name, chunks, shards, file)
+        offset, length = index[(0, 1, *(0,) * (len(file) - 2))]
+        assert (chunk.start, chunk.end) == (offset, offset + length)
 
 
 def test_plain_zarr_reads_the_store_as_documented(tmp_path: Path) -> None:

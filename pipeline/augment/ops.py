@@ -215,3 +215,53 @@ def apply_randaug(
     for op_id, magnitude in zip(op_ids, magnitudes, strict=True):
         image = apply_op(image, op_id, magnitude, fill=fill)
     return image
+
+
+def _batch_argument(op_id: int, magnitude: float) -> int | None:
+    """The whole-batch argument of an op that can run on a stack of views at once, else None.
+
+    Identity, AutoContrast and Equalize ignore the magnitude; Solarize and Posterize only see
+    the integer it maps to. Their torchvision kernels act on each image of a `[B, C, H, W]`
+    stack independently with integer (or per-image elementwise) arithmetic, so a group of views
+    that share the argument gets the bits each would get alone.
+    """
+    name = OPS[op_id].name
+    if name in ("Identity", "AutoContrast", "Equalize"):
+        return 0
+    if name == "Solarize":
+        return solarize_threshold(magnitude)
+    if name == "Posterize":
+        return posterize_bits(magnitude)
+    return None
+
+
+def apply_randaug_batch(
+    images: torch.Tensor, op_ids: list[list[int]], magnitudes: list[list[float]], *, fill: int
+) -> torch.Tensor:
+    """`apply_randaug` on every view of a uint8 stack `[n, C, H, W]`, bit-identical per view.
+
+    `op_ids[i]` and `magnitudes[i]` are view i's stored `ra_ops`/`ra_mag` rows. Slot by slot,
+    the views that run the same magnitude-free or integer-argument op are processed as one
+    stack; every other op runs view by view. Returns a new tensor; `images` is not modified.
+    """
+    out = images.clone()
+    slots = len(op_ids[0]) if op_ids else 0
+    for slot in range(slots):
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in range(len(op_ids)):
+            op_id, magnitude = op_ids[i][slot], magnitudes[i][slot]
+            if op_id == NO_OP:
+                continue
+            if not 0 <= op_id < NUM_OPS:
+                raise ValueError(f"unknown RandAugment op id {op_id} (valid: -1..{NUM_OPS - 1})")
+            argument = _batch_argument(op_id, magnitude)
+            if argument is None:
+                out[i] = OPS[op_id].fn(out[i], float(magnitude), fill)
+            else:
+                groups.setdefault((op_id, argument), []).append(i)
+        for (op_id, _), rows in groups.items():
+            index = torch.tensor(rows)
+            # The op's argument is the same for every row of the group: the first one's
+            # magnitude stands for all of them.
+            out[index] = OPS[op_id].fn(out[index], float(magnitudes[rows[0]][slot]), fill)
+    return out

@@ -22,8 +22,8 @@ import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
 from .config import AugmentConfig
-from .ops import apply_randaug
-from .params import MIX_CUTMIX, MIX_MIXUP, param_row
+from .ops import NO_OP, apply_randaug_batch
+from .params import MIX_CUTMIX, MIX_MIXUP
 
 _DIGEST_PERSON = b"civt-digest-v1"
 _EVAL_CROP_PCT = 0.875  # resize to size/0.875 then center-crop (timm/DeiT default)
@@ -45,36 +45,57 @@ def render_view(
     """The unmixed view: float32 `[C, S, S]` in [0, 1] from one row of stored parameters.
 
     Only `cfg.image_size`, `cfg.interpolation` and `cfg.ra_fill` are used; everything random
-    comes from `params_row`.
+    comes from `params_row`. The same as row 0 of `render_unmixed` on a block of one.
     """
-    _check_image(image_u8)
+    block = {name: np.asarray(value)[None] for name, value in params_row.items()}
+    return render_unmixed([image_u8], block, cfg)[0]
+
+
+def render_unmixed(
+    images: Sequence[torch.Tensor], block_params: Mapping[str, np.ndarray], cfg: AugmentConfig
+) -> torch.Tensor:
+    """Unmixed views `[n, C, S, S]` (float32 in [0, 1]) of n images, row i from row i of
+    `block_params`; every image has the same channel count.
+
+    Batched where the result cannot change: the crop is resampled image by image (source
+    crops differ in size, and the antialiased kernel is the one per-sample rendering used);
+    from there the views are one uint8 stack — flips, the RandAugment ops that act on a group
+    at once (`apply_randaug_batch`), the conversion to float — and only erasing's noise is
+    drawn per view from its own seed. Each row is bit-identical to rendering it alone.
+    """
+    n = len(images)
+    for image in images:
+        _check_image(image)
     size = cfg.image_size
-    top, left, height, width = (int(v) for v in np.asarray(params_row["crop"]))
-    view = F.resized_crop(
-        image_u8,
-        top,
-        left,
-        height,
-        width,
-        [size, size],
-        interpolation=_INTERPOLATION[cfg.interpolation],
-        antialias=True,
-    )
-    if int(params_row["flip"]):
-        view = F.horizontal_flip(view)
-    view = apply_randaug(
-        view,
-        [int(v) for v in np.asarray(params_row["ra_ops"]).reshape(-1)],
-        [float(v) for v in np.asarray(params_row["ra_mag"]).reshape(-1)],
-        fill=cfg.ra_fill,
-    )
-    out = view.to(torch.float32).div_(255.0)
-    e_top, e_left, e_height, e_width = (int(v) for v in np.asarray(params_row["erase"]))
-    if e_height > 0 and e_width > 0:
-        noise_gen = torch.Generator(device="cpu")
-        noise_gen.manual_seed(int(params_row["erase_seed"]))
-        noise = torch.rand((out.shape[0], e_height, e_width), generator=noise_gen)
-        out[:, e_top : e_top + e_height, e_left : e_left + e_width] = noise
+    interpolation = _INTERPOLATION[cfg.interpolation]
+    crops = np.asarray(block_params["crop"]).reshape(n, 4).tolist()
+    # Crops of the same height and width are resampled as one stack (small sources repeat
+    # sizes often); the antialiased kernel treats each image of a stack on its own.
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, (_, _, height, width) in enumerate(crops):
+        by_size.setdefault((height, width), []).append(i)
+    stack = torch.empty(n, images[0].shape[0], size, size, dtype=torch.uint8)
+    for rows in by_size.values():
+        cropped = torch.stack([F.crop_image(images[i], *crops[i]) for i in rows])
+        resized = F.resize_image(cropped, [size, size], interpolation=interpolation, antialias=True)
+        stack[torch.tensor(rows)] = resized
+    flipped = np.flatnonzero(np.asarray(block_params["flip"]).reshape(n))
+    if len(flipped):
+        index = torch.as_tensor(flipped)
+        stack[index] = stack[index].flip(-1)
+    ops = np.asarray(block_params["ra_ops"]).reshape(n, -1)
+    if (ops != NO_OP).any():
+        mags = np.asarray(block_params["ra_mag"], dtype=np.float32).reshape(n, -1)
+        stack = apply_randaug_batch(stack, ops.tolist(), mags.tolist(), fill=cfg.ra_fill)
+    out = stack.to(torch.float32).div_(255.0)
+    erase = np.asarray(block_params["erase"]).reshape(n, 4).tolist()
+    seeds = np.asarray(block_params["erase_seed"]).reshape(n).tolist()
+    for i, (e_top, e_left, e_height, e_width) in enumerate(erase):
+        if e_height > 0 and e_width > 0:
+            noise_gen = torch.Generator(device="cpu")
+            noise_gen.manual_seed(int(seeds[i]))
+            noise = torch.rand((out.shape[1], e_height, e_width), generator=noise_gen)
+            out[i, :, e_top : e_top + e_height, e_left : e_left + e_width] = noise
     return out
 
 
@@ -123,9 +144,7 @@ def render_block(
         raise ValueError(f"got {n} images but {len(positions)} positions")
     if n == 0:
         raise ValueError("render_block needs at least one image")
-    unmixed = torch.stack(
-        [render_view(images[i], param_row(block_params, i), cfg) for i in range(n)]
-    )
+    unmixed = render_unmixed(images, block_params, cfg)
     row_of = {int(p): i for i, p in enumerate(positions)}
     partner_rows = np.arange(n)
     for i, partner in enumerate(np.asarray(block_params["mix_partner"]).tolist()):

@@ -98,7 +98,8 @@ class ShardSet:
 def _check_not_interrupted(directory: Path) -> None:
     if (directory / INCOMPLETE_MARKER).exists() and not (directory / INDEX_FILENAME).exists():
         raise UserError(
-            f"{directory} was left by an interrupted make-shards; run it again with --overwrite"
+            f"{directory} was left by an interrupted make-shards; run the same make-shards "
+            "command again to finish it"
         )
 
 

@@ -71,6 +71,7 @@ def print_report(report: dict[str, Any]) -> None:
         ("top-k (k)", str(report["topk"])),
         ("status", status),
         ("bytes on disk", f"{report['bytes_on_disk']:,}"),
+        ("files on disk", f"{report['num_files']:,}"),
         ("bytes / (sample, view)", f"{report['bytes_per_sample_view']:.1f}"),
         ("bytes / (sample, view, teacher)", f"{report['bytes_per_sample_view_teacher']:.1f}"),
         (

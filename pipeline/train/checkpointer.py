@@ -42,6 +42,11 @@ CheckpointMaker = Callable[[nn.Module, dict[str, Any] | None, Mapping[str, Any]]
 :func:`..models.checkpoint.make_checkpoint` call with its class names and config)."""
 
 
+IDENTITY_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
+"""Derived facts recorded since a later version, with the value every run saved before had
+(a run from before ``--precision`` trained in fp32)."""
+
+
 def _plain(value: Any) -> Any:
     """JSON-normalized value (tuples become lists), so saved and current compare fairly."""
     return json.loads(json.dumps(value))
@@ -128,7 +133,10 @@ class Checkpointer:
             self._refuse(name, saved_config.get(name), current[name])
         saved_identity = point.state.identity
         for key, value in _plain(self.identity).items():
-            saved = saved_identity[key] if key in saved_identity else saved_config.get(key)
+            if key in saved_identity:
+                saved = saved_identity[key]
+            else:
+                saved = saved_config.get(key, IDENTITY_DEFAULTS.get(key))
             if saved != value:
                 self._refuse(key, saved, value)
         if point.state.schedule is not None and point.state.schedule != _plain(self.schedule):

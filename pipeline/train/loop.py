@@ -36,6 +36,7 @@ from ..runtime.atomic import append_jsonl, atomic_write_bytes
 from ..runtime.console import make_progress
 from ..runtime.distributed import DistContext, barrier
 from ..runtime.errors import UserError
+from ..runtime.precision import PrecisionPolicy, compile_model
 from ..runtime.seeds import keyed_seed
 from .checkpointer import Checkpointer
 from .schedule import ScheduleConfig, lr_at, set_lr
@@ -213,6 +214,10 @@ class LoopConfig:
     """Clip the gradients' global norm at this before every optimizer step (None: never)."""
     tensorboard: Path | None = None
     """Also write every metric record as TensorBoard scalars here (None: off)."""
+    precision: PrecisionPolicy | None = None
+    """Autocast of every step's forward and loss, and fp16's gradient scaler (None: fp32)."""
+    compile: bool = False
+    """Run the steps through ``torch.compile`` (checkpoints and validation use the model)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,16 +239,30 @@ def train_step(
     batch: Any,
     lr: float,
     clip_grad: float | None = None,
+    *,
+    precision: PrecisionPolicy | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
-    """One optimizer update at learning rate ``lr``: forward, backward, optionally clip the
-    gradients' global norm at ``clip_grad``, step."""
+    """One optimizer update at learning rate ``lr``: forward (under ``precision``'s autocast),
+    backward, optionally clip the gradients' global norm at ``clip_grad``, step.
+
+    With ``scaler`` (fp16) the loss is scaled before backward and the gradients unscaled before
+    clipping; a step whose gradients overflowed is skipped and the scale lowered.
+    """
     set_lr(optimizer, lr)
-    result = step(model, batch)
+    with precision.autocast() if precision is not None else contextlib.nullcontext():
+        result = step(model, batch)
     optimizer.zero_grad(set_to_none=True)
-    result.loss.backward()
+    (result.loss if scaler is None else scaler.scale(result.loss)).backward()
     if clip_grad is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     return result
 
 
@@ -305,6 +324,10 @@ def fit(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:
+        net = compile_model(net, device)
+    # fp16 only. A resumed run starts the loss scale afresh: it re-calibrates within a few steps.
+    scaler = cfg.precision.grad_scaler() if cfg.precision is not None else None
     world = ctx.world_size
     guard = _FiniteGuard(
         ctx=ctx,
@@ -347,7 +370,16 @@ def fit(
             for step, batch in enumerate(task.batches(epoch, first), start=first):
                 torch.manual_seed(step_seed(cfg.seed, epoch, step, ctx.rank))
                 lr = lr_at(global_step, cfg.schedule)
-                result = train_step(net, optimizer, task.step, batch, lr, cfg.clip_grad)
+                result = train_step(
+                    net,
+                    optimizer,
+                    task.step,
+                    batch,
+                    lr,
+                    cfg.clip_grad,
+                    precision=cfg.precision,
+                    scaler=scaler,
+                )
                 global_step += 1
                 steps_done += 1
                 log_steps += 1

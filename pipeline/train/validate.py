@@ -12,6 +12,7 @@ teacher logits, looked up by the batch's shard and position) ride along the same
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -21,6 +22,7 @@ from ..data.streams import EvalBatch, eval_batches
 from ..runtime.console import make_progress
 from ..runtime.distributed import DistContext
 from ..runtime.errors import UserError
+from ..runtime.precision import PrecisionPolicy
 from .metrics import TopKCounter
 
 TEACHER_HEAD = "logits"
@@ -78,6 +80,7 @@ def evaluate_model(
     ctx: DistContext | None = None,
     observers: tuple[BatchObserver, ...] = (),
     description: str = "evaluate",
+    precision: PrecisionPolicy | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``model`` on every sample of ``shard_set``.
 
@@ -94,6 +97,7 @@ def evaluate_model(
         ctx: distributed context (None: a single process).
         observers: extra per-batch consumers; their results are added under their ``name``.
         description: label of the progress bar.
+        precision: autocast of the forwards (None: fp32); heads are scored in float32.
 
     Returns:
         ``{"top1", "top5", "num_samples", "heads": {name: {"top1", "top5"}}}`` with
@@ -117,7 +121,9 @@ def evaluate_model(
         )
         for batch in batches:
             images = batch.images.to(device, non_blocking=True)
-            heads = head_outputs(model(images))
+            with precision.autocast() if precision is not None else nullcontext():
+                outputs = model(images)
+            heads = {name: logits.float() for name, logits in head_outputs(outputs).items()}
             counter.update(heads, batch.labels)
             for observer in observers:
                 observer.observe(heads, batch)

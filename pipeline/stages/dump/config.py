@@ -12,6 +12,7 @@ from ...augment.config import PRESET_CHOICES, AugmentConfig, preset
 from ...models.teacher_spec import TeacherSpec
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
+from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
 
 OnError = Literal["fail", "skip"]
 """What ``dump-logits`` does with a sample it cannot decode: stop, or record it and go on."""
@@ -41,6 +42,9 @@ class DumpConfig:
         maximum=MAX_WORKERS,
     )
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
+    # The resolved precision is a store attribute: a resumed dump must run at the same one.
+    precision: str = option("auto", help=PRECISION_HELP, choices=PRECISION_CHOICES)
+    compile: bool = option(False, help=COMPILE_HELP)
     on_error: OnError = option(
         "fail",
         help="An undecodable sample stops the dump or is skipped (its key recorded).",

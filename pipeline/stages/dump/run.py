@@ -13,6 +13,7 @@ resumed run reports the whole dataset).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -33,11 +34,13 @@ from ...augment.params import param_fields
 from ...data.planning import ShardRows, StreamPlan, plan_pass, shard_rows_for
 from ...data.shard_set import ShardSet, resolve_complete_shards
 from ...data.streams import PlannedStream, WorkerError, make_loader
+from ...models.factory import get_preset
 from ...models.teachers import LoadedTeacher, TeacherSpec, load_teachers
 from ...runtime.console import info, make_progress, warn
 from ...runtime.device import cpu_threads, resolve_device
 from ...runtime.distributed import DistContext, barrier, init_distributed, shutdown
 from ...runtime.errors import USER_ERRORS, UserError
+from ...runtime.precision import PrecisionPolicy, check_compile, prepare_model
 from .config import DumpConfig, resolve_augment
 from .data import DumpBlock, ShardViews
 from .teachers import ShardAccumulator, TeacherRunner
@@ -46,7 +49,11 @@ __all__ = ["DumpConfig", "TeacherSpec", "print_summary", "run_dump"]
 
 
 def _store_spec(
-    cfg: DumpConfig, shards: ShardSet, teachers: list[LoadedTeacher], aug: AugmentConfig
+    cfg: DumpConfig,
+    shards: ShardSet,
+    teachers: list[LoadedTeacher],
+    aug: AugmentConfig,
+    policy: PrecisionPolicy,
 ) -> StoreSpec:
     fields = {
         name: FieldSpec(shape=shape, dtype=np.dtype(dtype).name)
@@ -67,6 +74,8 @@ def _store_spec(
             "seed": cfg.seed,
             "augment": aug.to_dict(),
             "on_error": cfg.on_error,
+            # Resolved (never "auto"): a resume on another device must not mix precisions.
+            "precision": policy.precision,
         },
         chunk_rows=cfg.chunk_rows,
     )
@@ -160,6 +169,7 @@ def _dump_shards(
     teachers: list[LoadedTeacher],
     aug: AugmentConfig,
     device: torch.device,
+    policy: PrecisionPolicy,
 ) -> _RunStats:
     """Render, run the teachers and write every shard of ``plan`` (this rank's share)."""
     stats = _RunStats()
@@ -176,7 +186,7 @@ def _dump_shards(
     dataset = PlannedStream(missing, plan, render)
     loader = make_loader(dataset, workers=cfg.workers, pin_memory=device.type == "cuda")
     runner = TeacherRunner(
-        teachers=teachers, topk=cfg.topk, batch_size=cfg.batch_size, device=device
+        teachers=teachers, topk=cfg.topk, batch_size=cfg.batch_size, device=device, policy=policy
     )
     counts = {missing[s.shard].name: missing[s.shard].count for s in plan.segments}
     names = [t.info.name for t in teachers]
@@ -231,11 +241,14 @@ def run_dump(cfg: DumpConfig) -> dict[str, Any]:
     on the views, the number of skipped samples and the store's size on disk.
     """
     device = resolve_device(cfg.device)
+    policy = PrecisionPolicy.resolve(cfg.precision, device)
+    if cfg.compile:
+        check_compile(device)
     with cpu_threads(cfg.threads, cfg.workers, device):
-        return _run_dump(cfg, device)
+        return _run_dump(cfg, device, policy)
 
 
-def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
+def _run_dump(cfg: DumpConfig, device: torch.device, policy: PrecisionPolicy) -> dict[str, Any]:
     # Every tar whole and as indexed, keys unique, before anything is written or replaced.
     shards = resolve_complete_shards(cfg.data)
     teachers = load_teachers(
@@ -251,7 +264,19 @@ def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
         raise UserError(
             f"--topk {cfg.topk} is larger than the dataset's {shards.num_classes} classes"
         )
-    spec = _store_spec(cfg, shards, teachers, aug)
+    spec = _store_spec(cfg, shards, teachers, aug, policy)
+    teachers = [
+        dataclasses.replace(
+            t,
+            model=prepare_model(
+                t.model,
+                device,
+                convolutional=get_preset(t.info.arch).bias is not None,
+                compile=cfg.compile,
+            ),
+        )
+        for t in teachers
+    ]
 
     ctx = init_distributed(device)
     lock = WriterLock(cfg.out)
@@ -271,13 +296,13 @@ def _run_dump(cfg: DumpConfig, device: torch.device) -> dict[str, Any]:
             info(
                 f"dump-logits: {len(plan.missing)} of {len(store.shards)} shards to write"
                 f"{resumed}, {cfg.views} views, teachers {', '.join(t.info.name for t in teachers)}"
-                f", {ctx.world_size} rank(s), device {device}"
+                f", {ctx.world_size} rank(s), device {device}, {policy.precision}"
             )
         missing = shard_rows_for(
             [shards.path(n) for n in plan.missing], [store.shard(n).count for n in plan.missing]
         )
         mine = plan_pass(missing, rank=ctx.rank, world_size=ctx.world_size, batch_size=1)
-        stats = _dump_shards(cfg, ctx, store, shards, missing, mine, teachers, aug, device)
+        stats = _dump_shards(cfg, ctx, store, shards, missing, mine, teachers, aug, device, policy)
         stats = _all_reduce_stats(ctx, stats)
         barrier(ctx)  # every rank's shards are written before rank 0 finalizes
         if ctx.is_main:
@@ -313,6 +338,8 @@ def _summary(
             t["name"]: {"arch": t["arch"], "top1": t.get("top1")} for t in attrs["teachers"]
         },
         "num_skipped": int(attrs.get("num_skipped", 0)),
+        # Stores dumped before --precision existed ran their teachers in fp32.
+        "precision": str(store.user_attrs.get("precision", "fp32")),
         "store_bytes": store.bytes_on_disk(),
     }
 

@@ -21,6 +21,7 @@ from ...augment.config import AugmentConfig
 from ...augment.params import param_fields
 from ...models.teachers import LoadedTeacher
 from ...runtime.errors import UserError
+from ...runtime.precision import PrecisionPolicy
 
 
 class ShardAccumulator:
@@ -119,12 +120,17 @@ class TeacherRunner:
     else is in flight, so its logits do not depend on worker interleaving, on which shards a
     resumed run still has to write, or on how shards are split over ranks (CPU and GPU kernels
     can round differently at different batch sizes).
+
+    The forwards run under ``policy``'s autocast; the logits are cast to float32 before the
+    finiteness check and the top-k, so the stored log-probabilities come from a float32
+    ``log_softmax`` at every precision.
     """
 
     teachers: list[LoadedTeacher]
     topk: int
     batch_size: int
     device: torch.device
+    policy: PrecisionPolicy
     shards: dict[str, ShardAccumulator] = field(default_factory=dict)
     _queues: dict[str, list[_Segment]] = field(default_factory=dict)
     _queued: dict[str, int] = field(default_factory=dict)
@@ -194,7 +200,9 @@ class TeacherRunner:
         batch, rows, view_ids = self._take(shard, n)
         batch = batch.to(self.device, non_blocking=True)
         for teacher in self.teachers:
-            logits = teacher.model(batch)
+            with self.policy.autocast():
+                logits = teacher.model(batch)
+            logits = logits.float()
             self._check_finite(teacher.info.name, shard, logits, rows, view_ids)
             top = TopKLogits.from_logits(logits, self.topk)
             self.shards[shard].add_logits(teacher.info.name, rows, view_ids, top)

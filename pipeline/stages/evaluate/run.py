@@ -18,7 +18,8 @@ from typing import Any
 
 from ...runtime.console import warn
 from ...runtime.errors import UserError
-from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_numbers, option
+from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
+from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
 
 
 @dataclass(kw_only=True, slots=True)
@@ -31,6 +32,9 @@ class EvaluateConfig:
     data: str = option(help="Shards to evaluate on: a directory or a brace pattern.")
     batch_size: int = option(256, help="Samples per batch.", minimum=1)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
+    # No resume here: another precision is just another measurement (reported in the result).
+    precision: str = option("auto", help=PRECISION_HELP, choices=PRECISION_CHOICES)
+    compile: bool = option(False, help=COMPILE_HELP)
     workers: int = option(0, help="Data-loading processes.", minimum=0, maximum=MAX_WORKERS)
     threads: int | None = option(
         None,
@@ -61,6 +65,7 @@ class EvaluateConfig:
         if self.store is not None:
             self.store = os.fspath(self.store)
         check_numbers(self)
+        check_choices(self)
         if self.store_views is not None and self.store is None:
             raise UserError("--store-views needs --store")
 
@@ -72,10 +77,15 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     teacher_agreement`, and ``store``)."""
     from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import model_from_checkpoint
+    from ...models.factory import get_preset
     from ...runtime.device import cpu_threads, resolve_device
+    from ...runtime.precision import PrecisionPolicy, check_compile, prepare_model
     from ...train.validate import evaluate_model
 
     device = resolve_device(cfg.device)
+    policy = PrecisionPolicy.resolve(cfg.precision, device)
+    if cfg.compile:
+        check_compile(device)
     shard_set = resolve_complete_shards(cfg.data)
     model, meta = model_from_checkpoint(
         cfg.checkpoint,
@@ -107,11 +117,12 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 batch_size=cfg.batch_size,
                 device=device,
             )
-        scored: Any = model
+        convolutional = meta["kind"] == "teacher" and get_preset(meta["arch"]).bias is not None
+        scored: Any = prepare_model(model, device, convolutional=convolutional, compile=cfg.compile)
         if cfg.noise > 0:
             from .noise import GaussianNoise
 
-            scored = GaussianNoise(model, std=cfg.noise, seed=cfg.noise_seed)
+            scored = GaussianNoise(scored, std=cfg.noise, seed=cfg.noise_seed)
         result = evaluate_model(
             scored,
             shard_set,
@@ -119,8 +130,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             batch_size=cfg.batch_size,
             device=device,
             workers=cfg.workers,
+            precision=policy,
         )
-    result.update(checkpoint=str(cfg.checkpoint), arch=meta["arch"], kind=meta["kind"])
+    result.update(
+        checkpoint=str(cfg.checkpoint),
+        arch=meta["arch"],
+        kind=meta["kind"],
+        precision=policy.precision,
+    )
     if cfg.noise > 0:
         result.update(noise=cfg.noise, noise_seed=cfg.noise_seed)
     if agreement is not None:

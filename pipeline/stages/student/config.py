@@ -19,6 +19,7 @@ from ...runtime.options import (
     check_numbers,
     option,
 )
+from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
 from ...train.recipes import RECIPES, RecipeName, recipe_help
 from ...train.tensorboard import require_tensorboard
 
@@ -234,6 +235,12 @@ class StudentTrainConfig:
         resume="may-change",
     )
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.", resume="may-change")
+    # The spelling may change; what it resolves to on the device is in the run's identity
+    # (train-student's _run_identity) and must match: it changes the numerics.
+    precision: str = option(
+        "auto", help=PRECISION_HELP, choices=PRECISION_CHOICES, resume="may-change"
+    )
+    compile: bool = option(False, help=COMPILE_HELP, resume="may-change")
     # Every step record syncs the losses to the host; 10 keeps the device busy between them.
     log_every: int = option(
         10,

@@ -33,6 +33,7 @@ from ...replay.segments import ViewSource
 from ...runtime.console import info, warn
 from ...runtime.distributed import DistContext
 from ...runtime.errors import UserError
+from ...runtime.precision import PrecisionPolicy, check_compile
 from ...train.loop import EpochSummary, StepResult
 from ...train.recipes import HYPERPARAMETERS, resolve_hyperparameters
 from ...train.steps import DistillationStep
@@ -105,10 +106,11 @@ def _hard_teachers(cfg: StudentTrainConfig, names: Sequence[str]) -> frozenset[s
 
 
 def _run_identity(
-    setup: DataBinding, world_size: int, align: Mapping[str, str] | None
+    setup: DataBinding, world_size: int, align: Mapping[str, str] | None, precision: str
 ) -> dict[str, Any]:
     """Derived facts (no config fields) a resumed run must share to reach the same weights."""
     return {
+        "precision": precision,
         "align": dict(align) if align is not None else None,
         "world_size": world_size,
         "resolved_seed": setup.seed,
@@ -141,10 +143,13 @@ def train_student(cfg: StudentTrainConfig) -> dict[str, Any]:
     if cfg.store is None and not cfg.teachers:
         raise UserError("train-student needs --store STORE (or --teacher NAME=ARCH:CKPT ...)")
     device = resolve_device(cfg.device)
+    policy = PrecisionPolicy.resolve(cfg.precision, device)
+    if cfg.compile:
+        check_compile(device)
     ctx = init_distributed(device)
     try:
         with cpu_threads(cfg.threads, cfg.workers, device):
-            return _train(cfg, device, ctx)
+            return _train(cfg, device, ctx, policy)
     finally:
         shutdown(ctx)
 
@@ -186,6 +191,7 @@ class _StudentTask:
     val_set: Any
     ctx: DistContext
     device: torch.device
+    precision: PrecisionPolicy
 
     def batches(self, epoch: int, start_step: int) -> Iterable[Any]:
         from ...data.planning import plan_training
@@ -227,6 +233,7 @@ class _StudentTask:
             workers=self.cfg.workers,
             ctx=self.ctx,
             description="validate",
+            precision=self.precision,
         )
         return {str(name): float(head["top1"]) for name, head in result["heads"].items()}
 
@@ -240,7 +247,9 @@ class _StudentTask:
         return {"val": summary.val if summary is not None else {}}
 
 
-def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> dict[str, Any]:
+def _train(
+    cfg: StudentTrainConfig, device: torch.device, ctx: DistContext, policy: PrecisionPolicy
+) -> dict[str, Any]:
     from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import make_checkpoint
     from ...models.factory import create_model, get_preset
@@ -335,7 +344,7 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
     ).to(device)
     weight_decay = float(hyper["weight_decay"].value or 0)
     optimizer = build_optimizer(model, OptimizerConfig(lr=lr, weight_decay=weight_decay))
-    identity = _run_identity(setup, world, align)
+    identity = _run_identity(setup, world, align, policy.precision)
     config = json.loads(json.dumps(cfg.to_dict()))
 
     def make(net: nn.Module, state: dict[str, Any] | None, metrics: Mapping[str, Any]) -> dict:
@@ -405,6 +414,7 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
         val_set=val_set,
         ctx=ctx,
         device=device,
+        precision=policy,
     )
     final = run_dir / FINAL
     loop = LoopConfig(
@@ -420,6 +430,8 @@ def _train(cfg: StudentTrainConfig, device: torch.device, ctx: DistContext) -> d
         progress=cfg.progress,
         clip_grad=None if clip_grad is None else float(clip_grad),
         tensorboard=run_dir / TENSORBOARD if cfg.tensorboard else None,
+        precision=policy,
+        compile=cfg.compile,
     )
     result = fit(
         task, model, optimizer, loop, checkpointer, ctx=ctx, device=device, resume_from=resume_from

@@ -14,6 +14,7 @@ from ...augment.config import crop_flip_defaults
 from ...runtime.config_file import Origin
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
+from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
 from ...train.choices import OPTIMIZERS
 from ...train.tensorboard import require_tensorboard
 
@@ -110,6 +111,8 @@ class TeacherTrainConfig:
         1024, help="Samples held for shuffling per rank (1: shard order).", minimum=1
     )
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
+    precision: str = option("auto", help=PRECISION_HELP, choices=PRECISION_CHOICES)
+    compile: bool = option(False, help=COMPILE_HELP)
     resume: bool = option(False, help="Continue the run saved in --out, if any.")
     overwrite: bool = option(False, help="Replace an existing --out and its metrics.")
     init: Path | None = option(None, help="Start from a torchvision weight file or our checkpoint.")
@@ -183,6 +186,13 @@ class ResolvedTeacherConfig:
     workers: int = option(help="Data-loading processes per rank.", flag="")
     shuffle_buffer: int = option(help="Samples held for shuffling per rank.", flag="")
     world_size: int = option(help="Ranks under torchrun.", flag="")
+    # Resolved for the device (never "auto"); runs saved before the option trained in fp32.
+    precision: str = option(
+        "fp32", help="Forward precision (changes the numerics: must match).", flag=""
+    )
+    compile: bool = option(
+        False, help="torch.compile of the steps (same computation).", flag="", resume="may-change"
+    )
     init: str | None = option(
         None,
         help="Initial weights (irrelevant on resume: the weights come from out).",
@@ -217,8 +227,11 @@ def tensorboard_path(out: Path) -> Path:
     return out.with_name(out.stem + ".tb")
 
 
-def resolve_config(cfg: TeacherTrainConfig, index: Any, world_size: int) -> ResolvedTeacherConfig:
-    """Every setting of the run with the recipe's defaults filled in."""
+def resolve_config(
+    cfg: TeacherTrainConfig, index: Any, world_size: int, precision: str = "fp32"
+) -> ResolvedTeacherConfig:
+    """Every setting of the run with the recipe's defaults filled in (``precision``: the one
+    ``cfg.precision`` resolves to on the run's device)."""
     from ...data.streams import default_image_size
     from ...models.factory import get_preset
 
@@ -254,6 +267,8 @@ def resolve_config(cfg: TeacherTrainConfig, index: Any, world_size: int) -> Reso
         workers=cfg.workers,
         shuffle_buffer=cfg.shuffle_buffer,
         world_size=world_size,
+        precision=precision,
+        compile=cfg.compile,
         init=str(cfg.init) if cfg.init is not None else None,
         sources=dict(cfg.sources),
     )

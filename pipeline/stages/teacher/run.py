@@ -32,6 +32,7 @@ from ...runtime.atomic import atomic_write_json, check_output_file
 from ...runtime.console import info
 from ...runtime.distributed import DistContext
 from ...runtime.errors import UserError
+from ...runtime.precision import PrecisionPolicy
 from ...train.loop import EpochSummary, StepResult
 from ...train.steps import ClassificationStep
 from .config import (
@@ -77,6 +78,7 @@ class _TeacherTask:
     workers: int
     ctx: DistContext
     device: torch.device
+    precision: PrecisionPolicy
 
     def batches(self, epoch: int, start_step: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches_of(epoch, start_step)
@@ -98,6 +100,7 @@ class _TeacherTask:
             workers=self.workers,
             ctx=self.ctx,
             description="validate",
+            precision=self.precision,
         )
         return {"top1": float(val["top1"]), "top5": float(val["top5"])}
 
@@ -132,15 +135,20 @@ def train_teacher(
             epoch is on disk (progress hooks, tests that simulate an interruption).
     """
     from ...runtime.device import cpu_threads, resolve_device
+    from ...runtime.precision import check_compile
 
     device = resolve_device(cfg.device)
+    policy = PrecisionPolicy.resolve(cfg.precision, device)
+    if cfg.compile:
+        check_compile(device)
     with cpu_threads(cfg.threads, cfg.workers, device):
-        return _train_teacher(cfg, device, on_epoch_end)
+        return _train_teacher(cfg, device, policy, on_epoch_end)
 
 
 def _train_teacher(
     cfg: TeacherTrainConfig,
     device: torch.device,
+    policy: PrecisionPolicy,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     from ...augment.config import crop_flip
@@ -152,9 +160,10 @@ def _train_teacher(
         save_safetensors,
         weights_file,
     )
-    from ...models.factory import count_parameters, create_model
+    from ...models.factory import count_parameters, create_model, get_preset
     from ...replay.segments import FreshViews, ViewSource
     from ...runtime.distributed import init_distributed, shutdown
+    from ...runtime.precision import prepare_model
     from ...train.checkpointer import Checkpointer
     from ...train.loop import LoopConfig, fit
     from ...train.schedule import OptimizerConfig, ScheduleConfig, build_optimizer
@@ -169,7 +178,7 @@ def _train_teacher(
         )
     ctx = init_distributed(device)
     try:
-        resolved = resolve_config(cfg, train_set.index, ctx.world_size)
+        resolved = resolve_config(cfg, train_set.index, ctx.world_size, policy.precision)
         index = train_set.index
         out, metrics_file = cfg.out, metrics_path(cfg.out)
         resuming = cfg.resume and out.exists()
@@ -189,6 +198,9 @@ def _train_teacher(
         if cfg.init is not None and not resuming:
             _init_weights(model, cfg.init, cfg.arch, index.channels, image_size)
         model.to(device)
+        # Channels-last in place (CUDA); the loop compiles its steps itself (LoopConfig.compile).
+        convolutional = get_preset(cfg.arch).bias is not None
+        prepare_model(model, device, convolutional=convolutional, compile=False)
 
         augment = dataclasses.replace(
             crop_flip(image_size),
@@ -276,6 +288,7 @@ def _train_teacher(
             workers=cfg.workers,
             ctx=ctx,
             device=device,
+            precision=policy,
         )
         loop = LoopConfig(
             epochs=epochs,
@@ -285,6 +298,8 @@ def _train_teacher(
             metrics_file=metrics_file,
             description=f"train-teacher {cfg.arch}",
             tensorboard=tensorboard_path(out) if cfg.tensorboard else None,
+            precision=policy,
+            compile=cfg.compile,
         )
         result = fit(
             task,
