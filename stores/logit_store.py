@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -470,9 +471,10 @@ class LogitStore:
         )
 
     # ------------------------------------------------------------------ reading
-    def read_view(self, name: str, view: int) -> ViewBlock:
+    def read_view(self, name: str, view: int, teachers: Sequence[str] | None = None) -> ViewBlock:
         """One view of one shard: one inner chunk read per array (when the shard fits one
-        chunk); a per-view array's read is two ranged requests, its file's index then the chunk."""
+        chunk); a per-view array's read is two ranged requests, its file's index then the chunk.
+        ``teachers``: read only these teachers' arrays (None: every teacher)."""
         if not 0 <= view < self.num_views:
             raise StoreError(f"view {view} is out of range: {self.path} has {self.num_views} views")
         layout = self.shard(name)
@@ -481,13 +483,13 @@ class LogitStore:
         def get(array_name: str) -> np.ndarray:
             return self.read(array_name, (rows, view))
 
-        teachers = {
+        per_teacher = {
             t: TopKLogits(
                 logprobs=torch.from_numpy(get(f"teachers/{t}/logprobs")),
                 indices=torch.from_numpy(get(f"teachers/{t}/indices")),
                 lse=torch.from_numpy(get(f"teachers/{t}/lse")),
             )
-            for t in self.teacher_names
+            for t in (self.teacher_names if teachers is None else teachers)
         }
         return ViewBlock(
             view=view,
@@ -496,7 +498,7 @@ class LogitStore:
             view_labels=get("view_labels"),
             digests=get("digests"),
             aug={f: get(f"aug/{f}") for f in self._attrs["aug_fields"]},
-            teachers=teachers,
+            teachers=per_teacher,
             valid=self.read("valid", rows).astype(bool),
         )
 

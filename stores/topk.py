@@ -85,6 +85,15 @@ class TopKLogits:
             logprobs=self.logprobs[rows], indices=self.indices[rows], lse=self.lse[rows]
         )
 
+    def first(self, k: int) -> TopKLogits:
+        """The first ``k`` entries of every row, what a store dumped with top-k ``k`` holds
+        (the rows are sorted descending; ``lse`` stays the full log-sum-exp)."""
+        if not 1 <= k <= self.k:
+            raise ValueError(f"cannot keep {k} of {self.k} top-k entries")
+        return TopKLogits(
+            logprobs=self.logprobs[..., :k], indices=self.indices[..., :k], lse=self.lse
+        )
+
     def to(self, device: torch.device | str) -> TopKLogits:
         """The same rows on ``device`` (dtypes unchanged)."""
         return TopKLogits(

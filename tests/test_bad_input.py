@@ -314,6 +314,8 @@ CASES = [
     Case("student-batch-0", ts("--batch-size", "0"), "--batch-size must be at least 1"),
     Case("student-epochs-neg", ts("--epochs", "-1"), "--epochs must be at least 1"),
     Case("student-views-0", ts("--views", "0"), "--views must be at least 1"),
+    Case("student-decoder-mismatch", ts("--decoder", "pil"), "use --decoder auto"),
+    Case("dump-nvjpeg-on-cpu", dl("--decoder", "nvjpeg"), "needs a cuda device"),
     Case(
         "student-config-unknown-key",
         ts("--config", "{tmp}/run.toml"),

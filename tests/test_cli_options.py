@@ -70,11 +70,13 @@ SPECIAL: dict[str, tuple[list[str], Any]] = {
     "aug": (["crop-flip"], "crop-flip"),
     "device": (["cpu"], "cpu"),
     "store_views": (["2"], 2),
+    "store_teachers": (["a", "b"], ("a", "b")),
     "min_scale": (["0.5"], 0.5),
     "hflip": (["0.25"], 0.25),
     "label_smoothing": (["0.2"], 0.2),
     "topk": (["3"], 3),
     "precision": (["bf16"], "bf16"),
+    "decoder": (["pil"], "pil"),
 }
 
 # Fields whose values differ by command (their choices are the command's own).

@@ -40,6 +40,11 @@ SPLITS: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("civt-nano", "aligned"): (36, 818416, 72, 15104),
     ("resnet10", "cls"): (13, 4897472, 25, 5770),
     ("mixer-ti", "cls"): (50, 3697536, 100, 22522),
+    # The Table 3 students at civt-nano's scale: weights decay, norms and biases do not.
+    ("resnet10-nano", "per-teacher"): (15, 694152, 27, 2190),
+    ("resnet10-nano", "cls"): (13, 690312, 25, 2170),
+    ("mixer-nano", "per-teacher"): (28, 486720, 54, 6174),
+    ("mixer-nano", "cls"): (26, 484800, 52, 6154),
     # ViT teachers name their class token and position embedding (torchvision's: class_token,
     # encoder.pos_embedding); CAKD's CNN students decay their convolutions and linears.
     ("vit-nano", "per-teacher"): (26, 669120, 54, 14122),

@@ -1,25 +1,106 @@
-"""Image decoding and tar checks shared by the shard writer, the scanner and the reader."""
+"""Image decoding and tar checks shared by the shard writer, the scanner and the reader.
+
+Every image of the project is decoded by :func:`decode_image_bytes` (or, many at once,
+:func:`decode_batch`): ``make-shards``' check, ``dump-logits``, ``train-teacher``,
+``train-student`` (online and store replay) and ``evaluate``. Three decoders:
+
+- ``torchvision`` (the default): :func:`torchvision.io.decode_image` for JPEG, PNG, GIF and
+  WebP; formats it lacks (BMP, TIFF, PPM/PGM, ...) go to PIL.
+- ``pil``: PIL for everything (what every store made before the decoder was recorded used).
+- ``nvjpeg``: JPEGs decoded in batches on the GPU (``decode_jpeg(list, device="cuda")``), the
+  rest as ``torchvision``. Its pixels differ from libjpeg's, so a store records its decoder.
+
+Measured (torchvision 0.29, Pillow 13): ``torchvision`` and ``pil`` give
+the same pixels for PNG (gray, RGB, RGBA, palette, 16-bit), baseline and progressive JPEG at
+4:4:4, 4:2:2 and 4:2:0, CMYK JPEG, WebP and GIF, once grayscale is made the same way (PIL's
+luma formula, not libjpeg's Y channel) and 16-bit samples keep their top byte.
+"""
 
 from __future__ import annotations
 
 import gzip
 import io
 import os
+import re
+import warnings
 import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Literal, cast, get_args
 
 import numpy as np
 
+from ..runtime.errors import UserError
 from .remote import ShardPath, is_pipe, is_remote, open_shard, starts_with_gzip
 
 if TYPE_CHECKING:
+    import torch
     from PIL.Image import Image as PILImage
 
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp", "ppm", "pgm", "bmp", "tif", "tiff", "gif")
 """Member extensions that count as a sample's image, in order of preference."""
 
+Decoder = Literal["torchvision", "pil", "nvjpeg"]
+"""Who turns an image's bytes into pixels (see the module docstring)."""
+DECODERS: tuple[Decoder, ...] = get_args(Decoder)
+DECODER_CHOICES: tuple[str, ...] = ("auto", *DECODERS)
+"""``--decoder`` values: ``auto`` is the store's decoder when replaying one, else torchvision."""
+LEGACY_DECODER: Decoder = "pil"
+"""The decoder of a store that records none (made before the attribute existed)."""
+DECODER_HELP = (
+    "Image decoder: auto (a store's recorded decoder, else torchvision), torchvision, pil, "
+    "or nvjpeg (JPEGs in batches on a CUDA GPU, --workers 0)."
+)
+NVJPEG_BATCH = 32
+"""Images the reader hands the GPU decoder at once."""
+
+
+def resolve_decoder(
+    asked: str,
+    *,
+    device_type: str,
+    workers: int,
+    store: str | None = None,
+    recorded: str | None = None,
+) -> Decoder:
+    """The decoder a run uses: ``asked`` (a :data:`DECODER_CHOICES` value) made concrete.
+
+    Replaying a store (``store`` and its ``recorded`` decoder given; None when the store records
+    none, i.e. :data:`LEGACY_DECODER`): ``auto`` is the recorded decoder and any other choice
+    must equal it, because a replayed view must be bit-identical to the view the teachers saw.
+    Otherwise ``auto`` is ``torchvision``. ``nvjpeg`` needs a CUDA device and decodes in the
+    main process (``--workers 0``). Every refusal is one :class:`UserError` line.
+    """
+    if asked not in DECODER_CHOICES:
+        raise UserError(f"--decoder must be one of {', '.join(DECODER_CHOICES)}, got {asked!r}")
+    if store is not None:
+        made_with = recorded if recorded is not None else LEGACY_DECODER
+        if made_with not in DECODERS:
+            raise UserError(f"store {store} records an unknown decoder {made_with!r}")
+        if asked not in ("auto", made_with):
+            raise UserError(
+                f"store {store} was dumped with the {made_with} decoder, but --decoder is "
+                f"{asked}: replayed views would differ; use --decoder auto (or {made_with})"
+            )
+        chosen = cast(Decoder, made_with)
+    else:
+        chosen = "torchvision" if asked == "auto" else cast(Decoder, asked)
+    if chosen == "nvjpeg" and device_type != "cuda":
+        source = f"store {store} was dumped with" if store is not None else "--decoder"
+        raise UserError(
+            f"{source} nvjpeg (GPU JPEG decoding, pixels unlike the CPU decoders'), which needs "
+            "a CUDA device (--device cuda)"
+        )
+    if chosen == "nvjpeg" and workers > 0:
+        raise UserError("the nvjpeg decoder runs in the main process: use --workers 0 with it")
+    return chosen
+
+
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
+# PIL's "L" from RGB (ITU-R 601-2 luma in 16-bit fixed point); the weights sum to 65536, so a
+# gray pixel repeated to RGB maps back to itself.
+_LUMA = (19595, 38470, 7471)
 
 
 def pil_to_array(img: PILImage, channels: int) -> np.ndarray:
@@ -34,13 +115,156 @@ def pil_to_array(img: PILImage, channels: int) -> np.ndarray:
     return np.array(converted, dtype=np.uint8)
 
 
-def decode_image_bytes(data: bytes, channels: int) -> np.ndarray:
-    """Decode encoded image bytes; raises ``OSError``/``ValueError`` from PIL when corrupt."""
+def array_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W]`` or ``[H, W, C]`` as a contiguous uint8 ``[C, H, W]`` tensor."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.ndim == 2:
+        return tensor.unsqueeze(0)
+    return tensor.permute(2, 0, 1).contiguous()
+
+
+def tensor_to_array(image: torch.Tensor) -> np.ndarray:
+    """Inverse of :func:`array_to_tensor`: ``[1, H, W]`` -> ``[H, W]``, else ``[H, W, 3]``."""
+    array = image.permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def is_jpeg(data: bytes) -> bool:
+    """True for JPEG (and MPO, a JPEG with extra frames) bytes."""
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def image_kind(data: bytes) -> str | None:
+    """``"jpg"`` or ``"png"`` from the bytes' signature; None for any other format."""
+    if is_jpeg(data):
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
+def torchvision_reads(data: bytes) -> bool:
+    """Whether :func:`torchvision.io.decode_image` decodes these bytes' format (JPEG, PNG, GIF,
+    WebP); everything else is PIL's. AVIF and HEIC need optional torchvision plugins: PIL's too."""
+    if image_kind(data) is not None or data[:6] in (b"GIF87a", b"GIF89a"):
+        return True
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def _as_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """A decoded ``[C, H, W]`` RGB tensor (``[N, C, H, W]`` frames for a GIF) as uint8 with
+    ``channels`` channels, converted the way :func:`pil_to_array` converts."""
+    import torch
+
+    if image.ndim == 4:
+        image = image[0]  # an animated GIF: its first frame, as PIL shows it
+    if image.dtype != torch.uint8:
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)  # 16-bit PNG: the top byte
+    if channels == 3:
+        return image.contiguous()
+    weights = torch.tensor(_LUMA, dtype=torch.int32, device=image.device).view(3, 1, 1)
+    luma = ((image.to(torch.int32) * weights).sum(0, keepdim=True) + 0x8000) >> 16
+    return luma.to(torch.uint8)
+
+
+# torchvision's errors start with the C++ function and source line ("decode_jpeg,
+# /__w/vision/.../decode_jpeg.cpp:171, Image is incomplete or truncated").
+_SOURCE_PREFIX = re.compile(r"^\S+, \S+:\d+, ")
+
+
+@contextmanager
+def _torchvision_io() -> Iterator[None]:
+    """Silence torchvision 0.29's deprecation of its image codecs (in favour of TorchCodec,
+    not a dependency here), which fires on every call; a decode error becomes a ``ValueError``
+    with the reason only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="The image decoding and encoding capabilities of TorchVision"
+        )
+        try:
+            yield
+        except RuntimeError as err:
+            reason = _SOURCE_PREFIX.sub("", " ".join(str(err).split()))
+            raise ValueError(reason or type(err).__name__) from None
+
+
+def _decode_pil(data: bytes, channels: int) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        return pil_to_array(img, channels)
+        return array_to_tensor(pil_to_array(img, channels))
+
+
+def _decode_torchvision(data: bytes, channels: int) -> torch.Tensor:
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    # RGB mode for both channel counts: libjpeg's own grayscale is the Y channel, not PIL's luma.
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    with _torchvision_io():
+        decoded = decode_image(encoded, mode=ImageReadMode.RGB)
+    return _as_channels(decoded, channels)
+
+
+def _decode_nvjpeg(
+    datas: Sequence[bytes], channels: int, device: torch.device
+) -> list[torch.Tensor]:
+    """JPEGs decoded together on ``device`` by nvjpeg, returned on the CPU."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    with _torchvision_io():
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    return [_as_channels(t, channels).cpu() for t in decoded]
+
+
+def decode_image_bytes(
+    data: bytes, channels: int, decoder: Decoder = "torchvision"
+) -> torch.Tensor:
+    """Decode one image's bytes to uint8 ``[C, H, W]`` (``channels`` 1 or 3) with ``decoder``.
+
+    Raises ``ValueError`` (torchvision, PIL) or ``OSError`` (PIL) for corrupt data; callers
+    name the file.
+    """
+    if decoder == "nvjpeg":
+        return decode_batch([data], channels, decoder)[0]
+    if decoder == "pil" or not torchvision_reads(data):
+        return _decode_pil(data, channels)
+    return _decode_torchvision(data, channels)
+
+
+def decode_batch(
+    datas: Sequence[bytes],
+    channels: int,
+    decoder: Decoder,
+    device: torch.device | None = None,
+) -> list[torch.Tensor]:
+    """Decode many images' bytes, in order, to uint8 ``[C, H, W]`` CPU tensors.
+
+    With ``nvjpeg`` on a CUDA ``device`` (default ``cuda``) the JPEGs go to the GPU as one
+    batch and everything else is decoded as ``torchvision`` does; any other decoder or device
+    decodes one image at a time on the CPU. A corrupt image fails the whole call.
+    """
+    import torch
+
+    target = device if device is not None else torch.device("cuda")
+    if decoder != "nvjpeg" or target.type != "cuda":
+        cpu: Decoder = "torchvision" if decoder == "nvjpeg" else decoder
+        return [decode_image_bytes(d, channels, cpu) for d in datas]
+    out: list[torch.Tensor | None] = [None] * len(datas)
+    jpegs = [i for i, d in enumerate(datas) if is_jpeg(d)]
+    if jpegs:
+        gpu = _decode_nvjpeg([datas[i] for i in jpegs], channels, target)
+        for i, image in zip(jpegs, gpu, strict=True):
+            out[i] = image
+    for i, d in enumerate(datas):
+        if out[i] is None:
+            out[i] = decode_image_bytes(d, channels, "torchvision")
+    return [t for t in out if t is not None]
 
 
 _BLOCK = 512

@@ -21,7 +21,14 @@ import torch
 
 from ..runtime.console import warn
 from ..runtime.errors import UserError
-from .imageio import IMAGE_SUFFIXES, decode_image_bytes, tar_looks_complete
+from .imageio import (
+    IMAGE_SUFFIXES,
+    NVJPEG_BATCH,
+    Decoder,
+    decode_batch,
+    decode_image_bytes,
+    tar_looks_complete,
+)
 from .index import ShardInfo, key_digest
 from .remote import ShardPath, exists, is_remote, open_shard, shard_name
 from .shard_set import ShardSet
@@ -63,18 +70,38 @@ def _label(raw: dict[str, Any]) -> int:
         raise ValueError(f"has a .cls label that is not a decimal integer: {text!r}") from None
 
 
-def _image_tensor(raw: dict[str, Any], channels: int) -> torch.Tensor:
+def _image_member(raw: dict[str, Any]) -> tuple[str, bytes]:
     for suffix in IMAGE_SUFFIXES:
         if suffix in raw:
-            try:
-                array = decode_image_bytes(raw[suffix], channels)
-            except Exception as err:  # PIL raises many types for corrupt data
-                raise ValueError(f"image .{suffix} cannot be decoded ({_reason(err)})") from None
-            tensor = torch.from_numpy(array)
-            if tensor.ndim == 2:
-                return tensor.unsqueeze(0)
-            return tensor.permute(2, 0, 1).contiguous()
+            return suffix, bytes(raw[suffix])
     raise ValueError("has no image member")
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    """A sample read from the tar whose image is not decoded yet."""
+
+    key: str
+    label: int
+    position: int
+    suffix: str
+    data: bytes
+
+
+def _decoded(pending: list[_Encoded], channels: int, decoder: Decoder) -> list[torch.Tensor | str]:
+    """Each pending image decoded, or why it cannot be (one message per image)."""
+    if len(pending) > 1:
+        try:
+            return list(decode_batch([p.data for p in pending], channels, decoder))
+        except Exception:  # one bad image fails the batch: decode one by one to tell which
+            pass
+    out: list[torch.Tensor | str] = []
+    for p in pending:
+        try:
+            out.append(decode_image_bytes(p.data, channels, decoder))
+        except Exception as err:  # torchvision and PIL raise many types for corrupt data
+            out.append(f"image .{p.suffix} cannot be decoded ({_reason(err)})")
+    return out
 
 
 def iter_shard(
@@ -83,6 +110,7 @@ def iter_shard(
     channels: int,
     on_error: OnError = "fail",
     expected: ShardInfo | None = None,
+    decoder: Decoder = "torchvision",
 ) -> Iterator[Sample]:
     """Read one tar in order, one :class:`Sample` per key, images as uint8 ``[C, H, W]``.
 
@@ -95,6 +123,7 @@ def iter_shard(
             cannot be read further.
         expected: the shard's index entry; when given, a different sample count or key digest
             at the end is an error (``fail``) or a warning (``skip``).
+        decoder: :mod:`.imageio`'s decoder (a resolved one, not ``auto``).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -125,6 +154,7 @@ def iter_shard(
             on_error=on_error,
             expected=expected,
             tar_errors=tar_errors,
+            decoder=decoder,
         )
 
 
@@ -153,9 +183,24 @@ def _checked_samples(
     on_error: OnError,
     expected: ShardInfo | None,
     tar_errors: list[str],
+    decoder: Decoder,
 ) -> Iterator[Sample]:
     keys: list[str] = []
     seen: set[str] = set()
+    # The GPU decoder wants batches; the CPU decoders decode as they read (errors in order).
+    group = NVJPEG_BATCH if decoder == "nvjpeg" else 1
+    pending: list[_Encoded] = []
+
+    def flush() -> Iterator[Sample]:
+        for p, image in zip(pending, _decoded(pending, channels, decoder), strict=True):
+            if isinstance(image, str):
+                if on_error == "fail":
+                    raise UserError(f"shard {shard}: sample {p.key} {image}")
+                yield Sample(p.key, p.label, None, name, p.position, error=image)
+            else:
+                yield Sample(p.key, p.label, image, name, p.position)
+        pending.clear()
+
     while True:
         try:
             raw = next(stream)
@@ -174,13 +219,17 @@ def _checked_samples(
         label = -1
         try:
             label = _label(raw)
-            image = _image_tensor(raw, channels)
+            suffix, data = _image_member(raw)
         except ValueError as err:
+            yield from flush()
             if on_error == "fail":
                 raise UserError(f"shard {shard}: sample {key} {err}") from None
             yield Sample(key, label, None, name, position, error=str(err))
             continue
-        yield Sample(key, label, image, name, position)
+        pending.append(_Encoded(key, label, position, suffix, data))
+        if len(pending) >= group:
+            yield from flush()
+    yield from flush()
 
     if on_error == "skip" and (tar_errors or not tar_looks_complete(shard)):
         reason = tar_errors[0] if tar_errors else "it lacks the end-of-archive blocks"
@@ -203,6 +252,7 @@ def iter_samples(
     channels: int | None = None,
     on_error: OnError = "fail",
     shards: Sequence[str] | None = None,
+    decoder: Decoder = "torchvision",
 ) -> Iterator[Sample]:
     """Every sample of ``shard_set`` (or of the named ``shards`` of it), shard by shard, in order.
 
@@ -217,6 +267,7 @@ def iter_samples(
             channels=channels or shard_set.channels,
             on_error=on_error,
             expected=shard_set.index.shard(name),
+            decoder=decoder,
         ):
             if sample.image is not None and not 0 <= sample.label < num_classes:
                 problem = f"has label {sample.label}, outside the {num_classes} classes"

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..runtime.atomic import atomic_write_json, atomic_writer
 from ..runtime.errors import UserError
-from .imageio import pil_to_array
+from .imageio import decode_image_bytes, image_kind, tensor_to_array
 from .index import key_digest
 
 FORMATS = ("png", "jpg")
@@ -50,10 +50,6 @@ RECEIPT_SUFFIX = ".receipt.json"
 
 RECEIPT_VERSION = 1
 """Part of every plan digest: bump it when the writer's output for the same input changes."""
-
-# PIL's format names of the encodings copied as they are (MPO: a JPEG with extra frames, as
-# some cameras write; its first frame is what every decoder shows).
-_COPYABLE = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,17 +285,16 @@ class _Unreadable(Exception):
 
 
 def _decode_file(path: Path, channels: int) -> tuple[bytes, str | None, np.ndarray]:
-    """The file's bytes, its copyable extension (None for other formats) and its pixels."""
+    """The file's bytes, its copyable extension (None for other formats) and its pixels,
+    decoded by the readers' own decoder (the check that training will decode it)."""
     from PIL import Image
 
     try:
         data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            kind = _COPYABLE.get(str(img.format))
-            return data, kind, pil_to_array(img, channels)
+        pixels = tensor_to_array(decode_image_bytes(data, channels))
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         raise _Unreadable(" ".join(str(err).split()) or type(err).__name__) from None
+    return data, image_kind(data), pixels
 
 
 def _member(job: ShardJob, i: int) -> _Member:

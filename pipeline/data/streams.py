@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..runtime.errors import USER_ERRORS, UserError
+from .imageio import Decoder
 from .index import ShardIndex
 from .planning import Segment, ShardRows, StreamPlan, plan_pass, shard_rows_for, worker_segments
 
@@ -238,6 +239,7 @@ class EvalViews:
 
     image_size: int
     channels: int
+    decoder: Decoder = "torchvision"
 
     def __call__(
         self, shard: ShardRows, segment: Segment, needed: np.ndarray
@@ -247,7 +249,7 @@ class EvalViews:
 
         wanted = set(segment.positions[needed].tolist())
         rows: list[tuple[torch.Tensor, int, int]] = []
-        for sample in iter_shard(shard.path, channels=self.channels):
+        for sample in iter_shard(shard.path, channels=self.channels, decoder=self.decoder):
             if sample.position not in wanted:
                 continue
             assert sample.image is not None  # on_error="fail" raises instead
@@ -276,6 +278,7 @@ def eval_batches(
     rank: int = 0,
     world_size: int = 1,
     workers: int = 0,
+    decoder: Decoder = "torchvision",
 ) -> Iterator[EvalBatch]:
     """Every sample of ``shard_set`` once over all ranks (a pass), as :class:`EvalBatch`.
 
@@ -286,7 +289,7 @@ def eval_batches(
     index: ShardIndex = shard_set.index
     shards = shard_rows_for(shard_set.paths, [s.num_samples for s in index.shards])
     plan = plan_pass(shards, rank=rank, world_size=world_size, batch_size=batch_size)
-    dataset = PlannedStream(shards, plan, EvalViews(image_size, index.channels))
+    dataset = PlannedStream(shards, plan, EvalViews(image_size, index.channels, decoder))
     held: list[EvalBatch] = []
     count = 0
     for item in make_loader(dataset, workers=workers):

@@ -5,6 +5,8 @@ https://arxiv.org/abs/2105.01601. Mixer-Ti: 12 layers, 192 hidden, token-MLP 96,
 read the globally pooled features: with ``token_mode="per-teacher"`` (default) every target
 (class labels and each teacher) gets its own linear head; ``"cls"`` is the single-head option
 (one output trained on the labels and on every teacher). The paper does not say which it used.
+``mixer-nano`` scales Mixer-Ti as civt-nano scales civt-ti: 96 hidden × 6 layers, token-MLP 48,
+channel-MLP 384, patch 4 (16 patches of a 16 px image).
 """
 
 from __future__ import annotations
@@ -101,5 +103,31 @@ def mixer_ti(
         in_chans=in_chans,
         num_classes=num_classes,
         plan=pooled_head_plan("mixer-ti", teacher_names, token_mode),
+        **model_args,
+    )
+
+
+@register_model(
+    "mixer-nano",
+    kind="student",
+    description="MLP-Mixer 96×6 for CPUs (civt-nano's scale), one head per target",
+)
+def mixer_nano(
+    *,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    teacher_names: Sequence[str] = (),
+    token_mode: TokenMode = "per-teacher",
+    patch_size: int = 4,
+) -> MlpMixer:
+    """Mixer at civt-nano's scale (Table 3's MLP student on a CPU, 16 px images)."""
+    model_args: dict[str, Any] = dict(dim=96, depth=6, token_hidden=48, channel_hidden=384)
+    return MlpMixer(
+        image_size=image_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        plan=pooled_head_plan("mixer-nano", teacher_names, token_mode),
         **model_args,
     )

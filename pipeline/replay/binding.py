@@ -19,6 +19,7 @@ from torch import nn
 
 from ...stores.logit_store import LogitStore
 from ..augment.config import AugmentConfig, preset
+from ..data.imageio import Decoder, resolve_decoder
 from ..data.planning import ShardRows, shard_rows_for
 from ..runtime.errors import UserError
 from .online_teachers import load_online_teachers
@@ -49,6 +50,10 @@ class DataBinding:
     targets_identity: dict[str, Any] = field(default_factory=dict)
     """What fixes the teachers' targets (checkpoint digests, k): a resume must not change it."""
     online: dict[str, nn.Module] = field(default_factory=dict)
+    topk: int | None = None
+    """Store mode: how many of the stored top-k entries the targets use (None: all k)."""
+    decoder: Decoder = "torchvision"
+    """The image decoder (resolved): in store mode the one the store was dumped with."""
 
 
 def bind_store(
@@ -58,12 +63,26 @@ def bind_store(
     *,
     seed: int | None = None,
     image_size: int | None = None,
+    views: int | None = None,
+    topk: int | None = None,
+    teachers: Sequence[str] = (),
+    decoder: str = "auto",
+    device_type: str = "cpu",
+    workers: int = 0,
 ) -> DataBinding:
     """Open a finished ``dump-logits`` store and check it matches the shards ``data`` names.
 
     Every mismatch (incomplete store, other shards or keys, another seed or view size, another
     class count) is a one-line :class:`UserError`, raised before any training or evaluation.
     ``seed``/``image_size`` are what the user asked for, if anything.
+
+    ``views``, ``topk`` and ``teachers`` bind a subset of the store (``--store-views``,
+    ``--store-topk``, ``--store-teacher``): its first ``views`` views, the first ``topk`` of
+    every stored top-k, and those teachers in the store's order. None / empty = all of it.
+
+    ``decoder`` (``--decoder``) must be ``auto`` or the store's recorded decoder (``pil`` for a
+    store that records none): :func:`~..data.imageio.resolve_decoder`, on ``device_type`` with
+    ``workers`` DataLoader processes.
     """
 
     seed_asked = seed
@@ -112,7 +131,32 @@ def bind_store(
         raise UserError(
             f"store {store_path} has {store.num_classes} classes, the data {index.num_classes}"
         )
-    names = [t.name for t in store.teachers]
+    if views is not None and not 1 <= views <= store.num_views:
+        raise UserError(
+            f"--store-views must be between 1 and {store.num_views} (the views of store "
+            f"{store_path}), got {views}"
+        )
+    if topk is not None and not 1 <= topk <= store.topk:
+        raise UserError(
+            f"--store-topk must be between 1 and {store.topk} (the k of store {store_path}), "
+            f"got {topk}"
+        )
+    stored = [t.name for t in store.teachers]
+    unknown = [name for name in teachers if name not in stored]
+    if unknown:
+        raise UserError(
+            f"--store-teacher {unknown[0]!r} is not a teacher of store {store_path}; its "
+            f"teachers are {', '.join(stored)}"
+        )
+    chosen = [t for t in store.teachers if not teachers or t.name in teachers]
+    resolved = resolve_decoder(
+        decoder,
+        device_type=device_type,
+        workers=workers,
+        store=str(store_path),
+        recorded=dump.get("decoder"),
+    )
+    names = [t.name for t in chosen]
     # Which rows have a view is one small bool array; nothing else of the store is read here.
     valid_all = store.read("valid").astype(bool)
     rows = []
@@ -124,20 +168,22 @@ def bind_store(
         shards=rows,
         aug=aug,
         seed=seed,
-        num_views=store.num_views,
+        num_views=store.num_views if views is None else views,
         num_classes=index.num_classes,
         class_names=list(index.class_names),
         channels=index.channels,
         teacher_names=names,
-        teacher_archs={t.name: t.arch for t in store.teachers},
+        teacher_archs={t.name: t.arch for t in chosen},
         mean=list(index.mean),
         std=list(index.std),
         store_path=str(store_path),
         store_fingerprint=str(dump["dataset_fingerprint"]),
         targets_identity={
-            "topk": store.topk,
-            "teachers": {t.name: t.checkpoint_sha256 for t in store.teachers},
+            "topk": store.topk if topk is None else topk,
+            "teachers": {t.name: t.checkpoint_sha256 for t in chosen},
         },
+        topk=topk,
+        decoder=resolved,
     )
 
 
@@ -150,8 +196,12 @@ def bind_online(
     image_size: int | None = None,
     seed: int | None = None,
     views: int = 1,
+    decoder: str = "auto",
+    workers: int = 0,
 ) -> DataBinding:
-    """Bind the shards to live teachers (online mode): fresh views from ``(seed, view, key)``."""
+    """Bind the shards to live teachers (online mode): fresh views from ``(seed, view, key)``,
+    decoded by ``decoder`` (:func:`~..data.imageio.resolve_decoder`; ``auto``: torchvision)."""
+    resolved = resolve_decoder(decoder, device_type=device.type, workers=workers)
     index = shard_set.index
     loaded = load_online_teachers(
         teacher_specs, device, num_classes=index.num_classes, in_chans=index.channels
@@ -178,4 +228,5 @@ def bind_online(
             "teachers": loaded.checkpoint_sha256,
         },
         online=teachers,
+        decoder=resolved,
     )

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ...stores.topk import TopKLogits
 from ..augment.config import AugmentConfig
+from ..data.imageio import Decoder
 from ..data.planning import Segment, ShardRows, StreamPlan, plan_training
 from ..data.streams import planned_batches
 from ..runtime.errors import UserError
@@ -49,6 +50,12 @@ class ViewSource:
     """Set in store mode; None in online mode."""
     verify: str = "sample"
     """Digest checks in store mode: ``all`` blocks, ``sample`` (first per segment), ``off``."""
+    teachers: tuple[str, ...] | None = None
+    """Store mode: the teachers whose top-k is read (None: every teacher of the store)."""
+    topk: int | None = None
+    """Store mode: keep the first ``topk`` stored entries per row (None: all k)."""
+    decoder: Decoder = "torchvision"
+    """The image decoder; in store mode the store's (:attr:`..binding.DataBinding.decoder`)."""
 
     def __post_init__(self) -> None:
         if self.verify not in VERIFY_MODES:
@@ -103,9 +110,11 @@ def render_segment(
     if not ordinal_of:
         return
     last = max(ordinal_of)
-    stored = store.read_view(shard.name, view) if store is not None else None
+    stored = store.read_view(shard.name, view, source.teachers) if store is not None else None
     verified_any = False
-    samples = iter_shard(shard.path, channels=source.channels, on_error="skip")
+    samples = iter_shard(
+        shard.path, channels=source.channels, on_error="skip", decoder=source.decoder
+    )
     for block in iter_blocks(samples, source.aug.mix_block):
         if block[0].position > last:
             break
@@ -164,7 +173,10 @@ def render_segment(
                 torch.as_tensor(labels), torch.as_tensor(partner_labels), params, source.num_classes
             )
             rows_t = torch.as_tensor(block_pos)
-            teachers = {name: topk[rows_t] for name, topk in stored.teachers.items()}
+            teachers = {
+                name: topk[rows_t] if source.topk is None else topk[rows_t].first(source.topk)
+                for name, topk in stored.teachers.items()
+            }
         for i in rows:
             if block[i].image is None:
                 raise UserError(

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from ..data.imageio import Decoder
 from ..data.streams import EvalBatch, eval_batches
 from ..runtime.console import make_progress
 from ..runtime.distributed import DistContext
@@ -81,6 +82,7 @@ def evaluate_model(
     observers: tuple[BatchObserver, ...] = (),
     description: str = "evaluate",
     precision: PrecisionPolicy | None = None,
+    decoder: Decoder = "torchvision",
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``model`` on every sample of ``shard_set``.
 
@@ -98,6 +100,7 @@ def evaluate_model(
         observers: extra per-batch consumers; their results are added under their ``name``.
         description: label of the progress bar.
         precision: autocast of the forwards (None: fp32); heads are scored in float32.
+        decoder: the image decoder (:mod:`..data.imageio`, resolved).
 
     Returns:
         ``{"top1", "top5", "num_samples", "heads": {name: {"top1", "top5"}}}`` with
@@ -118,6 +121,7 @@ def evaluate_model(
             rank=ctx.rank,
             world_size=ctx.world_size,
             workers=workers,
+            decoder=decoder,
         )
         for batch in batches:
             images = batch.images.to(device, non_blocking=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from ...augment.config import PRESET_CHOICES, AugmentConfig, preset
+from ...data.imageio import DECODER_CHOICES, DECODER_HELP
 from ...models.teacher_spec import TeacherSpec
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
@@ -45,6 +46,8 @@ class DumpConfig:
     # The resolved precision is a store attribute: a resumed dump must run at the same one.
     precision: str = option("auto", help=PRECISION_HELP, choices=PRECISION_CHOICES)
     compile: bool = option(False, help=COMPILE_HELP)
+    # Recorded in the store (resolved): replay must decode with the same decoder.
+    decoder: str = option("auto", help=DECODER_HELP, choices=DECODER_CHOICES)
     on_error: OnError = option(
         "fail",
         help="An undecodable sample stops the dump or is skipped (its key recorded).",

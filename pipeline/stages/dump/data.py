@@ -18,6 +18,7 @@ import numpy as np
 
 from ...augment.blocks import RenderedBlock, iter_blocks, sample_and_render
 from ...augment.config import AugmentConfig
+from ...data.imageio import Decoder
 from ...data.index import ShardIndex
 from ...data.planning import Segment, ShardRows
 from ...data.reader import iter_shard
@@ -47,13 +48,18 @@ class ShardViews:
     aug: AugmentConfig
     on_error: Literal["fail", "skip"]
     index: ShardIndex | None = None
+    decoder: Decoder = "torchvision"
 
     def __call__(
         self, shard: ShardRows, segment: Segment, needed: np.ndarray
     ) -> Iterator[DumpBlock]:
         expected = self.index.shard(shard.name) if self.index is not None else None
         samples = iter_shard(
-            shard.path, channels=self.channels, on_error=self.on_error, expected=expected
+            shard.path,
+            channels=self.channels,
+            on_error=self.on_error,
+            expected=expected,
+            decoder=self.decoder,
         )
         for block in iter_blocks(samples, self.aug.mix_block):
             rendered = sample_and_render(

@@ -31,6 +31,7 @@ from ....stores.logit_store import LogitStore, StoreVersionError
 from ....stores.schema import FieldSpec, StoreSpec
 from ...augment.config import AugmentConfig
 from ...augment.params import param_fields
+from ...data.imageio import Decoder, resolve_decoder
 from ...data.planning import ShardRows, StreamPlan, plan_pass, shard_rows_for
 from ...data.shard_set import ShardSet, resolve_complete_shards
 from ...data.streams import PlannedStream, WorkerError, make_loader
@@ -54,6 +55,7 @@ def _store_spec(
     teachers: list[LoadedTeacher],
     aug: AugmentConfig,
     policy: PrecisionPolicy,
+    decoder: Decoder,
 ) -> StoreSpec:
     fields = {
         name: FieldSpec(shape=shape, dtype=np.dtype(dtype).name)
@@ -76,6 +78,8 @@ def _store_spec(
             "on_error": cfg.on_error,
             # Resolved (never "auto"): a resume on another device must not mix precisions.
             "precision": policy.precision,
+            # Resolved: replay decodes with it (nvjpeg's pixels differ from the CPU decoders').
+            "decoder": decoder,
         },
         chunk_rows=cfg.chunk_rows,
     )
@@ -170,6 +174,7 @@ def _dump_shards(
     aug: AugmentConfig,
     device: torch.device,
     policy: PrecisionPolicy,
+    decoder: Decoder,
 ) -> _RunStats:
     """Render, run the teachers and write every shard of ``plan`` (this rank's share)."""
     stats = _RunStats()
@@ -182,6 +187,7 @@ def _dump_shards(
         aug=aug,
         on_error=cfg.on_error,
         index=shards.index,
+        decoder=decoder,
     )
     dataset = PlannedStream(missing, plan, render)
     loader = make_loader(dataset, workers=cfg.workers, pin_memory=device.type == "cuda")
@@ -244,11 +250,14 @@ def run_dump(cfg: DumpConfig) -> dict[str, Any]:
     policy = PrecisionPolicy.resolve(cfg.precision, device)
     if cfg.compile:
         check_compile(device)
+    decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
     with cpu_threads(cfg.threads, cfg.workers, device):
-        return _run_dump(cfg, device, policy)
+        return _run_dump(cfg, device, policy, decoder)
 
 
-def _run_dump(cfg: DumpConfig, device: torch.device, policy: PrecisionPolicy) -> dict[str, Any]:
+def _run_dump(
+    cfg: DumpConfig, device: torch.device, policy: PrecisionPolicy, decoder: Decoder
+) -> dict[str, Any]:
     # Every tar whole and as indexed, keys unique, before anything is written or replaced.
     shards = resolve_complete_shards(cfg.data)
     teachers = load_teachers(
@@ -264,7 +273,7 @@ def _run_dump(cfg: DumpConfig, device: torch.device, policy: PrecisionPolicy) ->
         raise UserError(
             f"--topk {cfg.topk} is larger than the dataset's {shards.num_classes} classes"
         )
-    spec = _store_spec(cfg, shards, teachers, aug, policy)
+    spec = _store_spec(cfg, shards, teachers, aug, policy, decoder)
     teachers = [
         dataclasses.replace(
             t,
@@ -302,7 +311,9 @@ def _run_dump(cfg: DumpConfig, device: torch.device, policy: PrecisionPolicy) ->
             [shards.path(n) for n in plan.missing], [store.shard(n).count for n in plan.missing]
         )
         mine = plan_pass(missing, rank=ctx.rank, world_size=ctx.world_size, batch_size=1)
-        stats = _dump_shards(cfg, ctx, store, shards, missing, mine, teachers, aug, device, policy)
+        stats = _dump_shards(
+            cfg, ctx, store, shards, missing, mine, teachers, aug, device, policy, decoder
+        )
         stats = _all_reduce_stats(ctx, stats)
         barrier(ctx)  # every rank's shards are written before rank 0 finalizes
         if ctx.is_main:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...data.imageio import DECODER_CHOICES, DECODER_HELP
 from ...runtime.console import warn
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
@@ -36,6 +37,7 @@ class EvaluateConfig:
     precision: str = option("auto", help=PRECISION_HELP, choices=PRECISION_CHOICES)
     compile: bool = option(False, help=COMPILE_HELP)
     workers: int = option(0, help="Data-loading processes.", minimum=0, maximum=MAX_WORKERS)
+    decoder: str = option("auto", help=DECODER_HELP, choices=DECODER_CHOICES)
     threads: int | None = option(
         None,
         help="Torch CPU threads (default: free cores minus workers).",
@@ -75,6 +77,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     plus ``checkpoint``, ``arch`` and ``kind`` (and, with ``cfg.store``, ``kl_to_teachers``:
     ``{head: {teacher: KL}}`` from :func:`.teacher_agreement.
     teacher_agreement`, and ``store``)."""
+    from ...data.imageio import resolve_decoder
     from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import model_from_checkpoint
     from ...models.factory import get_preset
@@ -86,6 +89,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     policy = PrecisionPolicy.resolve(cfg.precision, device)
     if cfg.compile:
         check_compile(device)
+    decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
     shard_set = resolve_complete_shards(cfg.data)
     model, meta = model_from_checkpoint(
         cfg.checkpoint,
@@ -116,6 +120,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 views=cfg.store_views,
                 batch_size=cfg.batch_size,
                 device=device,
+                decoder=cfg.decoder,
             )
         convolutional = meta["kind"] == "teacher" and get_preset(meta["arch"]).bias is not None
         scored: Any = prepare_model(model, device, convolutional=convolutional, compile=cfg.compile)
@@ -131,6 +136,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             device=device,
             workers=cfg.workers,
             precision=policy,
+            decoder=decoder,
         )
     result.update(
         checkpoint=str(cfg.checkpoint),

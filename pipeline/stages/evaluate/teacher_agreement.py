@@ -82,6 +82,7 @@ def teacher_agreement(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    decoder: str = "auto",
 ) -> dict[str, dict[str, float]]:
     """Mean ``KL(teacher ‖ head)`` at τ = 1 over the store's views, ``{head: {teacher: kl}}``.
 
@@ -95,6 +96,7 @@ def teacher_agreement(
         batch_size: rows per forward pass.
         device: where the model is.
         progress: show a progress bar.
+        decoder: ``--decoder``; must be ``auto`` or the store's decoder (the views are replayed).
     """
     from ....stores.logit_store import LogitStore
     from ...data.planning import Segment
@@ -106,7 +108,11 @@ def teacher_agreement(
     store = Path(store)
     if not store.exists():
         raise UserError(f"store {store} does not exist")
-    setup = bind_store(store, data, shard_set)  # the checks train-student makes, as is
+    # The checks train-student makes, as is, and its --store-views range.
+    device = torch.device(device)
+    setup = bind_store(
+        store, data, shard_set, views=views, decoder=decoder, device_type=device.type
+    )
     logits_store = LogitStore.open(store)
     if logits_store.num_classes != int(meta["num_classes"]):
         raise UserError(
@@ -118,10 +124,7 @@ def teacher_agreement(
             f"store {store} holds {setup.aug.image_size}px views but the checkpoint takes "
             f"{meta['image_size']}px images"
         )
-    if views is not None and not 1 <= views <= setup.num_views:
-        raise UserError(f"--store-views must be between 1 and {setup.num_views}, got {views}")
-    num_views = setup.num_views if views is None else views
-    device = torch.device(device)
+    num_views = setup.num_views
     source = ViewSource(
         aug=setup.aug,
         seed=setup.seed,
@@ -129,6 +132,7 @@ def teacher_agreement(
         channels=setup.channels,
         store_path=str(store),
         verify="all",
+        decoder=setup.decoder,
     )
     model.eval()
     acc = KLAccumulator()

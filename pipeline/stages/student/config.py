@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 from ...augment.config import PRESET_CHOICES
+from ...data.imageio import DECODER_CHOICES, DECODER_HELP
 from ...models.token_mode import ALIGN_ROLES, TOKEN_MODES, TokenMode
 from ...replay.modes import VERIFY_MODES
 from ...runtime.config_file import Origin
@@ -197,12 +198,33 @@ class StudentTrainConfig:
         minimum=0,
         resume="may-change",
     )
+    # auto replays a store with the decoder it records; another one is refused (bind_store).
+    decoder: str = option("auto", help=DECODER_HELP, choices=DECODER_CHOICES)
     verify_replay: str = option(
         "sample",
         help="Check replayed views against stored digests: all, sample (first block of each "
         "shard), off.",
         choices=VERIFY_MODES,
         resume="may-change",
+    )
+    # Subsets of one store, for the views study and the teacher-set ablation without a dump
+    # per setting; the upper ends (the store's V, k and teachers) are checked once it is open.
+    store_views: int | None = option(
+        None,
+        help="Store mode: replay only the store's first N views (epoch e uses view e mod N) "
+        "[default: all].",
+        minimum=1,
+    )
+    store_topk: int | None = option(
+        None,
+        help="Store mode: use only the first K of the stored top-k logits of every view and "
+        "teacher [default: all].",
+        minimum=1,
+    )
+    store_teachers: tuple[str, ...] = option(
+        (),
+        help="Store mode: distil from this teacher of the store only (repeatable) [default: all].",
+        flag="--store-teacher",
     )
     views: int = option(1, help="Online mode: distinct views V.", minimum=1)
     aug: str = option(
@@ -305,8 +327,20 @@ class StudentTrainConfig:
             raise UserError(f"--seed must be in [0, 2**63), got {self.seed}")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other; pick one")
+        if self.store is None:
+            for flag, given in (
+                ("--store-views", self.store_views is not None),
+                ("--store-topk", self.store_topk is not None),
+                ("--store-teacher", bool(self.store_teachers)),
+            ):
+                if given:
+                    raise UserError(f"{flag} needs --store")
+        twice = sorted({n for n in self.store_teachers if self.store_teachers.count(n) > 1})
+        if twice:
+            raise UserError(f"--store-teacher {twice[0]!r} is given twice")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["teachers"] = list(self.teachers)
+        out["store_teachers"] = list(self.store_teachers)
         return out

@@ -234,6 +234,7 @@ class _StudentTask:
             ctx=self.ctx,
             description="validate",
             precision=self.precision,
+            decoder=self.setup.decoder,
         )
         return {str(name): float(head["top1"]) for name, head in result["heads"].items()}
 
@@ -263,7 +264,19 @@ def _train(
     run_dir = _check_run_dir(cfg)
     shard_set = resolve_complete_shards(cfg.data)
     setup = (
-        bind_store(cfg.store, cfg.data, shard_set, seed=cfg.seed, image_size=cfg.image_size)
+        bind_store(
+            cfg.store,
+            cfg.data,
+            shard_set,
+            seed=cfg.seed,
+            image_size=cfg.image_size,
+            views=cfg.store_views,
+            topk=cfg.store_topk,
+            teachers=cfg.store_teachers,
+            decoder=cfg.decoder,
+            device_type=device.type,
+            workers=cfg.workers,
+        )
         if cfg.store
         else bind_online(
             cfg.teachers,
@@ -273,6 +286,8 @@ def _train(
             image_size=cfg.image_size,
             seed=cfg.seed,
             views=cfg.views,
+            decoder=cfg.decoder,
+            workers=cfg.workers,
         )
     )
     val_set = resolve_complete_shards(cfg.val) if cfg.val else None
@@ -395,6 +410,9 @@ def _train(
         channels=setup.channels,
         store_path=setup.store_path,
         verify=cfg.verify_replay,
+        teachers=tuple(setup.teacher_names) if setup.store_path is not None else None,
+        topk=setup.topk,
+        decoder=setup.decoder,
     )
     task = _StudentTask(
         cfg=cfg,
