@@ -16,6 +16,8 @@ design promises (issue 7, recorded in docs/benchmarks.md):
 5. ``topk_fidelity`` — mean KL(full ‖ top-k reconstruction), and the student's top-1 trained
    from k = 5 vs full logits (same seed).
 6. ``peak_rss_mb`` — stage one and stage two in fresh processes at 1× and 4× the data.
+7. ``scale`` (``--full`` only) — ``bench/scale.py``: per-image costs on a synthetic
+   ImageNet-like folder at 1×, 4× and 16× a base size (its ``--quick`` settings with ``--quick``).
 
 Progress goes to stderr; ``--json`` prints one JSON object on stdout.
 """
@@ -49,6 +51,9 @@ from compute import (
 )
 from fidelity import distribution_stats, fidelity_table, synthetic_logits
 from peak_rss import measure
+from scale import QUICK as SCALE_QUICK
+from scale import ScaleSettings
+from scale import run as run_scale
 from stages import (
     STUDENT,
     dump_config_kwargs,
@@ -545,18 +550,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (~10 min on 2 cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--work", type=Path, help="keep intermediate files here (default: temp)")
+    parser.add_argument(
+        "--full", action="store_true", help="also run the scale bench (bench/scale.py)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("CIVT_PIPE_NO_PROGRESS", "1")
     settings = QUICK if args.quick else FULL
+
+    def run_all(work: Path) -> dict[str, Any]:
+        result = run(settings, work)
+        if args.full:
+            scale = SCALE_QUICK if args.quick else ScaleSettings()
+            result["scale"] = run_scale(scale, work / "scale")
+        return result
+
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
-        result = run(settings, args.work)
+        result = run_all(args.work)
     else:
         with tempfile.TemporaryDirectory(prefix="civt-bench-") as tmp:
-            result = run(settings, Path(tmp))
+            result = run_all(Path(tmp))
     result["command"] = (
         "python bench/run.py"
         + (" --quick" if args.quick else "")
+        + (" --full" if args.full else "")
         + (" --json" if args.json else "")
     )
     if args.json:
