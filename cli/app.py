@@ -92,6 +92,7 @@ def _register() -> None:
         quickstart,
         shards,
         student,
+        study,
         teacher,
     )
 
@@ -107,6 +108,7 @@ def _register() -> None:
     app.command("train-cakd")(user_errors(cakd.train_cakd_command))
     app.command("plot")(user_errors(plot.plot_command))
     app.command("export")(user_errors(export.export_command))
+    app.command("study")(user_errors(study.study_command))
 
 
 _register()

@@ -418,6 +418,22 @@ CASES = [
     Case("plot-no-metrics", ["plot", "{tmp}/dir"], "has no metrics.jsonl", a_directory),
     Case("plot-several-no-out", ["plot", "{run}", "{run}"], "needs --out FILE.png"),
     Case("inspect-plot-not-png", ["inspect-store", "{store}", "--plot", "{tmp}/s.jpg"], ".png"),
+    # study (more cases in test_study.py)
+    Case(
+        "study-unknown-plan",
+        ["study", "--data", "{train}", "--val", "{test}", "--out", "{tmp}/s", "--plan", "x"],
+        "--plan must be one of",
+    ),
+    Case(
+        "study-seeds-0",
+        ["study", "--data", "{train}", "--val", "{test}", "--out", "{tmp}/s", "--seeds", "0"],
+        "--seeds must be at least 1",
+    ),
+    Case(
+        "study-subset-too-large",
+        ["study", "--data", "{train}", "--val", "{test}", "--out", "{tmp}/s", "--subset", "99"],
+        "--subset",
+    ),
     # models, and the program itself
     Case("models-unknown-option", ["models", "--all"], "no such option: --all"),
     Case("models-extra-argument", ["models", "resnet18"], "unexpected extra argument"),

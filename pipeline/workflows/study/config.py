@@ -1,0 +1,66 @@
+"""``civt-pipe study``'s configuration (torch-free: the command line imports it at start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...runtime.options import MAX_THREADS, check_choices, check_numbers, option
+
+PLANS: tuple[str, ...] = ("tables", "views", "cost")
+"""The built-in plans (docs/study.md says what each runs)."""
+
+
+@dataclass(kw_only=True)
+class StudyConfig:
+    """What ``civt-pipe study`` runs. The defaults keep one seed of each plan near 15-20 CPU
+    minutes on the built-in digits at 16 px on a 2-core CPU (docs/study.md lists the measured
+    times); every cost scales with ``epochs``, ``teacher_epochs``, ``image_size`` and ``subset``.
+    """
+
+    data: str = option(help="Training shards: a directory or a brace pattern.")
+    val: str = option(help="Test shards every model is evaluated on (same classes).")
+    out: Path = option(help="Study directory (runs/, results.json, results.md).", flag="--out")
+    plan: str = option("tables", help="Which plan to run.", choices=PLANS)
+    seeds: int = option(3, help="Seeds 0..N-1; tables show mean ± std over them.", minimum=1)
+    epochs: int = option(10, help="Student epochs.", minimum=1)
+    teacher_epochs: int = option(
+        10, help="Epochs of each (fully trained) teacher (the quickstart's).", minimum=1
+    )
+    image_size: int = option(16, help="Side of every model's input.", minimum=4)
+    views: int | None = option(
+        None,
+        help="Stored views per image of the tables plan's stores [default: --epochs, a fresh "
+        "view every epoch].",
+        minimum=1,
+    )
+    subset: int | None = option(
+        None, help="Use only the first N shards of --data [default: all].", minimum=1
+    )
+    threads: int = option(1, help="Torch CPU threads of every run.", minimum=1, maximum=MAX_THREADS)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
+    progress: bool = option(True, help="Draw each stage's progress bars.", flag="")
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        check_numbers(self)
+        check_choices(self)
+
+    @property
+    def table_views(self) -> int:
+        """V of the tables plan's stores."""
+        return self.views if self.views is not None else self.epochs
+
+    def settings(self, num_classes: int) -> dict[str, Any]:
+        """What decides a plan's results (recorded in results.json)."""
+        return {
+            "data": self.data,
+            "val": self.val,
+            "subset": self.subset,
+            "epochs": self.epochs,
+            "teacher_epochs": self.teacher_epochs,
+            "image_size": self.image_size,
+            "views": self.table_views,
+            "num_classes": num_classes,
+        }

@@ -1,0 +1,534 @@
+"""The plans: pure functions from the settings to the runs and to the tables and series built
+from their results. Nothing here executes anything (see :mod:`.runner`).
+
+Per seed ``s`` (docs/study.md has the full story):
+
+- ``tables``: teachers cnn (``cnn-nano``, seed s), cnn2 (``cnn-nano``, seed 1000 + s) and inn
+  (``inn-nano``, seed s); one store of all three; civt-nano students selecting teachers with
+  ``--store-teacher`` (Tables 5, 6, 3), ``evaluate --store`` KL per head and teacher (Table 4),
+  and teachers trained for fewer epochs (Figure 3).
+- ``views``: one store of V_max = max(16, epochs) views and every class's logit; students
+  replaying its first V views, or its first k logits, and the online reference (live teachers,
+  a fresh view every epoch).
+- ``cost``: the CPU seconds of stage one, stage two and the online run, and the break-even
+  number of student runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ...models.teacher_spec import TeacherSpec
+from ...models.token_mode import TokenMode
+from ...stages.dump.config import DumpConfig
+from ...stages.evaluate.run import EvaluateConfig
+from ...stages.student.config import FINAL, StudentTrainConfig
+from ...stages.teacher.config import TeacherTrainConfig
+from .config import StudyConfig
+from .runs import Run, RunKind, make_run
+
+T = TypeVar("T")
+
+Records = Mapping[str, Mapping[str, Any]]
+"""Finished runs' ``done.json`` records by run id."""
+
+STUDENT = "civt-nano"
+STUDENT_LR = 2e-3
+"""The quickstart's tuned small-data rate (train-student's ``small`` recipe otherwise)."""
+SECOND_CNN_SEED = 1000
+"""The second CNN teacher of seed s trains with seed 1000 + s: same recipe, other weights."""
+FIGURE3_EPOCHS = (1, 2)
+"""Teacher epochs of Figure 3's points, besides --teacher-epochs itself (a third young pair,
+4 epochs, would add ~3 CPU minutes per seed on digits: over the plan's hour at 3 seeds)."""
+VIEW_COUNTS = (1, 2, 4, 8, 16)
+"""Stored views V of the views plan, besides --epochs (a fresh view every epoch)."""
+TOPK_COUNTS = (1, 3, 5)
+"""Stored logits k of the views plan, besides every class."""
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One number of one seed, read from finished runs."""
+
+    runs: tuple[str, ...]
+    """The runs behind it (what a table cell links to)."""
+    read: Callable[[Records], float]
+
+
+@dataclass
+class TableSpec:
+    """A table before the runs: per row and column, one :class:`Measure` per seed."""
+
+    id: str
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, dict[str, list[Measure]]]]
+
+
+@dataclass
+class PointSpec:
+    """One point of a series: an x (fixed, or measured per seed) and a y per seed."""
+
+    label: str
+    x: float | list[Measure]
+    values: list[Measure]
+
+
+@dataclass
+class SeriesSpec:
+    id: str
+    title: str
+    x_label: str
+    y_label: str
+    x_log2: bool
+    points: list[PointSpec]
+    reference: PointSpec | None = None
+
+
+@dataclass
+class PlanSpec:
+    """Everything a plan runs and reports, in execution order."""
+
+    name: str
+    seeds: list[int]
+    runs: list[Run]
+    tables: list[TableSpec] = field(default_factory=list)
+    series: list[SeriesSpec] = field(default_factory=list)
+    break_even: tuple[str, str, str] | None = None
+    """Rows (stage one, stage two, online) of the ``cost`` table to compute n* from."""
+
+
+# ------------------------------------------------------------------------------ measures
+
+
+def top1(student: Run, evaluation: Run) -> Measure:
+    """Headline top-1 (%) of ``evaluation`` (of ``student``'s final checkpoint)."""
+    return Measure(
+        (student.id, evaluation.id), lambda r: 100.0 * float(r[evaluation.id]["result"]["top1"])
+    )
+
+
+def gain(base: Measure, better: Measure) -> Measure:
+    """``better - base`` (points)."""
+    return Measure(base.runs + better.runs, lambda r: better.read(r) - base.read(r))
+
+
+def mean_of(measures: Sequence[Measure]) -> Measure:
+    """The mean of several numbers of one seed (e.g. the teachers' top-1)."""
+    runs = tuple(run for m in measures for run in m.runs)
+    return Measure(runs, lambda r: sum(m.read(r) for m in measures) / len(measures))
+
+
+def kl(evaluation: Run, head: str, teacher: str) -> Measure:
+    """KL(teacher ‖ head) from an ``evaluate --store`` run."""
+    return Measure(
+        (evaluation.id,),
+        lambda r: float(r[evaluation.id]["result"]["kl_to_teachers"][head][teacher]),
+    )
+
+
+def cpu_seconds(run: Run) -> Measure:
+    return Measure((run.id,), lambda r: float(r[run.id]["cpu_seconds"]))
+
+
+def wall_seconds(run: Run) -> Measure:
+    return Measure((run.id,), lambda r: float(r[run.id]["seconds"]))
+
+
+# ------------------------------------------------------------------------------- the runs
+
+
+class RunBook:
+    """Builds the stage configs of a study and keeps each distinct run once, in order.
+
+    One book per plan: a plan's runs are every run its book holds.
+    """
+
+    def __init__(self, cfg: StudyConfig, root: Path, data: str, num_classes: int) -> None:
+        self.cfg = cfg
+        self.root = root
+        self.data = data
+        """Training shards (a pattern of the first --subset shards, or --data)."""
+        self.num_classes = num_classes
+        self.runs: dict[str, Run] = {}
+
+    def _add(self, kind: RunKind, name: str, build: Callable[[Path], Any]) -> Run:
+        run = make_run(kind, name, self.root, build)
+        return self.runs.setdefault(run.id, run)
+
+    def teacher(self, arch: str, seed: int, epochs: int | None = None) -> Run:
+        """``train-teacher`` of ``arch`` (``--teacher-epochs`` unless ``epochs``)."""
+        cfg = self.cfg
+        epochs = cfg.teacher_epochs if epochs is None else epochs
+        return self._add(
+            "teacher",
+            f"teacher-{arch}-e{epochs}-s{seed}",
+            lambda d: TeacherTrainConfig(
+                arch=arch,
+                data=self.data,
+                out=d / "teacher.pt",
+                epochs=epochs,
+                image_size=cfg.image_size,
+                seed=seed,
+                threads=cfg.threads,
+                device=cfg.device,
+            ),
+        )
+
+    def dump(self, teachers: Mapping[str, Run], *, views: int, seed: int) -> Run:
+        """``dump-logits`` of ``teachers`` ({name: teacher run}) keeping every class's logit."""
+        cfg = self.cfg
+        specs = tuple(
+            TeacherSpec(name=name, arch=run.config.arch, checkpoint=run.config.out)
+            for name, run in teachers.items()
+        )
+        return self._add(
+            "dump",
+            f"dump-{'-'.join(teachers)}-v{views}-s{seed}",
+            lambda d: DumpConfig(
+                data=self.data,
+                teachers=specs,
+                out=str(d / "store.zarr"),
+                views=views,
+                topk=self.num_classes,
+                seed=seed,
+                threads=cfg.threads,
+                device=cfg.device,
+                progress=cfg.progress,
+            ),
+        )
+
+    def student(
+        self,
+        *,
+        store: Run | None = None,
+        online: Mapping[str, Run] | None = None,
+        seed: int | None = None,
+        model: str = STUDENT,
+        token_mode: TokenMode = "per-teacher",
+        store_teachers: tuple[str, ...] = (),
+        store_views: int | None = None,
+        store_topk: int | None = None,
+    ) -> Run:
+        """``train-student`` from ``store``, or with the ``online`` teachers live (then one
+        fresh view per epoch, ``seed`` the augmentation's)."""
+        cfg = self.cfg
+        source: dict[str, Any]
+        if store is not None:
+            source = {"store": store.config.out}
+            what = "-".join(store_teachers) if store_teachers else "all"
+            name = f"student-{model}-{token_mode}-{what}"
+            name += "".join(
+                f"-{tag}{value}"
+                for tag, value in (("v", store_views), ("k", store_topk))
+                if value is not None
+            )
+            name += f"-s{store.config.seed}"
+        else:
+            if online is None or seed is None:
+                raise ValueError("a student needs a store, or online teachers and a seed")
+            source = {
+                "teachers": tuple(
+                    f"{n}={run.config.arch}:{run.config.out}" for n, run in online.items()
+                ),
+                "views": cfg.epochs,
+                "seed": seed,
+            }
+            name = f"student-{model}-{token_mode}-online-s{seed}"
+        return self._add(
+            "student",
+            name,
+            lambda d: StudentTrainConfig(
+                data=self.data,
+                out=str(d / "student"),
+                model=model,
+                epochs=cfg.epochs,
+                lr=STUDENT_LR,
+                token_mode=token_mode,
+                threads=cfg.threads,
+                device=cfg.device,
+                progress=cfg.progress,
+                store_teachers=store_teachers,
+                store_views=store_views,
+                store_topk=store_topk,
+                **source,
+            ),
+        )
+
+    def evaluate(self, target: Run, *, store: Run | None = None) -> Run:
+        """``evaluate`` of a teacher's or student's final checkpoint on --val, or with
+        ``store`` on the store's own (training) shards, reporting KL to its teachers."""
+        cfg = self.cfg
+        checkpoint = (
+            target.config.out if target.kind == "teacher" else Path(target.config.out) / FINAL
+        )
+        data = cfg.val if store is None else self.data
+        extra = {} if store is None else {"store": store.config.out}
+        return self._add(
+            "evaluate",
+            f"eval-{target.id}" + ("-kl" if store is not None else ""),
+            lambda d: EvaluateConfig(
+                checkpoint=checkpoint, data=data, threads=cfg.threads, device=cfg.device, **extra
+            ),
+        )
+
+    def accuracy(self, run: Run) -> Measure:
+        """Top-1 (%) on --val of a teacher or student run."""
+        return top1(run, self.evaluate(run))
+
+
+def _per_seed(
+    seeds: Sequence[int], make: Callable[[int, T], Mapping[str, Measure]], row: T
+) -> dict[str, list[Measure]]:
+    """Columns of one row: ``make(seed, row)`` gives {column: measure}; collect them per seed."""
+    cells: dict[str, list[Measure]] = {}
+    for seed in seeds:
+        for column, measure in make(seed, row).items():
+            cells.setdefault(column, []).append(measure)
+    return cells
+
+
+# ---------------------------------------------------------------------------------- tables
+
+
+def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
+    """Paper Tables 5, 6, 3, 4 and Figure 3 with civt-nano (docstring of this module)."""
+    cfg = book.cfg
+
+    def teachers(seed: int) -> dict[str, Run]:
+        return {
+            "cnn": book.teacher("cnn-nano", seed),
+            "cnn2": book.teacher("cnn-nano", SECOND_CNN_SEED + seed),
+            "inn": book.teacher("inn-nano", seed),
+        }
+
+    def store(seed: int) -> Run:
+        return book.dump(teachers(seed), views=cfg.table_views, seed=seed)
+
+    def student(seed: int, **options: Any) -> Run:
+        return book.student(store=store(seed), **options)
+
+    def acc(seed: int, **options: Any) -> Measure:
+        return book.accuracy(student(seed, **options))
+
+    def accuracy_cell(seed: int, options: dict[str, Any]) -> dict[str, Measure]:
+        return {"top-1": acc(seed, **options)}
+
+    both = ("cnn", "inn")
+    table5_rows: list[tuple[str, dict[str, Any]]] = [
+        ("none", {"token_mode": "none"}),
+        ("CNN", {"store_teachers": ("cnn",)}),
+        ("INN", {"store_teachers": ("inn",)}),
+        ("two CNNs", {"store_teachers": ("cnn", "cnn2")}),
+        ("CNN + INN", {"store_teachers": both}),
+    ]
+    table6_rows: list[tuple[str, dict[str, Any]]] = [
+        ("none", {"token_mode": "none"}),
+        *[(mode, {"token_mode": mode, "store_teachers": both}) for mode in ("cls", "shared")],
+        ("per-teacher", {"store_teachers": both}),
+        ("aligned", {"token_mode": "aligned", "store_teachers": both}),
+    ]
+    table5 = TableSpec(
+        "table5",
+        "Table 5: teacher sets (civt-nano, per-teacher tokens), top-1 %",
+        ["top-1"],
+        [(label, _per_seed(seeds, accuracy_cell, options)) for label, options in table5_rows],
+    )
+    table6 = TableSpec(
+        "table6",
+        "Table 6: token modes (civt-nano, teachers CNN + INN), top-1 %",
+        ["top-1"],
+        [(label, _per_seed(seeds, accuracy_cell, options)) for label, options in table6_rows],
+    )
+
+    def table3_row(seed: int, model: str) -> dict[str, Measure]:
+        alone = acc(seed, model=model, token_mode="none")
+        taught = acc(seed, model=model, store_teachers=both)
+        return {"no teacher": alone, "CNN + INN": taught, "gain": gain(alone, taught)}
+
+    table3 = TableSpec(
+        "table3",
+        "Table 3: student biases, top-1 % without and with the CNN + INN teachers",
+        ["no teacher", "CNN + INN", "gain"],
+        [
+            (model, _per_seed(seeds, table3_row, model))
+            for model in (STUDENT, "resnet10-nano", "mixer-nano")
+        ],
+    )
+
+    def kl_cells(seed: int, head: str) -> dict[str, Measure]:
+        evaluation = book.evaluate(student(seed, store_teachers=both), store=store(seed))
+        return {teacher: kl(evaluation, head, teacher) for teacher in both}
+
+    heads = ("cls", *both, "mean")
+    table4 = TableSpec(
+        "table4",
+        "Table 4: KL(teacher ‖ head) of the CNN + INN per-teacher student, on the stored views",
+        list(both),
+        [(head, _per_seed(seeds, kl_cells, head)) for head in heads],
+    )
+
+    points = []
+    for epochs in sorted({e for e in FIGURE3_EPOCHS if e < cfg.teacher_epochs}):
+        xs, ys = [], []
+        for seed in seeds:
+            pair = {
+                "cnn": book.teacher("cnn-nano", seed, epochs),
+                "inn": book.teacher("inn-nano", seed, epochs),
+            }
+            young = book.dump(pair, views=cfg.table_views, seed=seed)
+            xs.append(mean_of([book.accuracy(t) for t in pair.values()]))
+            ys.append(book.accuracy(book.student(store=young)))
+        points.append(PointSpec(f"teachers {epochs} epochs", xs, ys))
+    # The last point is the main store's CNN + INN student (Table 5's row).
+    full = [
+        mean_of([book.accuracy(teachers(s)["cnn"]), book.accuracy(teachers(s)["inn"])])
+        for s in seeds
+    ]
+    points.append(
+        PointSpec(
+            f"teachers {cfg.teacher_epochs} epochs",
+            full,
+            [acc(s, store_teachers=both) for s in seeds],
+        )
+    )
+    figure3 = SeriesSpec(
+        "figure3",
+        "Figure 3: better teachers, better student? (CNN + INN, per-teacher tokens)",
+        "mean teacher top-1 (%)",
+        "student top-1 (%)",
+        False,
+        points,
+    )
+    return PlanSpec(
+        "tables", list(seeds), list(book.runs.values()), [table5, table6, table3, table4], [figure3]
+    )
+
+
+# ----------------------------------------------------------------------------------- views
+
+
+def view_counts(epochs: int) -> list[int]:
+    """V of the views plan: 1, 2, 4, 8, 16 and the epochs, at most max(16, epochs)."""
+    top = max(16, epochs)
+    return sorted({v for v in (*VIEW_COUNTS, epochs) if v <= top})
+
+
+def topk_counts(num_classes: int) -> list[int]:
+    """k of the views plan: 1, 3, 5 and every class, at most the class count."""
+    return sorted({k for k in (*TOPK_COUNTS, num_classes) if k <= num_classes})
+
+
+def _pair(book: RunBook, seed: int) -> dict[str, Run]:
+    return {"cnn": book.teacher("cnn-nano", seed), "inn": book.teacher("inn-nano", seed)}
+
+
+def _online(book: RunBook, seed: int) -> Run:
+    return book.student(online=_pair(book, seed), seed=seed)
+
+
+def views_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
+    """Accuracy and wall time vs stored views V, accuracy vs stored logits k, and the online
+    reference (docstring of this module)."""
+    epochs = book.cfg.epochs
+    counts = view_counts(epochs)
+
+    def store(seed: int) -> Run:
+        return book.dump(_pair(book, seed), views=max(counts), seed=seed)
+
+    def replay(seed: int, views: int, topk: int | None = None) -> Run:
+        return book.student(store=store(seed), store_views=views, store_topk=topk)
+
+    online = PointSpec(
+        f"online, a fresh view each of {epochs} epochs",
+        0.0,
+        [book.accuracy(_online(book, s)) for s in seeds],
+    )
+    accuracy = SeriesSpec(
+        "views",
+        f"top-1 vs stored views V ({epochs} epochs; epoch e replays view e mod V)",
+        "stored views V",
+        "top-1 (%)",
+        True,
+        [
+            PointSpec(f"V = {v}", float(v), [book.accuracy(replay(s, v)) for s in seeds])
+            for v in counts
+        ],
+        online,
+    )
+    time = SeriesSpec(
+        "views_time",
+        "wall time of one student run vs stored views V",
+        "stored views V",
+        "seconds",
+        True,
+        [
+            PointSpec(f"V = {v}", float(v), [wall_seconds(replay(s, v)) for s in seeds])
+            for v in counts
+        ],
+        PointSpec(online.label, 0.0, [wall_seconds(_online(book, s)) for s in seeds]),
+    )
+    full = book.num_classes
+    topk = SeriesSpec(
+        "topk",
+        f"top-1 vs stored logits k (V = {epochs})",
+        "logits kept per view and teacher k",
+        "top-1 (%)",
+        False,
+        [
+            PointSpec(
+                f"k = {k}" + (" (all)" if k == full else ""),
+                float(k),
+                [book.accuracy(replay(s, epochs, None if k == full else k)) for s in seeds],
+            )
+            for k in topk_counts(full)
+        ],
+        online,
+    )
+    return PlanSpec("views", list(seeds), list(book.runs.values()), [], [accuracy, time, topk])
+
+
+# ------------------------------------------------------------------------------------ cost
+
+
+COST_ROWS = (
+    "stage one: dump-logits (V = epochs)",
+    "stage two: train-student from the store",
+    "online: train-student, teachers live",
+)
+
+
+def cost_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
+    """CPU and wall seconds of stage one, stage two and the online run; break-even n*."""
+
+    def runs(seed: int) -> tuple[Run, Run, Run]:
+        epochs = book.cfg.epochs
+        dump = book.dump(_pair(book, seed), views=epochs, seed=seed)
+        # --store-views E (all of this store's views) spells it as the views plan does, so
+        # with E >= 16 both plans share the store and this student.
+        return dump, book.student(store=dump, store_views=epochs), _online(book, seed)
+
+    def row(seed: int, index: int) -> dict[str, Measure]:
+        run = runs(seed)[index]
+        cells = {"CPU s": cpu_seconds(run), "wall s": wall_seconds(run)}
+        if run.kind == "student":
+            cells["top-1"] = book.accuracy(run)
+        return cells
+
+    table = TableSpec(
+        "cost",
+        "CPU and wall seconds per run",
+        ["CPU s", "wall s", "top-1"],
+        [(label, _per_seed(seeds, row, index)) for index, label in enumerate(COST_ROWS)],
+    )
+    return PlanSpec("cost", list(seeds), list(book.runs.values()), [table], [], COST_ROWS)
+
+
+PLAN_BUILDERS: dict[str, Callable[[RunBook, Sequence[int]], PlanSpec]] = {
+    "tables": tables_plan,
+    "views": views_plan,
+    "cost": cost_plan,
+}
