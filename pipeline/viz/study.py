@@ -17,6 +17,7 @@ only to draw (:mod:`.figure`), one line naming the ``[plots]`` extra when it is 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ from .figure import check_png_path, new_figure, save_png
 
 _WIDE_GROUPS = 6
 """Bar groups × bars beyond which a table's figure takes two panel widths (readable labels)."""
+
+
+def _wrapped(title: str) -> str:
+    """A title broken into lines that fit one 480 px panel at font size 10."""
+    return textwrap.fill(title, width=58)
 
 
 def _cell_stats(cell: Mapping[str, Any], where: str) -> tuple[float, float, int]:
@@ -83,7 +89,7 @@ def plot_table(table: Mapping[str, Any], out: Path) -> Path:
         )
     ax.set_xticks(range(len(rows)), [str(row.get("label", "")) for row in rows])
     ax.tick_params(axis="x", labelrotation=15)
-    ax.set_title(str(table.get("title") or name))
+    ax.set_title(_wrapped(str(table.get("title") or name)), fontsize=10)
     ax.set_ylabel(_seeds_note([n for _, _, (_, _, n) in bars]))
     ax.grid(axis="y", alpha=0.3)
     if len(columns) > 1:
@@ -134,9 +140,14 @@ def plot_series(series: Mapping[str, Any], out: Path) -> Path:
             ax.axhspan(mean - std, mean + std, color="C1", alpha=0.15, linewidth=0)
     if log2:
         ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, [str(p.get("label", f"{x:g}")) for p, x in zip(points, xs, strict=True)])
+    # On a log2 axis neighbours such as 8 and 10 sit close: bare numbers fit, labels collide.
+    ticks = [
+        f"{x:g}" if series.get("x_log2") else str(p.get("label", f"{x:g}"))
+        for p, x in zip(points, xs, strict=True)
+    ]
+    ax.set_xticks(xs, ticks)
     ax.minorticks_off()
-    ax.set_title(str(series.get("title") or name))
+    ax.set_title(_wrapped(str(series.get("title") or name)), fontsize=10)
     ax.set_xlabel(str(series.get("x_label") or "x"))
     ax.set_ylabel(f"{series.get('y_label') or 'value'} ({_seeds_note(counts)})")
     ax.grid(alpha=0.3)
