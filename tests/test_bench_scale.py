@@ -6,32 +6,17 @@ No timing is asserted; bench/scale.py itself is run by hand (docs/benchmarks.md)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from bench_modules import load_bench
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the module executes.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-scale = _load("scale")
-store_bytes = _load("store_bytes")
+scale = load_bench("scale")
+store_bytes = load_bench("store_bytes")
 
 
 def test_synthetic_photo_is_deterministic_and_within_the_size_range() -> None:

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from bench_modules import load_bench
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the module executes.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fidelity = _load("fidelity")
-store_bytes = _load("store_bytes")
-compute = _load("compute")
-stages = _load("stages")
+fidelity = load_bench("fidelity")
+store_bytes = load_bench("store_bytes")
+compute = load_bench("compute")
+stages = load_bench("stages")
 
 
 def test_topk_kl_matches_hand_computation_for_k1() -> None:
@@ -181,7 +166,7 @@ def test_interleaved_median_seconds_alternates_the_functions() -> None:
 
 
 def test_peak_rss_reads_this_process_memory() -> None:
-    peak_rss = _load("peak_rss")
+    peak_rss = load_bench("peak_rss")
     assert peak_rss.status_kib("VmHWM") > 0
     assert peak_rss.pss_kib("self") > 0
     assert peak_rss.status_kib("NoSuchField") == 0

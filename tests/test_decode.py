@@ -3,9 +3,7 @@ nvjpeg batches on a GPU, and the decoder a store records checked when it is repl
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.io
+from bench_modules import load_bench
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -313,12 +312,7 @@ def test_pil_decodes_the_stores_jpegs_as_torchvision_does(jpeg_store: dict[str, 
 
 
 def test_the_decode_bench_reports_both_decoders_and_their_agreement() -> None:
-    path = Path(__file__).resolve().parent.parent / "bench" / "decode_speed.py"
-    spec = importlib.util.spec_from_file_location("bench_decode_speed", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_bench("decode_speed")
     result = module.decode_speed(images=2, repeats=1)
     for fmt in ("jpeg", "png"):
         figures = result[fmt]
