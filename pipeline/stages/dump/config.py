@@ -32,7 +32,14 @@ class DumpConfig:
     )
     # Text, not Path: an fsspec URL (s3://bucket/s.zarr) must keep its "//".
     out: str = option(help="The zarr logit store to write: a directory or a URL (s3://...).")
-    views: int = option(4, help="Augmented views per image (V).", minimum=1)
+    # 10 = train-student's default --epochs: with the defaults every epoch gets a fresh view,
+    # as online distillation would (docs/study.md: the views plan measured the rule).
+    views: int = option(
+        10,
+        help="Augmented views per image (V); stage two replays view e mod V in epoch e, so "
+        "V = the student epochs you plan gives a fresh view every epoch.",
+        minimum=1,
+    )
     topk: int = option(10, help="Logits kept per view and teacher (k).", minimum=1)
     seed: int = option(0, help="Augmentation seed.", minimum=0)
     batch_size: int = option(256, help="Views per teacher forward pass.", minimum=1)
