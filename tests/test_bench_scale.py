@@ -69,7 +69,7 @@ def test_a_folder_grows_from_a_prefix_and_links_share_the_files(tmp_path: Path) 
 def test_store_file_count_matches_the_documented_examples() -> None:
     # docs/store-format.md: 4 shards, 10 aug fields, 2 teachers -> 88 data files + 27 metadata.
     assert scale.store_file_count(shards=4, aug_fields=10, teachers=2) == 88 + 27
-    assert scale.store_file_count(shards=1281, aug_fields=10, teachers=2, metadata=False) == 28182
+    assert scale.store_file_count(shards=1282, aug_fields=10, teachers=2, metadata=False) == 28204
 
 
 def test_store_file_count_matches_a_written_store(tmp_path: Path) -> None:
