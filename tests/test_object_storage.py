@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import moto.server as moto_server
 import numpy as np
 import pytest
+import s3fs
 import torch
 from toy_shards import make_toy_shards, make_toy_teacher
 from typer.testing import CliRunner
@@ -37,9 +39,6 @@ from civt_pipe.pipeline.stages.dump.run import run_dump
 from civt_pipe.stores.errors import StoreError
 from civt_pipe.stores.lock import WriterLock, lock_location
 from civt_pipe.stores.logit_store import LogitStore
-
-s3fs = pytest.importorskip("s3fs", reason="s3fs (the [s3] extra) is not installed")
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
 
 BUCKET = "civt"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher
 from typer.testing import CliRunner
 
@@ -20,11 +21,6 @@ from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
 from civt_pipe.pipeline.stages.student.run import train_student
 from civt_pipe.pipeline.train import tensorboard
 from civt_pipe.pipeline.train.tensorboard import TensorBoardSink, scalars
-
-event_accumulator = pytest.importorskip(
-    "tensorboard.backend.event_processing.event_accumulator",
-    reason="the tensorboard extra (civt-pipe[tb], in dev) is not installed",
-)
 
 
 def _read(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
