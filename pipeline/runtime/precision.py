@@ -105,6 +105,10 @@ class PrecisionPolicy:
         return torch.amp.GradScaler(self.device_type)
 
 
+FP32 = PrecisionPolicy("fp32", "cpu")
+"""Plain float32: no autocast and no scaler on any device (the default of the training loop)."""
+
+
 def check_compile(device: torch.device) -> None:
     """``UserError`` when ``torch.compile`` cannot build kernels for ``device`` here.
 

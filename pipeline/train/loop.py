@@ -36,7 +36,7 @@ from ..runtime.atomic import append_jsonl, atomic_write_bytes
 from ..runtime.console import make_progress
 from ..runtime.distributed import DistContext, barrier
 from ..runtime.errors import UserError
-from ..runtime.precision import PrecisionPolicy, compile_model
+from ..runtime.precision import FP32, PrecisionPolicy, compile_model
 from ..runtime.seeds import keyed_seed
 from .checkpointer import Checkpointer
 from .schedule import ScheduleConfig, lr_at, set_lr
@@ -214,8 +214,8 @@ class LoopConfig:
     """Clip the gradients' global norm at this before every optimizer step (None: never)."""
     tensorboard: Path | None = None
     """Also write every metric record as TensorBoard scalars here (None: off)."""
-    precision: PrecisionPolicy | None = None
-    """Autocast of every step's forward and loss, and fp16's gradient scaler (None: fp32)."""
+    precision: PrecisionPolicy = FP32
+    """Autocast of every step's forward and loss, and fp16's gradient scaler."""
     compile: bool = False
     """Run the steps through ``torch.compile`` (checkpoints and validation use the model)."""
 
@@ -240,7 +240,7 @@ def train_step(
     lr: float,
     clip_grad: float | None = None,
     *,
-    precision: PrecisionPolicy | None = None,
+    precision: PrecisionPolicy = FP32,
     scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
     """One optimizer update at learning rate ``lr``: forward (under ``precision``'s autocast),
@@ -250,7 +250,7 @@ def train_step(
     clipping; a step whose gradients overflowed is skipped and the scale lowered.
     """
     set_lr(optimizer, lr)
-    with precision.autocast() if precision is not None else contextlib.nullcontext():
+    with precision.autocast():
         result = step(model, batch)
     optimizer.zero_grad(set_to_none=True)
     (result.loss if scaler is None else scaler.scale(result.loss)).backward()
@@ -327,7 +327,7 @@ def fit(
     if cfg.compile:
         net = compile_model(net, device)
     # fp16 only. A resumed run starts the loss scale afresh: it re-calibrates within a few steps.
-    scaler = cfg.precision.grad_scaler() if cfg.precision is not None else None
+    scaler = cfg.precision.grad_scaler()
     world = ctx.world_size
     guard = _FiniteGuard(
         ctx=ctx,

@@ -12,7 +12,6 @@ teacher logits, looked up by the batch's shard and position) ride along the same
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -23,7 +22,7 @@ from ..data.streams import EvalBatch, eval_batches
 from ..runtime.console import make_progress
 from ..runtime.distributed import DistContext
 from ..runtime.errors import UserError
-from ..runtime.precision import PrecisionPolicy
+from ..runtime.precision import FP32, PrecisionPolicy
 from .metrics import TopKCounter
 
 TEACHER_HEAD = "logits"
@@ -81,7 +80,7 @@ def evaluate_model(
     ctx: DistContext | None = None,
     observers: tuple[BatchObserver, ...] = (),
     description: str = "evaluate",
-    precision: PrecisionPolicy | None = None,
+    precision: PrecisionPolicy = FP32,
     decoder: Decoder = "torchvision",
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``model`` on every sample of ``shard_set``.
@@ -99,7 +98,7 @@ def evaluate_model(
         ctx: distributed context (None: a single process).
         observers: extra per-batch consumers; their results are added under their ``name``.
         description: label of the progress bar.
-        precision: autocast of the forwards (None: fp32); heads are scored in float32.
+        precision: autocast of the forwards (default: plain fp32); heads are scored in float32.
         decoder: the image decoder (:mod:`..data.imageio`, resolved).
 
     Returns:
@@ -125,7 +124,7 @@ def evaluate_model(
         )
         for batch in batches:
             images = batch.images.to(device, non_blocking=True)
-            with precision.autocast() if precision is not None else nullcontext():
+            with precision.autocast():
                 outputs = model(images)
             heads = {name: logits.float() for name, logits in head_outputs(outputs).items()}
             counter.update(heads, batch.labels)
