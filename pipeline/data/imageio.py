@@ -26,6 +26,7 @@ import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, cast, get_args
 
@@ -54,6 +55,11 @@ DECODER_HELP = (
 )
 NVJPEG_BATCH = 32
 """Images the reader hands the GPU decoder at once."""
+
+OnError = Literal["fail", "skip"]
+"""What a command does with an image that does not decode: stop with an error naming it, or
+leave it out, record it and go on (``make-shards``, ``dump-logits``, the shard reader)."""
+ON_ERROR_MODES: tuple[OnError, ...] = get_args(OnError)
 
 
 def resolve_decoder(
@@ -101,6 +107,15 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
 # PIL's "L" from RGB (ITU-R 601-2 luma in 16-bit fixed point); the weights sum to 65536, so a
 # gray pixel repeated to RGB maps back to itself.
 _LUMA = (19595, 38470, 7471)
+
+
+@cache
+def _luma_weights() -> torch.Tensor:
+    """:data:`_LUMA` as an int32 ``[3, 1, 1]`` CPU tensor, built once (torch is imported
+    lazily: config modules import this one and must not pull torch in)."""
+    import torch
+
+    return torch.tensor(_LUMA, dtype=torch.int32).view(3, 1, 1)
 
 
 def pil_to_array(img: PILImage, channels: int) -> np.ndarray:
@@ -164,7 +179,9 @@ def _as_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
         image = (image.to(torch.int32) >> 8).to(torch.uint8)  # 16-bit PNG: the top byte
     if channels == 3:
         return image.contiguous()
-    weights = torch.tensor(_LUMA, dtype=torch.int32, device=image.device).view(3, 1, 1)
+    weights = _luma_weights()
+    if image.device.type != "cpu":
+        weights = weights.to(image.device)
     luma = ((image.to(torch.int32) * weights).sum(0, keepdim=True) + 0x8000) >> 16
     return luma.to(torch.uint8)
 
@@ -235,6 +252,19 @@ def decode_image_bytes(
     if decoder == "pil" or not torchvision_reads(data):
         return _decode_pil(data, channels)
     return _decode_torchvision(data, channels)
+
+
+def decode_image_file(path: Path, channels: int) -> tuple[bytes, np.ndarray]:
+    """A file's bytes and its pixels, uint8 ``[H, W]`` (channels 1) or ``[H, W, 3]``, decoded
+    by :func:`decode_image_bytes`; ``ValueError(reason)`` (one line) when the file cannot be
+    read or decoded, for the caller to name the file."""
+    from PIL import Image
+
+    try:
+        data = path.read_bytes()
+        return data, tensor_to_array(decode_image_bytes(data, channels))
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        raise ValueError(" ".join(str(err).split()) or type(err).__name__) from None
 
 
 def decode_batch(

@@ -35,16 +35,9 @@ from ..runtime.atomic import atomic_write_bytes, check_output_dir
 from ..runtime.console import info, make_progress, warn
 from ..runtime.errors import UserError
 from ..runtime.options import MAX_WORKERS, check_choices, check_numbers, option
+from .imageio import ON_ERROR_MODES, OnError
 from .index import INCOMPLETE_MARKER, INDEX_FILENAME, ShardIndex, ShardInfo
-from .shard_writer import (
-    FORMATS,
-    ON_ERROR_MODES,
-    RECEIPT_SUFFIX,
-    OnError,
-    ShardJob,
-    ShardResult,
-    run_job,
-)
+from .shard_writer import FORMATS, RECEIPT_SUFFIX, ShardJob, ShardResult, run_job
 from .sources import SPLITS, SourceData, open_source
 
 
@@ -144,10 +137,10 @@ def _check_keys(data: SourceData) -> None:
 def plan_jobs(cfg: MakeShardsConfig, data: SourceData) -> list[ShardJob]:
     """One job per shard of ``shard_size`` consecutive samples, in order."""
     root = Path(data.extra["root"]) if "root" in data.extra else None
+    files = data.files
     jobs = []
     for number, start in enumerate(range(0, len(data), cfg.shard_size)):
         rows = range(start, min(start + cfg.shard_size, len(data)))
-        files = data.files
         jobs.append(
             ShardJob(
                 path=Path(cfg.out_dir) / shard_name(cfg.split, number),
@@ -253,7 +246,7 @@ def build_index(
         extra["ignored_files"] = len(data.ignored)
     skipped = [s for r in results for s in r.skipped]
     if skipped:
-        extra["skipped"] = [{"key": s.key, "file": s.file, "error": s.error} for s in skipped]
+        extra["skipped"] = [s.to_dict() for s in skipped]
     return ShardIndex(
         shards=tuple(ShardInfo(r.name, r.num_samples, r.key_digest) for r in written),
         class_names=data.class_names,

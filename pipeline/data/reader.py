@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -25,6 +25,7 @@ from .imageio import (
     IMAGE_SUFFIXES,
     NVJPEG_BATCH,
     Decoder,
+    OnError,
     decode_batch,
     decode_image_bytes,
     tar_looks_complete,
@@ -32,8 +33,6 @@ from .imageio import (
 from .index import ShardInfo, key_digest
 from .remote import ShardPath, exists, is_remote, open_shard, shard_name
 from .shard_set import ShardSet
-
-OnError = Literal["fail", "skip"]
 
 
 @dataclass(frozen=True, slots=True)

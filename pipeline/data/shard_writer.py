@@ -23,27 +23,25 @@ still match; a killed ``make-shards`` therefore resumes without redoing finished
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 
 from ..runtime.atomic import atomic_write_json, atomic_writer
 from ..runtime.errors import UserError
-from .imageio import decode_image_bytes, image_kind, tensor_to_array
+from ..runtime.hashing import HashingWriter, file_sha256
+from .imageio import OnError, decode_image_file, image_kind
 from .index import key_digest
 
 FORMATS = ("png", "jpg")
 """Encodings ``make-shards`` writes."""
-
-OnError = Literal["fail", "skip"]
-"""What ``make-shards`` does with an image that does not decode: stop, or leave it out."""
-ON_ERROR_MODES: tuple[OnError, ...] = get_args(OnError)
 
 RECEIPT_SUFFIX = ".receipt.json"
 """A finished tar's receipt is ``NAME.tar`` + this suffix."""
@@ -123,6 +121,10 @@ class SkippedImage:
     """The file relative to the source folder (or the key for array sources)."""
     error: str
 
+    def to_dict(self) -> dict[str, str]:
+        """As listed in a receipt and in the index's ``skipped``."""
+        return dataclasses.asdict(self)
+
 
 @dataclass(frozen=True, slots=True)
 class ShardResult:
@@ -167,7 +169,7 @@ class ShardResult:
             "copied": self.copied,
             "encoded": self.encoded,
             "resized": self.resized,
-            "skipped": [{"key": s.key, "file": s.file, "error": s.error} for s in self.skipped],
+            "skipped": [s.to_dict() for s in self.skipped],
             "tar_bytes": self.tar_bytes,
             "tar_sha256": self.tar_sha256,
             "plan": self.plan,
@@ -229,17 +231,6 @@ def _finished_result(job: ShardJob) -> ShardResult | None:
     return result if (size, sha256) == (result.tar_bytes, result.tar_sha256) else None
 
 
-def file_sha256(path: Path) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
-
-
 def resized_shape(height: int, width: int, short: int | None) -> tuple[int, int] | None:
     """(height, width) with the shorter side made ``short`` (the longer one scaled and truncated,
     as torchvision's ``Resize(short)``); None when the shorter side is at most ``short``."""
@@ -287,13 +278,10 @@ class _Unreadable(Exception):
 def _decode_file(path: Path, channels: int) -> tuple[bytes, str | None, np.ndarray]:
     """The file's bytes, its copyable extension (None for other formats) and its pixels,
     decoded by the readers' own decoder (the check that training will decode it)."""
-    from PIL import Image
-
     try:
-        data = path.read_bytes()
-        pixels = tensor_to_array(decode_image_bytes(data, channels))
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
-        raise _Unreadable(" ".join(str(err).split()) or type(err).__name__) from None
+        data, pixels = decode_image_file(path, channels)
+    except ValueError as err:
+        raise _Unreadable(str(err)) from None
     return data, image_kind(data), pixels
 
 
@@ -360,9 +348,11 @@ def write_shard(job: ShardJob) -> ShardResult:
     kept: list[str] = []
     skipped: list[SkippedImage] = []
     copied = encoded = resized = 0
+    # The tar is hashed as it is written: no second read of a large file.
     with (
         atomic_writer(job.path) as fh,
-        tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        HashingWriter(fh) as hashed,
+        tarfile.open(fileobj=hashed, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for i, key in enumerate(job.keys):
             try:
@@ -385,7 +375,6 @@ def write_shard(job: ShardJob) -> ShardResult:
             _add_member(tar, f"{key}.{member.ext}", member.data)
             _add_member(tar, f"{key}.cls", str(int(job.labels[i])).encode("ascii"))
             kept.append(key)
-    tar_bytes, tar_sha256 = file_sha256(job.path)
     result = ShardResult(
         name=job.path.name,
         num_samples=len(kept),
@@ -399,8 +388,8 @@ def write_shard(job: ShardJob) -> ShardResult:
         encoded=encoded,
         resized=resized,
         skipped=tuple(skipped),
-        tar_bytes=tar_bytes,
-        tar_sha256=tar_sha256,
+        tar_bytes=hashed.size,
+        tar_sha256=hashed.hexdigest(),
         plan=plan,
     )
     atomic_write_json(receipt_path(job.path), result.to_dict())

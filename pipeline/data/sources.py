@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..runtime.errors import UserError
-from .imageio import decode_image_bytes, tensor_to_array
+from .imageio import decode_image_file
 
 SOURCE_KINDS = ("digits", "idx", "cifar", "folder")
 SPLITS = ("train", "test")
@@ -370,9 +370,9 @@ def _image_mode(path: Path, *, check: bool) -> str | None:
 def load_image_file(path: Path, channels: int) -> np.ndarray:
     """Decode an image file to uint8 ``[H, W]`` (channels 1) or ``[H, W, 3]``; UserError if bad."""
     try:
-        return tensor_to_array(decode_image_bytes(path.read_bytes(), channels))
-    except (OSError, ValueError, SyntaxError) as err:
-        raise UserError(f"cannot read image {path}: {' '.join(str(err).split())}") from None
+        return decode_image_file(path, channels)[1]
+    except ValueError as err:
+        raise UserError(f"cannot read image {path}: {err}") from None
 
 
 def _open_folder(directory: Path, split: str, *, check_headers: bool) -> SourceData:

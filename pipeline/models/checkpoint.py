@@ -18,7 +18,6 @@ to.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..runtime import hashing
 from ..runtime.atomic import atomic_torch_save, atomic_write_bytes
 from ..runtime.errors import UserError
 from ..runtime.json_text import json_text
@@ -54,12 +54,7 @@ PathLike = str | os.PathLike[str]
 
 def file_sha256(path: PathLike) -> str:
     """Hex sha256 of a file's bytes (recorded with every teacher in the logit store)."""
-    target = _checkpoint_file(path)
-    digest = hashlib.sha256()
-    with open(target, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashing.file_sha256(_checkpoint_file(path))[1]
 
 
 def make_checkpoint(

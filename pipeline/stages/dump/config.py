@@ -6,19 +6,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from ...augment.config import PRESET_CHOICES, AugmentConfig, preset
-from ...data.imageio import DECODER_CHOICES, DECODER_HELP
+from ...data.imageio import DECODER_CHOICES, DECODER_HELP, ON_ERROR_MODES, OnError
 from ...models.teacher_spec import TeacherSpec
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
 from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
-
-OnError = Literal["fail", "skip"]
-"""What ``dump-logits`` does with a sample it cannot decode: stop, or record it and go on."""
-
-ON_ERROR_MODES: tuple[OnError, ...] = get_args(OnError)
 
 
 @dataclass(kw_only=True)

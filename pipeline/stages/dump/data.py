@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from ...augment.blocks import RenderedBlock, iter_blocks, sample_and_render
 from ...augment.config import AugmentConfig
-from ...data.imageio import Decoder
+from ...data.imageio import Decoder, OnError
 from ...data.index import ShardIndex
 from ...data.planning import Segment, ShardRows
 from ...data.reader import iter_shard
@@ -46,7 +45,7 @@ class ShardViews:
     seed: int
     num_views: int
     aug: AugmentConfig
-    on_error: Literal["fail", "skip"]
+    on_error: OnError
     index: ShardIndex | None = None
     decoder: Decoder = "torchvision"
 
