@@ -51,6 +51,21 @@ def interleaved_median_seconds(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def bare_forward_views_per_s(
+    forward: Callable[[], Any], batch: int, *, threads: Sequence[int], repeats: int
+) -> float:
+    """Views/s of ``forward`` (the teachers on one batch of ``batch`` views): the fastest over
+    the torch thread counts ``threads``, which makes the baseline strict. The thread count in
+    force before is restored."""
+    before = torch.get_num_threads()
+    rates = []
+    for n in sorted(set(threads)):
+        torch.set_num_threads(n)
+        rates.append(batch / median_seconds(forward, repeats=repeats, warmup=1))
+    torch.set_num_threads(before)
+    return max(rates)
+
+
 def teachers_forward_fn(teachers: Sequence[nn.Module], images: Tensor) -> Callable[[], None]:
     """Every teacher's forward pass on ``images`` (inference mode), as one call."""
 

@@ -79,14 +79,18 @@ def _cpu_seconds() -> float:
 
 
 def time_make_shards(
-    source: Path, out: Path, *, workers: int, shard_size: int
+    source: Path, out: Path, *, workers: int, shard_size: int, resize_short: int | None = None
 ) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one ``make_shards`` run into a fresh ``out``."""
     from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = MakeShardsConfig(
-        source=f"folder:{source}", out_dir=out, shard_size=shard_size, workers=workers
+        source=f"folder:{source}",
+        out_dir=out,
+        shard_size=shard_size,
+        resize_short=resize_short,
+        workers=workers,
     )
     start, cpu = time.perf_counter(), _cpu_seconds()
     make_shards(cfg)

@@ -43,8 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compute import (
+    bare_forward_views_per_s,
     interleaved_median_seconds,
-    median_seconds,
     online_ideal_ratio,
     student_step_fn,
     teachers_forward_fn,
@@ -300,7 +300,14 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
                     threads=s.threads,
                 )
             )
-            bare = _bare_forward_views_per_s(bare_dump, s)
+            # The run's thread count and every core; a full dump batch is long enough that
+            # a few calls give a steady median.
+            bare = bare_forward_views_per_s(
+                bare_dump,
+                s.dump_batch_size,
+                threads=(s.threads, os.cpu_count() or 1),
+                repeats=max(3, s.repeats // 4),
+            )
             views_per_s = _dump_views_per_s(summary)
             stage1[key] = {
                 "dump_views_per_s": views_per_s,
@@ -506,22 +513,6 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
     )
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
-
-
-def _bare_forward_views_per_s(forward: Any, s: BenchSettings) -> float:
-    """Views/s of the teachers alone: the faster of the run's thread count and every core.
-
-    Taking the faster makes the baseline strict; the run's own thread count is restored.
-    """
-    cores = os.cpu_count() or 1
-    rates = []
-    for threads in sorted({s.threads, cores}):
-        torch.set_num_threads(threads)
-        # A full dump batch is long enough that a few calls give a steady median.
-        seconds = median_seconds(forward, repeats=max(3, s.repeats // 4), warmup=1)
-        rates.append(s.dump_batch_size / seconds)
-    torch.set_num_threads(s.threads)
-    return max(rates)
 
 
 def _data_facts(data: Path) -> tuple[int, int]:

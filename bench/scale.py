@@ -301,42 +301,9 @@ def _untrained_teachers(work: Path, s: ScaleSettings) -> list[Teacher]:
     return out
 
 
-def bare_forward_views_per_s(
-    forward: Callable[[], None], batch: int, *, threads: Sequence[int], repeats: int
-) -> float:
-    """Views/s of the teachers alone: the fastest over ``threads`` (a strict baseline)."""
-    import torch
-    from compute import median_seconds
-
-    before = torch.get_num_threads()
-    rates = []
-    for n in sorted(set(threads)):
-        torch.set_num_threads(n)
-        rates.append(batch / median_seconds(forward, repeats=repeats, warmup=1))
-    torch.set_num_threads(before)
-    return max(rates)
-
-
 def _files_and_bytes(path: Path, suffix: str = "") -> tuple[int, int]:
     files = [p for p in path.rglob(f"*{suffix}") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
-
-
-def _make_shards_resized(source: Path, out: Path, s: ScaleSettings) -> dict[str, float]:
-    from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
-
-    shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    make_shards(
-        MakeShardsConfig(
-            source=f"folder:{source}",
-            out_dir=out,
-            shard_size=s.shard_size,
-            resize_short=s.resize_short,
-            workers=s.workers,
-        )
-    )
-    return {"seconds": time.perf_counter() - start}
 
 
 def measure_size(
@@ -348,6 +315,7 @@ def measure_size(
     forward: Callable[[], None],
 ) -> dict[str, Any]:
     """Every per-size figure at ``times`` × the base size."""
+    from compute import bare_forward_views_per_s
     from store_bytes import METADATA_FILE, store_bytes_report
 
     count = times * s.base
@@ -366,8 +334,10 @@ def measure_size(
         copy["tars"] = tars
         shutil.rmtree(target)
     data = work / f"shards-x{times}"
-    resized = _make_shards_resized(source, data, s)
-    copy["resize_short_images_per_s"] = round(count / resized["seconds"], 1)
+    resized, _ = time_make_shards(
+        source, data, workers=s.workers, shard_size=s.shard_size, resize_short=s.resize_short
+    )
+    copy["resize_short_images_per_s"] = round(count / resized, 1)
     out["make_shards"] = copy
     shutil.rmtree(source)
 
@@ -463,16 +433,11 @@ def loader_cpu_costs(
     """
     from civt_pipe.pipeline.augment.blocks import iter_blocks, sample_and_render
     from civt_pipe.pipeline.augment.config import preset
-    from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
     from civt_pipe.pipeline.data.reader import iter_shard
 
     source = link_prefix(pool, work / "images-cpu", images, classes=s.classes)
     shards = work / "shards-cpu"
-    make_shards(
-        MakeShardsConfig(
-            source=f"folder:{source}", out_dir=shards, shard_size=images, overwrite=True
-        )
-    )
+    time_make_shards(source, shards, workers=1, shard_size=images)
     tar = next(shards.glob("*.tar"))
     aug = preset("deit", 224)
     # Each loop twice, the second timed: the first pays one-off set-up (libjpeg, kernels).
@@ -651,7 +616,7 @@ def settings_from_args(args: argparse.Namespace) -> ScaleSettings:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of this bench (shared with ``bench/run.py --full``)."""
+    """The options of this bench (``bench/run.py --full`` runs it with its own settings)."""
     parser.add_argument("--base", type=int, help="images at 1× [default: 32; --quick 8]")
     parser.add_argument("--teachers", help="comma-separated teacher presets [cnn-nano,inn-nano]")
     parser.add_argument("--sizes", type=int, nargs="+", help="multiples of --base [1 4 16]")

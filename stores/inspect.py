@@ -82,7 +82,9 @@ def inspect_store(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
     teacher_reports = []
     teacher_bytes_total = 0
     for info in store.teachers:
-        t_bytes = store.bytes_on_disk(f"teachers/{info.name}")
+        # From the listing in hand: a second listing per teacher costs a remote call each.
+        prefix = f"teachers/{info.name}/"
+        t_bytes = sum(size for path, size in files.items() if path.startswith(prefix))
         teacher_bytes_total += t_bytes
         teacher_reports.append(
             {

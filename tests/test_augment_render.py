@@ -16,7 +16,6 @@ from civt_pipe.pipeline.augment.params import (
     MIX_CUTMIX,
     MIX_MIXUP,
     empty_params,
-    param_row,
     sample_block_params,
 )
 from civt_pipe.pipeline.augment.render import (
@@ -26,7 +25,7 @@ from civt_pipe.pipeline.augment.render import (
     mix_views,
     mixed_targets,
     render_block,
-    render_view,
+    render_unmixed,
     view_digest,
     view_digests,
 )
@@ -37,22 +36,22 @@ def _image(channels: int, height: int, width: int, seed: int = 0) -> torch.Tenso
     return torch.randint(0, 256, (channels, height, width), generator=gen, dtype=torch.uint8)
 
 
-def _plain_row(cfg: AugmentConfig, height: int, width: int) -> dict[str, np.ndarray]:
-    """Parameters of a view that only resizes the whole image."""
+def _plain_block(cfg: AugmentConfig, height: int, width: int) -> dict[str, np.ndarray]:
+    """Parameters of one view that only resizes the whole image (a block of one row)."""
     block = empty_params(cfg, 1)
     block["crop"][0] = (0, 0, height, width)
-    return param_row(block, 0)
+    return block
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("make_cfg", [deit, small, crop_flip])
-def test_render_view_gives_float_views_in_unit_range(
+def test_render_unmixed_gives_float_views_in_unit_range(
     channels: int, make_cfg: Callable[[int], AugmentConfig]
 ) -> None:
     cfg = make_cfg(16)
     image = _image(channels, 8, 11)
     block = sample_block_params(0, 0, ["a"], [0], [(8, 11)], 1, cfg)
-    view = render_view(image, param_row(block, 0), cfg)
+    view = render_unmixed([image], block, cfg)[0]
     assert view.shape == (channels, 16, 16) and view.dtype == torch.float32
     assert float(view.min()) >= 0.0 and float(view.max()) <= 1.0
 
@@ -60,29 +59,29 @@ def test_render_view_gives_float_views_in_unit_range(
 def test_plain_row_is_a_resize_and_flip_mirrors_it() -> None:
     cfg = crop_flip(12)
     image = _image(3, 20, 20)
-    row = _plain_row(cfg, 20, 20)
+    block = _plain_block(cfg, 20, 20)
     expected = F.resize(image, [12, 12], antialias=True).float() / 255
-    assert torch.equal(render_view(image, row, cfg), expected)
-    row["flip"] = np.array(1, dtype=np.uint8)
-    assert torch.equal(render_view(image, row, cfg), expected.flip(-1))
+    assert torch.equal(render_unmixed([image], block, cfg)[0], expected)
+    block["flip"][0] = 1
+    assert torch.equal(render_unmixed([image], block, cfg)[0], expected.flip(-1))
 
 
 def test_crop_box_selects_the_source_region() -> None:
     cfg = crop_flip(4)
     image = _image(1, 10, 10)
-    row = _plain_row(cfg, 10, 10)
-    row["crop"] = np.array([2, 3, 4, 4], dtype=np.int32)
-    view = render_view(image, row, cfg)
+    block = _plain_block(cfg, 10, 10)
+    block["crop"][0] = (2, 3, 4, 4)
+    view = render_unmixed([image], block, cfg)[0]
     assert torch.equal(view, image[:, 2:6, 3:7].float() / 255)
 
 
 def test_erasing_fills_its_box_with_seeded_uniform_noise() -> None:
     cfg = crop_flip(16)
     image = torch.zeros(3, 16, 16, dtype=torch.uint8)
-    row = _plain_row(cfg, 16, 16)
-    row["erase"] = np.array([2, 5, 6, 4], dtype=np.int32)
-    row["erase_seed"] = np.array(99, dtype=np.int64)
-    view = render_view(image, row, cfg)
+    block = _plain_block(cfg, 16, 16)
+    block["erase"][0] = (2, 5, 6, 4)
+    block["erase_seed"][0] = 99
+    view = render_unmixed([image], block, cfg)[0]
     noise = torch.rand((3, 6, 4), generator=torch.Generator().manual_seed(99))
     assert torch.equal(view[:, 2:8, 5:9], noise)
     view[:, 2:8, 5:9] = 0
@@ -111,7 +110,10 @@ def test_render_block_mixes_with_the_partners_unmixed_view() -> None:
     block = sample_block_params(4, 0, keys, positions, [(14, 15)] * 3, 3, cfg)
     views = render_block(images, block, positions, cfg)
     assert views.shape == (3, 3, 12, 12)
-    unmixed = [render_view(images[i], param_row(block, i), cfg) for i in range(3)]
+    unmixed = [
+        render_unmixed([images[i]], {k: v[i : i + 1] for k, v in block.items()}, cfg)[0]
+        for i in range(3)
+    ]
     for i in range(3):
         partner = int(block["mix_partner"][i])
         lam = torch.tensor(block["mix_lam"][i])
@@ -144,7 +146,7 @@ def test_different_views_of_the_same_key_differ() -> None:
     digests = set()
     for view in range(6):
         block = sample_block_params(0, view, ["k"], [0], [(8, 8)], 1, cfg)
-        digests.add(view_digest(render_view(image, param_row(block, 0), cfg)))
+        digests.add(view_digest(render_unmixed([image], block, cfg)[0]))
     assert len(digests) == 6
 
 

@@ -220,13 +220,13 @@ def apply_randaug(
 def _batch_argument(op_id: int, magnitude: float) -> int | None:
     """The whole-batch argument of an op that can run on a stack of views at once, else None.
 
-    Identity, AutoContrast and Equalize ignore the magnitude; Solarize and Posterize only see
+    AutoContrast and Equalize ignore the magnitude; Solarize and Posterize only see
     the integer it maps to. Their torchvision kernels act on each image of a `[B, C, H, W]`
     stack independently with integer (or per-image elementwise) arithmetic, so a group of views
     that share the argument gets the bits each would get alone.
     """
     name = OPS[op_id].name
-    if name in ("Identity", "AutoContrast", "Equalize"):
+    if name in ("AutoContrast", "Equalize"):
         return 0
     if name == "Solarize":
         return solarize_threshold(magnitude)
@@ -242,7 +242,8 @@ def apply_randaug_batch(
 
     `op_ids[i]` and `magnitudes[i]` are view i's stored `ra_ops`/`ra_mag` rows. Slot by slot,
     the views that run the same magnitude-free or integer-argument op are processed as one
-    stack; every other op runs view by view. Returns a new tensor; `images` is not modified.
+    stack; every other op runs view by view, and Identity, like `NO_OP`, not at all. Returns a
+    new tensor; `images` is not modified.
     """
     out = images.clone()
     slots = len(op_ids[0]) if op_ids else 0
@@ -254,9 +255,11 @@ def apply_randaug_batch(
                 continue
             if not 0 <= op_id < NUM_OPS:
                 raise ValueError(f"unknown RandAugment op id {op_id} (valid: -1..{NUM_OPS - 1})")
+            if OPS[op_id].fn is _identity:
+                continue
             argument = _batch_argument(op_id, magnitude)
             if argument is None:
-                out[i] = OPS[op_id].fn(out[i], float(magnitude), fill)
+                out[i] = apply_op(out[i], op_id, magnitude, fill=fill)
             else:
                 groups.setdefault((op_id, argument), []).append(i)
         for (op_id, _), rows in groups.items():

@@ -125,7 +125,7 @@ def sample_view_params(
 
 
 def param_row(block: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
-    """Row i of a parameter block, as the `params_row` that `render_view` takes."""
+    """Row i of a parameter block: each field without the leading axis."""
     return {name: np.asarray(values[i]) for name, values in block.items()}
 
 

@@ -39,18 +39,6 @@ def _check_image(image: torch.Tensor) -> None:
         )
 
 
-def render_view(
-    image_u8: torch.Tensor, params_row: Mapping[str, np.ndarray], cfg: AugmentConfig
-) -> torch.Tensor:
-    """The unmixed view: float32 `[C, S, S]` in [0, 1] from one row of stored parameters.
-
-    Only `cfg.image_size`, `cfg.interpolation` and `cfg.ra_fill` are used; everything random
-    comes from `params_row`. The same as row 0 of `render_unmixed` on a block of one.
-    """
-    block = {name: np.asarray(value)[None] for name, value in params_row.items()}
-    return render_unmixed([image_u8], block, cfg)[0]
-
-
 def render_unmixed(
     images: Sequence[torch.Tensor], block_params: Mapping[str, np.ndarray], cfg: AugmentConfig
 ) -> torch.Tensor:

@@ -61,6 +61,12 @@ def get_preset(name: str, *, kind: ModelKind | None = None) -> ModelPreset:
     return preset
 
 
+def is_convolutional(name: str) -> bool:
+    """Whether preset ``name`` is a convolution/involution network (it has an inductive
+    ``bias``): those run channels-last on CUDA (:func:`..runtime.precision.prepare_model`)."""
+    return get_preset(name).bias is not None
+
+
 def accepted_arguments(name: str) -> list[str]:
     """Keyword arguments :func:`create_model` takes for ``name``, in ``model_args`` order."""
     own = [p for p in get_preset(name).parameters if p not in INPUTS]

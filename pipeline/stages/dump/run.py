@@ -35,7 +35,7 @@ from ...data.imageio import Decoder, resolve_decoder
 from ...data.planning import ShardRows, StreamPlan, plan_pass, shard_rows_for
 from ...data.shard_set import ShardSet, resolve_complete_shards
 from ...data.streams import PlannedStream, WorkerError, make_loader
-from ...models.factory import get_preset
+from ...models.factory import is_convolutional
 from ...models.teachers import LoadedTeacher, TeacherSpec, load_teachers
 from ...runtime.console import info, make_progress, warn
 from ...runtime.device import cpu_threads, resolve_device
@@ -280,7 +280,7 @@ def _run_dump(
             model=prepare_model(
                 t.model,
                 device,
-                convolutional=get_preset(t.info.arch).bias is not None,
+                convolutional=is_convolutional(t.info.arch),
                 compile=cfg.compile,
             ),
         )

@@ -80,7 +80,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from ...data.imageio import resolve_decoder
     from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import model_from_checkpoint
-    from ...models.factory import get_preset
+    from ...models.factory import is_convolutional
     from ...runtime.device import cpu_threads, resolve_device
     from ...runtime.precision import PrecisionPolicy, check_compile, prepare_model
     from ...train.validate import evaluate_model
@@ -122,7 +122,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 device=device,
                 decoder=cfg.decoder,
             )
-        convolutional = meta["kind"] == "teacher" and get_preset(meta["arch"]).bias is not None
+        convolutional = meta["kind"] == "teacher" and is_convolutional(meta["arch"])
         scored: Any = prepare_model(model, device, convolutional=convolutional, compile=cfg.compile)
         if cfg.noise > 0:
             from .noise import GaussianNoise

@@ -160,7 +160,7 @@ def _train_teacher(
         save_safetensors,
         weights_file,
     )
-    from ...models.factory import count_parameters, create_model, get_preset
+    from ...models.factory import count_parameters, create_model, is_convolutional
     from ...replay.segments import FreshViews, ViewSource
     from ...runtime.distributed import init_distributed, shutdown
     from ...runtime.precision import prepare_model
@@ -199,7 +199,7 @@ def _train_teacher(
             _init_weights(model, cfg.init, cfg.arch, index.channels, image_size)
         model.to(device)
         # Channels-last in place (CUDA); the loop compiles its steps itself (LoopConfig.compile).
-        convolutional = get_preset(cfg.arch).bias is not None
+        convolutional = is_convolutional(cfg.arch)
         prepare_model(model, device, convolutional=convolutional, compile=False)
 
         augment = dataclasses.replace(
