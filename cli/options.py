@@ -34,7 +34,13 @@ from ..pipeline.runtime.config_file import (
     read_config_file,
 )
 from ..pipeline.runtime.errors import UserError
-from ..pipeline.runtime.options import OptionInfo, option_info
+from ..pipeline.runtime.options import (
+    OptionInfo,
+    field_default,
+    flag_of,
+    negated_flag,
+    option_info,
+)
 
 C = TypeVar("C")
 
@@ -53,11 +59,6 @@ def cli_fields(config_type: type) -> list[tuple[Field[Any], OptionInfo]]:
         if info is not None and info.flag != "":
             found.append((f, info))
     return found
-
-
-def flag_of(f: Field[Any], info: OptionInfo) -> str:
-    """The command-line flag of a field: its declared ``flag`` or ``--field-name``."""
-    return info.flag or "--" + f.name.replace("_", "-")
 
 
 def extra_option(
@@ -112,11 +113,9 @@ def _cli_type(tp: Any) -> tuple[Any, bool]:
 
 
 def _default(f: Field[Any]) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return inspect.Parameter.empty
+    """The field's default, or ``inspect.Parameter.empty`` (inspect's "required")."""
+    default = field_default(f)
+    return inspect.Parameter.empty if default is MISSING else default
 
 
 def _range_note(info: OptionInfo) -> str:
@@ -147,7 +146,7 @@ def _parameter(
         spec: Any = typer.Argument(help=help_text, metavar=f.name.upper(), show_default=False)
     elif cli_type is bool:
         name = flag_of(f, info)
-        spec = typer.Option(f"{name}/--no-{name[2:]}", help=help_text)
+        spec = typer.Option(f"{name}/{negated_flag(name)}", help=help_text)
     else:
         spec = typer.Option(flag_of(f, info), help=help_text, metavar=metavar)
     if repeated:

@@ -399,9 +399,9 @@ class LogitStore:
         """True when every shard is written."""
         return bool(self.written_flags().all())
 
-    def bytes_on_disk(self, member: str = "") -> int:
-        """Bytes of the files under the store (or under ``member``, e.g. ``"teachers/cnn"``)."""
-        return sum(self.location.child(member).files().values())
+    def bytes_on_disk(self) -> int:
+        """Bytes of the files under the store."""
+        return sum(self.location.files().values())
 
     # ------------------------------------------------------------------ writing
     def write_shard(self, name: str, block: ShardBlock, *, replace: bool = False) -> None:
@@ -471,10 +471,18 @@ class LogitStore:
         )
 
     # ------------------------------------------------------------------ reading
-    def read_view(self, name: str, view: int, teachers: Sequence[str] | None = None) -> ViewBlock:
+    def read_view(
+        self,
+        name: str,
+        view: int,
+        teachers: Sequence[str] | None = None,
+        *,
+        topk: int | None = None,
+    ) -> ViewBlock:
         """One view of one shard: one inner chunk read per array (when the shard fits one
         chunk); a per-view array's read is two ranged requests, its file's index then the chunk.
-        ``teachers``: read only these teachers' arrays (None: every teacher)."""
+        ``teachers``: read only these teachers' arrays (None: every teacher). ``topk``: keep the
+        first ``topk`` entries of every row (:meth:`TopKLogits.first`; None: all the store's k)."""
         if not 0 <= view < self.num_views:
             raise StoreError(f"view {view} is out of range: {self.path} has {self.num_views} views")
         layout = self.shard(name)
@@ -483,14 +491,14 @@ class LogitStore:
         def get(array_name: str) -> np.ndarray:
             return self.read(array_name, (rows, view))
 
-        per_teacher = {
-            t: TopKLogits(
+        per_teacher: dict[str, TopKLogits] = {}
+        for t in self.teacher_names if teachers is None else teachers:
+            stored = TopKLogits(
                 logprobs=torch.from_numpy(get(f"teachers/{t}/logprobs")),
                 indices=torch.from_numpy(get(f"teachers/{t}/indices")),
                 lse=torch.from_numpy(get(f"teachers/{t}/lse")),
             )
-            for t in (self.teacher_names if teachers is None else teachers)
-        }
+            per_teacher[t] = stored if topk is None else stored.first(topk)
         return ViewBlock(
             view=view,
             keys=self._keys(rows),

@@ -130,6 +130,10 @@ def test_store_topk_target_is_that_of_a_store_dumped_with_that_k(stores: Stores)
         for t in ("cnn", "inn"):
             kept = a.teachers[t].first(1)
             assert torch.equal(kept.indices, b.teachers[t].indices)
+            # read_view's topk is that same cut, made where the view is read.
+            cut = full.read_view(layout.name, 1, topk=1).teachers[t]
+            assert torch.equal(cut.logprobs, kept.logprobs) and torch.equal(cut.lse, kept.lse)
+            assert torch.equal(cut.indices, kept.indices)
             for tau in (1.0, 2.0):
                 torch.testing.assert_close(kept.dense(3, tau), b.teachers[t].dense(3, tau))
             # The subset really drops information: k = 3 targets are other targets.

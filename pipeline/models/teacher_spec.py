@@ -29,6 +29,10 @@ class TeacherSpec:
                 "digits, '_' and '-'"
             )
 
+    def __str__(self) -> str:
+        """``NAME=ARCH:CKPT``, what :meth:`parse` reads back."""
+        return f"{self.name}={self.arch}:{self.checkpoint}"
+
     @classmethod
     def parse(cls, text: str) -> TeacherSpec:
         """Parse ``NAME=ARCH:CKPT`` (the checkpoint path may itself contain ':')."""

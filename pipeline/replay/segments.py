@@ -110,7 +110,11 @@ def render_segment(
     if not ordinal_of:
         return
     last = max(ordinal_of)
-    stored = store.read_view(shard.name, view, source.teachers) if store is not None else None
+    stored = (
+        store.read_view(shard.name, view, source.teachers, topk=source.topk)
+        if store is not None
+        else None
+    )
     verified_any = False
     samples = iter_shard(
         shard.path, channels=source.channels, on_error="skip", decoder=source.decoder
@@ -173,10 +177,7 @@ def render_segment(
                 torch.as_tensor(labels), torch.as_tensor(partner_labels), params, source.num_classes
             )
             rows_t = torch.as_tensor(block_pos)
-            teachers = {
-                name: topk[rows_t] if source.topk is None else topk[rows_t].first(source.topk)
-                for name, topk in stored.teachers.items()
-            }
+            teachers = {name: topk[rows_t] for name, topk in stored.teachers.items()}
         for i in rows:
             if block[i].image is None:
                 raise UserError(

@@ -76,6 +76,25 @@ def option_info(f: Field[Any]) -> OptionInfo | None:
     return info if isinstance(info, OptionInfo) else None
 
 
+def flag_of(f: Field[Any], info: OptionInfo | None) -> str:
+    """The command-line flag of a field: its declared ``flag`` or ``--field-name``."""
+    return (info.flag if info is not None else None) or "--" + f.name.replace("_", "-")
+
+
+def negated_flag(flag: str) -> str:
+    """The flag that turns a boolean field off: ``--progress`` → ``--no-progress``."""
+    return "--no-" + flag.removeprefix("--")
+
+
+def field_default(f: Field[Any]) -> Any:
+    """The default of a dataclass field (its factory called), or ``MISSING`` for a required one."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
 def resume_mismatch(
     config_type: type, saved: Mapping[str, Any], current: Mapping[str, Any]
 ) -> str | None:
@@ -91,13 +110,8 @@ def resume_mismatch(
             continue
         if f.name not in current:
             continue
-        if f.default is not MISSING:
-            fallback = f.default
-        elif f.default_factory is not MISSING:
-            fallback = f.default_factory()
-        else:
-            fallback = None
-        if saved.get(f.name, fallback) != current[f.name]:
+        fallback = field_default(f)
+        if saved.get(f.name, None if fallback is MISSING else fallback) != current[f.name]:
             return f.name
     return None
 
@@ -113,7 +127,7 @@ def check_numbers(config: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         info = option_info(f)
-        flag = (info.flag if info and info.flag else None) or "--" + f.name.replace("_", "-")
+        flag = flag_of(f, info)
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{flag} must be a finite number, got {value}")
         if isinstance(value, int) and not -_INT64 <= value < _INT64:
@@ -136,5 +150,6 @@ def check_choices(config: Any) -> None:
         value = getattr(config, f.name)
         if info is None or info.choices is None or value is None or value in info.choices:
             continue
-        flag = info.flag or "--" + f.name.replace("_", "-")
-        raise UserError(f"{flag} must be one of {', '.join(info.choices)}, got {value!r}")
+        raise UserError(
+            f"{flag_of(f, info)} must be one of {', '.join(info.choices)}, got {value!r}"
+        )

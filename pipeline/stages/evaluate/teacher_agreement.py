@@ -113,7 +113,8 @@ def teacher_agreement(
     setup = bind_store(
         store, data, shard_set, views=views, decoder=decoder, device_type=device.type
     )
-    logits_store = LogitStore.open(store)
+    # bind_store opened and checked the whole store; repeating the check would re-read every file.
+    logits_store = LogitStore.open(store, check=False)
     if logits_store.num_classes != int(meta["num_classes"]):
         raise UserError(
             f"store {store} has {logits_store.num_classes} classes but the checkpoint has "

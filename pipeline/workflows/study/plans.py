@@ -232,7 +232,8 @@ class RunBook:
                 raise ValueError("a student needs a store, or online teachers and a seed")
             source = {
                 "teachers": tuple(
-                    f"{n}={run.config.arch}:{run.config.out}" for n, run in online.items()
+                    str(TeacherSpec(name=n, arch=run.config.arch, checkpoint=run.config.out))
+                    for n, run in online.items()
                 ),
                 "views": cfg.epochs,
                 "seed": seed,
@@ -375,10 +376,7 @@ def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
     for epochs in sorted({e for e in FIGURE3_EPOCHS if e < cfg.teacher_epochs}):
         xs, ys = [], []
         for seed in seeds:
-            pair = {
-                "cnn": book.teacher("cnn-nano", seed, epochs),
-                "inn": book.teacher("inn-nano", seed, epochs),
-            }
+            pair = _pair(book, seed, epochs)
             young = book.dump(pair, views=cfg.table_views, seed=seed)
             xs.append(mean_of([book.accuracy(t) for t in pair.values()]))
             ys.append(book.accuracy(book.student(store=young)))
@@ -422,8 +420,12 @@ def topk_counts(num_classes: int) -> list[int]:
     return sorted({k for k in (*TOPK_COUNTS, num_classes) if k <= num_classes})
 
 
-def _pair(book: RunBook, seed: int) -> dict[str, Run]:
-    return {"cnn": book.teacher("cnn-nano", seed), "inn": book.teacher("inn-nano", seed)}
+def _pair(book: RunBook, seed: int, epochs: int | None = None) -> dict[str, Run]:
+    """The CNN and INN teachers of ``seed`` (``--teacher-epochs`` unless ``epochs``)."""
+    return {
+        "cnn": book.teacher("cnn-nano", seed, epochs),
+        "inn": book.teacher("inn-nano", seed, epochs),
+    }
 
 
 def _online(book: RunBook, seed: int) -> Run:

@@ -104,11 +104,10 @@ def break_even(dump_cpu: float, store_cpu: float, online_cpu: float) -> int | No
     return max(1, math.ceil(dump_cpu / saving))
 
 
-def plan_dict(
-    spec: PlanSpec, settings: Mapping[str, Any], records: Records, plots: Sequence[str] = ()
-) -> dict[str, Any]:
+def plan_dict(spec: PlanSpec, settings: Mapping[str, Any], records: Records) -> dict[str, Any]:
     """The ``plans[<plan>]`` entry of results.json. Its seconds are the sum over its runs (what
-    the plan costs from scratch, also when this invocation reused them)."""
+    the plan costs from scratch, also when this invocation reused them); its ``plots`` are empty
+    until :func:`draw_plots` has drawn them."""
     ids = [run.id for run in spec.runs]
     plan: dict[str, Any] = {
         "settings": dict(settings),
@@ -117,7 +116,7 @@ def plan_dict(
         "cpu_seconds": round(sum(records[i]["cpu_seconds"] for i in ids), 3),
         "tables": [table_dict(t, records) for t in spec.tables],
         "series": [series_dict(s, records) for s in spec.series],
-        "plots": list(plots),
+        "plots": [],
     }
     if spec.break_even is not None:
         table = plan["tables"][0]
@@ -300,11 +299,8 @@ def draw_plots(root: Path, name: str, plan: Mapping[str, Any]) -> list[str]:
 
     Without matplotlib (the [plots] extra) the plots are skipped with a warning.
     """
-    try:
-        from ...viz.study import plot_series, plot_table
-    except ImportError as err:
-        warn(f"plots skipped: {err}")
-        return []
+    from ...viz.study import plot_series, plot_table
+
     made = []
     try:
         for table in plan["tables"]:

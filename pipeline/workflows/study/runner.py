@@ -20,7 +20,7 @@ from typing import Any
 from ...runtime.atomic import atomic_write_bytes, atomic_write_json
 from ...runtime.console import info, warn
 from ...runtime.errors import USER_ERRORS
-from ...runtime.json_text import json_text
+from ...runtime.json_text import finite_or_none
 from .runs import COMMANDS, Run
 
 DONE = "done.json"
@@ -105,7 +105,7 @@ _EXECUTE = {
 
 def _plain(result: Mapping[str, Any]) -> dict[str, Any]:
     """The stage's result as plain JSON values (paths as text, non-finite floats as null)."""
-    return dict(json.loads(json_text(json.loads(json.dumps(result, default=str)))))
+    return dict(finite_or_none(json.loads(json.dumps(result, default=str))))
 
 
 def execute(runs: Sequence[Run], root: Path) -> dict[str, dict[str, Any]]:

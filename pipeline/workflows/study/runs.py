@@ -18,12 +18,11 @@ import dataclasses
 import hashlib
 import shlex
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ...models.teacher_spec import TeacherSpec
-from ...runtime.options import option_info
+from ...runtime.options import field_default, flag_of, negated_flag, option_info
 
 RunKind = Literal["teacher", "dump", "student", "evaluate"]
 
@@ -58,20 +57,10 @@ class Run:
         return root / RUNS / self.id
 
 
-def _field_default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return MISSING
-
-
 def _text(value: Any) -> str:
-    if isinstance(value, TeacherSpec):
-        return f"{value.name}={value.arch}:{value.checkpoint}"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
+    # str() is each value's command-line spelling (a TeacherSpec's is NAME=ARCH:CKPT); repr()
+    # of a float is the shortest text that parses back to the same float.
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def render_command(kind: RunKind, config: Any, root: Path) -> str:
@@ -87,13 +76,13 @@ def render_command(kind: RunKind, config: Any, root: Path) -> str:
         if info is None or f.name in MACHINERY:
             continue
         value = getattr(config, f.name)
-        if value == _field_default(f):
+        if value == field_default(f):
             continue
         if info.flag == "":
             raise ValueError(f"{type(config).__name__}.{f.name} has no command-line flag")
-        flag = info.flag or "--" + f.name.replace("_", "-")
+        flag = flag_of(f, info)
         if isinstance(value, bool):
-            words.append(flag if value else f"--no-{flag[2:]}")
+            words.append(flag if value else negated_flag(flag))
         elif isinstance(value, (tuple, list)):
             for item in value:
                 words += [flag, _text(item)]
