@@ -23,6 +23,15 @@ def inspect_store_command(
             help="Check every invariant; exit non-zero naming the first violation.",
         ),
     ] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            metavar="SHARDS",
+            help="With --verify: also check that the store is of these shards and that every "
+            "sample's label is still the one the store recorded.",
+        ),
+    ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -38,7 +47,7 @@ def inspect_store_command(
     from .common import emit_json
 
     report = run_inspect_store(
-        InspectStoreConfig(store=store, verify=verify, tables=not json_output, plot=plot)
+        InspectStoreConfig(store=store, verify=verify, data=data, tables=not json_output, plot=plot)
     )
     if json_output:
         emit_json(report)

@@ -329,7 +329,12 @@ def config_command(
         kwargs = convert(values, extras) if convert is not None else values
         if wants_sources:
             kwargs = {**kwargs, SOURCES_FIELD: sources}
-        run(config_type(**kwargs), extras)
+        config = config_type(**kwargs)
+        # The refusals that need no data, before the command imports its stage (and torch).
+        preflight = getattr(config, "preflight", None)
+        if preflight is not None:
+            preflight()
+        run(config, extras)
 
     parameters = [
         *config_parameters(config_type, arguments=arguments, checked_later=required),

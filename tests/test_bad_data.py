@@ -260,3 +260,154 @@ def test_bad_checkpoint_is_one_line_in_every_command_that_takes_one(
     }[kind]
     assert_one_line(code, lines, rf"{os.path.basename(ckpt)} {expected}")
     assert not out.exists() or not any(out.iterdir())
+
+
+# ----------------------------------------------------------------- labels (issue 24, items 1-4, 6)
+
+
+def first_label(data: Path) -> tuple[str, int]:
+    """The key and label of the first sample of the first tar."""
+    key = tar_member_names(data / FIRST)[0].split(".")[0]
+    with tarfile.open(data / FIRST) as tar:
+        member = tar.extractfile(f"{key}.cls")
+        assert member is not None
+        return key, int(member.read())
+
+
+def relabel(world: World, tmp_path: Path, label: int | None = None) -> tuple[Path, str, int, int]:
+    """A copy of the shards whose first sample's ``.cls`` says ``label`` (default: the next
+    class): size, index entry and key digest unchanged. Returns (shards, key, old, new)."""
+    data = copy_shards(world.data, tmp_path / "d")
+    key, old = first_label(data)
+    new = (old + 1) % 3 if label is None else label
+    rewrite_tar(data / FIRST, {f"{key}.cls": str(new).encode()})
+    return data, key, old, new
+
+
+@pytest.mark.parametrize("command", ["dump-logits", "train-teacher", "train-student", "evaluate"])
+def test_label_outside_the_classes_is_one_line_before_work(
+    world: World, tmp_path: Path, command: str
+) -> None:
+    data, key, _, _ = relabel(world, tmp_path, 42)
+    out = tmp_path / "out"
+    args: dict[str, tuple[str | Path, ...]] = {
+        "train-student": ("--store", world.store, "--model", "civt-nano", "--out", out),
+        "train-teacher": ("--arch", "cnn-nano", "--out", out),
+        "dump-logits": ("--teacher", f"cnn=cnn-nano:{world.teacher}", "--out", out),
+        "evaluate": ("--checkpoint", world.teacher),
+    }
+    epochs = ("--epochs", "1", "--batch-size", "4") if command.startswith("train") else ()
+    code, lines = cli(command, "--data", data, *args[command], *epochs)
+    assert_one_line(
+        code,
+        lines,
+        rf"shard \S*{FIRST}: sample '{key}' has label 42, outside the 3 classes of its index "
+        r"\(0 to 2\)",
+    )
+    assert not out.exists()
+
+
+def test_make_shards_refuses_a_label_outside_its_classes(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from civt_pipe.pipeline.data import make_shards, sources
+
+    real = sources.open_source(f"folder:{world.root / 'src-train'}", "train")
+    labels = list(real.labels)
+    labels[21] = 42  # the second shard (20 per shard)
+    monkeypatch.setattr(make_shards, "open_source", lambda *a, **k: replace(real, labels=labels))
+    out = tmp_path / "shards"
+    code, lines = cli("make-shards", real.spec, out, "--shard-size", "20")
+    assert_one_line(
+        code,
+        lines,
+        rf"sample '{real.keys[21]}' \(shard train-000001\.tar\) has label 42, outside its 3 "
+        r"classes \(0 to 2\)",
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train-student", "evaluate --store", "inspect-store"])
+def test_label_changed_since_the_dump_is_one_line_naming_the_sample(
+    world: World, tmp_path: Path, command: str
+) -> None:
+    data, key, old, new = relabel(world, tmp_path)
+    args: dict[str, tuple[str | Path, ...]] = {
+        "train-student": (
+            *("train-student", "--data", data, "--store", world.store, "--model", "civt-nano"),
+            *("--out", tmp_path / "run", "--epochs", "1", "--batch-size", "4"),
+        ),
+        "evaluate --store": (
+            *("evaluate", "--checkpoint", world.teacher, "--data", data, "--store", world.store),
+        ),
+        "inspect-store": ("inspect-store", world.store, "--verify", "--data", data),
+    }
+    code, lines = cli(*args[command])
+    if command == "train-student":  # the run had started: its progress lines come first
+        lines = lines[-1:]
+    assert_one_line(
+        code,
+        lines,
+        rf"shard {FIRST}: sample '{key}' is labelled {new} but the store recorded {old} when "
+        "dump-logits read it",
+    )
+
+
+def test_inspect_store_with_data_compares_every_label(world: World) -> None:
+    result = CliRunner().invoke(
+        app, ["inspect-store", str(world.store), "--verify", "--data", str(world.data), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert '"labels_checked": 24' in result.stdout
+
+
+def class_folder(root: Path, names: list[str]) -> Path:
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["a", "b"], "validation shards have 2 classes, training shards 3"),
+        (["a", "b", "c"], "validation shards call class 0 'a', training shards 'bright'"),
+    ],
+    ids=["count", "names"],
+)
+@pytest.mark.parametrize("command", ["train-student", "train-teacher"])
+def test_val_of_other_classes_is_refused_like_train_teachers(
+    world: World, tmp_path: Path, command: str, names: list[str], message: str
+) -> None:
+    from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
+
+    folder = class_folder(tmp_path / "src", names)
+    val = tmp_path / "val"
+    make_shards(MakeShardsConfig(source=f"folder:{folder}", out_dir=val, split="test"))
+    out = tmp_path / "out"
+    args: dict[str, tuple[str | Path, ...]] = {
+        "train-student": ("--store", world.store, "--model", "civt-nano"),
+        "train-teacher": ("--arch", "cnn-nano"),
+    }
+    code, lines = cli(
+        command, "--data", world.data, *args[command], "--val", val, "--out", out, "--epochs", "1"
+    )
+    assert_one_line(code, lines, message)
+    assert not out.exists()
+
+
+def test_train_teacher_names_an_image_that_does_not_decode_without_a_stage_one(
+    world: World, tmp_path: Path
+) -> None:
+    data = copy_shards(world.data, tmp_path / "d")
+    key = tar_member_names(data / FIRST)[0].split(".")[0]
+    rewrite_tar(data / FIRST, {f"{key}.png": b"\x89PNG\r\n\x1a\n" + bytes(40)})
+    code, lines = cli(
+        *("train-teacher", "--data", data, "--arch", "cnn-nano"),
+        *("--out", tmp_path / "t.pt", "--epochs", "1", "--batch-size", "4"),
+    )
+    lines = [line for line in lines if "error:" in line]
+    assert_one_line(code, lines, rf"shard {FIRST}: sample '{key}' cannot be decoded \(.+\)$")
+    assert "stage one" not in lines[0]

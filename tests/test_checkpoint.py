@@ -175,7 +175,7 @@ def test_wrong_class_count_arch_or_kind_is_user_error(tmp_path: Path) -> None:
     path, _ = _teacher_ckpt(tmp_path)
     with pytest.raises(UserError, match="has 10 classes but the data has 7"):
         model_from_checkpoint(path, expect_num_classes=7)
-    with pytest.raises(UserError, match="holds a cnn-nano, not a inn-nano"):
+    with pytest.raises(UserError, match="holds a cnn-nano, not an inn-nano"):
         model_from_checkpoint(path, arch="inn-nano")
     with pytest.raises(UserError, match=r"holds a teacher \(cnn-nano\), expected a student"):
         model_from_checkpoint(path, expect_kind="student")

@@ -259,7 +259,7 @@ def test_checks_fail_with_one_line_before_any_work(fx: DumpFixture, tmp_path: Pa
     assert "teacher name" in _error_line(args("9x=cnn-nano:" + a.split(":", 1)[1]))
     assert "NAME=ARCH:CHECKPOINT" in _error_line(args("cnn-nano"))
     assert "does not exist" in _error_line(args(f"c=cnn-nano:{tmp_path / 'nope.pt'}"))
-    assert "holds a cnn-nano, not a inn-nano" in _error_line(
+    assert "holds a cnn-nano, not an inn-nano" in _error_line(
         args("c=inn-nano:" + a.split(":", 1)[1])
     )
     assert "no such directory" in _error_line(

@@ -17,6 +17,11 @@ from ..runtime.errors import UserError
 Interpolation = Literal["bilinear", "bicubic"]
 
 
+MIN_IMAGE_SIZE = 4
+"""Smallest view side (a crop of fewer pixels has no room for the augmentations): the declared
+minimum of every ``--image-size``, so the command line refuses less before any work."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
     """One augmentation recipe: crop, flip, RandAugment, random erasing, mixup/cutmix.
@@ -61,9 +66,10 @@ class AugmentConfig:
         # Stored configs come back from JSON as lists; normalize so equality and hashing work.
         object.__setattr__(self, "scale", _pair("scale", self.scale))
         object.__setattr__(self, "ratio", _pair("ratio", self.ratio))
-        if not isinstance(self.image_size, int) or self.image_size < 4:
+        if not isinstance(self.image_size, int) or self.image_size < MIN_IMAGE_SIZE:
             raise UserError(
-                f"augment image_size must be an integer of at least 4, got {self.image_size!r}"
+                f"--image-size must be an integer of at least {MIN_IMAGE_SIZE}, got "
+                f"{self.image_size!r}"
             )
         lo, hi = self.scale
         if not 0.0 < lo <= hi <= 1.0:

@@ -358,24 +358,41 @@ def tar_member_names(path: ShardPath) -> list[str]:
     A tar at a URL is read the same way through fsspec (range reads); one behind a ``pipe:``
     command is streamed once, its data read and dropped instead of seeked over.
     """
+    return [name for name, _ in tar_members(path)]
+
+
+def tar_members(path: ShardPath, *, read_suffix: str = ".cls") -> list[tuple[str, bytes | None]]:
+    """:func:`tar_member_names` with the data of the members named ``*{read_suffix}`` read:
+    ``(name, data)`` per regular member in tar order, ``data`` None for every other member.
+
+    The labels (``.cls``, a few bytes in the block after their header) are read instead of
+    seeked over, so a shard set's labels are checked in the same one pass over its headers.
+    """
     target = path if isinstance(path, str) and is_remote(path) else Path(path)
     with open_shard(target) as (raw, size):
         compressed = starts_with_gzip(raw)
         fh = gzip.GzipFile(fileobj=raw) if compressed else raw
         try:
-            return _walk_headers(fh, None if compressed else size)
+            return _walk_headers(fh, None if compressed else size, read_suffix)
         except (EOFError, zlib.error, gzip.BadGzipFile) as err:
             raise TarDamage(f"its gzip stream is damaged ({err})") from None
 
 
-def _walk_headers(fh: IO[bytes] | io.BufferedIOBase, size: int | None) -> list[str]:
-    names: list[str] = []
+_READ_LIMIT = 4096
+"""Largest member :func:`tar_members` reads (a label is a few digits; more is not a label)."""
+
+
+def _walk_headers(
+    fh: IO[bytes] | io.BufferedIOBase, size: int | None, read_suffix: str
+) -> list[tuple[str, bytes | None]]:
+    names: list[tuple[str, bytes | None]] = []
+    last: str | None = None
     offset = 0
     long_name: str | None = None  # from a GNU ``L`` or pax ``x`` header, for the next member
     while True:
         header = fh.read(_BLOCK)
         if len(header) < _BLOCK:
-            after = f" after member {names[-1]}" if names else ""
+            after = f" after member {last}" if last is not None else ""
             raise TarDamage(f"it ends at byte {offset}{after} without the end-of-archive blocks")
         if header == _ZERO_BLOCK:
             if fh.read(_BLOCK) != _ZERO_BLOCK:
@@ -400,10 +417,19 @@ def _walk_headers(fh: IO[bytes] | io.BufferedIOBase, size: int | None) -> list[s
                 else _pax_path(data)
             ) or long_name
         else:
-            if typeflag in _REGULAR_TYPES:
-                names.append(name)
+            regular = typeflag in _REGULAR_TYPES
+            if regular and name.endswith(read_suffix) and member_size <= _READ_LIMIT:
+                data = fh.read(padded)
+                if len(data) < padded:
+                    raise TarDamage(f"it is cut short inside member {name} (byte {offset})")
+                names.append((name, data[:member_size]))
+            else:
+                if regular:
+                    names.append((name, None))
+                _skip(fh, padded, name, offset)
+            if regular:
+                last = name
             long_name = None
-            _skip(fh, padded, name, offset)
         offset += _BLOCK + padded
 
 

@@ -134,6 +134,22 @@ def _check_keys(data: SourceData) -> None:
         seen.add(key)
 
 
+def _check_labels(cfg: MakeShardsConfig, data: SourceData) -> None:
+    """Every label one of the source's classes, before anything is written."""
+    import numpy as np  # here: the command line imports this module for its config
+
+    classes = len(data.class_names)
+    labels = np.asarray(data.labels, dtype=np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if len(bad):
+        i = int(bad[0])
+        raise UserError(
+            f"source {data.spec}: sample {data.keys[i]!r} (shard "
+            f"{shard_name(cfg.split, i // cfg.shard_size)}) has label {int(labels[i])}, outside "
+            f"its {classes} classes (0 to {classes - 1})"
+        )
+
+
 def plan_jobs(cfg: MakeShardsConfig, data: SourceData) -> list[ShardJob]:
     """One job per shard of ``shard_size`` consecutive samples, in order."""
     root = Path(data.extra["root"]) if "root" in data.extra else None
@@ -272,6 +288,7 @@ def make_shards(cfg: MakeShardsConfig) -> ShardIndex:
     # Open (and validate) the source before touching the output directory.
     data = open_source(cfg.source, cfg.split, check_headers=cfg.on_error == "fail")
     _check_keys(data)
+    _check_labels(cfg, data)
     out_dir = Path(cfg.out_dir)
     check_output_dir(out_dir)
     resuming = _prepare_out_dir(out_dir, cfg.overwrite)

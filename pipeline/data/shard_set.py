@@ -24,7 +24,7 @@ import numpy as np
 
 from ...stores.location import local_path
 from ..runtime.errors import UserError
-from .imageio import IMAGE_SUFFIXES, TarDamage, tar_looks_complete, tar_member_names
+from .imageio import IMAGE_SUFFIXES, TarDamage, tar_looks_complete, tar_member_names, tar_members
 from .index import (
     INCOMPLETE_MARKER,
     INDEX_FILENAME,
@@ -200,19 +200,30 @@ def resolve_shards(spec: str | os.PathLike[str]) -> ShardSet:
     Raises :class:`UserError` when the spec names nothing, a tar is missing, the directory is
     empty or was left by an interrupted ``make-shards``.
     """
+    text = check_shard_spec(spec)
+    if is_remote(text):
+        return _from_remote(text)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _from_directory(path)
+    return _from_pattern(text)
+
+
+def check_shard_spec(spec: str | os.PathLike[str]) -> str:
+    """Before any work (torch-free): a local shard spec names an existing directory or file, or
+    is a brace pattern; returns the spec as text (``file://`` URLs as local paths). Remote
+    specs are left to :func:`resolve_shards`, which reads their index."""
     text = os.fspath(spec)
     if not text:
         raise UserError("the shard spec is empty")
     if is_remote(text):
-        return _from_remote(text)
+        return text
     if text.lower().startswith("file://"):
         text = str(local_path(text))  # file:///data/train is /data/train
     path = Path(text).expanduser()
-    if path.is_dir():
-        return _from_directory(path)
-    if "{" in text or path.is_file():
-        return _from_pattern(text)
-    raise UserError(f"shard spec {text}: no such directory or file")
+    if not (path.is_dir() or "{" in text or path.is_file()):
+        raise UserError(f"shard spec {text}: no such directory or file")
+    return text
 
 
 def sample_keys(member_names: Sequence[str], shard: ShardPath) -> list[str]:
@@ -241,33 +252,80 @@ def sample_keys(member_names: Sequence[str], shard: ShardPath) -> list[str]:
     return keys
 
 
+def member_labels(members: Sequence[tuple[str, bytes | None]]) -> dict[str, int]:
+    """The labels a tar's ``.cls`` members hold (:func:`.imageio.tar_members`), by sample key.
+
+    Only decimal labels are returned: a missing or unreadable ``.cls`` stays the reader's
+    business (its ``--on-error`` decides), as it always was.
+    """
+    labels: dict[str, int] = {}
+    for name, data in members:
+        match = _KEY_AND_SUFFIX.match(name)
+        if data is None or match is None or match.group(2).lower() != "cls":
+            continue
+        text = data.decode("ascii", errors="replace").strip()
+        if re.fullmatch(r"[+-]?[0-9]+", text):
+            labels.setdefault(match.group(1), int(text))
+    return labels
+
+
+def check_labels(shard: ShardPath, labels: dict[str, int], num_classes: int) -> None:
+    """A label outside ``[0, num_classes)`` is a :class:`UserError` naming sample and shard."""
+    for key, label in labels.items():
+        if not 0 <= label < num_classes:
+            raise UserError(
+                f"shard {shard}: sample {key!r} has label {label}, outside the "
+                f"{num_classes} classes of its index (0 to {num_classes - 1})"
+            )
+
+
 def check_shards_complete(shard_set: ShardSet) -> None:
     """Refuse a damaged shard set before any work starts, with one line naming the shard.
 
-    Every tar's headers are walked (:func:`.imageio.tar_member_names`: one small read per
-    member, no image decoded): each tar must be complete (not cut short, headers intact, its
+    Every tar's headers are walked (:func:`.imageio.tar_members`: one small read per member,
+    no image decoded): each tar must be complete (not cut short, headers intact, its
     end-of-archive blocks present), hold exactly the keys its index entry lists (count and key
-    digest), and no key may occur twice in the set (DESIGN §3: a key is a sample's identity).
+    digest), every label must be one of the index's classes (the ``.cls`` members are read on
+    the way), and no key may occur twice in the set (DESIGN §3: a key is a sample's identity).
     """
     hashes: list[np.ndarray] = []
     for path, info in zip(shard_set.paths, shard_set.index.shards, strict=True):
         try:
-            names = tar_member_names(path)
+            members = tar_members(path)
         except TarDamage as err:
             raise UserError(f"shard {path} is truncated or damaged: {err}") from None
         except OSError as err:
             raise UserError(f"shard {path} cannot be read: {err.strerror or err}") from None
-        keys = sample_keys(names, path)
+        keys = sample_keys([name for name, _ in members], path)
         if len(keys) != info.num_samples:
             raise UserError(
                 f"shard {path} holds {len(keys)} samples, its index entry says {info.num_samples}"
             )
         if key_digest(keys) != info.key_digest:
             raise UserError(f"shard {path} has keys that differ from its index entry")
+        check_labels(path, member_labels(members), shard_set.num_classes)
         # Across shards, 8-byte hashes stand in for the keys (a million keys: 8 MB, not 100 MB);
         # a repeated hash is confirmed on the keys themselves before it is called a duplicate.
         hashes.append(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
     _check_keys_unique_across(shard_set, hashes)
+
+
+def check_same_classes(val: ShardSet, train: ShardSet) -> None:
+    """``--val`` shards must have the training shards' classes: their count, then their names
+    in label order (the same label must mean the same class). One line otherwise."""
+    if val.num_classes != train.num_classes:
+        raise UserError(
+            f"validation shards have {val.num_classes} classes, training shards {train.num_classes}"
+        )
+    differ = [
+        i for i, (a, b) in enumerate(zip(val.class_names, train.class_names, strict=True)) if a != b
+    ]
+    if differ:
+        i = differ[0]
+        raise UserError(
+            f"validation shards call class {i} {val.class_names[i]!r}, training shards "
+            f"{train.class_names[i]!r}; make both with the same classes"
+        )
 
 
 def resolve_complete_shards(spec: str | os.PathLike[str]) -> ShardSet:

@@ -33,6 +33,7 @@ from ..runtime import hashing
 from ..runtime.atomic import atomic_torch_save, atomic_write_bytes
 from ..runtime.errors import UserError
 from ..runtime.json_text import json_text
+from .checkpoint_file import checkpoint_file
 from .factory import accepted_arguments, create_model, get_preset
 from .normalize import NormalizedModel
 
@@ -54,7 +55,7 @@ PathLike = str | os.PathLike[str]
 
 def file_sha256(path: PathLike) -> str:
     """Hex sha256 of a file's bytes (recorded with every teacher in the logit store)."""
-    return hashing.file_sha256(_checkpoint_file(path))[1]
+    return hashing.file_sha256(checkpoint_file(path))[1]
 
 
 def make_checkpoint(
@@ -176,18 +177,8 @@ def _safetensors_load(target: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _checkpoint_file(path: PathLike) -> Path:
-    """``path`` as a file to load; a missing path or a directory is a :class:`UserError`."""
-    target = Path(path)
-    if target.is_dir():
-        raise UserError(f"checkpoint {target} is a directory, not a checkpoint file")
-    if not target.is_file():
-        raise UserError(f"checkpoint file {target} does not exist")
-    return target
-
-
 def _torch_load(path: PathLike) -> Any:
-    target = _checkpoint_file(path)
+    target = checkpoint_file(path)
     if is_safetensors(target):
         return _safetensors_load(target)
     try:
@@ -408,7 +399,11 @@ def model_from_checkpoint(
         ckpt = _validate(obj, path)
         model_arch, args = str(ckpt["arch"]), dict(ckpt["model_args"])
         if arch is not None and arch != model_arch:
-            raise UserError(f"checkpoint {path} holds a {model_arch}, not a {arch}")
+            get_preset(arch)  # an unknown name is that, not a mismatch
+            raise UserError(
+                f"checkpoint {path} holds {_a(model_arch)}, not {_a(arch)}; name its "
+                f"architecture ({model_arch}) or give another checkpoint"
+            )
         state = _strip_prefixes(ckpt["state_dict"])
         meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
     else:
@@ -431,7 +426,7 @@ def model_from_checkpoint(
     kind = get_preset(model_arch).kind
     if expect_kind is not None and kind != expect_kind:
         raise UserError(
-            f"checkpoint {path} holds a {kind} ({model_arch}), expected a {expect_kind}"
+            f"checkpoint {path} holds {_a(kind)} ({model_arch}), expected {_a(expect_kind)}"
         )
     num_classes = int(args["num_classes"])
     if expect_num_classes is not None and num_classes != expect_num_classes:
@@ -506,3 +501,8 @@ def _bare_model_args(
             return args
     bad = _shape_mismatches(state, candidate.state_dict())
     raise UserError(f"{path} does not fit {arch}: {'; '.join(bad[:3])}")
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: "a cnn-nano", "an inn-nano"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime.errors import UserError
+from .checkpoint_file import checkpoint_file
+from .names import check_architecture
 
 _TEACHER_RE = re.compile(r"^(?P<name>[^=]+)=(?P<arch>[^:]+):(?P<ckpt>.+)$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
@@ -32,6 +34,11 @@ class TeacherSpec:
     def __str__(self) -> str:
         """``NAME=ARCH:CKPT``, what :meth:`parse` reads back."""
         return f"{self.name}={self.arch}:{self.checkpoint}"
+
+    def preflight(self) -> None:
+        """Torch-free, before any work: a registered architecture and a checkpoint file."""
+        check_architecture(self.arch)
+        checkpoint_file(self.checkpoint)
 
     @classmethod
     def parse(cls, text: str) -> TeacherSpec:

@@ -30,6 +30,7 @@ from ..data.imageio import Decoder
 from ..data.planning import Segment, ShardRows, StreamPlan, plan_training
 from ..data.streams import planned_batches
 from ..runtime.errors import UserError
+from .labels import check_recorded_labels
 from .modes import VERIFY_MODES
 
 
@@ -144,6 +145,9 @@ def render_segment(
                         f"shard {shard.name} position {pos} holds key {key!r} but the store's "
                         f"row holds {str(stored_key)!r}; the store was built from other shards"
                     )
+            check_recorded_labels(
+                shard.name, keys, labels, stored.labels[block_pos], stored.valid[block_pos]
+            )
             # A sample the dump rendered (valid) must decode now; else replay would render a
             # hole and the digest check would blame the augmentation code, not the image.
             for sample, pos in zip(block, block_pos.tolist(), strict=True):
@@ -180,9 +184,9 @@ def render_segment(
             teachers = {name: topk[rows_t] for name, topk in stored.teachers.items()}
         for i in rows:
             if block[i].image is None:
+                # Only store mode had a stage one to compare with (checked above, per row).
                 raise UserError(
-                    f"sample {keys[i]!r} in shard {shard.name} no longer decodes "
-                    f"({block[i].error}); it had a view in stage one"
+                    f"shard {shard.name}: sample {keys[i]!r} cannot be decoded ({block[i].error})"
                 )
         take = torch.as_tensor(rows, dtype=torch.long)
         yield StreamBlock(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -36,6 +37,9 @@ _USER_IO_ERRNOS = frozenset(
         errno.ENOTDIR,
         errno.EEXIST,
         errno.ENAMETOOLONG,
+        # A folder on the way that refuses new entries (/proc, a vanished mount): never ours,
+        # since every writer here creates the folders it writes in.
+        errno.ENOENT,
     }
 )
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -149,3 +153,10 @@ def _check_can_create_in(directory: Path, wanted: Path) -> None:
         read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
         reason = "read-only file system" if read_only else "permission denied"
         raise UserError(f"cannot write {wanted}: {existing} is not writable ({reason})")
+    # Permission bits do not tell everything (root may "write" /proc, which refuses every new
+    # entry): create and remove a probe folder, which leaves nothing behind.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".civt-pipe-probe-", dir=existing))
+    except OSError as err:
+        reason = os.strerror(err.errno).lower() if err.errno is not None else str(err)
+        raise UserError(f"cannot write {wanted}: {existing} refuses new files ({reason})") from None

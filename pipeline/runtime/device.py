@@ -1,14 +1,62 @@
-"""Device choice: CUDA when present (the local rank's GPU under torchrun), else the CPU."""
+"""Device choice: CUDA when present (the local rank's GPU under torchrun), else the CPU.
+
+Torch-free at import: :func:`check_device` and :func:`surely_cpu` let the command line refuse
+a device that cannot exist before torch is imported (:mod:`..runtime.precision` and the stage
+configs' ``preflight``); :func:`resolve_device` imports torch and has the last word.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+# Device nodes without which no CUDA (or ROCm, which torch also calls "cuda") device can be
+# opened: NVIDIA's character devices, WSL2's GPU paravirtualization, AMD's compute driver.
+_GPU_NODES = ("nvidia[0-9]*", "dxg", "kfd")
+
+
+def _no_cuda_message(spec: str) -> str:
+    return f"device {spec!r} was asked for but CUDA is not available on this machine"
+
+
+def gpu_may_exist() -> bool:
+    """False when this machine surely has no GPU torch could use: ``CUDA_VISIBLE_DEVICES``
+    hides them all, or no GPU device node exists under ``/dev``. True means only "maybe":
+    torch (a CPU-only build, a driver that does not load) decides in :func:`resolve_device`."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    dev = Path("/dev")
+    return any(next(dev.glob(pattern), None) is not None for pattern in _GPU_NODES)
+
+
+def check_device(spec: str | None) -> None:
+    """Torch-free, before any work: ``spec`` names a device (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``) and a CUDA one could exist (:func:`gpu_may_exist`). The same one-line errors as
+    :func:`resolve_device`, which still checks what only torch can tell."""
+    if spec is None or spec == "auto":
+        return
+    match = _DEVICE_RE.match(spec)
+    if match is None:
+        raise UserError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)")
+    if match.group(1) == "cuda" and not gpu_may_exist():
+        raise UserError(_no_cuda_message(spec))
+
+
+def surely_cpu(spec: str | None) -> bool:
+    """Whether ``spec`` resolves to the CPU whatever torch finds (torch-free)."""
+    return spec == "cpu" or (spec in (None, "auto") and not gpu_may_exist())
 
 
 def resolve_device(spec: str | None = None) -> torch.device:
@@ -16,16 +64,19 @@ def resolve_device(spec: str | None = None) -> torch.device:
 
     ``auto`` picks ``cuda:<LOCAL_RANK>`` when CUDA is available, the CPU otherwise.
     """
+    import torch
+
     if spec is None or spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
+    check_device(spec)
     try:
         device = torch.device(spec)
     except RuntimeError:
         raise UserError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {spec!r} was asked for but CUDA is not available on this machine")
+        raise UserError(_no_cuda_message(spec))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
@@ -54,6 +105,8 @@ def cpu_thread_budget(requested: int | None, workers: int) -> int | None:
 @contextmanager
 def cpu_threads(requested: int | None, workers: int, device: torch.device) -> Iterator[None]:
     """Run a stage with :func:`cpu_thread_budget` threads, restoring torch's setting after."""
+    import torch
+
     threads = cpu_thread_budget(requested, workers) if device.type == "cpu" else None
     before = torch.get_num_threads()
     if threads is not None:

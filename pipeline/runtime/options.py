@@ -18,6 +18,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import MISSING, Field
+from pathlib import Path
 from typing import Any, Literal
 
 from .errors import UserError
@@ -116,6 +117,14 @@ def resume_mismatch(
     return None
 
 
+def check_resumable(checkpoint: Path) -> None:
+    """The one rule for ``--resume`` with nothing to resume, in every trainer: refused in one
+    line (a typo in ``--out`` must not silently start a long run afresh). A caller that wants
+    "continue if there is a run" passes ``resume=checkpoint.is_file()`` instead."""
+    if not checkpoint.is_file():
+        raise UserError(f"--resume: {checkpoint} does not exist; start without --resume")
+
+
 def check_numbers(config: Any) -> None:
     """Raise :class:`UserError` for the first numeric field that is not finite or out of range.
 
@@ -130,14 +139,15 @@ def check_numbers(config: Any) -> None:
         flag = flag_of(f, info)
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{flag} must be a finite number, got {value}")
-        if isinstance(value, int) and not -_INT64 <= value < _INT64:
-            raise UserError(f"{flag} must lie in [-2**63, 2**63), got {value}")
-        if info is None:
-            continue
-        if info.minimum is not None and value < info.minimum:
+        # The declared range first: "--epochs must be at least 1" says more than the 64 bits.
+        if info is not None and info.minimum is not None and value < info.minimum:
             raise UserError(f"{flag} must be at least {info.minimum:g}, got {value}")
-        if info.maximum is not None and value > info.maximum:
+        if info is not None and info.maximum is not None and value > info.maximum:
             raise UserError(f"{flag} must be at most {info.maximum:g}, got {value}")
+        if isinstance(value, int) and value >= _INT64:
+            raise UserError(f"{flag} must be at most {_INT64 - 1} (2**63 - 1), got {value}")
+        if isinstance(value, int) and value < -_INT64:
+            raise UserError(f"{flag} must be at least {-_INT64} (-2**63), got {value}")
 
 
 def check_choices(config: Any) -> None:

@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
+from .device import surely_cpu
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -47,6 +48,20 @@ PRECISION_HELP = (
 COMPILE_HELP = "torch.compile the models (needs a C++ compiler on the CPU, triton on CUDA)."
 
 
+def _fp16_on_cpu(device: str) -> str:
+    return (
+        f"--precision fp16 needs a CUDA GPU (the device is {device}); use bf16 or fp32 on the CPU"
+    )
+
+
+def check_precision(choice: str, device: str | None) -> None:
+    """Torch-free, before any work: fp16 asked for on a device that is surely the CPU
+    (:func:`..runtime.device.surely_cpu`) is the one-line error :func:`resolve_precision`
+    gives, which still checks what only torch can tell (bf16 support of a GPU)."""
+    if choice == "fp16" and surely_cpu(device):
+        raise UserError(_fp16_on_cpu("cpu"))
+
+
 def resolve_precision(choice: str, device: torch.device) -> Precision:
     """The precision ``choice`` (one of :data:`PRECISION_CHOICES`) means on ``device``.
 
@@ -63,10 +78,7 @@ def resolve_precision(choice: str, device: torch.device) -> Precision:
     if choice == "auto":
         return "bf16" if bf16_ok else "fp32"
     if choice == "fp16" and not cuda:
-        raise UserError(
-            f"--precision fp16 needs a CUDA GPU (the device is {device}); use bf16 or fp32 on "
-            "the CPU"
-        )
+        raise UserError(_fp16_on_cpu(str(device)))
     if choice == "bf16" and cuda and not bf16_ok:
         raise UserError(
             f"--precision bf16: the GPU {device} has no bfloat16 support; use fp16 or fp32"

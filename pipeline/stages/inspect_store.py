@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ...stores.inspect import inspect_store
 from ..runtime.console import console
+from ..runtime.errors import UserError
 from ..viz.figure import check_png_path, require_matplotlib
 from ..viz.store import draw_store, store_class_stats
 
@@ -26,6 +27,9 @@ class InspectStoreConfig:
     """The logit store: a directory or an fsspec URL."""
     verify: bool = False
     """Check every invariant first (a violation is a ``StoreError`` naming it)."""
+    data: str | None = None
+    """With ``verify``: the shards the store was dumped from; every recorded label is compared
+    with theirs (:func:`..replay.labels.check_store_labels`)."""
     tables: bool = True
     """Print the human report on stderr (off when the caller prints JSON instead)."""
     plot: Path | None = None
@@ -39,10 +43,16 @@ def run_inspect_store(cfg: InspectStoreConfig) -> dict[str, Any]:
     :func:`..viz.store.draw_store` wrote; a missing extra or an unwritable path is reported
     before the store is read.
     """
+    if cfg.data is not None and not cfg.verify:
+        raise UserError("--data needs --verify (it checks the store's labels against the shards)")
     if cfg.plot is not None:
         require_matplotlib()
         check_png_path(cfg.plot)
     report = inspect_store(cfg.store, verify=cfg.verify)
+    if cfg.data is not None:
+        from ..replay.labels import check_store_labels
+
+        report["labels_checked"] = check_store_labels(str(cfg.store), cfg.data)
     if cfg.plot is not None:
         draw_store(store_class_stats(cfg.store), cfg.plot)
         report["plot"] = str(cfg.plot)

@@ -22,10 +22,16 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
+from ...augment.config import MIN_IMAGE_SIZE
+from ...data.shard_set import check_shard_spec
+from ...models.names import check_architecture
+from ...models.teacher_spec import TeacherSpec
 from ...runtime.config_file import Origin, given_in
+from ...runtime.device import check_device
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
 from ...train.choices import OPTIMIZERS
+from ...train.temperature import MIN_TAU
 from ...train.tensorboard import require_tensorboard
 
 LAST = "last.pt"
@@ -164,7 +170,7 @@ class CakdTrainConfig:
     disc_lr: float = option(
         1e-4, help="cakd: Adam learning rate of the discriminator (constant).", minimum=0
     )
-    tau: float = option(4.0, help="logit: distillation temperature τ.", minimum=0)
+    tau: float = option(4.0, help="logit: distillation temperature τ.", minimum=MIN_TAU)
     alpha: float = option(
         0.9, help="logit: weight of τ²·KL; CE gets 1 - alpha.", minimum=0, maximum=1
     )
@@ -197,7 +203,7 @@ class CakdTrainConfig:
     )
     label_smoothing: float = option(0.0, help="Label smoothing of the CE.", minimum=0)
     image_size: int | None = option(
-        None, help="Input side of both models [default: the teacher's].", minimum=1
+        None, help="Input side of both models [default: the teacher's].", minimum=MIN_IMAGE_SIZE
     )
     min_scale: float | None = option(
         None, help="Smallest crop area (default 0.08; 0.35 at ≤ 64 px).", maximum=1
@@ -257,7 +263,7 @@ class CakdTrainConfig:
             self.milestones = tuple(int(m) for m in self.milestones)
         check_numbers(self)
         check_choices(self)
-        for flag, value in (("--lr", self.lr), ("--tau", self.tau), ("--disc-lr", self.disc_lr)):
+        for flag, value in (("--lr", self.lr), ("--disc-lr", self.disc_lr)):
             if value is not None and not value > 0:
                 raise UserError(f"{flag} must be positive, got {value}")
         if not self.label_smoothing < 1:
@@ -270,6 +276,16 @@ class CakdTrainConfig:
             raise UserError(f"--seed must lie in [0, 2**63), got {self.seed}")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other; pick one")
+
+    def preflight(self) -> None:
+        """The refusals that need no data, torch-free (run by the command line before it
+        imports the stage)."""
+        check_architecture(self.model)
+        TeacherSpec.parse(self.teacher).preflight()
+        check_shard_spec(self.data)
+        if self.val is not None:
+            check_shard_spec(self.val)
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict (stored in ``config.json`` and every checkpoint)."""

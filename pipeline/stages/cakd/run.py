@@ -305,13 +305,13 @@ def train_cakd(
 def _check_run_dir(cfg: CakdTrainConfig) -> Path:
     """The run directory, once ``--resume``/``--overwrite`` fit what it holds."""
     from ...runtime.atomic import check_output_dir
+    from ...runtime.options import check_resumable
 
     check_output_dir(cfg.out)
     run_dir = Path(cfg.out)
     last = run_dir / LAST
     if cfg.resume:
-        if not last.is_file():
-            raise UserError(f"--resume: {last} does not exist; start without --resume")
+        check_resumable(last)
     elif (last.exists() or (run_dir / FINAL).exists()) and not cfg.overwrite:
         raise UserError(
             f"{run_dir} already holds a run; pass --resume to continue it or --overwrite"
@@ -327,7 +327,7 @@ def _train(
 ) -> dict[str, Any]:
     from ...augment.config import crop_flip, crop_flip_defaults
     from ...data.planning import shard_rows_for
-    from ...data.shard_set import resolve_complete_shards
+    from ...data.shard_set import check_same_classes, resolve_complete_shards
     from ...models.checkpoint import make_checkpoint
     from ...models.factory import count_parameters, create_model
     from ...replay.online_teachers import load_online_teachers
@@ -346,11 +346,8 @@ def _train(
     train_set = resolve_complete_shards(cfg.data)
     val_set = resolve_complete_shards(cfg.val) if cfg.val is not None else None
     index = train_set.index
-    if val_set is not None and val_set.num_classes != train_set.num_classes:
-        raise UserError(
-            f"validation shards have {val_set.num_classes} classes, "
-            f"training shards {train_set.num_classes}"
-        )
+    if val_set is not None:
+        check_same_classes(val_set, train_set)
     opt = resolve_optimization(cfg)
     if opt.batch_size % ctx.world_size:
         raise UserError(

@@ -7,12 +7,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ...augment.config import PRESET_CHOICES, AugmentConfig, preset
+from ...augment.config import MIN_IMAGE_SIZE, PRESET_CHOICES, AugmentConfig, preset
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP, ON_ERROR_MODES, OnError
+from ...data.shard_set import check_shard_spec
 from ...models.teacher_spec import TeacherSpec
+from ...runtime.device import check_device
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
-from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
+from ...runtime.precision import (
+    COMPILE_HELP,
+    PRECISION_CHOICES,
+    PRECISION_HELP,
+    check_precision,
+)
 
 
 @dataclass(kw_only=True)
@@ -69,7 +76,9 @@ class DumpConfig:
         None, help="Store rows per chunk [default: one chunk per shard].", minimum=1
     )
     image_size: int | None = option(
-        None, help="Input size for teachers given as bare torchvision weights.", minimum=4
+        None,
+        help="Input size for teachers given as bare torchvision weights.",
+        minimum=MIN_IMAGE_SIZE,
     )
     # More threads than free cores makes every forward wait on preempted threads: on a busy
     # 2-core machine 2 threads next to a worker ran the nano teachers ~10x slower than 1.
@@ -94,6 +103,15 @@ class DumpConfig:
         if not self.seed < 2**63:
             raise UserError(f"--seed must be in [0, 2**63), got {self.seed}")
         self.out = os.fspath(self.out)
+
+    def preflight(self) -> None:
+        """The refusals that need no data, torch-free (run by the command line before it
+        imports the stage)."""
+        check_shard_spec(self.data)
+        for spec in self.teachers:
+            spec.preflight()
+        check_device(self.device)
+        check_precision(self.precision, self.device)
 
 
 def resolve_augment(cfg: DumpConfig, image_size: int) -> AugmentConfig:

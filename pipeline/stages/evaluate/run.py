@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP
+from ...data.shard_set import check_shard_spec
+from ...models.checkpoint_file import checkpoint_file
 from ...runtime.console import warn
+from ...runtime.device import check_device
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
-from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
+from ...runtime.precision import (
+    COMPILE_HELP,
+    PRECISION_CHOICES,
+    PRECISION_HELP,
+    check_precision,
+)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -70,6 +78,14 @@ class EvaluateConfig:
         check_choices(self)
         if self.store_views is not None and self.store is None:
             raise UserError("--store-views needs --store")
+
+    def preflight(self) -> None:
+        """The refusals that need no data, torch-free (run by the command line before it
+        imports the stage)."""
+        checkpoint_file(self.checkpoint)
+        check_shard_spec(self.data)
+        check_device(self.device)
+        check_precision(self.precision, self.device)
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...models.checkpoint_file import checkpoint_file
 from ...runtime.errors import UserError
 from ...runtime.options import check_choices, option
 
@@ -54,3 +55,8 @@ class ExportConfig:
             )
         if self.head == "":
             raise UserError("--head is empty; give cls, mean or a teacher's name")
+
+    def preflight(self) -> None:
+        """The refusals that need no data, torch-free (run by the command line before it
+        imports the stage)."""
+        checkpoint_file(self.checkpoint)

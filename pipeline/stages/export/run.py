@@ -34,7 +34,7 @@ from ...models.checkpoint import (
     model_from_checkpoint,
     safetensors_bytes,
 )
-from ...models.heads import CLS, MEAN, inference_head, prediction
+from ...models.heads import MEAN, inference_head, prediction
 from ...models.normalize import NormalizedModel
 from ...runtime.atomic import atomic_write_bytes, atomic_write_json, check_output_file
 from ...runtime.errors import UserError
@@ -129,7 +129,7 @@ def _heads(model: NormalizedModel) -> list[str]:
 
 def _resolve_head(model: NormalizedModel, heads: list[str], head: str | None) -> str:
     if model.kind == "teacher":
-        if head not in (None, CLS, TEACHER_HEAD):
+        if head not in (None, TEACHER_HEAD):
             raise UserError(
                 f"--head {head}: {model.arch} is a teacher with one output; cls, mean and "
                 "teacher tokens are CivT student heads (leave --head out)"

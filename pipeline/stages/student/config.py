@@ -7,11 +7,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
-from ...augment.config import PRESET_CHOICES
+from ...augment.config import MIN_IMAGE_SIZE, PRESET_CHOICES
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP
+from ...data.shard_set import check_shard_spec
+from ...models.names import check_architecture
+from ...models.teacher_spec import TeacherSpec
 from ...models.token_mode import ALIGN_ROLES, TOKEN_MODES, TokenMode
 from ...replay.modes import VERIFY_MODES
 from ...runtime.config_file import Origin
+from ...runtime.device import check_device
 from ...runtime.errors import UserError
 from ...runtime.options import (
     MAX_THREADS,
@@ -20,8 +24,14 @@ from ...runtime.options import (
     check_numbers,
     option,
 )
-from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
+from ...runtime.precision import (
+    COMPILE_HELP,
+    PRECISION_CHOICES,
+    PRECISION_HELP,
+    check_precision,
+)
 from ...train.recipes import RECIPES, RecipeName, recipe_help
+from ...train.temperature import check_temperature
 from ...train.tensorboard import require_tensorboard
 
 LAST = "last.pt"
@@ -233,7 +243,7 @@ class StudentTrainConfig:
         choices=PRESET_CHOICES,
     )
     image_size: int | None = option(
-        None, help="Online mode: view size [default: the teachers'].", minimum=1
+        None, help="Online mode: view size [default: the teachers'].", minimum=MIN_IMAGE_SIZE
     )
     seed: int | None = option(
         None,
@@ -296,8 +306,7 @@ class StudentTrainConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         tau_values = [("--tau", self.tau), *[(f"--tau {k}", v) for k, v in self.taus.items()]]
         for name, value in tau_values:
-            if not value > 0:
-                raise UserError(f"{name} must be positive, got {value}")
+            check_temperature(name, value)
         for name, value in [
             ("--lambda", self.lambda_kd),
             *[(f"--lambda {k}", v) for k, v in self.lambdas.items()],
@@ -338,6 +347,18 @@ class StudentTrainConfig:
         twice = sorted({n for n in self.store_teachers if self.store_teachers.count(n) > 1})
         if twice:
             raise UserError(f"--store-teacher {twice[0]!r} is given twice")
+
+    def preflight(self) -> None:
+        """The refusals that need no data, torch-free (run by the command line before it
+        imports the stage)."""
+        check_architecture(self.model, "student")
+        check_shard_spec(self.data)
+        if self.val is not None:
+            check_shard_spec(self.val)
+        for text in self.teachers:
+            TeacherSpec.parse(text).preflight()
+        check_device(self.device)
+        check_precision(self.precision, self.device)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

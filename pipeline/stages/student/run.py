@@ -33,6 +33,7 @@ from ...replay.segments import ViewSource
 from ...runtime.console import info, warn
 from ...runtime.distributed import DistContext
 from ...runtime.errors import UserError
+from ...runtime.options import check_resumable
 from ...runtime.precision import PrecisionPolicy, check_compile
 from ...train.loop import EpochSummary, StepResult
 from ...train.recipes import HYPERPARAMETERS, resolve_hyperparameters
@@ -163,8 +164,7 @@ def _check_run_dir(cfg: StudentTrainConfig) -> Path:
     run_dir = Path(cfg.out)  # check_output_dir already refused a file in its place
     last = run_dir / LAST
     if cfg.resume:
-        if not last.is_file():
-            raise UserError(f"--resume: {last} does not exist; start without --resume")
+        check_resumable(last)
         return run_dir
     if (last.exists() or (run_dir / FINAL).exists()) and not cfg.overwrite:
         raise UserError(
@@ -251,7 +251,7 @@ class _StudentTask:
 def _train(
     cfg: StudentTrainConfig, device: torch.device, ctx: DistContext, policy: PrecisionPolicy
 ) -> dict[str, Any]:
-    from ...data.shard_set import resolve_complete_shards
+    from ...data.shard_set import check_same_classes, resolve_complete_shards
     from ...models.checkpoint import make_checkpoint
     from ...models.factory import create_model, get_preset
     from ...runtime.atomic import atomic_write_json, check_output_dir
@@ -291,6 +291,8 @@ def _train(
         )
     )
     val_set = resolve_complete_shards(cfg.val) if cfg.val else None
+    if val_set is not None:
+        check_same_classes(val_set, shard_set)
     names = setup.teacher_names
     _check_names("--tau", cfg.taus, names)
     _check_names("--lambda", cfg.lambdas, names)

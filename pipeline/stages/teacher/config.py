@@ -10,11 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...augment.config import crop_flip_defaults
+from ...augment.config import MIN_IMAGE_SIZE, crop_flip_defaults
+from ...data.shard_set import check_shard_spec
+from ...models.checkpoint_file import checkpoint_file
+from ...models.names import check_architecture
 from ...runtime.config_file import Origin
+from ...runtime.device import check_device
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
-from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
+from ...runtime.precision import (
+    COMPILE_HELP,
+    PRECISION_CHOICES,
+    PRECISION_HELP,
+    check_precision,
+)
 from ...train.choices import OPTIMIZERS
 from ...train.tensorboard import require_tensorboard
 
@@ -89,7 +98,7 @@ class TeacherTrainConfig:
     warmup_epochs: float | None = option(None, help="Linear warm-up (default: recipe).", minimum=0)
     label_smoothing: float = option(0.1, help="Label smoothing of the loss.", minimum=0)
     image_size: int | None = option(
-        None, help="Input side (default: 16 / native ≤ 64 px / 224).", minimum=1
+        None, help="Input side (default: 16 / native ≤ 64 px / 224).", minimum=MIN_IMAGE_SIZE
     )
     min_scale: float | None = option(
         None, help="Smallest crop area (default 0.08; 0.35 at ≤ 64 px).", maximum=1
@@ -148,6 +157,18 @@ class TeacherTrainConfig:
             raise UserError(f"--seed must lie in [0, 2**63), got {self.seed}")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other; pick one")
+
+    def preflight(self) -> None:
+        """The refusals that need no data, torch-free: the command line runs them before it
+        imports the stage (:func:`~civt_pipe.cli.options.config_command`)."""
+        check_architecture(self.arch, "teacher")
+        check_shard_spec(self.data)
+        if self.val is not None:
+            check_shard_spec(self.val)
+        check_device(self.device)
+        check_precision(self.precision, self.device)
+        if self.init is not None:
+            checkpoint_file(self.init)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

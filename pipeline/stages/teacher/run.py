@@ -32,6 +32,7 @@ from ...runtime.atomic import atomic_write_json, check_output_file
 from ...runtime.console import info
 from ...runtime.distributed import DistContext
 from ...runtime.errors import UserError
+from ...runtime.options import check_resumable
 from ...runtime.precision import PrecisionPolicy
 from ...train.loop import EpochSummary, StepResult
 from ...train.steps import ClassificationStep
@@ -153,7 +154,7 @@ def _train_teacher(
 ) -> dict[str, Any]:
     from ...augment.config import crop_flip
     from ...data.planning import shard_rows_for
-    from ...data.shard_set import resolve_complete_shards
+    from ...data.shard_set import check_same_classes, resolve_complete_shards
     from ...models.checkpoint import (
         load_checkpoint,
         make_checkpoint,
@@ -171,17 +172,16 @@ def _train_teacher(
     check_output_file(cfg.out)
     train_set = resolve_complete_shards(cfg.data)
     val_set = resolve_complete_shards(cfg.val) if cfg.val is not None else None
-    if val_set is not None and val_set.num_classes != train_set.num_classes:
-        raise UserError(
-            f"validation shards have {val_set.num_classes} classes, "
-            f"training shards {train_set.num_classes}"
-        )
+    if val_set is not None:
+        check_same_classes(val_set, train_set)
     ctx = init_distributed(device)
     try:
         resolved = resolve_config(cfg, train_set.index, ctx.world_size, policy.precision)
         index = train_set.index
         out, metrics_file = cfg.out, metrics_path(cfg.out)
-        resuming = cfg.resume and out.exists()
+        if cfg.resume:
+            check_resumable(out)
+        resuming = cfg.resume
         if out.exists() and not (cfg.resume or cfg.overwrite):
             raise UserError(f"{out} exists; pass --resume to continue it or --overwrite")
 

@@ -58,8 +58,9 @@ def write_command(run: Run, run_dir: Path) -> None:
 def _train_teacher(run: Run) -> dict[str, Any]:
     from ...stages.teacher.run import train_teacher
 
-    # --resume continues a checkpoint if there is one, and starts afresh otherwise.
-    return train_teacher(dataclasses.replace(run.config, resume=True))
+    # Continue a checkpoint if there is one, start afresh otherwise (--resume refuses nothing).
+    resume = Path(run.config.out).is_file()
+    return train_teacher(dataclasses.replace(run.config, resume=resume, overwrite=not resume))
 
 
 def _dump(run: Run) -> dict[str, Any]:
