@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher, train_toy_student
 from typer.testing import CliRunner
 
@@ -181,7 +187,7 @@ class Case:
     """Command line; ``{train} {test} {ckpt} {store} {run}`` name the fixtures, ``{tmp}`` the
     case's own directory."""
     expect: str
-    """A piece of the error line (case-insensitive)."""
+    """A piece of the error line (case-insensitive; ``{tmp}`` and the fixtures as in args)."""
     setup: Callable[[Path, dict[str, Path]], Any] | None = None
     refused: bool = True
     """False: the mistake shows only once work has begun, so files may have been written."""
@@ -438,6 +444,66 @@ CASES = [
     Case("models-unknown-option", ["models", "--all"], "no such option: --all"),
     Case("models-extra-argument", ["models", "resnet18"], "unexpected extra argument"),
     Case("unknown-command", ["train"], "no such command 'train'"),
+    # ---- issue 24
+    # item 5: one writer rule, "cannot write PATH: REASON", for every output path: below a
+    # regular file, and under /proc (root may "write" there by its bits; it refuses entries).
+    *[
+        Case(f"{name}-out-{where}", args(out), "cannot write", a_file)
+        for name, args in {
+            "shards": lambda out: ms(out=out),
+            "teacher": lambda out: tt(out=f"{out}/t.pt"),
+            "student": lambda out: ts(out=out),
+            "export": lambda out: ["export", "{run}/final.pt", f"{out}/o.safetensors"],
+            "quickstart": lambda out: qs(out=out),
+            "inspect-plot": lambda out: ["inspect-store", "{store}", "--plot", f"{out}/s.png"],
+            "plot": lambda out: ["plot", "{run}", "--out", f"{out}/p.png"],
+        }.items()
+        for where, out in (("below-file", "{tmp}/file/sub"), ("proc", "/proc/civt-pipe/sub"))
+    ],
+    # item 7: --head on a teacher is refused in every format.
+    *[
+        Case(
+            f"export-teacher-head-cls-{form}",
+            ["export", "{ckpt}", "{tmp}/o.pt", "--format", form, "--head", "cls"],
+            "is a teacher with one output",
+        )
+        for form in ("safetensors", "timm", "torchscript")
+    ],
+    # item 8: messages that name what the user typed.
+    Case(
+        "dump-spec-unknown-arch",
+        dl("--teacher", "nn=nosuch:{ckpt}"),
+        "unknown architecture 'nosuch'",
+    ),
+    Case(
+        "dump-spec-other-arch",
+        ["dump-logits", "--data", "{train}", "--teacher", "cnn=inn-nano:{ckpt}", "--out", "o"],
+        "holds a cnn-nano, not an inn-nano",
+    ),
+    Case("teacher-image-size-2", tt("--image-size", "2"), "--image-size must be at least 4, got 2"),
+    Case("student-image-size-3", ts("--image-size", "3"), "--image-size must be at least 4, got 3"),
+    Case(
+        "teacher-epochs-huge-negative",
+        tt("--epochs", "-99999999999999999999"),
+        "--epochs must be at least 1, got -99999999999999999999",
+    ),
+    Case(
+        "student-batch-huge",
+        ts("--batch-size", "99999999999999999999"),
+        "--batch-size must be at most 9223372036854775807",
+    ),
+    # item 9: one rule for a τ too small to matter, one for --resume with nothing to resume.
+    Case("student-tau-tiny", ts("--tau", "1e-30"), "--tau must be at least 0.1, got 1e-30"),
+    Case("student-tau-tiny-named", ts("--tau", "cnn=0.01"), "--tau cnn must be at least 0.1"),
+    Case(
+        "cakd-tau-tiny",
+        [
+            *("train-cakd", "--data", "{train}", "--teacher", "t=vit-nano:{ckpt}"),
+            *("--out", "{tmp}/c", "--tau", "1e-30"),
+        ],
+        "--tau must be at least 0.1, got 1e-30",
+    ),
+    Case("teacher-resume-nothing", tt("--resume"), "--resume: {tmp}/t.pt does not exist"),
 ]
 
 
@@ -486,8 +552,271 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
         lines = lines[-1:]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("civt-pipe: error: "), lines[0]
-    assert case.expect.lower() in lines[0].lower(), lines[0]
+    expect = case.expect.format(tmp=tmp_path, **names)
+    assert expect.lower() in lines[0].lower(), lines[0]
     assert result.stdout == ""
     assert _tree(world["root"]) == before[1], "a shared fixture changed"
     if case.refused:
         assert _tree(tmp_path) == before[0], "a refused run changed its files"
+
+
+# --------------------------------------------------------- issue 24: refusals before torch
+
+
+_WATCH_TORCH = """
+import sys
+from civt_pipe.cli.app import app
+try:
+    app(args=sys.argv[1:], prog_name="civt-pipe")
+except SystemExit as stop:
+    code = stop.code
+else:
+    code = 0
+print(f"exit={code} torch={'torch' in sys.modules}")
+"""
+"""Runs the command line in a fresh interpreter and says whether torch was ever imported."""
+
+
+def _cli_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CIVT_PIPE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", _WATCH_TORCH, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+CUDA = "--device", "cuda"
+FP16 = "--device", "cpu", "--precision", "fp16"
+NO_TORCH_REFUSALS: list[tuple[str, list[str], str]] = [
+    (
+        "teacher-arch",
+        ["train-teacher", "--arch", "nosuch", "--data", "d", "--out", "t.pt"],
+        "unknown architecture 'nosuch'",
+    ),
+    (
+        "teacher-kind",
+        ["train-teacher", "--arch", "civt-nano", "--data", "d", "--out", "t.pt"],
+        "civt-nano is a student architecture, not a teacher",
+    ),
+    (
+        "teacher-data",
+        ["train-teacher", "--arch", "cnn-nano", "--data", "none", "--out", "t.pt"],
+        "shard spec none: no such directory or file",
+    ),
+    (
+        "teacher-val",
+        ["train-teacher", "--arch", "cnn-nano", "--data", "d", "--val", "none", "--out", "t.pt"],
+        "shard spec none",
+    ),
+    (
+        "teacher-cuda",
+        ["train-teacher", "--arch", "cnn-nano", "--data", "d", "--out", "t.pt", *CUDA],
+        "CUDA is not available",
+    ),
+    (
+        "teacher-fp16",
+        ["train-teacher", "--arch", "cnn-nano", "--data", "d", "--out", "t.pt", *FP16],
+        "--precision fp16 needs a CUDA GPU",
+    ),
+    (
+        "teacher-image-size",
+        [
+            "train-teacher",
+            "--arch",
+            "cnn-nano",
+            "--data",
+            "d",
+            "--out",
+            "t.pt",
+            "--image-size",
+            "2",
+        ],
+        "--image-size must be at least 4",
+    ),
+    (
+        "teacher-init-empty",
+        [
+            "train-teacher",
+            "--arch",
+            "cnn-nano",
+            "--data",
+            "d",
+            "--out",
+            "t.pt",
+            "--init",
+            "empty.pt",
+        ],
+        "empty.pt is empty (0 bytes)",
+    ),
+    (
+        "teacher-device-typo",
+        ["train-teacher", "--arch", "cnn-nano", "--data", "d", "--out", "t.pt", "--device", "gpu"],
+        "unknown device 'gpu'",
+    ),
+    (
+        "student-model",
+        ["train-student", "--data", "d", "--store", "s", "--out", "r", "--model", "nosuch"],
+        "unknown architecture 'nosuch'",
+    ),
+    (
+        "student-data",
+        ["train-student", "--data", "none", "--store", "s", "--out", "r"],
+        "shard spec none",
+    ),
+    (
+        "student-cuda",
+        ["train-student", "--data", "d", "--store", "s", "--out", "r", *CUDA],
+        "CUDA is not available",
+    ),
+    (
+        "student-fp16",
+        ["train-student", "--data", "d", "--store", "s", "--out", "r", *FP16],
+        "--precision fp16 needs a CUDA GPU",
+    ),
+    (
+        "student-teacher-arch",
+        ["train-student", "--data", "d", "--teacher", "t=nosuch:ckpt.pt", "--out", "r"],
+        "unknown architecture 'nosuch'",
+    ),
+    (
+        "student-teacher-empty",
+        ["train-student", "--data", "d", "--teacher", "t=cnn-nano:empty.pt", "--out", "r"],
+        "is empty (0 bytes)",
+    ),
+    (
+        "dump-arch",
+        ["dump-logits", "--data", "d", "--teacher", "t=nosuch:ckpt.pt", "--out", "s"],
+        "unknown architecture 'nosuch'",
+    ),
+    (
+        "dump-data",
+        ["dump-logits", "--data", "none", "--teacher", "t=cnn-nano:ckpt.pt", "--out", "s"],
+        "shard spec none",
+    ),
+    (
+        "dump-ckpt-missing",
+        ["dump-logits", "--data", "d", "--teacher", "t=cnn-nano:none.pt", "--out", "s"],
+        "checkpoint file none.pt does not exist",
+    ),
+    (
+        "dump-ckpt-empty",
+        ["dump-logits", "--data", "d", "--teacher", "t=cnn-nano:empty.pt", "--out", "s"],
+        "is empty (0 bytes)",
+    ),
+    (
+        "dump-cuda",
+        ["dump-logits", "--data", "d", "--teacher", "t=cnn-nano:ckpt.pt", "--out", "s", *CUDA],
+        "CUDA is not available",
+    ),
+    (
+        "dump-fp16",
+        ["dump-logits", "--data", "d", "--teacher", "t=cnn-nano:ckpt.pt", "--out", "s", *FP16],
+        "--precision fp16 needs a CUDA GPU",
+    ),
+    (
+        "evaluate-ckpt-empty",
+        ["evaluate", "--checkpoint", "empty.pt", "--data", "d"],
+        "is empty (0 bytes)",
+    ),
+    ("evaluate-data", ["evaluate", "--checkpoint", "ckpt.pt", "--data", "none"], "shard spec none"),
+    (
+        "evaluate-cuda",
+        ["evaluate", "--checkpoint", "ckpt.pt", "--data", "d", *CUDA],
+        "CUDA is not available",
+    ),
+    ("export-ckpt-empty", ["export", "empty.pt", "o.safetensors"], "is empty (0 bytes)"),
+    (
+        "cakd-model",
+        [
+            "train-cakd",
+            "--data",
+            "d",
+            "--teacher",
+            "t=vit-nano:ckpt.pt",
+            "--out",
+            "c",
+            "--model",
+            "nosuch",
+        ],
+        "unknown architecture 'nosuch'",
+    ),
+    (
+        "cakd-cuda",
+        ["train-cakd", "--data", "d", "--teacher", "t=vit-nano:ckpt.pt", "--out", "c", *CUDA],
+        "CUDA is not available",
+    ),
+    (
+        "cakd-tau",
+        [
+            "train-cakd",
+            "--data",
+            "d",
+            "--teacher",
+            "t=vit-nano:ckpt.pt",
+            "--out",
+            "c",
+            "--tau",
+            "1e-30",
+        ],
+        "--tau must be at least 0.1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"), [pytest.param(a, e, id=i) for i, a, e in NO_TORCH_REFUSALS]
+)
+def test_refusals_that_need_no_data_come_before_torch_is_imported(
+    args: list[str], expect: str, tmp_path: Path
+) -> None:
+    from civt_pipe.pipeline.runtime.device import gpu_may_exist
+
+    if "cuda" in args and gpu_may_exist():
+        pytest.skip("this machine may have a GPU: --device cuda is not a refusal here")
+    (tmp_path / "d").mkdir()  # shards that exist (nothing is read before the refusal)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "ckpt.pt").write_bytes(b"not read before the refusal")
+    before = _tree(tmp_path)
+
+    done = _cli_process(args, tmp_path)
+
+    assert done.stdout.strip().splitlines()[-1] == "exit=2 torch=False", (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("civt-pipe: error: "), done.stderr
+    assert expect.lower() in lines[0].lower(), lines[0]
+    assert _tree(tmp_path) == before
+
+
+def test_the_torch_free_architecture_names_are_the_registry() -> None:
+    from civt_pipe.pipeline.models.factory import list_models
+    from civt_pipe.pipeline.models.names import registered_architectures
+    from civt_pipe.pipeline.models.registry import PRESETS
+
+    names = registered_architectures()
+    assert sorted(names) == sorted(list_models())
+    assert names == {name: preset.kind for name, preset in PRESETS.items()}
+
+
+def test_a_damaged_png_is_the_tools_one_line_without_libpngs(tmp_path: Path) -> None:
+    # The C library writes to the process's stderr, which only a real process shows (and
+    # torchvision 0.29 then crashed on this very file).
+    source = tmp_path / "src" / "a"
+    source.mkdir(parents=True)
+    buffer = io.BytesIO()
+    Image.fromarray((np.arange(64).reshape(8, 8) * 3).astype(np.uint8)).save(buffer, "PNG")
+    good = buffer.getvalue()
+    (source / "0.png").write_bytes(good)
+    damaged = bytearray(good)
+    damaged[good.index(b"IDAT") + 6] ^= 0xFF  # inside the deflate stream: libpng's to find
+    (source / "1.png").write_bytes(bytes(damaged))
+
+    done = _cli_process(["make-shards", f"folder:{tmp_path / 'src'}", "out"], tmp_path)
+
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 0 and done.stdout.strip().endswith("exit=2 torch=True"), done
+    assert len(lines) == 1 and lines[0].startswith("civt-pipe: error: "), done.stderr
+    assert "1.png" in lines[0] and "libpng" not in done.stderr

@@ -215,10 +215,46 @@ def _decode_pil(data: bytes, channels: int) -> torch.Tensor:
         return array_to_tensor(pil_to_array(img, channels))
 
 
+def png_damage(data: bytes) -> str | None:
+    """What is wrong with a PNG's chunk structure, or None: every chunk whole, its type four
+    letters, its CRC right, ``IHDR`` first and ``IEND`` last.
+
+    Checked before libpng sees the bytes: libpng reports damage by printing its own line on
+    the process's stderr (before ours), and torchvision 0.29 crashed the process on a damaged
+    ``IDAT``. A CRC catches any damage of a chunk's bytes (a flipped bit, a cut, zeros); the
+    deflate stream itself is not decompressed twice, so a PNG written with a wrong stream but
+    right CRCs still reaches libpng.
+    """
+    view = memoryview(data)
+    pos, first, total = 8, True, len(data)
+    while pos + 12 <= total:
+        length = int.from_bytes(view[pos : pos + 4], "big")
+        kind = bytes(view[pos + 4 : pos + 8])
+        end = pos + 12 + length
+        name = kind.decode("latin-1")
+        if not kind.isalpha():
+            return f"a chunk at byte {pos} has the invalid type {kind!r}"
+        if first and kind != b"IHDR":
+            return f"it starts with a {name} chunk, not IHDR"
+        if end > total:
+            return f"it is cut short inside its {name} chunk"
+        stored = int.from_bytes(view[end - 4 : end], "big")
+        if zlib.crc32(view[pos + 4 : end - 4]) != stored:
+            return f"its {name} chunk at byte {pos} fails its CRC"
+        if kind == b"IEND":
+            return None
+        pos, first = end, False
+    return "it ends without its IEND chunk"
+
+
 def _decode_torchvision(data: bytes, channels: int) -> torch.Tensor:
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
+    if image_kind(data) == "png":
+        damage = png_damage(data)
+        if damage is not None:
+            raise ValueError(f"damaged PNG: {damage}")
     # RGB mode for both channel counts: libjpeg's own grayscale is the Y channel, not PIL's luma.
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     with _torchvision_io():

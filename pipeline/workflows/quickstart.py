@@ -31,7 +31,7 @@ from typing import Any
 
 from ..augment.config import MIN_IMAGE_SIZE, PRESET_CHOICES
 from ..models.token_mode import TokenMode
-from ..runtime.atomic import atomic_write_json
+from ..runtime.atomic import atomic_write_json, check_output_dir
 from ..runtime.console import console, info, warn
 from ..runtime.errors import USER_ERRORS, UserError
 from ..runtime.options import MAX_THREADS, check_choices, check_numbers, option
@@ -204,6 +204,7 @@ def _check_manifest(cfg: QuickstartConfig) -> None:
     root = cfg.out
     if root.exists() and not root.is_dir():
         raise UserError(f"--out {root} exists and is not a directory")
+    check_output_dir(root)
     manifest = root / MANIFEST
     if cfg.overwrite:
         for name in _OWNED:
