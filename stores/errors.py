@@ -27,3 +27,12 @@ class StoreDamagedError(StoreError):
 
     A subclass so that ``dump-logits`` can tell "damaged store, re-dump it" from "not a store".
     """
+
+
+class StoreUnreachableError(StoreError):
+    """Remote storage that did not answer (``cannot reach URL: REASON``); ``reason`` is the
+    backend's own words, so a write that lost its connection can say ``cannot write`` instead."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

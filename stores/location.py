@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import StoreError
+from .errors import StoreError, StoreUnreachableError
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
@@ -90,8 +90,45 @@ def reaching(url: str) -> Iterator[None]:
     except (FileNotFoundError, FileExistsError, StoreError):
         raise
     except Exception as err:  # any backend failure: unreachable, forbidden, no credentials...
-        text = " ".join(str(err).split()) or type(err).__name__
-        raise StoreError(f"cannot reach {url}: {text[:200]}") from None
+        text = (" ".join(str(err).split()) or type(err).__name__)[:200]
+        raise StoreUnreachableError(f"cannot reach {url}: {text}", text) from None
+
+
+_BACKEND_PACKAGES = frozenset({"botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs"})
+
+
+def unreachable(url: str, err: BaseException) -> StoreUnreachableError | None:
+    """``cannot reach URL: REASON`` when ``err`` (raised while reading remote data) is the
+    connection or the backend failing rather than the data being damaged; None otherwise."""
+    seen: BaseException | None = err
+    while seen is not None:
+        package = type(seen).__module__.split(".", 1)[0]
+        connection = isinstance(seen, (ConnectionError, TimeoutError))
+        if connection or package in _BACKEND_PACKAGES:
+            text = (" ".join(str(seen).split()) or type(seen).__name__)[:200]
+            return StoreUnreachableError(f"cannot reach {url}: {text}", text)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextmanager
+def writing(url: str, then: str) -> Iterator[None]:
+    """Turn any failure of a remote write into one ``StoreError`` line: ``cannot write URL:
+    REASON; THEN`` (``then`` says how the command carries on, e.g. that a rerun resumes).
+
+    The connection may go at any moment of a long write (a dump's shards, its finalization),
+    not only at the first contact that :func:`reaching` guards; programming errors keep
+    their traceback.
+    """
+    try:
+        yield
+    except StoreUnreachableError as err:  # a file operation on the way (reaching) lost it
+        raise StoreError(f"cannot write {url}: {err.reason}; {then}") from None
+    except (StoreError, TypeError, AttributeError, NameError, AssertionError):
+        raise
+    except Exception as err:  # botocore, aiohttp, OSError...: whatever the backend raises
+        text = (" ".join(str(err).split()) or type(err).__name__)[:200]
+        raise StoreError(f"cannot write {url}: {text}; {then}") from None
 
 
 class StoreLocation:

@@ -20,9 +20,11 @@ line naming the array and the view (or the file whose index is damaged).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +37,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from .blocks import ShardBlock, ViewBlock, pad_shard_block
 from .errors import StoreDamagedError, StoreError, StoreVersionError
 from .integrity import check_arrays, check_files, chunk_failure, file_key, shard_files
-from .location import StoreLocation
+from .location import StoreLocation, unreachable, writing
 from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -54,6 +56,10 @@ from .topk import TopKLogits
 
 # Write failures a user causes and can fix (full disk, quota, read-only or forbidden folder).
 _USER_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+_CREATING = "civt_pipe_creating"
+"""Attribute of a store at a URL while :meth:`LogitStore.create` builds it (replaced at the end)."""
+_RERUN = "run the same command again: it resumes where this one stopped"
 
 __all__ = [
     "LogitStore",
@@ -116,7 +122,39 @@ class LogitStore:
             target.remove()
         if target.local is not None:
             target.local.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(target.zarr_store(read_only=False), mode="w-", zarr_format=3)
+            return cls._create(target, spec)
+        # Object storage: made in place (nothing renames atomically), the group first with a
+        # marker, so a rerun after a kill or a lost connection recognizes an unfinished
+        # creation of ours (creation_interrupted) and starts it again without --overwrite.
+        with writing(target.url, _RERUN):
+            return cls._create(target, spec, marker={"format": FORMAT_NAME, _CREATING: True})
+
+    @classmethod
+    def creation_interrupted(cls, path: str | Path) -> bool:
+        """True for a store at a URL whose creation by :meth:`create` never finished (its
+        group holds the creation marker and no format version): safe to create again."""
+        target = StoreLocation(path)
+        if target.is_local or not target.is_zarr_group():
+            return False
+        try:
+            raw = json.loads(target.child("zarr.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return False
+        attrs = raw.get("attributes") if isinstance(raw, dict) else None
+        return (
+            isinstance(attrs, dict)
+            and attrs.get(_CREATING) is True
+            and attrs.get("format") == FORMAT_NAME
+            and "format_version" not in attrs
+        )
+
+    @classmethod
+    def _create(
+        cls, target: StoreLocation, spec: StoreSpec, marker: dict[str, Any] | None = None
+    ) -> LogitStore:
+        group = zarr.open_group(
+            target.zarr_store(read_only=False), mode="w-", zarr_format=3, attributes=marker
+        )
         chunk = spec.resolved_chunk_rows
         rows = spec.num_rows
         group.create_group("aug")
@@ -136,7 +174,8 @@ class LogitStore:
             )
         idx = index_dtype(spec.num_classes).name
         # Attributes last: a store killed during creation is not mistaken for a valid one.
-        group.attrs.update(
+        # put: they replace the creation marker.
+        group.attrs.put(
             {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
@@ -374,12 +413,16 @@ class LogitStore:
         """``selection`` of array ``name`` as numpy; the one place the store decodes chunks.
 
         A chunk that fails its checksum or does not decode is a ``StoreDamagedError`` naming
-        the array and the view and chunk (or the file, when its index is damaged).
+        the array and the view and chunk (or the file, when its index is damaged); at a URL, a
+        connection that fails is ``cannot reach URL`` (the data may be whole).
         """
         arr = self.array(name)
         try:
             return np.asarray(arr[selection])
         except Exception as err:  # codec errors come as ValueError, RuntimeError, blosc's own...
+            lost = None if self.location.is_local else unreachable(self.location.url, err)
+            if lost is not None:
+                raise lost from None
             raise chunk_failure(str(self.path), self.location, name, arr, selection, err) from None
 
     def _keys(self, rows: slice) -> list[str]:
@@ -416,6 +459,12 @@ class LogitStore:
             raise StoreError(f"logit store {self.path} is open read-only")
         if self.is_finalized:
             raise StoreError(f"logit store {self.path} is finalized; it takes no more writes")
+        # At a URL the connection may go at any moment: one line, and the shard's flag is
+        # still False, so the rerun writes it anew.
+        with nullcontext() if self.location.is_local else writing(self.location.url, _RERUN):
+            self._write_shard(name, block, replace=replace)
+
+    def _write_shard(self, name: str, block: ShardBlock, *, replace: bool) -> None:
         layout = self.shard(name)
         flag_index = self._by_name[name]
         written = self.array("written")
@@ -546,6 +595,12 @@ class LogitStore:
         """
         if self.mode != "r+":
             raise StoreError(f"logit store {self.path} is open read-only")
+        # At a URL a lost connection is one line; the rerun finds every shard written and
+        # finalizes again.
+        with nullcontext() if self.location.is_local else writing(self.location.url, _RERUN):
+            self._finalize(extra_attrs)
+
+    def _finalize(self, extra_attrs: dict[str, Any] | None) -> None:
         missing = self.missing_shards()
         if missing:
             shown = ", ".join(missing[:5]) + (

@@ -287,3 +287,102 @@ def test_bad_storage_input_is_one_line(s3: dict[str, Any], monkeypatch: pytest.M
         line = _error_line(*_dump_args(s3, str(s3["data"]), f"s3://{BUCKET}/y.zarr"))
         assert "cannot reach" in line
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+# ------------------------------------------------------ issue 24: the writer rule on a remote
+
+
+def _dead_writer_lock(url: str) -> None:
+    """What a dump that stopped leaves: its lock, naming a process that is gone on this host."""
+    lock = lock_location(url)
+    lock.delete_file()
+    lock.create_file(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}).encode())
+
+
+@pytest.mark.slow  # two dumps through two servers
+def test_a_connection_lost_mid_dump_is_one_line_and_the_rerun_resumes(
+    s3: dict[str, Any], local_store: Path
+) -> None:
+    # A second server of the same moto state (objects are kept in this process): stopping it
+    # is the connection going away, starting it on the same port brings it back.
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    url = f"s3://{BUCKET}/lost.zarr"
+    original = LogitStore.write_shard
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            _use_endpoint(mp, f"http://127.0.0.1:{port}")
+            written: list[str] = []
+
+            def lose_connection_after_one(self: LogitStore, name: str, *a: Any, **k: Any) -> None:
+                if written:
+                    server.stop()  # in the middle of the dump, before the second shard
+                original(self, name, *a, **k)
+                written.append(name)
+
+            mp.setattr(LogitStore, "write_shard", lose_connection_after_one)
+            result = _run(*_dump_args(s3, str(s3["data"]), url))
+            errors = [line for line in result.stderr.splitlines() if "error:" in line]
+            assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+            assert len(errors) == 1, result.stderr
+            assert errors[0].startswith(f"civt-pipe: error: cannot write {url}: "), errors[0]
+            assert errors[0].endswith(
+                "run the same command again: it resumes where this one stopped"
+            )
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        server.start()
+        with pytest.MonkeyPatch.context() as mp:
+            _use_endpoint(mp, f"http://127.0.0.1:{port}")
+            assert len(LogitStore.open(url).missing_shards()) == 1
+            _dead_writer_lock(url)
+            summary = json.loads(_ok(*_dump_args(s3, str(s3["data"]), url, "--json")).stdout)
+            assert summary["shards_written"] == 1 and summary["complete"]
+            _same_arrays(url, local_store)
+    finally:
+        server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.slow  # two dumps through the server
+def test_a_dump_stopped_while_creating_its_s3_store_resumes_without_overwrite(
+    s3: dict[str, Any], local_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zarr
+
+    url = f"s3://{BUCKET}/half.zarr"
+    original = zarr.Group.create_array
+    made: list[str] = []
+
+    def stop_after_three(self: Any, name: str, *a: Any, **k: Any) -> Any:
+        if len(made) == 3:
+            raise KeyboardInterrupt  # the kill, with three arrays made
+        made.append(name)
+        return original(self, name, *a, **k)
+
+    monkeypatch.setattr(zarr.Group, "create_array", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        _run_dump_in_process(s3, url)
+    monkeypatch.undo()
+    assert LogitStore.creation_interrupted(url)
+    _dead_writer_lock(url)
+    result = _ok(*_dump_args(s3, str(s3["data"]), url, "--json"))
+    assert "half-created" in " ".join(result.stderr.split())
+    assert json.loads(result.stdout)["complete"]
+    _same_arrays(url, local_store)
+    assert not LogitStore.creation_interrupted(url)
+
+
+def _run_dump_in_process(s3: dict[str, Any], url: str) -> None:
+    run_dump(
+        DumpConfig(
+            data=str(s3["data"]),
+            teachers=(TeacherSpec.parse(f"cnn=cnn-nano:{s3['teacher']}"),),
+            out=url,
+            views=1,
+            topk=3,
+            workers=0,
+            device="cpu",
+            progress=False,
+        )
+    )

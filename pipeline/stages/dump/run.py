@@ -17,6 +17,7 @@ import dataclasses
 import os
 import shutil
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +99,11 @@ def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
     """Rank 0: create the store, or check that an existing one can be resumed."""
     out = StoreLocation(cfg.out)
     exists = out.exists() and not out.is_empty()
-    if exists and not cfg.overwrite:
+    # A creation at a URL that a kill or a lost connection cut short: ours, made again.
+    recreate = exists and not cfg.overwrite and LogitStore.creation_interrupted(cfg.out)
+    if recreate:
+        warn(f"{out} was left half-created by a run that stopped; creating it again")
+    if exists and not (cfg.overwrite or recreate):
         try:
             store = LogitStore.open(cfg.out, mode="r")
         except (StoreVersionError, StoreDamagedError):
@@ -113,8 +118,9 @@ def _plan_store(cfg: DumpConfig, spec: StoreSpec) -> _Plan:
     if exists and (out.is_file() or not out.is_zarr_group()):
         raise UserError(f"refusing to overwrite {out}: it is not a zarr store")
     if out.local is None:
-        # Object storage renames nothing atomically: the store is made in place, attributes
-        # last, so a kill while creating leaves a group the rerun refuses (--overwrite fixes it).
+        # Object storage renames nothing atomically: the store is made in place, with a marker
+        # first and its attributes last (LogitStore.create), so the rerun after a kill while
+        # creating recognizes the half-made store above and makes it again.
         store = LogitStore.create(cfg.out, spec, overwrite=exists)
         return _Plan(missing=[s.name for s in store.shards], finalized=False)
     # Build the empty store beside the target and rename it into place, so a kill while the
@@ -322,8 +328,14 @@ def _run_dump(
             store.finalize()
         barrier(ctx)
         return _summary(cfg, LogitStore.open(cfg.out), stats, already_complete=False, rank=ctx.rank)
+    except BaseException:
+        # The error that stopped the run is the one to report: a lost connection that also
+        # fails the release leaves the lock for the rerun to take over (the writer is gone).
+        with suppress(*USER_ERRORS):
+            lock.release()
+        raise
     finally:
-        lock.release()  # rank 0's, on success and on every error
+        lock.release()  # rank 0's; nothing left to do once released above
         shutdown(ctx)
 
 
