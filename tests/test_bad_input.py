@@ -650,7 +650,7 @@ NO_TORCH_REFUSALS: list[tuple[str, list[str], str]] = [
             "--init",
             "empty.pt",
         ],
-        "empty.pt is empty (0 bytes)",
+        "empty.pt is not a readable checkpoint: the file is empty (0 bytes)",
     ),
     (
         "teacher-device-typo",

@@ -97,6 +97,15 @@ class Recorded(Exception):
     """Raised by the fake stage to stop the command once the config is captured."""
 
 
+@pytest.fixture(autouse=True)
+def _paths_need_not_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about parsing, with made-up paths: the refusals a config's ``preflight``
+    makes before the stage runs (a missing --data...) are test_bad_input.py's."""
+    for config in {c[1] for c in COMMANDS}:
+        if hasattr(config, "preflight"):
+            monkeypatch.setattr(config, "preflight", lambda self: None)
+
+
 def _capture(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[Any]:
     seen: list[Any] = []
 

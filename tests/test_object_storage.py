@@ -171,18 +171,7 @@ def test_a_dump_killed_after_one_shard_resumes_in_s3(
 
     monkeypatch.setattr(LogitStore, "write_shard", die_after_one)
     with pytest.raises(KeyboardInterrupt):
-        run_dump(
-            DumpConfig(
-                data=f"s3://{BUCKET}/train",
-                teachers=(TeacherSpec.parse(f"cnn=cnn-nano:{s3['teacher']}"),),
-                out=url,
-                views=1,
-                topk=3,
-                workers=0,
-                device="cpu",
-                progress=False,
-            )
-        )
+        _run_dump_in_process(s3, url, f"s3://{BUCKET}/train")
     monkeypatch.undo()
     store = LogitStore.open(url)
     assert store.missing_shards() == [s.name for s in store.shards][1:]
@@ -362,7 +351,7 @@ def test_a_dump_stopped_while_creating_its_s3_store_resumes_without_overwrite(
 
     monkeypatch.setattr(zarr.Group, "create_array", stop_after_three)
     with pytest.raises(KeyboardInterrupt):
-        _run_dump_in_process(s3, url)
+        _run_dump_in_process(s3, url, str(s3["data"]))
     monkeypatch.undo()
     assert LogitStore.creation_interrupted(url)
     _dead_writer_lock(url)
@@ -373,10 +362,12 @@ def test_a_dump_stopped_while_creating_its_s3_store_resumes_without_overwrite(
     assert not LogitStore.creation_interrupted(url)
 
 
-def _run_dump_in_process(s3: dict[str, Any], url: str) -> None:
+def _run_dump_in_process(s3: dict[str, Any], url: str, data: str) -> None:
+    """``dump-logits`` of ``data`` into ``url`` as a function call (so a test's exception out
+    of it, a simulated kill, reaches the test)."""
     run_dump(
         DumpConfig(
-            data=str(s3["data"]),
+            data=data,
             teachers=(TeacherSpec.parse(f"cnn=cnn-nano:{s3['teacher']}"),),
             out=url,
             views=1,

@@ -21,5 +21,5 @@ def checkpoint_file(path: PathLike) -> Path:
     if not target.is_file():
         raise UserError(f"checkpoint file {target} does not exist")
     if target.stat().st_size == 0:
-        raise UserError(f"checkpoint {target} is empty (0 bytes): not a checkpoint")
+        raise UserError(f"{target} is not a readable checkpoint: the file is empty (0 bytes)")
     return target

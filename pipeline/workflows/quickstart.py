@@ -33,6 +33,7 @@ from ..augment.config import MIN_IMAGE_SIZE, PRESET_CHOICES
 from ..models.token_mode import TokenMode
 from ..runtime.atomic import atomic_write_json, check_output_dir
 from ..runtime.console import console, info, warn
+from ..runtime.device import check_device
 from ..runtime.errors import USER_ERRORS, UserError
 from ..runtime.options import MAX_THREADS, check_choices, check_numbers, option
 
@@ -97,6 +98,10 @@ class QuickstartConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if not self.seed < 2**63:
             raise UserError(f"--seed must lie in [0, 2**63), got {self.seed}")
+
+    def preflight(self) -> None:
+        """The refusals that need no data, torch-free (run by the command line first)."""
+        check_device(self.device)
 
     def settings(self) -> dict[str, Any]:
         """What decides the results (the manifest): everything but where and how it runs."""
