@@ -29,8 +29,9 @@ from civt_pipe.pipeline.replay.segments import ViewSource, iter_view_batches
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
 from civt_pipe.pipeline.stages.student.config import StudentTrainConfig, parse_per_teacher
-from civt_pipe.pipeline.stages.student.run import train_student, warmup_steps_for
+from civt_pipe.pipeline.stages.student.run import train_student
 from civt_pipe.pipeline.train.losses import civt_loss
+from civt_pipe.pipeline.train.run_options import warmup_steps_for
 from civt_pipe.stores.logit_store import LogitStore
 
 SIZE = 16
