@@ -1,9 +1,10 @@
 """The bad-input battery: every command, given what a careless or hostile user gives it.
 
-Each case runs the command line in-process and asserts the contract of DESIGN §8 / issue 16:
-exit code 2, exactly one stderr line starting with ``civt-pipe: error:``, no traceback, and —
-when the run is refused before any work — the files it was pointed at unchanged (the case's
-own directory and the shared fixtures, compared byte for byte before and after).
+Each case runs the command line in-process and asserts the contract of docs/architecture.md ("Errors
+a user can cause") / issue 16: exit code 2, exactly one stderr line starting with ``civt-pipe:
+error:``, no traceback, and — when the run is refused before any work — the files it was pointed at
+unchanged (the case's own directory and the shared fixtures, compared byte for byte before and
+after).
 
 The fixtures (toy shards, an untrained teacher, a store, a short student run) are built once
 for the module; a case that damages something copies it into its own directory first.

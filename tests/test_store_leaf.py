@@ -1,5 +1,5 @@
-"""The store is a leaf (DESIGN §2): no module in ``stores/`` imports the pipeline (or the CLI),
-and what a user can do wrong with a store still ends as one clean line."""
+"""The store is a leaf (docs/architecture.md): no module in ``stores/`` imports the pipeline (or the
+CLI), and what a user can do wrong with a store still ends as one clean line."""
 
 from __future__ import annotations
 

@@ -152,9 +152,7 @@ def test_each_method_trains_an_epoch_and_saves_an_evaluable_student(
     assert ("projectors" in extra) == (method == "cakd")
     assert ("discriminator" in extra) == (method == "cakd" and multi_view)
     assert "train_state" not in load_checkpoint(out / "final.pt")
-    result = evaluate(
-        EvaluateConfig(checkpoint=out / "final.pt", data=str(toy["test"]), threads=1)
-    )
+    result = evaluate(EvaluateConfig(checkpoint=out / "final.pt", data=str(toy["test"]), threads=1))
     assert result["num_samples"] == 9
 
 

@@ -168,13 +168,20 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def resolve_validation(val: str | None, train_set: Any) -> Any:
-    """``--val`` opened and checked against the training shards: the same number of classes
-    with the same names (a one-line error otherwise); None without ``--val``."""
+    """``--val`` opened and checked against the training shards (:func:`check_same_classes`);
+    None without ``--val``."""
     if val is None:
         return None
     from ..data.shard_set import resolve_complete_shards
 
     val_set = resolve_complete_shards(val)
+    check_same_classes(val_set, train_set)
+    return val_set
+
+
+def check_same_classes(val_set: Any, train_set: Any) -> None:
+    """Validation shards must have the training shards' classes: as many, with the same names in
+    the same order (a label means the same class in both), or one line says what differs."""
     if val_set.num_classes != train_set.num_classes:
         raise UserError(
             f"validation shards have {val_set.num_classes} classes, "
@@ -186,7 +193,6 @@ def resolve_validation(val: str | None, train_set: Any) -> Any:
                 f"validation shards name class {i} {a!r}, training shards {b!r}: "
                 "they must be labelled alike"
             )
-    return val_set
 
 
 def build_schedule(opt: Optimization, steps_per_epoch: int) -> ScheduleConfig:

@@ -143,7 +143,7 @@ def _resolve_head(model: NormalizedModel, heads: list[str], head: str | None) ->
 
 def pretrained_cfg(model: NormalizedModel, **extra: Any) -> dict[str, Any]:
     """timm's ``pretrained_cfg`` for ``model``'s inputs: how ``evaluate`` prepares an image
-    (see ``augment.render.eval_view``) and the normalization the model was trained with."""
+    (see ``data.eval_view.eval_view``) and the normalization the model was trained with."""
     args = model.model_args
     size, chans = int(args["image_size"]), int(args["in_chans"])
     return {

@@ -1,11 +1,11 @@
 """Stage two, ``train-student``: train a CivT (or another student) against stored teacher logits.
 
-Flow (DESIGN §1, §4–§8): check the store against the shards before anything else (fingerprint,
-shard names and counts, completeness, seed/augmentation taken from the store:
-:mod:`..replay.binding`); build the student with one token per stored teacher; each epoch stream
-the shards with the store's view ``epoch mod V`` replayed from the stored parameters
-(:mod:`..replay.segments`), and minimize paper Eq. 5 (:class:`..train.steps.DistillationStep`)
-with AdamW under warm-up + cosine in the one training loop (:func:`..train.loop.fit`).
+Flow (docs/architecture.md, docs/train-student.md): check the store against the shards before
+anything else (fingerprint, shard names and counts, completeness, seed/augmentation taken from the
+store: :mod:`..replay.binding`); build the student with one token per stored teacher; each epoch
+stream the shards with the store's view ``epoch mod V`` replayed from the stored parameters
+(:mod:`..replay.segments`), and minimize paper Eq. 5 (:class:`..train.steps.DistillationStep`) with
+AdamW under warm-up + cosine in the one training loop (:func:`..train.loop.fit`).
 
 Online mode (``--teacher`` and no ``--store``) samples the same kind of views and runs the
 teachers live (:mod:`..replay.online_teachers`): the baseline the stored logits replace.
