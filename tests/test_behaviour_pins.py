@@ -82,7 +82,7 @@ def pinned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = root / "data"
     _cli("make-shards", "digits", str(data), "--split", "test", "--shard-size", "100")
     common = ["--device", "cpu", "--workers", "0", "--threads", "1"]
-    trained = root / "trained-cnn.pt"
+    trained = root / "trained-cnn"  # a run directory, as every trainer writes
     _cli(
         "train-teacher", "--arch", "cnn-nano", "--data", str(data), "--out", str(trained),
         "--epochs", "1", "--batch-size", "32", "--seed", "3", *common,
@@ -115,7 +115,8 @@ def _figures(report: dict[str, Any]) -> str:
 
 
 def test_train_teacher_weights_are_pinned(pinned: dict[str, Any]) -> None:
-    state = torch.load(pinned["teacher"], map_location="cpu", weights_only=True)["state_dict"]
+    final = pinned["teacher"] / "final.pt"
+    state = torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
     digest = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         digest.update(name.encode())

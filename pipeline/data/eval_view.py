@@ -13,8 +13,8 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
-_EVAL_CROP_PCT = 0.875  # resize to size/0.875 then center-crop (timm/DeiT default)
-_EVAL_DIRECT_MAX = 32  # at or below this size, resize straight to the output size
+EVAL_CROP_PCT = 0.875  # resize to size/0.875 then center-crop (timm/DeiT default)
+EVAL_DIRECT_MAX = 32  # at or below this size, resize straight to the output size
 INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 """The interpolation modes an augmentation config may name."""
 
@@ -38,10 +38,10 @@ def eval_view(
     `image_size`, since cropping away an eighth of a tiny image loses too much.
     """
     check_image(image_u8)
-    if image_size <= _EVAL_DIRECT_MAX:
+    if image_size <= EVAL_DIRECT_MAX:
         resize_to = image_size
     else:
-        resize_to = math.floor(image_size / _EVAL_CROP_PCT)
+        resize_to = math.floor(image_size / EVAL_CROP_PCT)
     view = F.resize(
         image_u8, [resize_to], interpolation=INTERPOLATION[interpolation], antialias=True
     )

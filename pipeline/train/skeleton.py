@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..data.imageio import Decoder
 from ..runtime.console import info
 from ..runtime.distributed import DistContext
 from ..runtime.errors import UserError
@@ -57,6 +58,33 @@ class RunEnv:
     """``--val`` (a ShardSet with the training set's classes), or None."""
     workers: int
     """Data-loading processes per rank."""
+
+    def validate(
+        self,
+        model: nn.Module,
+        *,
+        image_size: int,
+        batch_size: int,
+        decoder: Decoder = "torchvision",
+    ) -> dict[str, Any] | None:
+        """``model`` on ``--val`` (every rank its share, counts summed; the run's precision):
+        :func:`..train.validate.evaluate_model`'s result, or None without ``--val``."""
+        if self.val_set is None:
+            return None
+        from .validate import evaluate_model
+
+        return evaluate_model(
+            model,
+            self.val_set,
+            image_size=image_size,
+            batch_size=batch_size,
+            device=self.device,
+            workers=self.workers,
+            ctx=self.ctx,
+            description="validate",
+            precision=self.precision,
+            decoder=decoder,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,7 +149,10 @@ class RunPlan:
 class TrainSpec(Protocol):
     """A trainer, as the skeleton runs it."""
 
-    command: str
+    @property
+    def command(self) -> str:
+        """The command's name (in errors and checkpoints)."""
+        ...
 
     def bind(self, env: RunEnv) -> Any:
         """Open and check the data (and teachers); the result has the run's ``seed``."""

@@ -61,7 +61,6 @@ class _CakdTask:
     env: RunEnv
     image_size: int
     val_batch_size: int
-    workers: int
 
     def batches(self, epoch: int, start_step: int) -> Iterable[tuple[Tensor, Tensor]]:
         return self.batches_of(epoch, start_step)
@@ -70,24 +69,11 @@ class _CakdTask:
         return self.cakd_step(model, batch)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
-        env = self.env
-        if env.val_set is None:
-            return {}
-        from ...train.validate import evaluate_model
-
         assert isinstance(model, CakdTrainee)
-        val = evaluate_model(
-            model.student,
-            env.val_set,
-            image_size=self.image_size,
-            batch_size=self.val_batch_size,
-            device=env.device,
-            workers=self.workers,
-            ctx=env.ctx,
-            description="validate",
-            precision=env.precision,
+        val = self.env.validate(
+            model.student, image_size=self.image_size, batch_size=self.val_batch_size
         )
-        return {"top1": float(val["top1"]), "top5": float(val["top5"])}
+        return {} if val is None else {"top1": float(val["top1"]), "top5": float(val["top5"])}
 
     def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
         record: dict[str, Any] = {"kind": "epoch", "epoch": summary.epoch + 1}
@@ -192,7 +178,6 @@ class _CakdSpec:
             env=env,
             image_size=image_size,
             val_batch_size=max(opt.batch_size, 64),
-            workers=cfg.workers,
         )
         arch = bound.online.archs[teacher_name]
         return RunPlan(

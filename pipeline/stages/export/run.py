@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...augment.render import _EVAL_CROP_PCT, _EVAL_DIRECT_MAX
+from ...data.eval_view import EVAL_CROP_PCT, EVAL_DIRECT_MAX
 from ...models.checkpoint import (
     SAFETENSORS_SUFFIX,
     file_sha256,
@@ -150,7 +150,7 @@ def pretrained_cfg(model: NormalizedModel, **extra: Any) -> dict[str, Any]:
         "input_size": [chans, size, size],
         "mean": list(args["mean"]),
         "std": list(args["std"]),
-        "crop_pct": 1.0 if size <= _EVAL_DIRECT_MAX else _EVAL_CROP_PCT,
+        "crop_pct": 1.0 if size <= EVAL_DIRECT_MAX else EVAL_CROP_PCT,
         "interpolation": "bilinear",
         "num_classes": int(args["num_classes"]),
         "fixed_input_size": True,

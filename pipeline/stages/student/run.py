@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ...models.factory import create_model, get_preset
+from ...models.token_mode import AlignRole
 from ...replay.binding import DataBinding, bind_online, bind_store
 from ...replay.segments import ViewSource
 from ...runtime.console import info, warn
@@ -151,23 +152,14 @@ class _StudentTask:
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Top-1 per head on ``--val`` (every rank takes its share; counts are summed)."""
-        env = self.env
-        if env.val_set is None:
-            return {}
-        from ...train.validate import evaluate_model
-
-        result = evaluate_model(
+        result = self.env.validate(
             model,
-            env.val_set,
             image_size=self.setup.aug.image_size,
             batch_size=self.cfg.batch_size,
-            device=env.device,
-            workers=self.cfg.workers,
-            ctx=env.ctx,
-            description="validate",
-            precision=env.precision,
             decoder=self.setup.decoder,
         )
+        if result is None:
+            return {}
         return {str(name): float(head["top1"]) for name, head in result["heads"].items()}
 
     def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
@@ -327,7 +319,7 @@ class _StudentSpec:
         }
 
 
-def _alignment(cfg: StudentTrainConfig, setup: DataBinding) -> dict[str, str] | None:
+def _alignment(cfg: StudentTrainConfig, setup: DataBinding) -> dict[str, AlignRole] | None:
     if cfg.token_mode != "aligned":
         return None
     from ...models.alignment import resolve_alignment

@@ -69,7 +69,6 @@ class _TeacherTask:
     env: RunEnv
     image_size: int
     val_batch_size: int
-    workers: int
 
     def batches(self, epoch: int, start_step: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches_of(epoch, start_step)
@@ -78,23 +77,8 @@ class _TeacherTask:
         return self.classify(model, batch)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
-        env = self.env
-        if env.val_set is None:
-            return {}
-        from ...train.validate import evaluate_model
-
-        val = evaluate_model(
-            model,
-            env.val_set,
-            image_size=self.image_size,
-            batch_size=self.val_batch_size,
-            device=env.device,
-            workers=self.workers,
-            ctx=env.ctx,
-            description="validate",
-            precision=env.precision,
-        )
-        return {"top1": float(val["top1"]), "top5": float(val["top5"])}
+        val = self.env.validate(model, image_size=self.image_size, batch_size=self.val_batch_size)
+        return {} if val is None else {"top1": float(val["top1"]), "top5": float(val["top5"])}
 
     def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -180,7 +164,6 @@ class _TeacherSpec:
             env=env,
             image_size=image_size,
             val_batch_size=max(resolved.batch_size, 64),
-            workers=cfg.workers,
         )
         return RunPlan(
             model=model,
