@@ -222,8 +222,9 @@ class _StudentSpec:
     def bind(self, env: RunEnv) -> DataBinding:
         return _bind(self.cfg, env)
 
-    def build(self, env: RunEnv, setup: DataBinding) -> RunPlan:
-        cfg, names = self.cfg, setup.teacher_names
+    def build(self, env: RunEnv, bound: DataBinding) -> RunPlan:
+        cfg, setup = self.cfg, bound
+        names = setup.teacher_names
         _check_names("--tau", cfg.taus, names)
         _check_names("--lambda", cfg.lambdas, names)
         distill = cfg.token_mode != "none"
@@ -302,7 +303,7 @@ class _StudentSpec:
         )
 
     def summary(
-        self, env: RunEnv, setup: DataBinding, plan: RunPlan, result: FitResult
+        self, env: RunEnv, bound: DataBinding, plan: RunPlan, result: FitResult
     ) -> dict[str, Any]:
         last = result.last_epoch
         if env.ctx.is_main:
@@ -313,8 +314,8 @@ class _StudentSpec:
             )
         return {
             "loss": last.last if last is not None else {},
-            "teachers": setup.teacher_names,
-            "mode": "online" if setup.online else "store",
+            "teachers": bound.teacher_names,
+            "mode": "online" if bound.online else "store",
             "weights_sha256": state_digest(plan.model),
         }
 
