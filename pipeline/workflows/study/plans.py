@@ -183,7 +183,7 @@ class RunBook:
         """``dump-logits`` of ``teachers`` ({name: teacher run}) keeping every class's logit."""
         cfg = self.cfg
         specs = tuple(
-            TeacherSpec(name=name, arch=run.config.arch, checkpoint=run.config.out)
+            TeacherSpec(name=name, arch=run.config.arch, checkpoint=Path(run.config.out))
             for name, run in teachers.items()
         )
         return self._add(
@@ -233,7 +233,7 @@ class RunBook:
                 raise ValueError("a student needs a store, or online teachers and a seed")
             source = {
                 "teachers": tuple(
-                    str(TeacherSpec(name=n, arch=run.config.arch, checkpoint=run.config.out))
+                    str(TeacherSpec(name=n, arch=run.config.arch, checkpoint=Path(run.config.out)))
                     for n, run in online.items()
                 ),
                 "views": cfg.epochs,
