@@ -331,7 +331,7 @@ def test_two_process_ddp_run_trains_with_the_discriminator_and_saves_once(
 
     out = tmp_path / "ddp"
     env = {**os.environ, "CIVT_PIPE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     cmd += ["-m", "civt_pipe.cli", "train-cakd", "--data", str(toy["train"])]
     cmd += ["--teacher", f"vit=vit-nano:{toy['vit']}", "--model", "cnn-nano", "--out", str(out)]
     cmd += ["--epochs", "5", "--batch-size", "16", "--device", "cpu", "--threads", "1", "--json"]

@@ -223,9 +223,10 @@ def test_two_process_ddp_run_writes_one_checkpoint_and_one_report(
 ) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "CIVT_PIPE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [
-        str(torchrun),
+        sys.executable,  # torchrun, as a module: a venv need not have the script
+        "-m",
+        "torch.distributed.run",
         "--nproc-per-node",
         "2",
         "-m",

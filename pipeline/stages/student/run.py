@@ -351,9 +351,9 @@ def _view_source(cfg: StudentTrainConfig, setup: DataBinding) -> ViewSource:
         seed=setup.seed,
         num_classes=setup.num_classes,
         channels=setup.channels,
-        store_path=setup.store_path,
+        store=setup.store,
         verify=cfg.verify_replay,
-        teachers=tuple(setup.teacher_names) if setup.store_path is not None else None,
+        teachers=tuple(setup.teacher_names) if setup.store is not None else None,
         topk=setup.topk,
         decoder=setup.decoder,
     )
