@@ -256,7 +256,7 @@ def test_bad_checkpoint_is_one_line_in_every_command_that_takes_one(
     expected = {
         "code": r"is not a civt-pipe checkpoint: it contains pickled code \(posix\.system\); "
         "refusing to load it",
-        "directory": r"is a directory, not a checkpoint file",
+        "directory": r"has no final\.pt \(is the run finished\?",
     }[kind]
     assert_one_line(code, lines, rf"{os.path.basename(ckpt)} {expected}")
     assert not out.exists() or not any(out.iterdir())
@@ -373,7 +373,7 @@ def class_folder(root: Path, names: list[str]) -> Path:
     ("names", "message"),
     [
         (["a", "b"], "validation shards have 2 classes, training shards 3"),
-        (["a", "b", "c"], "validation shards call class 0 'a', training shards 'bright'"),
+        (["a", "b", "c"], "validation shards name class 0 'a', training shards 'bright'"),
     ],
     ids=["count", "names"],
 )

@@ -286,7 +286,8 @@ def check_shards_complete(shard_set: ShardSet) -> None:
     no image decoded): each tar must be complete (not cut short, headers intact, its
     end-of-archive blocks present), hold exactly the keys its index entry lists (count and key
     digest), every label must be one of the index's classes (the ``.cls`` members are read on
-    the way), and no key may occur twice in the set (DESIGN §3: a key is a sample's identity).
+    the way), and no key may occur twice in the set (docs/architecture.md: a key is a sample's
+    identity).
     """
     hashes: list[np.ndarray] = []
     for path, info in zip(shard_set.paths, shard_set.index.shards, strict=True):
@@ -311,21 +312,18 @@ def check_shards_complete(shard_set: ShardSet) -> None:
 
 
 def check_same_classes(val: ShardSet, train: ShardSet) -> None:
-    """``--val`` shards must have the training shards' classes: their count, then their names
-    in label order (the same label must mean the same class). One line otherwise."""
+    """``--val`` shards must have the training shards' classes: as many, with the same names in
+    the same order (a label means the same class in both), or one line says what differs."""
     if val.num_classes != train.num_classes:
         raise UserError(
             f"validation shards have {val.num_classes} classes, training shards {train.num_classes}"
         )
-    differ = [
-        i for i, (a, b) in enumerate(zip(val.class_names, train.class_names, strict=True)) if a != b
-    ]
-    if differ:
-        i = differ[0]
-        raise UserError(
-            f"validation shards call class {i} {val.class_names[i]!r}, training shards "
-            f"{train.class_names[i]!r}; make both with the same classes"
-        )
+    for i, (a, b) in enumerate(zip(val.class_names, train.class_names, strict=True)):
+        if a != b:
+            raise UserError(
+                f"validation shards name class {i} {a!r}, training shards {b!r}: "
+                "they must be labelled alike"
+            )
 
 
 def resolve_complete_shards(spec: str | os.PathLike[str]) -> ShardSet:

@@ -8,14 +8,21 @@ import os
 from pathlib import Path
 
 from ..runtime.errors import UserError
+from ..runtime.run_layout import LAST, checkpoint_in
 
 PathLike = str | os.PathLike[str]
 
 
 def checkpoint_file(path: PathLike) -> Path:
-    """``path`` as a file to load; a missing path, a directory or an empty file is a
-    :class:`UserError`."""
-    target = Path(path)
+    """``path`` as a file to load: a file, or a run directory's ``final.pt``
+    (:func:`..runtime.run_layout.checkpoint_in`); anything missing, a directory or an empty file
+    is a :class:`UserError`."""
+    target = checkpoint_in(path)
+    if target != Path(path) and not target.is_file():
+        raise UserError(
+            f"run directory {path} has no {target.name} (is the run finished? "
+            f"its {LAST} resumes with --resume)"
+        )
     if target.is_dir():
         raise UserError(f"checkpoint {target} is a directory, not a checkpoint file")
     if not target.is_file():
