@@ -312,7 +312,7 @@ CASES = [
     Case("student-warmup-nan", ts("--warmup-epochs", "nan"), "--warmup-epochs must be a"),
     Case("student-wd-nan", ts("--weight-decay", "nan"), "--weight-decay must be a finite"),
     Case("student-tau-nan", ts("--tau", "nan"), "--tau 'nan' is not a finite number"),
-    Case("student-tau-negative", ts("--tau", "cnn=-1"), "--tau cnn must be positive"),
+    Case("student-tau-negative", ts("--tau", "cnn=-1"), "--tau cnn must be at least 0.1, got -1"),
     Case("student-lambda-text", ts("--lambda", "cnn=abc"), "--lambda 'cnn=abc'"),
     Case("student-tau-unknown-teacher", ts("--tau", "rnn=2"), "rnn"),
     Case("student-batch-0", ts("--batch-size", "0"), "--batch-size must be at least 1"),

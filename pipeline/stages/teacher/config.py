@@ -141,7 +141,8 @@ class TeacherTrainConfig(RunOptions):
     def preflight(self) -> None:
         """The refusals that need no data, torch-free: the command line runs them before it
         imports the stage (:func:`~civt_pipe.cli.options.config_command`)."""
-        super().preflight()
+        # Not super(): the slots dataclass is a new class, which zero-argument super() misses.
+        RunOptions.preflight(self)
         check_architecture(self.arch, "teacher")
         if self.init is not None:
             checkpoint_file(self.init)
