@@ -19,6 +19,7 @@ from ...stores.schema import TeacherInfo
 from ..runtime.errors import UserError
 from . import zoo_timm
 from .checkpoint import file_sha256, model_from_checkpoint
+from .factory import get_preset
 from .normalize import NormalizedModel
 from .teacher_spec import TeacherSpec
 
@@ -102,6 +103,7 @@ def load_teacher(
 ) -> tuple[NormalizedModel, dict[str, Any]]:
     """One teacher's model (eval mode, on ``device``) and its checkpoint meta, which holds the
     ``pretrained_cfg`` of a zoo teacher (``evaluate --arch`` loads a zoo file with it)."""
+    get_preset(spec.arch, kind="teacher")  # an unknown name before a missing file
     return model_from_checkpoint(
         teacher_weights(spec),
         device=device,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP
+from ...models.teacher_spec import TeacherSpec
 from ...runtime.console import warn
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
@@ -28,7 +29,19 @@ class EvaluateConfig:
     """What ``civt-pipe evaluate`` runs."""
 
     checkpoint: Path = option(
-        help="Teacher or student checkpoint file (train-teacher output, last.pt, final.pt)."
+        help="Teacher or student checkpoint file (train-teacher output, last.pt, final.pt), "
+        "or a published weights file with --arch."
+    )
+    arch: str | None = option(
+        None,
+        help="Architecture of a published weights file: a preset (regnety-600mf, rednet26, "
+        "...) or timm:MODEL; loaded as dump-logits loads a teacher.",
+    )
+    preprocess: str = option(
+        "ours",
+        help="ours: resize to side/0.875 (bilinear), centre crop; zoo: a zoo teacher's own "
+        "eval transform (its input size, crop_pct, interpolation; as timm's create_transform).",
+        choices=("ours", "zoo"),
     )
     data: str = option(help="Shards to evaluate on: a directory or a brace pattern.")
     batch_size: int = option(256, help="Samples per batch.", minimum=1)
@@ -91,12 +104,21 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         check_compile(device)
     decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
     shard_set = resolve_complete_shards(cfg.data)
-    model, meta = model_from_checkpoint(
-        cfg.checkpoint,
-        device=device,
-        expect_num_classes=shard_set.num_classes,
-        in_chans=shard_set.channels,
-    )
+    if cfg.arch is not None:
+        from ...models.teachers import load_teacher
+
+        spec = TeacherSpec(name="teacher", arch=cfg.arch, checkpoint=cfg.checkpoint)
+        model, meta = load_teacher(
+            spec, device, num_classes=shard_set.num_classes, channels=shard_set.channels
+        )
+    else:
+        model, meta = model_from_checkpoint(
+            cfg.checkpoint,
+            device=device,
+            expect_num_classes=shard_set.num_classes,
+            in_chans=shard_set.channels,
+        )
+    zoo = _zoo_view(cfg, meta) if cfg.preprocess == "zoo" else None
     theirs = list(meta.get("class_names") or [])
     if theirs and theirs != list(shard_set.class_names):
         # Same count, other names: most likely another dataset; foreign shards scanned without
@@ -137,15 +159,36 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             workers=cfg.workers,
             precision=policy,
             decoder=decoder,
+            zoo=zoo,
         )
     result.update(
         checkpoint=str(cfg.checkpoint),
         arch=meta["arch"],
         kind=meta["kind"],
         precision=policy.precision,
+        preprocess=cfg.preprocess,
     )
     if cfg.noise > 0:
         result.update(noise=cfg.noise, noise_seed=cfg.noise_seed)
     if agreement is not None:
         result.update(kl_to_teachers=agreement, store=str(cfg.store))
     return result
+
+
+def _zoo_view(cfg: EvaluateConfig, meta: dict[str, Any]) -> Any:
+    """The zoo teacher's own evaluation view; a model without a ``pretrained_cfg`` is one line."""
+    from ...augment.zoo_eval import ZooEval
+
+    pretrained = meta.get("pretrained_cfg")
+    if not pretrained:
+        raise UserError(
+            f"--preprocess zoo needs a zoo teacher (timm:MODEL, or a published RegNetY/RedNet "
+            f"file with --arch); {cfg.checkpoint} holds a {meta['arch']} without one"
+        )
+    view = ZooEval.from_config(pretrained)
+    if view.size != int(meta["image_size"]):
+        raise UserError(
+            f"--preprocess zoo: {meta['arch']} was pretrained at {view.size} px but is built "
+            f"for {meta['image_size']} px"
+        )
+    return view
