@@ -12,7 +12,6 @@ from __future__ import annotations
 import builtins
 import json
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,7 +92,9 @@ def _save(state: dict[str, Tensor], path: Path) -> Path:
 
 
 def _load(spec: str, num_classes: int = 10, channels: int = 3, **kw: Any) -> LoadedTeacher:
-    return load_teachers([TeacherSpec.parse(spec)], CPU, num_classes=num_classes, channels=channels, **kw)[0]
+    return load_teachers(
+        [TeacherSpec.parse(spec)], CPU, num_classes=num_classes, channels=channels, **kw
+    )[0]
 
 
 def _max_diff(reference: nn.Module, teacher: LoadedTeacher, size: int = SIZE) -> float:
@@ -158,9 +159,7 @@ def test_an_unknown_key_in_a_zoo_file_is_named(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- any timm model, generic path
 
 
-@pytest.mark.parametrize(
-    ("name", "size"), [("resnet50", SIZE), ("vit_tiny_patch16_224", 224)]
-)
+@pytest.mark.parametrize(("name", "size"), [("resnet50", SIZE), ("vit_tiny_patch16_224", 224)])
 def test_any_timm_model_is_a_teacher_with_equal_logits(
     tmp_path: Path, name: str, size: int
 ) -> None:
@@ -277,8 +276,19 @@ def test_without_timm_the_cli_prints_one_line(tmp_path: Path, timm_missing: None
     data = make_toy_shards(tmp_path, "train", per_class=2)
     result = CliRunner().invoke(
         app,
-        ["dump-logits", "--data", str(data), "--teacher", "t=timm:resnet18:w.pth",
-         "--out", str(tmp_path / "s.zarr"), "--device", "cpu", "--threads", "1"],
+        [
+            "dump-logits",
+            "--data",
+            str(data),
+            "--teacher",
+            "t=timm:resnet18:w.pth",
+            "--out",
+            str(tmp_path / "s.zarr"),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ],
     )
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -295,8 +305,9 @@ def test_without_timm_the_cli_prints_one_line(tmp_path: Path, timm_missing: None
 
 
 class _ConvModule(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, act: bool = True,
-                 norm: bool = True) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int = 1, act: bool = True, norm: bool = True
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=not norm)
         if norm:
@@ -315,8 +326,9 @@ class _RefInvolution(nn.Module):
         super().__init__()
         self.k, self.stride, self.groups = kernel, stride, channels // 16
         self.conv1 = _ConvModule(channels, channels // 4, 1)
-        self.conv2 = _ConvModule(channels // 4, kernel * kernel * self.groups, 1, act=False,
-                                 norm=False)
+        self.conv2 = _ConvModule(
+            channels // 4, kernel * kernel * self.groups, 1, act=False, norm=False
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = nn.functional.avg_pool2d(x, self.stride) if self.stride > 1 else x
@@ -355,13 +367,18 @@ class _RefRedNetBackbone(nn.Module):
     def __init__(self, depths: tuple[int, ...]) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            _ConvModule(3, 32, 3, 2), _RefInvolution(32, 3, 1), nn.BatchNorm2d(32), nn.ReLU(),
+            _ConvModule(3, 32, 3, 2),
+            _RefInvolution(32, 3, 1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             _ConvModule(32, 64, 3),
         )
         cin, cout = 64, 256
         for i, depth in enumerate(depths):
-            blocks = [_RefBottleneck(cin if j == 0 else cout, cout, 2 if i and not j else 1)
-                      for j in range(depth)]
+            blocks = [
+                _RefBottleneck(cin if j == 0 else cout, cout, 2 if i and not j else 1)
+                for j in range(depth)
+            ]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             cin, cout = cout, cout * 2
         self.out_channels = cin
@@ -390,7 +407,9 @@ def test_mmcls_rednet26_checkpoint_loads_into_rednet26_with_equal_logits(tmp_pat
     torch.manual_seed(0)
     reference = _randomize_bn(_RefRedNet((1, 2, 4, 1), num_classes=10), 0)
     path = tmp_path / "rednet26.pth"
-    torch.save({"meta": {"epoch": 130, "CLASSES": ["a"] * 10}, "state_dict": reference.state_dict()}, path)
+    torch.save(
+        {"meta": {"epoch": 130, "CLASSES": ["a"] * 10}, "state_dict": reference.state_dict()}, path
+    )
     teacher = _load(f"inn=rednet26:{path}", image_size=SIZE)
     assert count_parameters(teacher.model) == count_parameters(reference)
     assert teacher.info.pretrained_cfg is not None
@@ -437,8 +456,11 @@ def _photo_shards(root: Path) -> tuple[Path, list[Path]]:
         file = root / "src" / name / "img.png"
         Image.fromarray(pixels).save(file)
         files.append(file)
-    make_shards(MakeShardsConfig(source=f"folder:{root / 'src'}", out_dir=root / "val",
-                                 split="test", format="png"))
+    make_shards(
+        MakeShardsConfig(
+            source=f"folder:{root / 'src'}", out_dir=root / "val", split="test", format="png"
+        )
+    )
     return root / "val", files
 
 
@@ -454,8 +476,12 @@ def test_zoo_eval_view_gives_timms_create_transform_pixels(tmp_path: Path, cfg: 
     if "model" in cfg:
         data_cfg = resolve_data_config({}, model=timm.create_model(cfg["model"]))
     else:
-        data_cfg = {**cfg, "crop_mode": "center", "mean": (0.485, 0.456, 0.406),
-                    "std": (0.229, 0.224, 0.225)}
+        data_cfg = {
+            **cfg,
+            "crop_mode": "center",
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+        }
     transform = create_transform(**data_cfg)
     view = ZooEval.from_config({**data_cfg, "input_size": list(data_cfg["input_size"])})
     shard_set = resolve_complete_shards(str(data))
@@ -473,12 +499,28 @@ def test_zoo_eval_view_gives_timms_create_transform_pixels(tmp_path: Path, cfg: 
 def test_evaluate_preprocess_zoo_on_the_cli(tmp_path: Path) -> None:
     data, _ = _photo_shards(tmp_path)
     path = _save(_timm_model("resnet18", num_classes=3).state_dict(), tmp_path / "r18.safetensors")
-    args = ["evaluate", "--checkpoint", str(path), "--data", str(data), "--arch", "timm:resnet18",
-            "--device", "cpu", "--threads", "1", "--json"]
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(path),
+        "--data",
+        str(data),
+        "--arch",
+        "timm:resnet18",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--json",
+    ]
     result = CliRunner().invoke(app, [*args, "--preprocess", "zoo"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert (report["arch"], report["preprocess"], report["num_samples"]) == ("timm:resnet18", "zoo", 3)
+    assert (report["arch"], report["preprocess"], report["num_samples"]) == (
+        "timm:resnet18",
+        "zoo",
+        3,
+    )
 
 
 def test_preprocess_zoo_for_our_own_teacher_is_one_line(tmp_path: Path) -> None:
@@ -487,8 +529,20 @@ def test_preprocess_zoo_for_our_own_teacher_is_one_line(tmp_path: Path) -> None:
     data = make_toy_shards(tmp_path, "test", per_class=2)
     teacher = make_toy_teacher(tmp_path / "t.pt")
     result = CliRunner().invoke(
-        app, ["evaluate", "--checkpoint", str(teacher), "--data", str(data), "--preprocess", "zoo",
-              "--device", "cpu", "--threads", "1"],
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(teacher),
+            "--data",
+            str(data),
+            "--preprocess",
+            "zoo",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ],
     )
     assert result.exit_code != 0
     assert "--preprocess zoo needs a zoo teacher" in result.output
@@ -507,8 +561,23 @@ def test_dump_logits_records_a_zoo_teachers_pretrained_cfg(tmp_path: Path) -> No
     out = tmp_path / "s.zarr"
     result = CliRunner().invoke(
         app,
-        ["dump-logits", "--data", str(data), "--teacher", f"t=timm:resnet18:{path}", "--out",
-         str(out), "--device", "cpu", "--threads", "1", "--topk", "3", "--image-size", "32"],
+        [
+            "dump-logits",
+            "--data",
+            str(data),
+            "--teacher",
+            f"t=timm:resnet18:{path}",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--topk",
+            "3",
+            "--image-size",
+            "32",
+        ],
     )
     assert result.exit_code == 0, result.output
     store = LogitStore.open(out)
@@ -525,7 +594,11 @@ def test_teacher_info_without_pretrained_cfg_keeps_its_json() -> None:
     info = TeacherInfo(name="cnn", arch="resnet18", checkpoint_sha256="0" * 64, num_classes=3)
     assert "pretrained_cfg" not in info.to_dict()
     assert TeacherInfo.from_dict(info.to_dict()) == info
-    zoo = TeacherInfo(name="cnn", arch="timm:resnet18", checkpoint_sha256="0" * 64,
-                      num_classes=3, pretrained_cfg={"crop_pct": 0.95})
+    zoo = TeacherInfo(
+        name="cnn",
+        arch="timm:resnet18",
+        checkpoint_sha256="0" * 64,
+        num_classes=3,
+        pretrained_cfg={"crop_pct": 0.95},
+    )
     assert TeacherInfo.from_dict(zoo.to_dict()) == zoo
-

@@ -33,8 +33,8 @@ from ..runtime import hashing
 from ..runtime.atomic import atomic_torch_save, atomic_write_bytes
 from ..runtime.errors import UserError
 from ..runtime.json_text import json_text
-from .factory import accepted_arguments, create_model, get_preset
 from . import zoo_timm
+from .factory import accepted_arguments, create_model, get_preset
 from .normalize import NormalizedModel
 from .zoo_keymap import KeyMap
 from .zoo_mmcls import KEYMAP as MMCLS_REDNET

@@ -104,10 +104,11 @@ def create_model(name: str, /, **kwargs: Any) -> NormalizedModel:
         # A timm model normalizes as it was pretrained (its pretrained_cfg), not as ImageNet.
         cfg = zoo_timm.pretrained_config(name)
         chans = int(kwargs.get("in_chans") or 3)
-        mean, std = list(cfg.get("mean") or ()), list(cfg.get("std") or ())
-        if mean and len(mean) != chans:  # other channels: the channel average, per channel
-            mean, std = [sum(mean) / len(mean)] * chans, [sum(std) / len(std)] * chans
-        kwargs = {**kwargs, "mean": mean or None, "std": std or None}
+        cfg_mean, cfg_std = list(cfg.get("mean") or ()), list(cfg.get("std") or ())
+        if cfg_mean and len(cfg_mean) != chans:  # other channels: the channel average each
+            cfg_mean = [sum(cfg_mean) / len(cfg_mean)] * chans
+            cfg_std = [sum(cfg_std) / len(cfg_std)] * chans
+        kwargs = {**kwargs, "mean": cfg_mean or None, "std": cfg_std or None}
     given = {key: value for key, value in kwargs.items() if value is not None}
     accepted = accepted_arguments(name)
     unknown = [key for key in given if key not in accepted]

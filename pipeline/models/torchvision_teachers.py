@@ -1,11 +1,11 @@
 """torchvision CNNs (ResNet, RegNetY, MobileNetV2, EfficientNet-B0), built with ``weights=None``.
 
 Co-advise's CNN teachers, RegNetY-600MF and RegNetY-4GF, and DeiT's, RegNetY-16GF, are not
-shipped by torchvision under a name; they are built from its ``RegNet`` with the published block parameters (Radosavovic et al.,
-2020, as in pycls/timm), see :data:`REGNET_Y_PARAMS`.
+shipped by torchvision under a name; they are built from its ``RegNet`` with the published block
+parameters (Radosavovic et al., 2020, as in pycls/timm), see :data:`REGNET_Y_PARAMS`.
 
-Weights come from ``train-teacher`` or a local file (see ``checkpoint.py``); nothing is
-downloaded. Two adaptations are made in place:
+Weights come from ``train-teacher`` or a local file (see ``checkpoint.py``; timm's RegNetY files
+load by the key map in ``zoo_pycls.py``); nothing is downloaded. Two adaptations are made in place:
 
 - ``in_chans`` != 3 replaces the first convolution (same shape otherwise);
 - ``small_input`` (images of 64 px or less) makes the stem a 3×3 stride-1 convolution and drops

@@ -70,6 +70,8 @@ class KeyMap:
         for key, value in state.items():
             ours = self.rename(key)
             if ours is None:
-                raise UserError(f"{path}: key {key!r} of a {self.source} file has no place in {arch}")
+                raise UserError(
+                    f"{path}: key {key!r} of a {self.source} file has no place in {arch}"
+                )
             out[ours] = value
         return out

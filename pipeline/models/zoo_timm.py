@@ -29,6 +29,7 @@ from torch import nn
 
 from ..runtime.errors import UserError
 from .registry import ModelPreset
+from .token_mode import AlignRole
 
 TIMM_PREFIX = "timm:"
 INSTALL_HINT = "pip install 'civt-pipe[timm]'"
@@ -172,14 +173,16 @@ def filter_state(arch: str, state: dict[str, Any], body: nn.Module) -> dict[str,
     try:
         return dict(filter_fn(state, body))
     except Exception as err:  # another model's file can make a filter fail in any way
-        raise UserError(f"weights do not fit {arch} (timm's checkpoint filter: {err!r:.120})") from None
+        raise UserError(
+            f"weights do not fit {arch} (timm's checkpoint filter: {err!r:.120})"
+        ) from None
 
 
 @functools.cache
 def timm_preset(arch: str) -> ModelPreset:
     """The preset of ``timm:MODEL`` (made once per name; timm's model with random weights)."""
     _checked_name(arch)
-    bias = "conv" if family(arch) == "conv" else None
+    bias: AlignRole | None = "conv" if family(arch) == "conv" else None
 
     def build(*, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
         return build_timm(arch, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
