@@ -272,24 +272,16 @@ def test_without_timm_a_timm_teacher_is_one_line_naming_the_extra(
         _load(f"t=timm:resnet50:{tmp_path / 'w.pth'}")
 
 
-def test_without_timm_the_cli_prints_one_line(tmp_path: Path, timm_missing: None) -> None:
+def _dump(tmp_path: Path, teacher: str, *options: str) -> Any:
+    """``civt-pipe dump-logits`` of fresh toy shards (gray, 3 classes) with one teacher."""
     data = make_toy_shards(tmp_path, "train", per_class=2)
-    result = CliRunner().invoke(
-        app,
-        [
-            "dump-logits",
-            "--data",
-            str(data),
-            "--teacher",
-            "t=timm:resnet18:w.pth",
-            "--out",
-            str(tmp_path / "s.zarr"),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ],
-    )
+    args = ["dump-logits", "--data", str(data), "--teacher", teacher]
+    args += ["--out", str(tmp_path / "s.zarr"), "--device", "cpu", "--threads", "1", *options]
+    return CliRunner().invoke(app, args)
+
+
+def test_without_timm_the_cli_prints_one_line(tmp_path: Path, timm_missing: None) -> None:
+    result = _dump(tmp_path, "t=timm:resnet18:w.pth")
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "[timm]" in lines[0], result.output
@@ -555,32 +547,11 @@ def test_preprocess_zoo_for_our_own_teacher_is_one_line(tmp_path: Path) -> None:
 def test_dump_logits_records_a_zoo_teachers_pretrained_cfg(tmp_path: Path) -> None:
     from civt_pipe.stores.logit_store import LogitStore
 
-    data = make_toy_shards(tmp_path, "train", per_class=2)
     reference = _timm_model("resnet18", num_classes=3)
     path = _save(reference.state_dict(), tmp_path / "r18.safetensors")
-    out = tmp_path / "s.zarr"
-    result = CliRunner().invoke(
-        app,
-        [
-            "dump-logits",
-            "--data",
-            str(data),
-            "--teacher",
-            f"t=timm:resnet18:{path}",
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--topk",
-            "3",
-            "--image-size",
-            "32",
-        ],
-    )
+    result = _dump(tmp_path, f"t=timm:resnet18:{path}", "--topk", "3", "--image-size", "32")
     assert result.exit_code == 0, result.output
-    store = LogitStore.open(out)
+    store = LogitStore.open(tmp_path / "s.zarr")
     (info,) = store.teachers
     assert info.arch == "timm:resnet18"
     assert info.pretrained_cfg is not None
@@ -602,3 +573,21 @@ def test_teacher_info_without_pretrained_cfg_keeps_its_json() -> None:
         pretrained_cfg={"crop_pct": 0.95},
     )
     assert TeacherInfo.from_dict(zoo.to_dict()) == zoo
+
+
+def test_train_teacher_fine_tunes_a_timm_model_that_dump_logits_then_loads(
+    tmp_path: Path,
+) -> None:
+    data = make_toy_shards(tmp_path, "train", per_class=2)
+    init = _save(_timm_model("resnet18", num_classes=3).state_dict(), tmp_path / "r18.safetensors")
+    out = tmp_path / "t.pt"
+    common = ["--device", "cpu", "--threads", "1", "--workers", "0"]
+    result = CliRunner().invoke(
+        app,
+        ["train-teacher", "--arch", "timm:resnet18", "--data", str(data), "--out", str(out),
+         "--epochs", "1", "--batch-size", "3", "--init", str(init), *common],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    teacher = _load(f"t=timm:resnet18:{out}", num_classes=3, channels=1)
+    assert teacher.info.arch == "timm:resnet18"
+    assert teacher.info.pretrained_cfg is not None  # recorded for a fine-tuned zoo model too

@@ -56,8 +56,9 @@ class ZooEval:
         import torchvision.transforms.functional as TF
         from torchvision.transforms import InterpolationMode
 
-        pil = TF.to_pil_image(image_u8)
+        # A PIL image all the way (torchvision's functions are typed for tensors).
+        pil: Any = TF.to_pil_image(image_u8)
         scale = math.floor(self.size / self.crop_pct)
-        pil = TF.resize(pil, scale, interpolation=InterpolationMode(self.interpolation))
+        pil = TF.resize(pil, [scale], interpolation=InterpolationMode(self.interpolation))
         pil = TF.center_crop(pil, [self.size, self.size])
         return TF.to_tensor(pil)

@@ -17,6 +17,21 @@ from typing import Any
 from torch import Tensor
 
 from ..runtime.errors import UserError
+from .normalize import IMAGENET_MEAN, IMAGENET_STD
+
+
+def imagenet_eval(source: str, interpolation: str, crop_pct: float = 0.875) -> dict[str, Any]:
+    """A source's ImageNet evaluation preprocessing as ``pretrained_cfg`` fields: 224 px centre
+    crop of the shorter side resized to ``224 / crop_pct``, ImageNet mean and std."""
+    return {
+        "source": source,
+        "input_size": [3, 224, 224],
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "crop_mode": "center",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import re
 
-from .normalize import IMAGENET_MEAN, IMAGENET_STD
-from .zoo_keymap import KeyMap
+from .zoo_keymap import KeyMap, imagenet_eval
 
 _BLOCK_SAME = ("conv1", "bn1", "bn2", "conv3", "bn3", "downsample.0", "downsample.1")
 
@@ -53,13 +52,5 @@ KEYMAP = KeyMap(
         "conv2.conv1.bn": "inv.reduce.1",
         "conv2.conv2.conv": "inv.span",
     },
-    eval_config={
-        "source": "mmcls/mmpretrain RedNet",
-        "input_size": [3, 224, 224],
-        "interpolation": "bilinear",
-        "crop_pct": 0.875,
-        "crop_mode": "center",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-    },
+    eval_config=imagenet_eval("mmcls/mmpretrain RedNet", "bilinear"),
 )

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import re
 
-from .normalize import IMAGENET_MEAN, IMAGENET_STD
-from .zoo_keymap import KeyMap
+from .zoo_keymap import KeyMap, imagenet_eval
 
 KEYMAP = KeyMap(
     source="timm/pycls RegNetY",
@@ -43,13 +42,5 @@ KEYMAP = KeyMap(
         "downsample.conv": "proj.0",
         "downsample.bn": "proj.1",
     },
-    eval_config={
-        "source": "timm/pycls RegNetY",
-        "input_size": [3, 224, 224],
-        "interpolation": "bicubic",
-        "crop_pct": 0.875,
-        "crop_mode": "center",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-    },
+    eval_config=imagenet_eval("timm/pycls RegNetY", "bicubic"),
 )

@@ -245,18 +245,17 @@ def _url(arch: str) -> str | None:
 
 def missing_weights_message(arch: str, teacher: str) -> str:
     """One line: no weights for ``arch``, and which file to fetch where (nothing is downloaded)."""
-    hub_id = pretrained_config(arch).get("hf_hub_id")
-    where = (
-        f"hf://{hub_id}/model.safetensors into {hf_cache_dir()}"
-        if hub_id
-        else f"{_url(arch)} into {torch_hub_checkpoints()}"
-        if _url(arch)
-        else "its weights"
-    )
+    hub_id, url = pretrained_config(arch).get("hf_hub_id"), _url(arch)
+    if hub_id:
+        fetch = (
+            f"hf://{hub_id}/model.safetensors into {hf_cache_dir()} "
+            f"(huggingface-cli download {hub_id})"
+        )
+    elif url:
+        fetch = f"{url} into {torch_hub_checkpoints()}"
+    else:
+        fetch = "the model's weights"
     return (
-        f"teacher {teacher!r} ({arch}) has no weights: give a file ({teacher}={arch}:FILE) or "
-        f"fetch {where} (e.g. huggingface-cli download {hub_id}); nothing is downloaded here"
-        if hub_id
-        else f"teacher {teacher!r} ({arch}) has no weights: give a file ({teacher}={arch}:FILE) "
-        f"or fetch {where}; nothing is downloaded here"
+        f"teacher {teacher!r} ({arch}) has no weights file and none is in timm's offline cache: "
+        f"give one ({teacher}={arch}:FILE) or fetch {fetch}; nothing is downloaded here"
     )
