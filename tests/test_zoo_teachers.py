@@ -591,3 +591,20 @@ def test_train_teacher_fine_tunes_a_timm_model_that_dump_logits_then_loads(
     teacher = _load(f"t=timm:resnet18:{out}", num_classes=3, channels=1)
     assert teacher.info.arch == "timm:resnet18"
     assert teacher.info.pretrained_cfg is not None  # recorded for a fine-tuned zoo model too
+
+
+def test_evaluate_a_timm_model_from_the_offline_cache_without_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, _ = _photo_shards(tmp_path)
+    reference = _timm_model("resnet18", num_classes=3)
+    cached = _fake_hf_cache(tmp_path / "hub", reference.pretrained_cfg["hf_hub_id"],
+                            reference.state_dict())  # fmt: skip
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    common = ["--data", str(data), "--device", "cpu", "--threads", "1", "--json"]
+    result = CliRunner().invoke(app, ["evaluate", "--arch", "timm:resnet18", *common])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["checkpoint"] == str(cached)
+    result = CliRunner().invoke(app, ["evaluate", "--arch", "rednet26", *common])
+    assert result.exit_code != 0
+    assert "--checkpoint is required" in result.output
