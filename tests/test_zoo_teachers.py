@@ -551,6 +551,7 @@ def test_dump_logits_records_a_zoo_teachers_pretrained_cfg(tmp_path: Path) -> No
     path = _save(reference.state_dict(), tmp_path / "r18.safetensors")
     result = _dump(tmp_path, f"t=timm:resnet18:{path}", "--topk", "3", "--image-size", "32")
     assert result.exit_code == 0, result.output
+    assert "pretrained at 224 px and sees 32 px views" in " ".join(result.output.split())
     store = LogitStore.open(tmp_path / "s.zarr")
     (info,) = store.teachers
     assert info.arch == "timm:resnet18"

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ...stores.schema import TeacherInfo
+from ..runtime.console import warn
 from ..runtime.errors import UserError
 from . import zoo_timm
 from .checkpoint import file_sha256, model_from_checkpoint
@@ -59,6 +60,13 @@ def load_teachers(
             raise UserError(
                 f"teacher {spec.name!r} takes {size} px images but {first.info.name!r} takes "
                 f"{first.image_size} px; all teachers must share one input size"
+            )
+        pretrained = meta.get("pretrained_cfg") or {}
+        trained_at = int((pretrained.get("input_size") or [0])[-1])
+        if trained_at and trained_at != size:
+            warn(
+                f"teacher {spec.name!r} ({meta['arch']}) was pretrained at {trained_at} px and "
+                f"sees {size} px views; its accuracy may fall (docs/models.md)"
             )
         info = TeacherInfo(
             name=spec.name,
