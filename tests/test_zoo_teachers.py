@@ -28,10 +28,10 @@ from toy_shards import make_toy_shards
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
-from civt_pipe.pipeline.augment.zoo_eval import ZooEval
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.shard_set import resolve_complete_shards
 from civt_pipe.pipeline.data.streams import eval_batches
+from civt_pipe.pipeline.data.zoo_eval import ZooEval
 from civt_pipe.pipeline.models import zoo_timm
 from civt_pipe.pipeline.models.alignment import resolve_alignment
 from civt_pipe.pipeline.models.checkpoint import file_sha256

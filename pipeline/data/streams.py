@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..augment.zoo_eval import ZooEval
 from ..runtime.errors import USER_ERRORS, UserError
 from .imageio import Decoder
 from .index import ShardIndex
 from .planning import Segment, ShardRows, StreamPlan, plan_pass, shard_rows_for, worker_segments
+from .zoo_eval import ZooEval
 
 _Block = TypeVar("_Block", bound="OrdinalBlock")
 _Batch = TypeVar("_Batch")
@@ -247,7 +247,7 @@ class EvalViews:
     def __call__(
         self, shard: ShardRows, segment: Segment, needed: np.ndarray
     ) -> Iterator[EvalBatch]:
-        from ..augment.render import eval_view
+        from .eval_view import eval_view
         from .reader import iter_shard
 
         wanted = set(segment.positions[needed].tolist())
@@ -286,7 +286,7 @@ def eval_batches(
     zoo: ZooEval | None = None,
 ) -> Iterator[EvalBatch]:
     """Every sample of ``shard_set`` once over all ranks (a pass), as :class:`EvalBatch`
-    (views by :func:`..augment.render.eval_view`, or ``zoo``'s own when given).
+    (views by :func:`.eval_view.eval_view`, or ``zoo``'s own when given).
 
     Blocks are batched as they arrive — accuracy is a sum, so the order does not matter and
     memory stays at the blocks in flight; the last batch may be short, and a rank without

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..augment.zoo_eval import ZooEval
 from ..data.imageio import Decoder
 from ..data.streams import EvalBatch, eval_batches
+from ..data.zoo_eval import ZooEval
 from ..runtime.console import make_progress
 from ..runtime.distributed import DistContext
 from ..runtime.errors import UserError

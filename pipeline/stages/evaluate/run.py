@@ -24,7 +24,7 @@ from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_nu
 from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
 
 if TYPE_CHECKING:
-    from ...augment.zoo_eval import ZooEval
+    from ...data.zoo_eval import ZooEval
 
 
 @dataclass(kw_only=True, slots=True)
@@ -33,7 +33,7 @@ class EvaluateConfig:
 
     checkpoint: Path | None = option(
         None,
-        help="Teacher or student checkpoint file (train-teacher output, last.pt, final.pt), "
+        help="Teacher or student checkpoint: a run directory (its final.pt), last.pt, final.pt; "
         "or a published weights file with --arch (required, except for --arch timm:MODEL "
         "with weights in timm's offline cache).",
     )
@@ -191,7 +191,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
 def _zoo_view(checkpoint: Path, meta: dict[str, Any]) -> ZooEval:
     """The zoo teacher's own evaluation view; a model without a ``pretrained_cfg`` is one line."""
-    from ...augment.zoo_eval import ZooEval
+    from ...data.zoo_eval import ZooEval
 
     pretrained = meta.get("pretrained_cfg")
     if not pretrained:
