@@ -47,7 +47,7 @@ from ...cakd.adversary import (
     multi_view,
 )
 from ...cakd.features import StudentTap, TeacherFeatures, ViTFeatureTap, standardized
-from ...cakd.projectors import GLProjector, PCAProjector, gl_loss
+from ...cakd.projectors import GLProjector, PCALosses, PCAProjector, Projectors, gl_loss
 from ...runtime.console import info
 from ...runtime.distributed import DistContext
 from ...runtime.errors import UserError
@@ -69,13 +69,12 @@ class CakdTrainee(nn.Module):
     """What the student optimizer trains: the student and, for ``cakd``, the two projectors.
 
     ``forward(x, teacher)`` runs the student once through its :class:`..cakd.features.
-    StudentTap` and returns ``(logits, L_proj1, h'_S)``; the projector outputs are ``None``
-    without projectors (methods ``none`` and ``logit``) or without teacher features.
+    StudentTap` and returns ``(logits, L_proj1's terms, h'_S)``; a projector output is ``None``
+    without that projector (``--projectors``), without projectors (methods ``none`` and
+    ``logit``) or without teacher features.
     """
 
-    def __init__(
-        self, student: nn.Module, tap: StudentTap, projectors: nn.ModuleDict | None
-    ) -> None:
+    def __init__(self, student: nn.Module, tap: StudentTap, projectors: Projectors | None) -> None:
         super().__init__()
         self.student = student
         self.tap = tap  # not a module: it only hooks the student
@@ -83,13 +82,12 @@ class CakdTrainee(nn.Module):
 
     def forward(
         self, x: Tensor, teacher: TeacherFeatures | None = None
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    ) -> tuple[Tensor, PCALosses | None, Tensor | None]:
         feature_map, logits = self.tap(x)
         if self.projectors is None or teacher is None:
             return logits, None, None
-        l_proj1 = self.projectors["pca"](feature_map, teacher)
-        projected = self.projectors["gl"](feature_map)
-        return logits, l_proj1, projected
+        pca, projected = self.projectors(feature_map, teacher)
+        return logits, pca, projected
 
 
 @dataclass(kw_only=True)
@@ -147,8 +145,9 @@ class DiscriminatorTrainer:
 class CakdStep:
     """One batch of ``train-cakd``: the chosen method's loss on ``(images, labels)``.
 
-    Logs ``loss`` and ``loss_ce`` always, ``loss_kd`` (logit), and ``loss_proj1``,
-    ``loss_proj2`` (cakd), plus ``loss_mvg`` and ``loss_mad`` with the multi-view part.
+    Logs ``loss`` and ``loss_ce`` always, ``loss_kd`` (logit), and for cakd ``loss_proj1`` with
+    its terms ``loss_attn`` and ``loss_value`` (PCA projector) and ``loss_proj2`` (GL
+    projector), plus ``loss_mvg`` and ``loss_mad`` with the multi-view part.
     """
 
     method: str
@@ -209,13 +208,18 @@ class CakdStep:
             generator = torch.Generator()
             generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
             student_input = multi_view(images, self.views, generator)
-        logits, l_proj1, projected = model(student_input, teacher)
-        assert l_proj1 is not None and projected is not None  # cakd always has projectors
-        l_proj2 = gl_loss(projected, teacher.tokens)
+        logits, pca, projected = model(student_input, teacher)
         ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        loss = l_proj1 + l_proj2 + ce
-        terms.update(loss_proj1=l_proj1, loss_proj2=l_proj2)
+        loss = ce
+        if pca is not None:
+            loss = loss + pca.total
+            terms.update(loss_proj1=pca.total, loss_attn=pca.attn, loss_value=pca.value)
+        if projected is not None:
+            l_proj2 = gl_loss(projected, teacher.tokens)
+            loss = loss + l_proj2
+            terms["loss_proj2"] = l_proj2
         if self.discriminator is not None:
+            assert projected is not None  # the config refuses multi-view without GL
             terms["loss_mad"] = self.discriminator.tick(teacher.tokens, projected)
             l_mvg = generator_loss(self.discriminator.net, projected)
             loss = loss + self.lambda_mvg * l_mvg
@@ -378,25 +382,45 @@ def _train(
         mean=index.mean,
         std=index.std,
     )
-    student_tap = StudentTap(student, in_chans=index.channels, image_size=image_size)
+    student_tap = StudentTap(
+        student,
+        in_chans=index.channels,
+        image_size=image_size,
+        grid=teacher_tap.grid if teacher_tap is not None else None,
+        layer=cfg.student_layer,
+    )
+    if teacher_tap is not None and student_tap.resized:
+        info(
+            f"student map {student_tap.module_name} is {student_tap.grid[0]}×"
+            f"{student_tap.grid[1]}, no layer of {cfg.model} is on the teacher's "
+            f"{teacher_tap.grid[0]}×{teacher_tap.grid[1]} grid: the projectors resize it"
+        )
     projectors = None
     discriminator = None
     views = None
     if teacher_tap is not None:
-        projectors = nn.ModuleDict(
-            {
-                "pca": PCAProjector(
-                    student_tap.channels,
-                    teacher_tap.dim,
-                    teacher_tap.num_heads,
-                    teacher_tap.grid,
-                    replace_p=cfg.replace_p,
-                ),
-                "gl": GLProjector(student_tap.channels, teacher_tap.dim, teacher_tap.grid),
-            }
+        projectors = Projectors(
+            PCAProjector(
+                student_tap.channels,
+                teacher_tap.dim,
+                teacher_tap.num_heads,
+                teacher_tap.grid,
+                replace_p=cfg.replace_p,
+            )
+            if cfg.projectors != "gl"
+            else None,
+            GLProjector(
+                student_tap.channels,
+                teacher_tap.dim,
+                teacher_tap.grid,
+                group=cfg.gl_group,
+                dropout=cfg.gl_dropout,
+            )
+            if cfg.projectors != "pca"
+            else None,
         )
         if cfg.multi_view:
-            net = Discriminator(teacher_tap.dim).to(device)
+            net = Discriminator(teacher_tap.dim, cfg.disc_widths).to(device)
             net.requires_grad_(False)
             params = list(net.parameters())
             discriminator = DiscriminatorTrainer(
@@ -406,7 +430,15 @@ def _train(
                 every=DISCRIMINATOR_EVERY,
                 world_size=ctx.world_size,
             )
-            views = MultiViewConfig(p=cfg.view_p)
+            views = MultiViewConfig(
+                p=cfg.view_p,
+                jitter=cfg.view_jitter,
+                crop_scale=(cfg.view_crop, 1.0),
+                rotation=cfg.view_rotation,
+                mask_patch=teacher_tap.patch_size,  # "patch-wise": the teacher's patches
+                mask_ratio=cfg.view_mask_ratio,
+                noise_std=cfg.view_noise,
+            )
     trainee = CakdTrainee(student, student_tap, projectors).to(device)
 
     # The one stream, as train-teacher draws it: crop/flip views keyed by (seed, epoch, key).
