@@ -77,6 +77,8 @@ SPECIAL: dict[str, tuple[list[str], Any]] = {
     "topk": (["3"], 3),
     "precision": (["bf16"], "bf16"),
     "decoder": (["pil"], "pil"),
+    "projectors": (["gl"], "gl"),
+    "disc_widths": (["32", "16"], (32, 16)),
 }
 
 # Fields whose values differ by command (their choices are the command's own).
