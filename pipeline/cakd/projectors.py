@@ -252,6 +252,30 @@ class Projectors(nn.Module):
         self.pca = pca
         self.gl = gl
 
+    @classmethod
+    def build(
+        cls,
+        which: str,
+        *,
+        in_channels: int,
+        dim: int,
+        num_heads: int,
+        grid: Grid,
+        replace_p: float = 0.5,
+        group: int = 4,
+        dropout: float = 0.1,
+    ) -> Projectors:
+        """``which`` = ``both``, ``pca`` or ``gl`` (``--projectors``), sized for the student
+        map's ``in_channels`` and the teacher's ``dim``, ``num_heads`` and ``grid``."""
+        if which not in ("both", "pca", "gl"):
+            raise ValueError(f"projectors must be both, pca or gl, got {which!r}")
+        pca = gl = None
+        if which != "gl":
+            pca = PCAProjector(in_channels, dim, num_heads, grid, replace_p=replace_p)
+        if which != "pca":
+            gl = GLProjector(in_channels, dim, grid, group=group, dropout=dropout)
+        return cls(pca, gl)
+
     def forward(
         self, h_s: Tensor, teacher: TeacherFeatures
     ) -> tuple[PCALosses | None, Tensor | None]:

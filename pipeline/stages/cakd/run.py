@@ -47,7 +47,7 @@ from ...cakd.adversary import (
     multi_view,
 )
 from ...cakd.features import StudentTap, TeacherFeatures, ViTFeatureTap, standardized
-from ...cakd.projectors import GLProjector, PCALosses, PCAProjector, Projectors, gl_loss
+from ...cakd.projectors import PCALosses, Projectors, gl_loss
 from ...runtime.console import info
 from ...runtime.distributed import DistContext
 from ...runtime.errors import UserError
@@ -399,25 +399,15 @@ def _train(
     discriminator = None
     views = None
     if teacher_tap is not None:
-        projectors = Projectors(
-            PCAProjector(
-                student_tap.channels,
-                teacher_tap.dim,
-                teacher_tap.num_heads,
-                teacher_tap.grid,
-                replace_p=cfg.replace_p,
-            )
-            if cfg.projectors != "gl"
-            else None,
-            GLProjector(
-                student_tap.channels,
-                teacher_tap.dim,
-                teacher_tap.grid,
-                group=cfg.gl_group,
-                dropout=cfg.gl_dropout,
-            )
-            if cfg.projectors != "pca"
-            else None,
+        projectors = Projectors.build(
+            cfg.projectors,
+            in_channels=student_tap.channels,
+            dim=teacher_tap.dim,
+            num_heads=teacher_tap.num_heads,
+            grid=teacher_tap.grid,
+            replace_p=cfg.replace_p,
+            group=cfg.gl_group,
+            dropout=cfg.gl_dropout,
         )
         if cfg.multi_view:
             net = Discriminator(teacher_tap.dim, cfg.disc_widths).to(device)
