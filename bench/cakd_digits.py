@@ -10,7 +10,8 @@ which saw them all, beats the CNN trained alone (see docs/results.md). Every ste
 (re-run the same command to finish an interrupted run).
 
     .venv/bin/python bench/cakd_digits.py --out /tmp/cakd_bench [--seeds 0 1 2] [--epochs 10]
-        [--teacher-epochs 60] [--student-images 0] [--rows ...] [--noise 0.2] [--jobs 2]
+        [--teacher-epochs 60] [--student-images 0] [--batch-size B] [--lr LR] [--rows ...]
+        [--noise 0.2] [--jobs 2]
         [--threads 1]
 
 Prints markdown tables (mean ± standard deviation over the seeds, top-1 in %; then each row's
@@ -112,8 +113,8 @@ def student(root: Path, name: str, seed: int, cfg: argparse.Namespace) -> dict[s
     """Train one student (unless done) and evaluate it clean and noisy."""
     slug = name.lower().replace(" ", "-").replace("/", "")
     run_dir = root / "runs" / f"{slug}-s{seed}"
-    teacher = root / "teachers" / "vit-nano.pt"
-    if not (run_dir / "student.pt").exists():
+    teacher = root / "teachers" / "vit-nano"
+    if not (run_dir / "final.pt").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         args = [
             "train-cakd",
@@ -126,12 +127,13 @@ def student(root: Path, name: str, seed: int, cfg: argparse.Namespace) -> dict[s
             "--threads", str(cfg.threads),
             "--overwrite",
             *(["--batch-size", str(cfg.batch_size)] if cfg.batch_size else []),
+            *(["--lr", str(cfg.lr)] if cfg.lr else []),
             *METHODS[name],
         ]  # fmt: skip
         run(args, root / "runs" / f"{slug}-s{seed}.log")
     evaluate = [
         "evaluate",
-        "--checkpoint", str(run_dir / "student.pt"),
+        "--checkpoint", str(run_dir / "final.pt"),
         "--data", str(root / "data" / "test"),
         "--threads", str(cfg.threads),
     ]  # fmt: skip
@@ -161,6 +163,7 @@ def main() -> None:
         "--student-images", type=int, default=0, help="training images per class (0: all)"
     )
     parser.add_argument("--batch-size", type=int, default=0, help="student batch (0: recipe)")
+    parser.add_argument("--lr", type=float, default=0.0, help="student peak rate (0: recipe's)")
     parser.add_argument("--rows", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--noise", type=float, default=0.2, help="std of the noisy test copy")
     parser.add_argument("--jobs", type=int, default=2, help="students trained at once")
@@ -174,8 +177,8 @@ def main() -> None:
                 ["make-shards", "digits", str(root / "data" / split), "--split", split],
                 root / f"make-shards-{split}.log",
             )
-    teacher = root / "teachers" / "vit-nano.pt"
-    if not teacher.exists() or "train_state" in _teacher_state(teacher):
+    teacher = root / "teachers" / "vit-nano"  # a run directory; final.pt once finished
+    if not (teacher / "final.pt").exists():
         teacher.parent.mkdir(parents=True, exist_ok=True)
         args = [
             "train-teacher",
@@ -185,7 +188,7 @@ def main() -> None:
             "--out", str(teacher),
             "--epochs", str(cfg.teacher_epochs),
             "--threads", str(cfg.threads),
-            "--resume",
+            *(["--resume"] if (teacher / "last.pt").exists() else []),
         ]  # fmt: skip
         run(args, root / "teacher.log")
     teacher_eval = ["evaluate", "--checkpoint", str(teacher), "--data", str(root / "data" / "test")]
@@ -246,18 +249,6 @@ def main() -> None:
             indent=1,
         )
     )
-
-
-def _teacher_state(path: Path) -> dict[str, object]:
-    """The teacher checkpoint's training state (epoch/total), to tell a finished one apart."""
-    from civt_pipe.pipeline.models.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    config = ckpt.get("config") or {}
-    state = ckpt.get("train_state") or {}
-    if state.get("epoch") == config.get("epochs"):
-        return {}
-    return {"train_state": state}
 
 
 if __name__ == "__main__":

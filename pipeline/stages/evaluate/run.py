@@ -28,7 +28,7 @@ class EvaluateConfig:
     """What ``civt-pipe evaluate`` runs."""
 
     checkpoint: Path = option(
-        help="Teacher or student checkpoint file (train-teacher output, last.pt, final.pt)."
+        help="Teacher or student checkpoint: a run directory (its final.pt), last.pt, final.pt."
     )
     data: str = option(help="Shards to evaluate on: a directory or a brace pattern.")
     batch_size: int = option(256, help="Samples per batch.", minimum=1)
@@ -169,7 +169,7 @@ def _transferability(
     spec = recorded_teacher(meta)
     if spec is None:
         return ()
-    if not Path(TeacherSpec.parse(spec).checkpoint).is_file():
+    if not Path(TeacherSpec.parse(spec).checkpoint).exists():
         warn(f"the teacher of {cfg.checkpoint} ({spec}) is not there: no transferability")
         return ()
     online = load_online_teachers(
