@@ -226,7 +226,8 @@ def _transferability(
     spec = recorded_teacher(meta)
     if spec is None:
         return ()
-    if not Path(TeacherSpec.parse(spec).checkpoint).exists():
+    checkpoint = TeacherSpec.parse(spec).checkpoint  # None: a zoo teacher (timm:MODEL)
+    if checkpoint is not None and not Path(checkpoint).exists():
         warn(f"the teacher of {cfg.checkpoint} ({spec}) is not there: no transferability")
         return ()
     online = load_online_teachers(
