@@ -5,8 +5,12 @@ horizontal flip → RandAugment on uint8 → float32 in [0, 1] → random erasin
 → mixing with the partner's *unmixed* view of the same view index (batch-level, like timm's
 Mixup). Views are not normalized: each model normalizes its own input.
 
-Determinism: every step is elementwise or a fixed resampling on the CPU, so the result does not
-depend on thread count, worker, rank or on which other rows are rendered alongside.
+Determinism: every step is elementwise or a fixed resampling, so the result does not depend on
+thread count, worker, rank or on which other rows are rendered alongside. The same ops run on
+CUDA tensors (``device``): the images go to the device, are rendered there and stay there. GPU
+resampling rounds differently from the CPU's in the last bits, so a store records where its
+views were rendered and a replay renders them there again (``--render-device``); erasing's noise
+is drawn on the CPU either way (same generator, same bits) and copied to the device.
 """
 
 from __future__ import annotations
@@ -40,10 +44,14 @@ def _check_image(image: torch.Tensor) -> None:
 
 
 def render_unmixed(
-    images: Sequence[torch.Tensor], block_params: Mapping[str, np.ndarray], cfg: AugmentConfig
+    images: Sequence[torch.Tensor],
+    block_params: Mapping[str, np.ndarray],
+    cfg: AugmentConfig,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Unmixed views `[n, C, S, S]` (float32 in [0, 1]) of n images, row i from row i of
-    `block_params`; every image has the same channel count.
+    `block_params`; every image has the same channel count. Rendered on `device` (default: the
+    first image's), where the images are moved if they are elsewhere.
 
     Batched where the result cannot change: the crop is resampled image by image (source
     crops differ in size, and the antialiased kernel is the one per-sample rendering used);
@@ -54,6 +62,7 @@ def render_unmixed(
     n = len(images)
     for image in images:
         _check_image(image)
+    where = images[0].device if device is None else device
     size = cfg.image_size
     interpolation = _INTERPOLATION[cfg.interpolation]
     crops = np.asarray(block_params["crop"]).reshape(n, 4).tolist()
@@ -62,14 +71,14 @@ def render_unmixed(
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, (_, _, height, width) in enumerate(crops):
         by_size.setdefault((height, width), []).append(i)
-    stack = torch.empty(n, images[0].shape[0], size, size, dtype=torch.uint8)
+    stack = torch.empty(n, images[0].shape[0], size, size, dtype=torch.uint8, device=where)
     for rows in by_size.values():
-        cropped = torch.stack([F.crop_image(images[i], *crops[i]) for i in rows])
+        cropped = torch.stack([F.crop_image(images[i].to(where), *crops[i]) for i in rows])
         resized = F.resize_image(cropped, [size, size], interpolation=interpolation, antialias=True)
-        stack[torch.tensor(rows)] = resized
+        stack[torch.tensor(rows, device=where)] = resized
     flipped = np.flatnonzero(np.asarray(block_params["flip"]).reshape(n))
     if len(flipped):
-        index = torch.as_tensor(flipped)
+        index = torch.as_tensor(flipped, device=where)
         stack[index] = stack[index].flip(-1)
     ops = np.asarray(block_params["ra_ops"]).reshape(n, -1)
     if (ops != NO_OP).any():
@@ -83,7 +92,7 @@ def render_unmixed(
             noise_gen = torch.Generator(device="cpu")
             noise_gen.manual_seed(int(seeds[i]))
             noise = torch.rand((out.shape[1], e_height, e_width), generator=noise_gen)
-            out[i, :, e_top : e_top + e_height, e_left : e_left + e_width] = noise
+            out[i, :, e_top : e_top + e_height, e_left : e_left + e_width] = noise.to(where)
     return out
 
 
@@ -100,6 +109,8 @@ def mix_views(
     modes = np.asarray(block_params["mix_mode"]).reshape(n).tolist()
     lam = torch.from_numpy(np.asarray(block_params["mix_lam"], dtype=np.float32).reshape(n))
     rest = 1.0 - lam  # float32, computed once so every caller uses the same (1 - λ) bits
+    # The weights go where the views are (0-d float32: the same multiply on either device).
+    lam, rest = lam.to(unmixed.device), rest.to(unmixed.device)
     boxes = np.asarray(block_params["mix_box"]).reshape(n, 4).tolist()
     out = unmixed.clone()
     # One row at a time: only mixed rows cost anything, and each row's arithmetic is the same
@@ -121,8 +132,10 @@ def render_block(
     block_params: Mapping[str, np.ndarray],
     positions: Sequence[int],
     cfg: AugmentConfig,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Final views `[n, C, S, S]` of n samples: render each unmixed, then mix with partners.
+    """Final views `[n, C, S, S]` of n samples: render each unmixed, then mix with partners,
+    on `device` (default: the first image's).
 
     `images[i]` is the uint8 image at shard position `positions[i]`; every partner named in
     `block_params["mix_partner"]` must be one of `positions`.
@@ -132,7 +145,7 @@ def render_block(
         raise ValueError(f"got {n} images but {len(positions)} positions")
     if n == 0:
         raise ValueError("render_block needs at least one image")
-    unmixed = render_unmixed(images, block_params, cfg)
+    unmixed = render_unmixed(images, block_params, cfg, device)
     row_of = {int(p): i for i, p in enumerate(positions)}
     partner_rows = np.arange(n)
     for i, partner in enumerate(np.asarray(block_params["mix_partner"]).tolist()):
@@ -204,15 +217,22 @@ def dominant_labels(
 
 
 def eval_view(
-    image_u8: torch.Tensor, image_size: int, *, interpolation: str = "bilinear"
+    image_u8: torch.Tensor,
+    image_size: int,
+    *,
+    interpolation: str = "bilinear",
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """The evaluation view: float32 `[C, S, S]` in [0, 1], resized and center-cropped.
+    """The evaluation view: float32 `[C, S, S]` in [0, 1], resized and center-cropped, on
+    `device` (default: the image's).
 
     Images are resized so the shorter side is `image_size / 0.875` (DeiT's crop_pct) and
     center-cropped; for outputs of 32 px or less the shorter side goes straight to
     `image_size`, since cropping away an eighth of a tiny image loses too much.
     """
     _check_image(image_u8)
+    if device is not None:
+        image_u8 = image_u8.to(device)
     if image_size <= _EVAL_DIRECT_MAX:
         resize_to = image_size
     else:

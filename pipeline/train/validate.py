@@ -82,6 +82,7 @@ def evaluate_model(
     description: str = "evaluate",
     precision: PrecisionPolicy = FP32,
     decoder: Decoder = "torchvision",
+    render_device: str = "cpu",
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``model`` on every sample of ``shard_set``.
 
@@ -100,6 +101,8 @@ def evaluate_model(
         description: label of the progress bar.
         precision: autocast of the forwards (default: plain fp32); heads are scored in float32.
         decoder: the image decoder (:mod:`..data.imageio`, resolved).
+        render_device: where the views are made (resolved: ``cpu`` or ``cuda:N``, the latter
+            with ``workers`` 0; :mod:`..augment.render_device`).
 
     Returns:
         ``{"top1", "top5", "num_samples", "heads": {name: {"top1", "top5"}}}`` with
@@ -121,6 +124,7 @@ def evaluate_model(
             world_size=ctx.world_size,
             workers=workers,
             decoder=decoder,
+            render_device=render_device,
         )
         for batch in batches:
             images = batch.images.to(device, non_blocking=True)

@@ -276,6 +276,7 @@ def _train(
             decoder=cfg.decoder,
             device_type=device.type,
             workers=cfg.workers,
+            render_device=cfg.render_device,
         )
         if cfg.store
         else bind_online(
@@ -288,6 +289,7 @@ def _train(
             views=cfg.views,
             decoder=cfg.decoder,
             workers=cfg.workers,
+            render_device=cfg.render_device,
         )
     )
     val_set = resolve_complete_shards(cfg.val) if cfg.val else None
@@ -413,6 +415,7 @@ def _train(
         teachers=tuple(setup.teacher_names) if setup.store_path is not None else None,
         topk=setup.topk,
         decoder=setup.decoder,
+        render_device=setup.render_device,
     )
     task = _StudentTask(
         cfg=cfg,
