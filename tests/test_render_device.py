@@ -159,3 +159,35 @@ def test_replaying_on_another_device_is_refused_in_one_line(
     assert "was rendered on cuda, but --render-device is cpu" in lines[0]
     assert "--render-device auto (or cuda)" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_digests_of_device_views_are_hashed_on_threads_with_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from civt_pipe.pipeline.augment import render
+
+    views = torch.rand(9, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    expected = np.array([render.view_digest(v) for v in views], dtype=np.uint64)
+    assert np.array_equal(render.view_digests(views), expected)
+    pooled: list[int] = []
+    pool = render._digest_pool()
+    real_map = pool.map
+
+    def counting_map(fn: Any, rows: Any) -> Any:
+        pooled.append(1)
+        return real_map(fn, rows)
+
+    monkeypatch.setattr(pool, "map", counting_map)
+    assert pooled == [] and np.array_equal(render.view_digests(views), expected)  # CPU: inline
+
+    class OnDevice:  # what a CUDA tensor looks like to view_digests, without a GPU
+        device = torch.device("cuda")
+
+        def detach(self) -> OnDevice:
+            return self
+
+        def to(self, *args: Any) -> torch.Tensor:
+            return views
+
+    assert np.array_equal(render.view_digests(OnDevice()), expected)  # type: ignore[arg-type]
+    assert pooled == [1]
