@@ -173,6 +173,18 @@ def test_tars_of_the_size_make_shards_wrote_are_not_walked(
     monkeypatch.setattr(shard_set_module, "tar_member_names", walk)
     check_shards_complete(resolve_shards(data))
     assert walked == []
+    # A tar copied under a second name into the index (same size, same key digest) is walked,
+    # and its keys are named as duplicates.
+    index = ShardIndex.load(data)
+    (data / "train-000009.tar").write_bytes((data / FIRST).read_bytes())
+    twin = replace(index.shards[0], name="train-000009.tar")
+    replace(index, shards=(*index.shards, twin)).save(data)
+    with pytest.raises(UserError, match="occurs in two shards"):
+        check_shards_complete(resolve_shards(data))
+    assert walked
+    walked.clear()
+    replace(index, shards=index.shards).save(data)
+    (data / "train-000009.tar").unlink()
     # One tar of another size: every tar is walked (keys unique across the set need them all).
     raw = (data / FIRST).read_bytes()
     (data / FIRST).write_bytes(raw + bytes(512))  # an extra zero block after the end
