@@ -390,6 +390,7 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
                 work, f"acc-{key}", s, data=train, store=stores[key], val=test
             )
             acc[key] = {"val_top1": summary["val"], "steps_per_s": rate}
+    keep("student_top1", acc)
 
     # ------------------------------------------------------------------ fidelity on digits
     with clock.section("top-k fidelity on digits"):
@@ -404,6 +405,7 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
             }
             for name, z in view_logits.items()
         }
+    keep("topk_fidelity_digits", digits_fidelity)
 
     # ------------------------------------------------------------------ memory
     with clock.section(f"peak memory at 1x and {s.rss_times}x data"):
@@ -445,6 +447,7 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
                 env=env,
             )
             rss["stage2"][label] = _rss_entry(train_run, samples)
+    keep("peak_rss_mb", rss)
 
     # ------------------------------------------------------------------ thread defaults
     with clock.section("defaults vs best CPU settings"):
