@@ -19,6 +19,7 @@ from torch import nn
 
 from ...stores.logit_store import LogitStore
 from ..augment.config import AugmentConfig, preset
+from ..augment.render_device import resolve_render_device
 from ..data.imageio import Decoder, resolve_decoder
 from ..data.planning import ShardRows, shard_rows_for
 from ..runtime.errors import UserError
@@ -55,6 +56,9 @@ class DataBinding:
     """Store mode: how many of the stored top-k entries the targets use (None: all k)."""
     decoder: Decoder = "torchvision"
     """The image decoder (resolved): in store mode the one the store was dumped with."""
+    render_device: str = "cpu"
+    """Where views are rendered (resolved, ``cpu`` or ``cuda:N``): in store mode on the device
+    type the store's views were rendered on."""
 
 
 def bind_store(
@@ -70,6 +74,7 @@ def bind_store(
     decoder: str = "auto",
     device_type: str = "cpu",
     workers: int = 0,
+    render_device: str = "auto",
 ) -> DataBinding:
     """Open a finished ``dump-logits`` store and check it matches the shards ``data`` names.
 
@@ -83,7 +88,9 @@ def bind_store(
 
     ``decoder`` (``--decoder``) must be ``auto`` or the store's recorded decoder (``pil`` for a
     store that records none): :func:`~..data.imageio.resolve_decoder`, on ``device_type`` with
-    ``workers`` DataLoader processes.
+    ``workers`` DataLoader processes. ``render_device`` (``--render-device``) likewise must be
+    ``auto`` or the device type the store records (``cpu`` for a store that records none):
+    :func:`~..augment.render_device.resolve_render_device`.
     """
 
     seed_asked = seed
@@ -157,6 +164,13 @@ def bind_store(
         store=str(store_path),
         recorded=dump.get("decoder"),
     )
+    render_on = resolve_render_device(
+        render_device,
+        torch.device(device_type),
+        workers=workers,
+        store=str(store_path),
+        recorded=dump.get("render_device"),
+    )
     names = [t.name for t in chosen]
     # Which rows have a view is one small bool array; nothing else of the store is read here.
     valid_all = store.read("valid").astype(bool)
@@ -185,6 +199,7 @@ def bind_store(
         },
         topk=topk,
         decoder=resolved,
+        render_device=str(render_on),
     )
 
 
@@ -199,10 +214,14 @@ def bind_online(
     views: int = 1,
     decoder: str = "auto",
     workers: int = 0,
+    render_device: str = "auto",
 ) -> DataBinding:
     """Bind the shards to live teachers (online mode): fresh views from ``(seed, view, key)``,
-    decoded by ``decoder`` (:func:`~..data.imageio.resolve_decoder`; ``auto``: torchvision)."""
+    decoded by ``decoder`` (:func:`~..data.imageio.resolve_decoder`; ``auto``: torchvision),
+    rendered where ``render_device`` says (:func:`~..augment.render_device.resolve_render_device`).
+    """
     resolved = resolve_decoder(decoder, device_type=device.type, workers=workers)
+    render_on = resolve_render_device(render_device, device, workers=workers)
     index = shard_set.index
     loaded = load_online_teachers(
         teacher_specs, device, num_classes=index.num_classes, in_chans=index.channels
@@ -230,4 +249,5 @@ def bind_online(
         },
         online=teachers,
         decoder=resolved,
+        render_device=str(render_on),
     )

@@ -58,6 +58,9 @@ class ViewSource:
     """Store mode: keep the first ``topk`` stored entries per row (None: all k)."""
     decoder: Decoder = "torchvision"
     """The image decoder; in store mode the store's (:attr:`..binding.DataBinding.decoder`)."""
+    render_device: str = "cpu"
+    """Where views are rendered and returned (``cpu`` or ``cuda:N``, main process only); in
+    store mode on the store's device type (:attr:`..binding.DataBinding.render_device`)."""
 
     def __post_init__(self) -> None:
         if self.verify not in VERIFY_MODES:
@@ -118,8 +121,13 @@ def render_segment(
         else None
     )
     verified_any = False
+    device = torch.device(source.render_device)
     samples = iter_shard(
-        shard.path, channels=source.channels, on_error="skip", decoder=source.decoder
+        shard.path,
+        channels=source.channels,
+        on_error="skip",
+        decoder=source.decoder,
+        keep_on_device=device.type == "cuda",
     )
     for block in iter_blocks(samples, source.aug.mix_block):
         if block[0].position > last:
@@ -132,7 +140,13 @@ def render_segment(
         labels = np.array([s.label for s in block], dtype=np.int64)
         if stored is None:
             rendered = sample_and_render(
-                block, source.seed, [view], shard.count, source.aug, num_classes=source.num_classes
+                block,
+                source.seed,
+                [view],
+                shard.count,
+                source.aug,
+                num_classes=source.num_classes,
+                device=device,
             )
             images = rendered.views[:, 0]
             assert rendered.label_targets is not None
@@ -155,7 +169,7 @@ def render_segment(
                         f"({sample.error}); it decoded when dump-logits stored its views"
                     )
             params = {name: np.asarray(value[block_pos]) for name, value in stored.aug.items()}
-            replayed = replay(block, params, source.aug)
+            replayed = replay(block, params, source.aug, device)
             check = source.verify == "all" or (source.verify == "sample" and not verified_any)
             if check:
                 verified_any = True

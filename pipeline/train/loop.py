@@ -16,7 +16,8 @@ records and checkpoint metrics look. The loop owns the rest, the same way for ev
 - a loss that is not finite stops the run with one line naming the step and the term, and
   nothing poisoned is saved (:class:`Diverged`, :func:`first_non_finite`);
 - DDP under torchrun (rank 0 writes, every rank validates its share), barriers at epoch ends,
-  and the final checkpoint.
+  and the final checkpoint;
+- one hint line when images/s collapse far below the first epoch's (:mod:`.throughput`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..runtime.atomic import append_jsonl, atomic_write_bytes
-from ..runtime.console import make_progress
+from ..runtime.console import make_progress, warn
 from ..runtime.distributed import DistContext, barrier
 from ..runtime.errors import UserError
 from ..runtime.precision import FP32, PrecisionPolicy, compile_model
@@ -42,8 +43,11 @@ from .checkpointer import Checkpointer
 from .schedule import ScheduleConfig, lr_at, set_lr
 from .state import TrainState
 from .tensorboard import TensorBoardSink
+from .throughput import CollapseWatch
 
 _DISPLAY_EVERY = 25
+_HINT_MIN_STEPS = 10
+"""A step record's rate is checked for a collapse only over at least this many steps."""
 """Steps between host syncs for the progress bar's loss when no step records are written."""
 
 
@@ -350,6 +354,12 @@ def fit(
             board.write(record)
 
     last_epoch: EpochSummary | None = None
+    watch = CollapseWatch(cpu=device.type == "cpu")
+
+    def hint(line: str | None) -> None:
+        if line is not None and ctx.is_main:
+            warn(line)
+
     session_images = 0
     started = time.perf_counter()
     with (
@@ -402,6 +412,9 @@ def fit(
                 if ctx.is_main and (log_now or display_now):
                     means = dict(zip(names, (log_sum / log_steps).tolist(), strict=True))
                     now = time.perf_counter()
+                    # Not over a window holding the epoch's loader start-up.
+                    if log_now and log_steps >= _HINT_MIN_STEPS and step + 1 - log_steps > first:
+                        hint(watch.check(log_images / max(now - log_started, 1e-9)))
                     if log_now:
                         log(
                             {
@@ -439,6 +452,7 @@ def fit(
             mean = dict(zip(names, (totals / max(steps_done * world, 1)).tolist(), strict=True))
             last = {} if last_terms is None else dict(zip(names, last_terms.tolist(), strict=True))
             seconds = time.perf_counter() - epoch_started
+            hint(watch.epoch_done(epoch_images, seconds))
             val = task.validate(model)
             session_images += epoch_images
             last_epoch = EpochSummary(

@@ -198,6 +198,7 @@ def _bind(cfg: StudentTrainConfig, env: RunEnv) -> DataBinding:
             decoder=cfg.decoder,
             device_type=env.device.type,
             workers=cfg.workers,
+            render_device=cfg.render_device,
         )
     return bind_online(
         cfg.teachers,
@@ -209,6 +210,7 @@ def _bind(cfg: StudentTrainConfig, env: RunEnv) -> DataBinding:
         views=cfg.views,
         decoder=cfg.decoder,
         workers=cfg.workers,
+        render_device=cfg.render_device,
     )
 
 
@@ -356,6 +358,7 @@ def _view_source(cfg: StudentTrainConfig, setup: DataBinding) -> ViewSource:
         teachers=tuple(setup.teacher_names) if setup.store is not None else None,
         topk=setup.topk,
         decoder=setup.decoder,
+        render_device=setup.render_device,
     )
 
 
