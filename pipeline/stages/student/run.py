@@ -194,26 +194,19 @@ class _StudentTask:
     precision: PrecisionPolicy
 
     def batches(self, epoch: int, start_step: int) -> Iterable[Any]:
-        from ...data.planning import plan_training
-        from ...replay.segments import epoch_view, iter_view_batches
+        from ...replay.segments import ViewStream
 
-        plan = plan_training(
+        stream = ViewStream(
+            self.source,
             self.setup.shards,
-            seed=self.setup.seed,
-            epoch=epoch,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
             batch_size=self.cfg.batch_size,
             shuffle_buffer=self.cfg.shuffle_buffer,
-        )
-        return iter_view_batches(
-            self.source,
-            self.setup.shards,
-            plan,
-            view=epoch_view(epoch, self.setup.num_views),
-            start_step=start_step,
             workers=self.cfg.workers,
+            num_views=self.setup.num_views,
         )
+        return stream.batches(epoch, start_step)
 
     def step(self, model: nn.Module, batch: Any) -> StepResult:
         return self.distill(model, batch)
@@ -403,17 +396,7 @@ def _train(
             run_dir / CONFIG, {**config, "resolved": identity, "hyperparameters": provenance}
         )
 
-    source = ViewSource(
-        aug=setup.aug,
-        seed=setup.seed,
-        num_classes=setup.num_classes,
-        channels=setup.channels,
-        store_path=setup.store_path,
-        verify=cfg.verify_replay,
-        teachers=tuple(setup.teacher_names) if setup.store_path is not None else None,
-        topk=setup.topk,
-        decoder=setup.decoder,
-    )
+    source = setup.view_source(cfg.verify_replay)
     task = _StudentTask(
         cfg=cfg,
         setup=setup,
