@@ -51,8 +51,14 @@ class StoreLoader:
         self.teachers = list(self.views.teachers)
         self.tau = tau
         self.device = torch.device(device)
-        self.mean = torch.tensor(mean or self.views.mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std or self.views.std).view(1, -1, 1, 1)
+        mean, std = mean or self.views.mean, std or self.views.std
+        if not len(mean) == len(std) == self.views.channels:
+            raise ValueError(
+                f"the store's views have {self.views.channels} channel(s) but mean/std give "
+                f"{len(mean)}/{len(std)} values: pass timm --mean/--std with one per channel"
+            )
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
 
     def set_epoch(self, epoch: int) -> None:
         """timm's ``train.py`` calls it before each epoch: epoch ``e`` replays view ``e mod V``."""

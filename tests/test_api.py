@@ -394,6 +394,8 @@ def test_the_timm_plugin_trains_a_timm_model_one_step(world: dict[str, Any]) -> 
     assert torch.equal(
         target[:, 2], civt_pipe.dense_targets(batch.teachers["inn"], 2.0, num_classes=10)
     )
+    with pytest.raises(ValueError, match="1 channel"):  # timm's default: ImageNet's 3 values
+        plugin.StoreLoader(world["train"], world["store"], batch_size=16, mean=(0.5,) * 3)
     model = timm.create_model("test_resnet", num_classes=10, in_chans=1)
     loss_fn = plugin.StoreLoss(loader.teachers, tau=2.0, lambda_kd=0.5)
     output = model(images)

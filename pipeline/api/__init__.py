@@ -14,12 +14,12 @@ from ..models.factory import create_model as create_model
 from ..models.factory import list_models as list_models
 from ..replay.segments import ViewBatch as ViewBatch
 from ..runtime.errors import UserError as UserError
-from ..train.losses import civt_loss
+from ..train import losses
 from .models import load_model as load_model
 from .store import Store as Store
 from .store import open_store as open_store
 from .targets import dense_targets as dense_targets
 from .views import ReplayedViews as ReplayedViews
 
-distillation_loss = civt_loss
+distillation_loss = losses.civt_loss
 """train-student's loss (paper Eq. 5) under its public name: one function, so the two agree."""
