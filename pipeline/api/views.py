@@ -95,7 +95,7 @@ class ReplayedViews(IterableDataset[ViewBatch]):
             raise UserError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
         data = os.fspath(shards)
         binding = bind_store(
-            store.path if isinstance(store, Store) else store,
+            store.path if isinstance(store, Store) else os.fspath(store),
             data,
             resolve_complete_shards(data),
             views=views,
