@@ -115,9 +115,7 @@ def test_open_store_refuses_what_is_not_a_store_in_one_line(tmp_path: Path) -> N
 # ------------------------------------------------------------------------------ ReplayedViews
 
 
-def _record_train_student(
-    world: dict[str, Any], out: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any
-) -> list[ViewBatch]:
+def _record_train_student(world: dict[str, Any], out: Path, **settings: Any) -> list[ViewBatch]:
     """Run train-student and keep every batch its distillation step received."""
     seen: list[ViewBatch] = []
     step = DistillationStep.__call__
@@ -126,7 +124,13 @@ def _record_train_student(
         seen.append(batch)
         return step(self, model, batch)
 
-    monkeypatch.setattr(DistillationStep, "__call__", recording)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DistillationStep, "__call__", recording)
+        _train(world, out, settings)
+    return seen
+
+
+def _train(world: dict[str, Any], out: Path, settings: dict[str, Any]) -> None:
     args: dict[str, Any] = dict(
         data=str(world["train"]),
         store=str(world["store"]),
@@ -139,7 +143,13 @@ def _record_train_student(
         progress=False,
     )
     train_student(StudentTrainConfig(**{**args, **settings}))
-    return seen
+
+
+@pytest.fixture(scope="module")
+def student_run(world: dict[str, Any]) -> tuple[Path, list[ViewBatch]]:
+    """Two epochs of train-student on the whole store: its run directory and its batches."""
+    out = world["root"] / "student-run"
+    return out, _record_train_student(world, out)
 
 
 def _assert_same_batch(ours: ViewBatch, theirs: ViewBatch) -> None:
@@ -177,12 +187,14 @@ def _stored_digests(store_path: Path, view: int) -> dict[str, int]:
 )
 def test_replayed_views_are_the_batches_train_student_trains_on(
     world: dict[str, Any],
+    student_run: tuple[Path, list[ViewBatch]],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     settings: dict[str, Any],
     options: dict[str, Any],
 ) -> None:
-    seen = _record_train_student(world, tmp_path / "run", monkeypatch, **settings)
+    seen = (
+        _record_train_student(world, tmp_path / "run", **settings) if settings else student_run[1]
+    )
     views = civt_pipe.ReplayedViews(
         world["train"], world["store"], batch_size=16, shuffle_buffer=32, verify="all", **options
     )
@@ -317,11 +329,8 @@ def test_distillation_loss_of_a_single_head_model_is_eq_5_with_batchmean(
 # ------------------------------------------------------------------------------ models
 
 
-def test_load_model_gives_back_a_trained_student(
-    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = tmp_path / "run"
-    _record_train_student(world, out, monkeypatch, epochs=1)
+def test_load_model_gives_back_a_trained_student(student_run: tuple[Path, list[ViewBatch]]) -> None:
+    out = student_run[0]
     model = civt_pipe.load_model(out / "final.pt")
     weights_only = civt_pipe.load_model(out / "final.safetensors")
     assert not model.training and model.arch == "civt-nano"
