@@ -225,6 +225,9 @@ def test_replayed_views_work_inside_a_data_loader_and_say_why_not_with_its_worke
     direct = list(views.batches(1))
     for mine, theirs in zip(DataLoader(views, batch_size=None), direct, strict=True):
         _assert_same_batch(mine, theirs)
+    # A resumed epoch starts at its step without reading what came before: the same batches.
+    for mine, theirs in zip(views.batches(1, start_step=2), direct[2:], strict=True):
+        _assert_same_batch(mine, theirs)
     with pytest.raises(civt_pipe.UserError, match="without num_workers"):
         list(DataLoader(views, batch_size=None, num_workers=2))
 
