@@ -334,7 +334,7 @@ def test_distillation_loss_of_a_single_head_model_is_eq_5_with_batchmean(
 
 def test_load_model_gives_back_a_trained_student(student_run: tuple[Path, list[ViewBatch]]) -> None:
     out = student_run[0]
-    model = civt_pipe.load_model(out / "final.pt")
+    model = civt_pipe.load_model(out)  # a run directory stands for its final.pt
     weights_only = civt_pipe.load_model(out / "final.safetensors")
     assert not model.training and model.arch == "civt-nano"
     assert model.model_args["teacher_names"] == ["cnn", "inn"]

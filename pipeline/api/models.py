@@ -11,8 +11,9 @@ from ..models.normalize import NormalizedModel
 
 
 def load_model(checkpoint: str | Path, *, device: str | torch.device = "cpu") -> NormalizedModel:
-    """The model a ``train-teacher``/``train-student``/``train-cakd`` checkpoint holds (its
-    ``.pt``, or the weights-only ``.safetensors`` beside it), weights loaded, in eval mode.
+    """The model a ``train-teacher``/``train-student``/``train-cakd`` run holds (its run
+    directory, which stands for its ``final.pt``; a ``.pt`` checkpoint; or the weights-only
+    ``.safetensors``), weights loaded, in eval mode.
 
     Like :func:`~..models.factory.create_model`'s models it takes images in [0, 1] and
     normalizes them itself; ``model.arch`` and ``model.model_args`` rebuild it. A student

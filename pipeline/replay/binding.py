@@ -46,7 +46,8 @@ class DataBinding:
     """Each teacher's registry architecture (the store's record, or the live teacher's)."""
     mean: list[float]
     std: list[float]
-    store_path: str | None
+    store: LogitStore | None
+    """Store mode: the opened, checked store (the replay reads it; no path to reopen)."""
     store_fingerprint: str | None
     targets_identity: dict[str, Any] = field(default_factory=dict)
     """What fixes the teachers' targets (checkpoint digests, k): a resume must not change it."""
@@ -60,15 +61,14 @@ class DataBinding:
         """Where this binding's training views come from: the store's replayed views and top-k
         (of the bound teachers and k), or fresh views in online mode; ``verify`` is
         ``--verify-replay``."""
-        stored = self.store_path is not None
         return ViewSource(
             aug=self.aug,
             seed=self.seed,
             num_classes=self.num_classes,
             channels=self.channels,
-            store_path=self.store_path,
+            store=self.store,
             verify=verify,
-            teachers=tuple(self.teacher_names) if stored else None,
+            teachers=tuple(self.teacher_names) if self.store is not None else None,
             topk=self.topk,
             decoder=self.decoder,
         )
@@ -205,7 +205,7 @@ def bind_store(
         teacher_archs={t.name: t.arch for t in chosen},
         mean=list(index.mean),
         std=list(index.std),
-        store_path=str(store_path),
+        store=store,
         store_fingerprint=str(dump["dataset_fingerprint"]),
         targets_identity={
             "topk": store.topk if topk is None else topk,
@@ -250,7 +250,7 @@ def bind_online(
         teacher_archs=dict(loaded.archs),
         mean=list(index.mean),
         std=list(index.std),
-        store_path=None,
+        store=None,
         store_fingerprint=None,
         targets_identity={
             "topk": index.num_classes,
