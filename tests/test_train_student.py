@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
+from toy_shards import subset_shards
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.augment.config import AugmentConfig
-from civt_pipe.pipeline.data.index import ShardIndex
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.planning import plan_training, shard_rows_for
 from civt_pipe.pipeline.data.shard_set import resolve_shards
@@ -37,16 +37,6 @@ from civt_pipe.stores.logit_store import LogitStore
 SIZE = 16
 
 
-def _subset(src: Path, dst: Path, first: int, count: int) -> Path:
-    index = ShardIndex.load(src)
-    names = [s.name for s in index.shards[first : first + count]]
-    dst.mkdir()
-    for name in names:
-        (dst / name).write_bytes((src / name).read_bytes())
-    index.subset(names).save(dst)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Three 24-sample digit shards, a 24-sample validation shard, two untrained nano teachers
@@ -55,8 +45,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     make_shards(
         MakeShardsConfig(source="digits", out_dir=root / "all", split="test", shard_size=24)
     )
-    train = _subset(root / "all", root / "train", 0, 3)
-    val = _subset(root / "all", root / "val", 3, 1)
+    train = subset_shards(root / "all", root / "train", 0, 3)
+    val = subset_shards(root / "all", root / "val", 3, 1)
     torch.manual_seed(0)
     specs = []
     for name, arch in (("cnn", "cnn-nano"), ("inn", "inn-nano")):

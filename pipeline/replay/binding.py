@@ -24,6 +24,7 @@ from ..data.imageio import Decoder, resolve_decoder
 from ..data.planning import ShardRows, shard_rows_for
 from ..runtime.errors import UserError
 from .online_teachers import load_online_teachers
+from .segments import ViewSource
 
 
 @dataclass
@@ -60,6 +61,39 @@ class DataBinding:
     """Where views are rendered (resolved, ``cpu`` or ``cuda:N``): in store mode on the device
     type the store's views were rendered on."""
 
+    def view_source(self, verify: str = "sample") -> ViewSource:
+        """Where this binding's training views come from: the store's replayed views and top-k
+        (of the bound teachers and k), or fresh views in online mode; ``verify`` is
+        ``--verify-replay``."""
+        return ViewSource(
+            aug=self.aug,
+            seed=self.seed,
+            num_classes=self.num_classes,
+            channels=self.channels,
+            store=self.store,
+            verify=verify,
+            teachers=tuple(self.teacher_names) if self.store is not None else None,
+            topk=self.topk,
+            decoder=self.decoder,
+            render_device=self.render_device,
+        )
+
+
+DUMP_ATTRIBUTES = ("dataset_fingerprint", "seed", "augment")
+"""What dump-logits records in every store and a replay cannot do without."""
+
+
+def dump_attributes(store: LogitStore, keys: Sequence[str] = DUMP_ATTRIBUTES) -> dict[str, Any]:
+    """The free attributes dump-logits recorded in ``store``; a store without one of ``keys``
+    is one :class:`UserError` line."""
+    dump = store.user_attrs
+    for key in keys:
+        if key not in dump:
+            raise UserError(
+                f"store {store.path} lacks the {key!r} attribute; was it made by dump-logits?"
+            )
+    return dump
+
 
 def bind_store(
     store_path: str | Path,
@@ -95,12 +129,7 @@ def bind_store(
 
     seed_asked = seed
     store = LogitStore.open(store_path)
-    dump = store.user_attrs  # what dump-logits recorded: fingerprint, seed, augment...
-    for key in ("dataset_fingerprint", "seed", "augment"):
-        if key not in dump:
-            raise UserError(
-                f"store {store_path} lacks the {key!r} attribute; was it made by dump-logits?"
-            )
+    dump = dump_attributes(store)  # what dump-logits recorded: fingerprint, seed, augment...
     if not store.is_complete():
         missing = list(store.missing_shards())
         raise UserError(

@@ -126,26 +126,19 @@ class _StudentTask:
     env: RunEnv
 
     def batches(self, epoch: int, start_step: int) -> Iterable[Any]:
-        from ...data.planning import plan_training
-        from ...replay.segments import epoch_view, iter_view_batches
+        from ...replay.segments import ViewStream
 
-        plan = plan_training(
+        stream = ViewStream(
+            self.source,
             self.setup.shards,
-            seed=self.setup.seed,
-            epoch=epoch,
             rank=self.env.ctx.rank,
             world_size=self.env.ctx.world_size,
             batch_size=self.cfg.batch_size,
             shuffle_buffer=self.cfg.shuffle_buffer,
-        )
-        return iter_view_batches(
-            self.source,
-            self.setup.shards,
-            plan,
-            view=epoch_view(epoch, self.setup.num_views),
-            start_step=start_step,
             workers=self.cfg.workers,
+            num_views=self.setup.num_views,
         )
+        return stream.batches(epoch, start_step)
 
     def step(self, model: nn.Module, batch: Any) -> StepResult:
         return self.distill(model, batch)
@@ -279,7 +272,11 @@ class _StudentSpec:
         return RunPlan(
             model=model,
             task=_StudentTask(
-                cfg=cfg, setup=setup, source=_view_source(cfg, setup), distill=step, env=env
+                cfg=cfg,
+                setup=setup,
+                source=setup.view_source(cfg.verify_replay),
+                distill=step,
+                env=env,
             ),
             steps_per_epoch=steps_per_epoch,
             optimization=Optimization(
@@ -345,21 +342,6 @@ def _hyperparameters(cfg: StudentTrainConfig, global_batch: int) -> tuple[dict, 
     )
     drop_path = hyper["drop_path"].value
     return hyper, None if drop_path is None else float(drop_path)
-
-
-def _view_source(cfg: StudentTrainConfig, setup: DataBinding) -> ViewSource:
-    return ViewSource(
-        aug=setup.aug,
-        seed=setup.seed,
-        num_classes=setup.num_classes,
-        channels=setup.channels,
-        store=setup.store,
-        verify=cfg.verify_replay,
-        teachers=tuple(setup.teacher_names) if setup.store is not None else None,
-        topk=setup.topk,
-        decoder=setup.decoder,
-        render_device=setup.render_device,
-    )
 
 
 def state_digest(model: nn.Module) -> str:
