@@ -123,6 +123,12 @@ class StudentTrainConfig:
         resume="may-change",
     )
     epochs: int = option(10, help="Epochs; epoch e uses view e mod V.", minimum=1)
+    until_plateau: int | None = option(
+        None,
+        help="Stop once the --val top-1 (the inference head's) has not improved for this many "
+        "epochs; the learning-rate schedule stays laid out for --epochs [default: off].",
+        minimum=1,
+    )
     batch_size: int = option(64, help="Images per step and rank.", minimum=1)
     recipe: RecipeName = option(
         "small",
@@ -290,6 +296,8 @@ class StudentTrainConfig:
         check_choices(self)
         if self.tensorboard:
             require_tensorboard()
+        if self.until_plateau is not None and not self.val:
+            raise UserError("--until-plateau needs --val: the top-1 it watches")
         if self.store is not None and self.teachers:
             raise UserError("give either --store (stored logits) or --teacher (online), not both")
         if self.lr is not None and not self.lr > 0:

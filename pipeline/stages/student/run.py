@@ -254,6 +254,7 @@ def _train(
     from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import make_checkpoint
     from ...models.factory import create_model, get_preset
+    from ...models.heads import inference_head
     from ...runtime.atomic import atomic_write_json, check_output_dir
     from ...train.checkpointer import Checkpointer
     from ...train.loop import LoopConfig, fit
@@ -450,13 +451,16 @@ def _train(
         tensorboard=run_dir / TENSORBOARD if cfg.tensorboard else None,
         precision=policy,
         compile=cfg.compile,
+        until_plateau=cfg.until_plateau,
+        plateau_metric=inference_head(model),
     )
     result = fit(
         task, model, optimizer, loop, checkpointer, ctx=ctx, device=device, resume_from=resume_from
     )
     if ctx.is_main:
         info(
-            f"trained {cfg.model} for {cfg.epochs} epoch(s), {result.global_step} steps "
+            f"trained {cfg.model} for {result.stopped_at or cfg.epochs} epoch(s), "
+            f"{result.global_step} steps "
             f"({result.images / max(result.seconds, 1e-9):.0f} img/s this session) -> {final}"
         )
     last = result.last_epoch
@@ -464,6 +468,7 @@ def _train(
         "final_checkpoint": str(final),
         "last_checkpoint": str(run_dir / LAST),
         "epochs": cfg.epochs,
+        "stopped_at": result.stopped_at,
         "steps": result.global_step,
         "steps_per_epoch": steps_per_epoch,
         "val": last.val if last is not None else {},
