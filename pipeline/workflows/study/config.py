@@ -14,9 +14,10 @@ PLANS: tuple[str, ...] = ("tables", "alignment", "views", "cost")
 
 @dataclass(kw_only=True)
 class StudyConfig:
-    """What ``civt-pipe study`` runs. The defaults keep one seed of each plan near 15-20 CPU
-    minutes on the built-in digits at 16 px on a 2-core CPU (docs/study.md lists the measured
-    times); every cost scales with ``epochs``, ``teacher_epochs``, ``image_size`` and ``subset``.
+    """What ``civt-pipe study`` runs. The default student epochs (30) are where civt-nano
+    converges on the built-in digits at 16 px (docs/study.md: the evidence, and each plan's
+    CPU cost at these defaults); every cost scales with ``epochs``, ``teacher_epochs``,
+    ``image_size`` and ``subset``.
     """
 
     data: str = option(help="Training shards: a directory or a brace pattern.")
@@ -30,7 +31,9 @@ class StudyConfig:
         "seed of them adds 4 students, 4 teachers and 2 stores) [default: every seed].",
         minimum=1,
     )
-    epochs: int = option(10, help="Student epochs.", minimum=1)
+    epochs: int = option(
+        30, help="Student epochs (30: civt-nano converged on digits, docs/study.md).", minimum=1
+    )
     teacher_epochs: int = option(
         10, help="Epochs of each (fully trained) teacher (the quickstart's).", minimum=1
     )
