@@ -396,9 +396,12 @@ def test_bad_input_is_one_line(toy_data: Path, tmp_path: Path) -> None:
     data, val = str(toy_data / "train"), str(toy_data / "test")
     common = ["--data", data, "--val", val, "--out", str(tmp_path / "s")]
     line = _one_line_error([*common, "--plan", "nosuch"])
-    assert all(name in line for name in ("tables", "views", "cost"))
+    assert all(name in line for name in ("tables", "alignment", "views", "cost"))
     assert "--seeds" in _one_line_error([*common, "--seeds", "0"])
     assert "--subset" in _one_line_error([*common, "--subset", "9"])
+    assert "--student-subset 9" in _one_line_error([*common, "--student-subset", "9"])
+    line = _one_line_error([*common, "--subset", "2", "--student-subset", "3"])
+    assert "--student-subset 3" in line and "2 shards" in line
 
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
