@@ -108,7 +108,7 @@ def _comparisons(separated: bool) -> dict[str, Any]:
 def test_paired_differences_draw_their_intervals_filled_where_separated(tmp_path: Path) -> None:
     separated = _png(plot_paired(_comparisons(True), "top-1 (%), points", tmp_path / "s.png"))
     within = _png(plot_paired(_comparisons(False), "top-1 (%), points", tmp_path / "w.png"))
-    assert separated.shape[:2] == within.shape[:2] == png_size(1, 1)[::-1]
+    assert separated.shape[:2] == within.shape[:2] == png_size(1, 2)[::-1]
     blue = (0x1F, 0x77, 0xB4)  # C0: the markers and interval bars
     assert _has_colour(separated, blue) and _has_colour(within, blue)
     # The same comparisons marked not separated draw open markers: fewer C0 pixels.

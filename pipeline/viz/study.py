@@ -144,7 +144,7 @@ def plot_paired(item: Mapping[str, Any], unit: str, out: Path) -> Path:
             raise UserError(f"{name}: a comparison needs a numeric mean, n, low and high") from None
         parsed.append((str(e.get("label", "")), mean, low, high, n, bool(e.get("separated"))))
     check_png_path(out)
-    fig = new_figure(1, 1)
+    fig = new_figure(1, 2)  # two panel widths: the comparisons' labels take a third of it
     ax = fig.subplots()
     ys = list(range(len(parsed)))[::-1]  # the first comparison on top
     for y, (_, mean, low, high, _, separated) in zip(ys, parsed, strict=True):
@@ -160,11 +160,15 @@ def plot_paired(item: Mapping[str, Any], unit: str, out: Path) -> Path:
             markerfacecolor="C0" if separated else "white",
         )
     ax.axvline(0.0, color="0.3", linewidth=1)
-    ax.set_yticks(ys, [textwrap.shorten(label, 34) for label, *_ in parsed], fontsize=8)
+    ax.set_yticks(ys, [textwrap.shorten(label, 48) for label, *_ in parsed], fontsize=8)
     counts = [n for *_, n, _ in parsed]
     low_n, high_n = min(counts), max(counts)
     seeds = f"{low_n}" if low_n == high_n else f"{low_n}–{high_n}"
-    ax.set_xlabel(f"paired difference, {unit}: mean and 95 % interval over {seeds} seeds")
+    ax.set_xlabel(
+        f"paired difference, {unit}: mean, 95 % interval over {seeds} seeds "
+        "(filled: the interval excludes 0)",
+        fontsize=9,
+    )
     ax.set_title(_wrapped(f"{item.get('title') or name}: differences"), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     save_png(fig, out)
