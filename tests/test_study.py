@@ -64,6 +64,11 @@ def test_break_even_counts_student_runs_or_says_never() -> None:
     assert report.break_even(dump_cpu=60.0, store_cpu=50.0, online_cpu=50.0) is None
 
 
+def test_stopped_epochs_count_a_student_that_never_stopped_as_all_epochs() -> None:
+    found = report.stopped_epochs([{"stopped_at": 12}, {"stopped_at": None}, {}], epochs=30)
+    assert found == {"epochs": [12, 30, 30], "mean": 24.0, "min": 12, "max": 30, "stopped_early": 1}
+
+
 def test_view_and_topk_counts_are_deduplicated_and_bounded() -> None:
     assert view_counts(30) == [1, 2, 5, 10, 30]
     assert view_counts(10) == [1, 2, 5, 10]
@@ -305,6 +310,18 @@ def test_every_plan_writes_results_of_the_schema_and_merges_into_one_dir(
     for plan in ("tables", "alignment", "views", "cost"):
         results = run_study(_toy_config(root, plan=plan, seeds=2, teacher_epochs=3))
         _check_schema(results, plan)
+    # --until-plateau: every student run validates on --val and may stop; results.md says how.
+    plateau = run_study(_toy_config(root, plan="cost", seeds=2, teacher_epochs=3, until_plateau=2))
+    assert plateau["plans"]["cost"]["stopped_at"]["epochs"] == [1, 1, 1, 1]  # fakes never stop
+    stopping = [
+        c["command"] for c in plateau["runs"].values() if "--until-plateau 2" in c["command"]
+    ]
+    assert len(stopping) == 4 and all(" --val /" in c for c in stopping)  # 2 students × 2 seeds
+    assert (
+        "Students with --until-plateau 2 trained 1.0 epochs"
+        in (root / "study" / "results.md").read_text()
+    )
+    results = run_study(_toy_config(root, plan="cost", seeds=2, teacher_epochs=3))
     assert set(results["plans"]) == {"tables", "alignment", "views", "cost"}
     saved = json.loads((root / "study" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))

@@ -147,6 +147,20 @@ def break_even(dump_cpu: float, store_cpu: float, online_cpu: float) -> int | No
     return max(1, math.ceil(dump_cpu / saving))
 
 
+def stopped_epochs(results: Sequence[Mapping[str, Any]], epochs: int) -> dict[str, Any]:
+    """How long the students of a ``--until-plateau`` plan trained: the epochs of each (its
+    ``stopped_at``, or all ``epochs`` when it never stopped), with their mean, min and max and
+    how many stopped early."""
+    trained = [int(r.get("stopped_at") or epochs) for r in results]
+    return {
+        "epochs": trained,
+        "mean": sum(trained) / len(trained) if trained else None,
+        "min": min(trained, default=None),
+        "max": max(trained, default=None),
+        "stopped_early": sum(e < epochs for e in trained),
+    }
+
+
 def plan_dict(spec: PlanSpec, settings: Mapping[str, Any], records: Records) -> dict[str, Any]:
     """The ``plans[<plan>]`` entry of results.json. Its seconds are the sum over its runs (what
     the plan costs from scratch, also when this invocation reused them); its ``plots`` are empty
@@ -161,6 +175,11 @@ def plan_dict(spec: PlanSpec, settings: Mapping[str, Any], records: Records) -> 
         "series": [series_dict(s, records) for s in spec.series],
         "plots": [],
     }
+    if settings.get("until_plateau") is not None:
+        plan["stopped_at"] = stopped_epochs(
+            [records[run.id]["result"] for run in spec.runs if run.kind == "student"],
+            int(settings["epochs"]),
+        )
     if spec.break_even is not None:
         table = plan["tables"][0]
         cpu = {row["label"]: row["cells"]["CPU s"]["mean"] for row in table["rows"]}
@@ -341,6 +360,15 @@ def results_markdown(results: Mapping[str, Any]) -> str:
             "minutes of wall time (the sum over the plan's runs).",
             "",
         ]
+        stopped = plan.get("stopped_at")
+        if stopped is not None and stopped["epochs"]:
+            lines += [
+                f"Students with --until-plateau {plan['settings']['until_plateau']} trained "
+                f"{stopped['mean']:.1f} epochs on average ({stopped['min']}–{stopped['max']}); "
+                f"{stopped['stopped_early']} of {len(stopped['epochs'])} stopped before "
+                f"--epochs {plan['settings']['epochs']}.",
+                "",
+            ]
         for table in plan["tables"]:
             lines += _table_md(table, runs)
         if "break_even" in plan:
