@@ -160,6 +160,7 @@ def plot_paired(item: Mapping[str, Any], unit: str, out: Path) -> Path:
             markerfacecolor="C0" if separated else "white",
         )
     ax.axvline(0.0, color="0.3", linewidth=1)
+    ax.set_ylim(-0.75, len(parsed) - 0.25)  # two comparisons sit mid-panel, not at its edges
     ax.set_yticks(ys, [textwrap.shorten(label, 48) for label, *_ in parsed], fontsize=8)
     counts = [n for *_, n, _ in parsed]
     low_n, high_n = min(counts), max(counts)

@@ -341,7 +341,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         "",
         "A `− REF` column is the paired comparison with the row (or point) REF over the same "
         "seeds: the mean per-seed difference, its "
-        f"{LEVEL:.0%} Student-t interval over seeds [low, high], and how many seeds were "
+        f"{LEVEL * 100:.0f} % Student-t interval over seeds [low, high], and how many seeds were "
         "higher than REF (`k/n up`); ✓ marks a *separated* difference, whose interval "
         "excludes 0. One seed gives no interval and no claim.",
         "",
