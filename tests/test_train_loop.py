@@ -382,9 +382,17 @@ def test_until_plateau_needs_the_figure_it_watches(tmp_path: Path) -> None:
         _run(tmp_path, ToyTask(), epochs=3, until_plateau=1, plateau_metric="mean")
 
 
-def test_train_student_refuses_until_plateau_without_val() -> None:
+def test_every_trainer_refuses_until_plateau_without_val() -> None:
+    from civt_pipe.pipeline.stages.cakd.config import CakdTrainConfig
     from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
+    from civt_pipe.pipeline.stages.teacher.config import TeacherTrainConfig
 
-    with pytest.raises(UserError, match="--until-plateau needs --val"):
-        StudentTrainConfig(data="d", store="s.zarr", out="o", until_plateau=3)
-    assert StudentTrainConfig(data="d", store="s", out="o", val="v", until_plateau=3).val == "v"
+    makers = [
+        lambda **kw: StudentTrainConfig(data="d", store="s.zarr", out="o", **kw),
+        lambda **kw: TeacherTrainConfig(arch="cnn-nano", data="d", out="o", **kw),
+        lambda **kw: CakdTrainConfig(data="d", teacher="vit=vit-nano:v.pt", out="o", **kw),
+    ]
+    for make in makers:
+        with pytest.raises(UserError, match="--until-plateau needs --val"):
+            make(until_plateau=3)
+        assert make(val="v", until_plateau=3).until_plateau == 3
