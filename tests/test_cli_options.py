@@ -91,6 +91,7 @@ PER_COMMAND: dict[type, dict[str, tuple[list[str], Any]]] = {
         "multi_view": (["--no-multi-view"], False),
     },
     ExportConfig: {"format": (["timm"], "timm"), "head": (["cls"], "cls")},
+    EvaluateConfig: {"preprocess": (["zoo"], "zoo")},
 }
 
 

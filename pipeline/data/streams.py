@@ -29,6 +29,7 @@ from ..runtime.errors import USER_ERRORS, UserError
 from .imageio import Decoder
 from .index import ShardIndex
 from .planning import Segment, ShardRows, StreamPlan, plan_pass, shard_rows_for, worker_segments
+from .zoo_eval import ZooEval
 
 _Block = TypeVar("_Block", bound="OrdinalBlock")
 _Batch = TypeVar("_Batch")
@@ -240,6 +241,8 @@ class EvalViews:
     image_size: int
     channels: int
     decoder: Decoder = "torchvision"
+    zoo: ZooEval | None = None
+    """A zoo model's own evaluation view instead of ours (``evaluate --preprocess zoo``)."""
 
     def __call__(
         self, shard: ShardRows, segment: Segment, needed: np.ndarray
@@ -253,7 +256,8 @@ class EvalViews:
             if sample.position not in wanted:
                 continue
             assert sample.image is not None  # on_error="fail" raises instead
-            rows.append((eval_view(sample.image, self.image_size), sample.label, sample.position))
+            view = self.zoo(sample.image) if self.zoo else eval_view(sample.image, self.image_size)
+            rows.append((view, sample.label, sample.position))
             if len(rows) == EVAL_BLOCK_ROWS:
                 yield _eval_block(rows, segment.shard)
                 rows = []
@@ -279,8 +283,10 @@ def eval_batches(
     world_size: int = 1,
     workers: int = 0,
     decoder: Decoder = "torchvision",
+    zoo: ZooEval | None = None,
 ) -> Iterator[EvalBatch]:
-    """Every sample of ``shard_set`` once over all ranks (a pass), as :class:`EvalBatch`.
+    """Every sample of ``shard_set`` once over all ranks (a pass), as :class:`EvalBatch`
+    (views by :func:`.eval_view.eval_view`, or ``zoo``'s own when given).
 
     Blocks are batched as they arrive — accuracy is a sum, so the order does not matter and
     memory stays at the blocks in flight; the last batch may be short, and a rank without
@@ -289,7 +295,7 @@ def eval_batches(
     index: ShardIndex = shard_set.index
     shards = shard_rows_for(shard_set.paths, [s.num_samples for s in index.shards])
     plan = plan_pass(shards, rank=rank, world_size=world_size, batch_size=batch_size)
-    dataset = PlannedStream(shards, plan, EvalViews(image_size, index.channels, decoder))
+    dataset = PlannedStream(shards, plan, EvalViews(image_size, index.channels, decoder, zoo))
     held: list[EvalBatch] = []
     count = 0
     for item in make_loader(dataset, workers=workers):

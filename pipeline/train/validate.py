@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..data.imageio import Decoder
 from ..data.streams import EvalBatch, eval_batches
+from ..data.zoo_eval import ZooEval
 from ..runtime.console import make_progress
 from ..runtime.distributed import DistContext
 from ..runtime.errors import UserError
@@ -82,6 +83,7 @@ def evaluate_model(
     description: str = "evaluate",
     precision: PrecisionPolicy = FP32,
     decoder: Decoder = "torchvision",
+    zoo: ZooEval | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``model`` on every sample of ``shard_set``.
 
@@ -100,6 +102,7 @@ def evaluate_model(
         description: label of the progress bar.
         precision: autocast of the forwards (default: plain fp32); heads are scored in float32.
         decoder: the image decoder (:mod:`..data.imageio`, resolved).
+        zoo: a zoo model's own evaluation view (``evaluate --preprocess zoo``) instead of ours.
 
     Returns:
         ``{"top1", "top5", "num_samples", "heads": {name: {"top1", "top5"}}}`` with
@@ -121,6 +124,7 @@ def evaluate_model(
             world_size=ctx.world_size,
             workers=workers,
             decoder=decoder,
+            zoo=zoo,
         )
         for batch in batches:
             images = batch.images.to(device, non_blocking=True)

@@ -21,7 +21,8 @@ class DumpConfig:
 
     data: str = option(help="Shards: a directory or a brace pattern.")
     teachers: tuple[TeacherSpec, ...] = option(
-        help="NAME=ARCH:CHECKPOINT, once per teacher (e.g. cnn=resnet18:cnn.pt).",
+        help="NAME=ARCH:CHECKPOINT or NAME=timm:MODEL[:WEIGHTS], once per teacher (e.g. "
+        "cnn=resnet18:cnn.pt, cnn=regnety-600mf:regnety_006.safetensors).",
         flag="--teacher",
     )
     # Text, not Path: an fsspec URL (s3://bucket/s.zarr) must keep its "//".
