@@ -404,3 +404,20 @@ def test_hard_distillation_on_a_store_without_a_top1_is_one_line(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("civt-pipe: error: "), result.output
     assert "teachers/cnn" in lines[0]
+
+
+def test_until_plateau_stops_where_the_val_curve_says_and_records_it(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    summary = train_student(_cfg(world, out, val=str(world["val"]), epochs=6, until_plateau=1))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    curve = [r["val_cls"] for r in records if r["kind"] == "epoch"]  # cls: per-teacher headline
+    # Where a patience of one epoch stops on this curve: after the first epoch that fails to
+    # beat the best before it (or never).
+    expected = next((e + 1 for e in range(1, len(curve)) if curve[e] <= max(curve[:e])), None)
+    assert summary["stopped_at"] == (expected if expected is not None and expected < 6 else None)
+    assert len(curve) == (summary["stopped_at"] or 6)
+    assert summary["steps"] == len(curve) * (72 // 16)
+    assert all("plateau_best" in r for r in records if r["kind"] == "epoch")
+    assert (out / "final.pt").is_file()

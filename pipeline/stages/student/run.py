@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ...models.factory import create_model, get_preset
+from ...models.heads import inference_head
 from ...models.token_mode import AlignRole
 from ...replay.binding import DataBinding, bind_online, bind_store
 from ...replay.segments import ViewSource
@@ -296,6 +297,7 @@ class _StudentSpec:
             description="train-student",
             log_every=cfg.log_every,
             progress=cfg.progress,
+            plateau_metric=inference_head(model),  # the headline head's top-1
             on_resume=(
                 (lambda point: _check_student_tokens(point.checkpoint, setup)) if distill else None
             ),
@@ -307,7 +309,8 @@ class _StudentSpec:
         last = result.last_epoch
         if env.ctx.is_main:
             info(
-                f"trained {self.cfg.model} for {self.cfg.epochs} epoch(s), {result.global_step} "
+                f"trained {self.cfg.model} for {result.stopped_at or self.cfg.epochs} epoch(s), "
+                f"{result.global_step} "
                 f"steps ({result.images / max(result.seconds, 1e-9):.0f} img/s this session) "
                 f"-> {env.run_dir / FINAL}"
             )
