@@ -80,6 +80,7 @@ SPECIAL: dict[str, tuple[list[str], Any]] = {
     "decoder": (["pil"], "pil"),
     "projectors": (["gl"], "gl"),
     "disc_widths": (["32", "16"], (32, 16)),
+    "render_device": (["cpu"], "cpu"),
 }
 
 # Fields whose values differ by command (their choices are the command's own).

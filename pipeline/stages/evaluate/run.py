@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...augment.config import RENDER_DEVICE_CHOICES, RENDER_DEVICE_HELP
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP
 from ...models.teacher_spec import TeacherSpec
 from ...runtime.console import warn
@@ -56,6 +57,7 @@ class EvaluateConfig:
     compile: bool = option(False, help=COMPILE_HELP)
     workers: int = option(0, help="Data-loading processes.", minimum=0, maximum=MAX_WORKERS)
     decoder: str = option("auto", help=DECODER_HELP, choices=DECODER_CHOICES)
+    render_device: str = option("auto", help=RENDER_DEVICE_HELP, choices=RENDER_DEVICE_CHOICES)
     threads: int | None = option(
         None,
         help="Torch CPU threads (default: free cores minus workers).",
@@ -102,6 +104,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     ``{head: {teacher: KL}}`` from :func:`.teacher_agreement.
     teacher_agreement`, and ``store``; for a ``train-cakd`` student, ``transferability``: the
     mean cosine of its and its teacher's class probabilities, :mod:`...cakd.transferability`)."""
+    from ...augment.render_device import resolve_render_device
     from ...data.imageio import resolve_decoder
     from ...data.shard_set import resolve_complete_shards
     from ...models.checkpoint import model_from_checkpoint
@@ -115,6 +118,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.compile:
         check_compile(device)
     decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
+    render_device = resolve_render_device(cfg.render_device, device, workers=cfg.workers)
     shard_set = resolve_complete_shards(cfg.data)
     checkpoint = cfg.checkpoint
     if cfg.arch is not None:
@@ -158,6 +162,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 batch_size=cfg.batch_size,
                 device=device,
                 decoder=cfg.decoder,
+                render_device=cfg.render_device,
             )
         convolutional = meta["kind"] == "teacher" and is_convolutional(meta["arch"])
         scored: Any = prepare_model(model, device, convolutional=convolutional, compile=cfg.compile)
@@ -177,6 +182,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             decoder=decoder,
             observers=observers,
             zoo=zoo,
+            render_device=str(render_device),
         )
     result.update(
         checkpoint=str(checkpoint),
