@@ -50,15 +50,14 @@ BASELINES = ("no KD", "logit KD")
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """Mean of ``a[i] − b[i]`` over paired seeds and its 95 % Student-t interval ``(mean, low,
-    high)``; with one pair the interval is the point."""
-    from scipy.stats import t
+    high)`` (the study's :func:`civt_pipe.pipeline.workflows.study.stats.paired`); with one pair
+    the interval is the point."""
+    from civt_pipe.pipeline.workflows.study.stats import paired
 
-    diffs = [x - y for x, y in zip(a, b, strict=True)]
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return mean, mean, mean
-    half = float(t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / len(diffs) ** 0.5
-    return mean, mean - half, mean + half
+    found = paired(a, b)
+    low = found.low if found.low is not None else found.mean
+    high = found.high if found.high is not None else found.mean
+    return found.mean, low, high
 
 
 def run(args: list[str], log: Path) -> str:
