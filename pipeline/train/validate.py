@@ -84,6 +84,7 @@ def evaluate_model(
     precision: PrecisionPolicy = FP32,
     decoder: Decoder = "torchvision",
     zoo: ZooEval | None = None,
+    render_device: str = "cpu",
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``model`` on every sample of ``shard_set``.
 
@@ -103,6 +104,8 @@ def evaluate_model(
         precision: autocast of the forwards (default: plain fp32); heads are scored in float32.
         decoder: the image decoder (:mod:`..data.imageio`, resolved).
         zoo: a zoo model's own evaluation view (``evaluate --preprocess zoo``) instead of ours.
+        render_device: where the views are made (resolved: ``cpu`` or ``cuda:N``, the latter
+            with ``workers`` 0; :mod:`..augment.render_device`).
 
     Returns:
         ``{"top1", "top5", "num_samples", "heads": {name: {"top1", "top5"}}}`` with
@@ -125,6 +128,7 @@ def evaluate_model(
             workers=workers,
             decoder=decoder,
             zoo=zoo,
+            render_device=render_device,
         )
         for batch in batches:
             images = batch.images.to(device, non_blocking=True)

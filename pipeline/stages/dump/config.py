@@ -7,7 +7,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ...augment.config import MIN_IMAGE_SIZE, PRESET_CHOICES, AugmentConfig, preset
+from ...augment.config import (
+    MIN_IMAGE_SIZE,
+    PRESET_CHOICES,
+    RENDER_DEVICE_CHOICES,
+    RENDER_DEVICE_HELP,
+    AugmentConfig,
+    preset,
+)
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP, ON_ERROR_MODES, OnError
 from ...data.shard_set import check_shard_spec
 from ...models.teacher_spec import TeacherSpec
@@ -57,6 +64,8 @@ class DumpConfig:
     compile: bool = option(False, help=COMPILE_HELP)
     # Recorded in the store (resolved): replay must decode with the same decoder.
     decoder: str = option("auto", help=DECODER_HELP, choices=DECODER_CHOICES)
+    # Recorded in the store (its type): replay must render on the same kind of device.
+    render_device: str = option("auto", help=RENDER_DEVICE_HELP, choices=RENDER_DEVICE_CHOICES)
     on_error: OnError = option(
         "fail",
         help="An undecodable sample stops the dump or is skipped (its key recorded).",
