@@ -157,39 +157,31 @@ def test_shard_that_differs_from_its_index_entry_is_refused(world: World, tmp_pa
             check_shards_complete(resolve_shards(data))
 
 
-def test_tars_of_the_size_make_shards_wrote_are_not_walked(
+def test_tars_of_the_recorded_size_are_still_walked_for_their_labels(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # index.json records each tar's size, but a .cls edited in place keeps that size, so the
+    # size cannot stand for the walk that reads every label.
     data = copy_shards(world.data, tmp_path / "d")
     index = ShardIndex.load(data)
     assert all(s.tar_bytes == (data / s.name).stat().st_size for s in index.shards)
     walked: list[object] = []
-    real_walk = shard_set_module.tar_member_names
+    real_walk = shard_set_module.tar_members
 
-    def walk(path: object) -> list[str]:
+    def walk(path: object) -> list[tuple[str, bytes | None]]:
         walked.append(path)
         return real_walk(path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(shard_set_module, "tar_member_names", walk)
+    monkeypatch.setattr(shard_set_module, "tar_members", walk)
     check_shards_complete(resolve_shards(data))
-    assert walked == []
-    # A tar copied under a second name into the index (same size, same key digest) is walked,
-    # and its keys are named as duplicates.
-    index = ShardIndex.load(data)
+    assert len(walked) == len(index.shards)
+    # A tar copied under a second name into the index (same size, same key digest): its keys
+    # are named as duplicates.
     (data / "train-000009.tar").write_bytes((data / FIRST).read_bytes())
     twin = replace(index.shards[0], name="train-000009.tar")
     replace(index, shards=(*index.shards, twin)).save(data)
     with pytest.raises(UserError, match="occurs in two shards"):
         check_shards_complete(resolve_shards(data))
-    assert walked
-    walked.clear()
-    replace(index, shards=index.shards).save(data)
-    (data / "train-000009.tar").unlink()
-    # One tar of another size: every tar is walked (keys unique across the set need them all).
-    raw = (data / FIRST).read_bytes()
-    (data / FIRST).write_bytes(raw + bytes(512))  # an extra zero block after the end
-    check_shards_complete(resolve_shards(data))
-    assert len(walked) == len(index.shards)
 
 
 def test_key_twice_in_one_run_of_members_is_a_duplicate(tmp_path: Path) -> None:

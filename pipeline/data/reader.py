@@ -114,7 +114,6 @@ def iter_shard(
     expected: ShardInfo | None = None,
     decoder: Decoder = "torchvision",
     keep_on_device: bool = False,
-    num_classes: int | None = None,
 ) -> Iterator[Sample]:
     """Read one tar in order, one :class:`Sample` per key, images as uint8 ``[C, H, W]``.
 
@@ -130,11 +129,6 @@ def iter_shard(
         decoder: :mod:`.imageio`'s decoder (a resolved one, not ``auto``).
         keep_on_device: ``nvjpeg`` only: leave batch-decoded images on the GPU (views
             rendered there, ``--render-device cuda``); every other image is a CPU tensor.
-        num_classes: when given, a label outside ``[0, num_classes)`` is treated like a missing
-            label (``fail``: one line naming sample and shard). The stages pass it because a
-            shard set whose tar sizes match index.json is not walked before work
-            (:func:`.shard_set.check_shards_complete`), and a ``.cls`` edited in place keeps
-            the tar's size.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -167,7 +161,6 @@ def iter_shard(
             tar_errors=tar_errors,
             decoder=decoder,
             keep_on_device=keep_on_device,
-            num_classes=num_classes,
         )
 
 
@@ -198,7 +191,6 @@ def _checked_samples(
     tar_errors: list[str],
     decoder: Decoder,
     keep_on_device: bool = False,
-    num_classes: int | None = None,
 ) -> Iterator[Sample]:
     keys: list[str] = []
     seen: set[str] = set()
@@ -236,8 +228,6 @@ def _checked_samples(
         label = -1
         try:
             label = _label(raw)
-            if num_classes is not None and not 0 <= label < num_classes:
-                raise ValueError(f"has label {label}, outside the {num_classes} classes")
             suffix, data = _image_member(raw)
         except ValueError as err:
             yield from flush()

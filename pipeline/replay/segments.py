@@ -131,7 +131,6 @@ def render_segment(
         on_error="skip",
         decoder=source.decoder,
         keep_on_device=device.type == "cuda",
-        num_classes=source.num_classes,
     )
     for block in iter_blocks(samples, source.aug.mix_block):
         if block[0].position > last:

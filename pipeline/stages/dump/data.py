@@ -64,7 +64,6 @@ class ShardViews:
             expected=expected,
             decoder=self.decoder,
             keep_on_device=device.type == "cuda",
-            num_classes=self.index.num_classes if self.index is not None else None,
         )
         for block in iter_blocks(samples, self.aug.mix_block):
             rendered = sample_and_render(
