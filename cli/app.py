@@ -89,6 +89,7 @@ def _register() -> None:
         inspect_store,
         models,
         plot,
+        predict,
         quickstart,
         shards,
         student,
@@ -102,6 +103,7 @@ def _register() -> None:
     app.command("models")(user_errors(models.models_command))
     app.command("train-teacher")(user_errors(teacher.train_teacher_command))
     app.command("evaluate")(user_errors(evaluate.evaluate_command))
+    app.command("predict")(user_errors(predict.predict_command))
     app.command("dump-logits")(user_errors(dump.dump_logits_command))
     app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))
     app.command("train-student")(user_errors(student.train_student_command))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP
-from ...runtime.console import warn
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
 from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
@@ -79,11 +78,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     teacher_agreement`, and ``store``)."""
     from ...data.imageio import resolve_decoder
     from ...data.shard_set import resolve_complete_shards
-    from ...models.checkpoint import model_from_checkpoint
-    from ...models.factory import is_convolutional
     from ...runtime.device import cpu_threads, resolve_device
-    from ...runtime.precision import PrecisionPolicy, check_compile, prepare_model
-    from ...train.validate import evaluate_model
+    from ...runtime.precision import PrecisionPolicy, check_compile
+    from ...train.validate import evaluate_model, load_for_data
 
     device = resolve_device(cfg.device)
     policy = PrecisionPolicy.resolve(cfg.precision, device)
@@ -91,20 +88,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         check_compile(device)
     decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
     shard_set = resolve_complete_shards(cfg.data)
-    model, meta = model_from_checkpoint(
-        cfg.checkpoint,
-        device=device,
-        expect_num_classes=shard_set.num_classes,
-        in_chans=shard_set.channels,
+    model, scored, meta = load_for_data(
+        cfg.checkpoint, shard_set, device=device, compile=cfg.compile
     )
-    theirs = list(meta.get("class_names") or [])
-    if theirs and theirs != list(shard_set.class_names):
-        # Same count, other names: most likely another dataset; foreign shards scanned without
-        # an index.json are named "0".."C-1", so this is a warning, not an error.
-        warn(
-            f"{cfg.checkpoint} was trained on classes {theirs[:3]}... but {cfg.data} names them "
-            f"{list(shard_set.class_names)[:3]}...; scoring by class index"
-        )
     with cpu_threads(cfg.threads, cfg.workers, device):
         agreement = None
         if cfg.store is not None:
@@ -122,8 +108,6 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 device=device,
                 decoder=cfg.decoder,
             )
-        convolutional = meta["kind"] == "teacher" and is_convolutional(meta["arch"])
-        scored: Any = prepare_model(model, device, convolutional=convolutional, compile=cfg.compile)
         if cfg.noise > 0:
             from .noise import GaussianNoise
 
