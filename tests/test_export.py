@@ -112,6 +112,31 @@ def test_timm_loads_the_export_strictly_and_gives_our_logits(
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["vit-nano", "deit-ti"])
+def test_vit_teachers_export_to_timm_names_with_the_same_logits(tmp_path: Path, arch: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=CLASSES, in_chans=1, image_size=SIZE, patch_size=4)
+    model.eval()
+    ckpt = tmp_path / "vit.pt"
+    save_checkpoint(ckpt, make_checkpoint(model))
+    out = tmp_path / "vit.safetensors"
+    export(ExportConfig(checkpoint=ckpt, out=out, format="timm"))
+    manifest = json.loads((tmp_path / "vit.safetensors.json").read_text())
+    assert manifest["form"] == "timm" and manifest["heads"] == ["logits"]
+    spec = manifest["timm"]
+    assert (
+        spec["model_class"].endswith(".VisionTransformer") and spec["model_args"]["reg_tokens"] == 0
+    )
+    reference = timm.create_model(spec["model_name"], pretrained=False, **spec["model_args"])
+    reference.load_state_dict(load_file(out), strict=True)
+    reference.eval()
+    x = torch.rand(3, 1, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reference(_normalized(x, manifest["pretrained_cfg"])), model(x), rtol=0, atol=1e-5
+        )
+
+
 def test_timm_export_as_pth_is_a_plain_state_dict(tmp_path: Path) -> None:
     torch.manual_seed(1)
     ckpt, _ = _student(tmp_path, ("cnn",), "per-teacher")

@@ -2,8 +2,9 @@
 
 Three forms (docs/export.md):
 
-- ``timm``: students as timm's ``VisionTransformer`` / ``VisionTransformerDistilled`` state dict
-  (:mod:`.timm_form`), teachers as torchvision's (:mod:`.torchvision_form`); a ``.safetensors``
+- ``timm``: students and our ViT teachers as timm's ``VisionTransformer`` /
+  ``VisionTransformerDistilled`` state dict (:mod:`.timm_form`), other teachers as
+  torchvision's (:mod:`.torchvision_form`); a ``.safetensors``
   OUT is written as safetensors, any other name with ``torch.save``. The input normalization is
   not folded in: ``pretrained_cfg`` says which mean/std the inputs need, as timm's own do;
 - ``safetensors``: our checkpoint's weights and metadata (every head), which ``evaluate``,
@@ -41,7 +42,7 @@ from ...models.normalize import NormalizedModel
 from ...runtime.atomic import atomic_write_bytes, atomic_write_json, check_output_file
 from ...runtime.errors import UserError
 from .config import ExportConfig, manifest_file
-from .timm_form import timm_form
+from .timm_form import has_timm_form, timm_form
 from .torchvision_form import torchvision_form
 
 TEACHER_HEAD = "logits"
@@ -188,7 +189,7 @@ def _timm_or_torchvision(
 ) -> bytes:
     """Bytes of the timm (student) or torchvision (teacher) form; fills in ``manifest``."""
     normalized = "normalized with pretrained_cfg mean/std (not folded into the weights)"
-    if model.kind == "teacher":
+    if model.kind == "teacher" and not has_timm_form(model):
         tv = torchvision_form(model)
         first = "conv1" if "conv1.weight" in tv.state_dict else "stem.0"
         manifest.update(
