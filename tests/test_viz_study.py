@@ -13,7 +13,7 @@ from PIL import Image
 
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.viz.figure import INSTALL_HINT, png_size
-from civt_pipe.pipeline.viz.study import plot_series, plot_table
+from civt_pipe.pipeline.viz.study import plot_series, plot_table, table_quantities
 
 ORANGE = (0xFF, 0x7F, 0x0E)
 """matplotlib's second cycle colour (C1): the reference line."""
@@ -75,6 +75,17 @@ def test_a_wide_table_takes_two_panel_widths_and_skips_missing_cells(tmp_path: P
     del table["rows"][0]["cells"]["mean"]
     pixels = _png(plot_table(table, tmp_path / "t.png"))
     assert pixels.shape[:2] == png_size(1, 2)[::-1]
+
+
+def test_each_quantity_of_a_table_gets_its_own_panel_and_axis(tmp_path: Path) -> None:
+    table = {**_table(3, columns=("CPU s", "wall s", "top-1")), "id": "cost"}
+    table["units"] = ["seconds", "seconds", "top-1 (%)"]
+    assert table_quantities(table, table["columns"]) == {"seconds": [0, 1], "top-1 (%)": [2]}
+    pixels = _png(plot_table(table, tmp_path / "cost.png"))
+    assert pixels.shape[:2] == png_size(1, 2)[::-1]
+    # Without units (results.json of an older study) every column shares one axis.
+    del table["units"]
+    assert table_quantities(table, table["columns"]) == {"": [0, 1, 2]}
 
 
 @pytest.mark.parametrize("seeds", [1, 3])

@@ -52,10 +52,22 @@ def _seeds_note(counts: Sequence[int]) -> str:
     return f"mean ± std over {seeds} seed{'s' if high > 1 else ''}"
 
 
+def table_quantities(table: Mapping[str, Any], columns: Sequence[str]) -> dict[str, list[int]]:
+    """Column indices grouped by the quantity ``table["units"]`` gives each (first-seen order):
+    one panel, one y axis, per quantity. Without units every column shares one unnamed axis."""
+    units = [str(u) for u in table.get("units") or []]
+    groups: dict[str, list[int]] = {}
+    for c in range(len(columns)):
+        groups.setdefault(units[c] if c < len(units) else "", []).append(c)
+    return groups
+
+
 def plot_table(table: Mapping[str, Any], out: Path) -> Path:
     """Draw ``table`` as grouped bars (mean ± std per row and column) and write ``out`` (PNG).
 
-    A missing cell leaves its bar out. A table without any cell is a one-line
+    Columns of one quantity (``table["units"]``, one per column: seconds, top-1 %) share a
+    panel whose y axis names it; each other quantity gets a panel of its own beside it, so no
+    axis mixes two. A missing cell leaves its bar out. A table without any cell is a one-line
     :class:`UserError`. Returns ``out``.
     """
     name = str(table.get("id") or table.get("title") or "table")
@@ -70,30 +82,37 @@ def plot_table(table: Mapping[str, Any], out: Path) -> Path:
     if not bars:
         raise UserError(f"table {name} has no cell to plot")
     check_png_path(out)
-    wide = len(rows) * len(columns) > _WIDE_GROUPS
-    fig = new_figure(1, 2 if wide else 1)
-    ax = fig.subplots()
-    width = 0.8 / len(columns)
-    for c, column in enumerate(columns):
-        mine = [(r, stats) for r, col, stats in bars if col == c]
-        if not mine:
-            continue
-        ax.bar(
-            [r - 0.4 + width * (c + 0.5) for r, _ in mine],
-            [mean for _, (mean, _, _) in mine],
-            width,
-            yerr=[std for _, (_, std, _) in mine],
-            capsize=3,
-            color=f"C{c % 10}",
-            label=column,
-        )
-    ax.set_xticks(range(len(rows)), [str(row.get("label", "")) for row in rows])
-    ax.tick_params(axis="x", labelrotation=15)
-    ax.set_title(_wrapped(str(table.get("title") or name)), fontsize=10)
-    ax.set_ylabel(_seeds_note([n for _, _, (_, _, n) in bars]))
-    ax.grid(axis="y", alpha=0.3)
-    if len(columns) > 1:
-        ax.legend(fontsize="small")
+    groups = table_quantities(table, columns)
+    wide = len(groups) == 1 and len(rows) * len(columns) > _WIDE_GROUPS
+    fig = new_figure(1, len(groups) + (1 if wide else 0))
+    axes = fig.subplots(1, len(groups), squeeze=False).ravel()
+    for ax, (unit, members) in zip(axes, groups.items(), strict=True):
+        width = 0.8 / len(members)
+        for slot, c in enumerate(members):
+            mine = [(r, stats) for r, col, stats in bars if col == c]
+            if not mine:
+                continue
+            ax.bar(
+                [r - 0.4 + width * (slot + 0.5) for r, _ in mine],
+                [mean for _, (mean, _, _) in mine],
+                width,
+                yerr=[std for _, (_, std, _) in mine],
+                capsize=3,
+                color=f"C{c % 10}",
+                label=columns[c],
+            )
+        ax.set_xticks(range(len(rows)), [str(row.get("label", "")) for row in rows])
+        ax.tick_params(axis="x", labelrotation=15)
+        note = _seeds_note([n for _, c, (_, _, n) in bars if c in members])
+        ax.set_ylabel(f"{unit} ({note})" if unit else note)
+        ax.grid(axis="y", alpha=0.3)
+        if len(columns) > 1:
+            ax.legend(fontsize="small")
+    title = _wrapped(str(table.get("title") or name))
+    if len(groups) == 1:
+        axes[0].set_title(title, fontsize=10)
+    else:
+        fig.suptitle(title, fontsize=10)
     save_png(fig, out)
     return out
 

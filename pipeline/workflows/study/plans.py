@@ -58,6 +58,10 @@ class Measure:
     read: Callable[[Records], float]
 
 
+TOP1 = "top-1 (%)"
+"""The y-axis label of accuracy columns."""
+
+
 @dataclass
 class TableSpec:
     """A table before the runs: per row and column, one :class:`Measure` per seed."""
@@ -66,6 +70,9 @@ class TableSpec:
     title: str
     columns: list[str]
     rows: list[tuple[str, dict[str, list[Measure]]]]
+    units: list[str] = field(default_factory=list)
+    """The quantity of each column (its picture's y-axis label); columns of one quantity share
+    an axis, each other quantity gets its own panel."""
 
 
 @dataclass
@@ -337,12 +344,14 @@ def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         "Table 5: teacher sets (civt-nano, per-teacher tokens), top-1 %",
         ["top-1"],
         [(label, _per_seed(seeds, accuracy_cell, options)) for label, options in table5_rows],
+        [TOP1],
     )
     table6 = TableSpec(
         "table6",
         "Table 6: token modes (civt-nano, teachers CNN + INN), top-1 %",
         ["top-1"],
         [(label, _per_seed(seeds, accuracy_cell, options)) for label, options in table6_rows],
+        [TOP1],
     )
 
     def table3_row(seed: int, model: str) -> dict[str, Measure]:
@@ -358,6 +367,7 @@ def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
             (model, _per_seed(seeds, table3_row, model))
             for model in (STUDENT, "resnet10-nano", "mixer-nano")
         ],
+        [TOP1, TOP1, "top-1 gain (points)"],
     )
 
     def kl_cells(seed: int, head: str) -> dict[str, Measure]:
@@ -370,6 +380,7 @@ def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         "Table 4: KL(teacher ‖ head) of the CNN + INN per-teacher student, on the stored views",
         list(both),
         [(head, _per_seed(seeds, kl_cells, head)) for head in heads],
+        ["KL(teacher ‖ head)"] * len(both),
     )
 
     points = []
@@ -525,6 +536,7 @@ def cost_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         "CPU and wall seconds per run",
         ["CPU s", "wall s", "top-1"],
         [(label, _per_seed(seeds, row, index)) for index, label in enumerate(COST_ROWS)],
+        ["seconds", "seconds", TOP1],
     )
     return PlanSpec("cost", list(seeds), list(book.runs.values()), [table], [], COST_ROWS)
 

@@ -58,6 +58,7 @@ def table_dict(spec: TableSpec, records: Records) -> dict[str, Any]:
         "id": spec.id,
         "title": spec.title,
         "columns": spec.columns,
+        "units": spec.units,
         "rows": [
             {"label": label, "cells": {c: _measured(m, records) for c, m in cells.items()}}
             for label, cells in spec.rows
