@@ -6,8 +6,9 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
+import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from ..pipeline import __version__
 from .common import error_line, user_errors
@@ -51,6 +52,21 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+class PlainUsage(TyperCommand):
+    """A command whose usage line names its arguments as the docs write them
+    (``civt-pipe export [OPTIONS] CHECKPOINT OUT``), not in typer's braces."""
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
+
+# --help is click's plain formatter (rich_markup_mode=None), not typer's rich panels: at 80
+# columns the panels squeezed option help into an 18-character column and showed <bool> on
+# every flag; click's layout keeps a 30-column option column, rewraps docstrings into
+# paragraphs, and shows flags as --x / --no-x.
 app = typer.Typer(
     cls=OneLineErrors,
     name="civt-pipe",
@@ -59,7 +75,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 
 
@@ -98,19 +114,19 @@ def _register() -> None:
     )
 
     # In pipeline order, which is the order ``--help`` lists them in.
-    app.command("quickstart")(user_errors(quickstart.quickstart_command))
-    app.command("make-shards")(user_errors(shards.make_shards_command))
-    app.command("models")(user_errors(models.models_command))
-    app.command("train-teacher")(user_errors(teacher.train_teacher_command))
-    app.command("evaluate")(user_errors(evaluate.evaluate_command))
-    app.command("predict")(user_errors(predict.predict_command))
-    app.command("dump-logits")(user_errors(dump.dump_logits_command))
-    app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))
-    app.command("train-student")(user_errors(student.train_student_command))
-    app.command("train-cakd")(user_errors(cakd.train_cakd_command))
-    app.command("plot")(user_errors(plot.plot_command))
-    app.command("export")(user_errors(export.export_command))
-    app.command("study")(user_errors(study.study_command))
+    app.command("quickstart", cls=PlainUsage)(user_errors(quickstart.quickstart_command))
+    app.command("make-shards", cls=PlainUsage)(user_errors(shards.make_shards_command))
+    app.command("models", cls=PlainUsage)(user_errors(models.models_command))
+    app.command("train-teacher", cls=PlainUsage)(user_errors(teacher.train_teacher_command))
+    app.command("evaluate", cls=PlainUsage)(user_errors(evaluate.evaluate_command))
+    app.command("predict", cls=PlainUsage)(user_errors(predict.predict_command))
+    app.command("dump-logits", cls=PlainUsage)(user_errors(dump.dump_logits_command))
+    app.command("inspect-store", cls=PlainUsage)(user_errors(inspect_store.inspect_store_command))
+    app.command("train-student", cls=PlainUsage)(user_errors(student.train_student_command))
+    app.command("train-cakd", cls=PlainUsage)(user_errors(cakd.train_cakd_command))
+    app.command("plot", cls=PlainUsage)(user_errors(plot.plot_command))
+    app.command("export", cls=PlainUsage)(user_errors(export.export_command))
+    app.command("study", cls=PlainUsage)(user_errors(study.study_command))
 
 
 _register()
