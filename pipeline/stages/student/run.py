@@ -467,7 +467,7 @@ def _train(
         "steps": result.global_step,
         "steps_per_epoch": steps_per_epoch,
         "val": last.val if last is not None else {},
-        "loss": last.last if last is not None else {},
+        "loss": result.epoch_loss,
         "teachers": names,
         "mode": "online" if setup.online else "store",
         "rank": ctx.rank,
