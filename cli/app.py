@@ -114,19 +114,21 @@ def _register() -> None:
     )
 
     # In pipeline order, which is the order ``--help`` lists them in.
-    app.command("quickstart", cls=PlainUsage)(user_errors(quickstart.quickstart_command))
-    app.command("make-shards", cls=PlainUsage)(user_errors(shards.make_shards_command))
-    app.command("models", cls=PlainUsage)(user_errors(models.models_command))
-    app.command("train-teacher", cls=PlainUsage)(user_errors(teacher.train_teacher_command))
-    app.command("evaluate", cls=PlainUsage)(user_errors(evaluate.evaluate_command))
-    app.command("predict", cls=PlainUsage)(user_errors(predict.predict_command))
-    app.command("dump-logits", cls=PlainUsage)(user_errors(dump.dump_logits_command))
-    app.command("inspect-store", cls=PlainUsage)(user_errors(inspect_store.inspect_store_command))
-    app.command("train-student", cls=PlainUsage)(user_errors(student.train_student_command))
-    app.command("train-cakd", cls=PlainUsage)(user_errors(cakd.train_cakd_command))
-    app.command("plot", cls=PlainUsage)(user_errors(plot.plot_command))
-    app.command("export", cls=PlainUsage)(user_errors(export.export_command))
-    app.command("study", cls=PlainUsage)(user_errors(study.study_command))
+    app.command("quickstart")(user_errors(quickstart.quickstart_command))
+    app.command("make-shards")(user_errors(shards.make_shards_command))
+    app.command("models")(user_errors(models.models_command))
+    app.command("train-teacher")(user_errors(teacher.train_teacher_command))
+    app.command("evaluate")(user_errors(evaluate.evaluate_command))
+    app.command("predict")(user_errors(predict.predict_command))
+    app.command("dump-logits")(user_errors(dump.dump_logits_command))
+    app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))
+    app.command("train-student")(user_errors(student.train_student_command))
+    app.command("train-cakd")(user_errors(cakd.train_cakd_command))
+    app.command("plot")(user_errors(plot.plot_command))
+    app.command("export")(user_errors(export.export_command))
+    app.command("study")(user_errors(study.study_command))
+    for info in app.registered_commands:
+        info.cls = PlainUsage
 
 
 _register()
