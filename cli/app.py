@@ -6,7 +6,6 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
@@ -56,7 +55,8 @@ class PlainUsage(TyperCommand):
     """A command whose usage line names its arguments as the docs write them
     (``civt-pipe export [OPTIONS] CHECKPOINT OUT``), not in typer's braces."""
 
-    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+    # Any: typer vendors its own click, whose Context this is.
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return [
             piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
             for piece in super().collect_usage_pieces(ctx)

@@ -141,8 +141,10 @@ def _name(kind: str, args: dict[str, Any]) -> str:
 def _plain(model: NormalizedModel, body: VisionTransformer, front: int, exported: str) -> TimmForm:
     """``VisionTransformer`` with the prefix token ``front`` in the class slot."""
     args, state = _common(model, body)
-    tokens = [body.cls_token, body.dist_tokens] if isinstance(body, CivT) else [body.cls_token]
-    prefix = torch.cat(tokens, dim=1).detach()
+    parts: list[Tensor] = [body.cls_token]
+    if isinstance(body, CivT):
+        parts.append(body.dist_tokens)
+    prefix = torch.cat(parts, dim=1).detach()
     num_prefix = prefix.shape[1]
     order = [front, *(i for i in range(num_prefix) if i != front)]
     tokens = prefix[:, order]
