@@ -59,7 +59,7 @@ def student(root: Path, name: str, seed: int, cfg: argparse.Namespace) -> dict[s
     slug = name.lower().replace(" ", "-").replace("/", "")
     run_dir = root / "runs" / f"{slug}-s{seed}"
     teacher = root / "teachers" / "vit-nano.pt"
-    if not (run_dir / "student.pt").exists():
+    if not (run_dir / "final.pt").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         args = [
             "train-cakd",
@@ -76,7 +76,7 @@ def student(root: Path, name: str, seed: int, cfg: argparse.Namespace) -> dict[s
         run(args, root / "runs" / f"{slug}-s{seed}.log")
     evaluate = [
         "evaluate",
-        "--checkpoint", str(run_dir / "student.pt"),
+        "--checkpoint", str(run_dir / "final.pt"),
         "--data", str(root / "data" / "test"),
         "--threads", str(cfg.threads),
     ]  # fmt: skip

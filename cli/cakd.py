@@ -23,9 +23,10 @@ train_cakd_command = config_command(
     doc="""Train a CNN student from a live ViT teacher: cross-architecture KD (Liu et al., ACCV
     2022: PCA + GL projectors, multi-view adversary, plus CE), Hinton logit KD, or labels only.
 
-    Writes RUN_DIR/student.pt (the student alone, for evaluate), last.pt (resumable: projectors,
-    discriminator and both optimizers too), metrics.jsonl and config.json. Killed at any point,
-    the same command with --resume finishes with the same weights; DDP under torchrun.
+    Writes RUN_DIR/final.pt + final.safetensors (the student alone, for evaluate), last.pt
+    (resumable: projectors, discriminator and both optimizers too), metrics.jsonl, config.json.
+    Killed at any point, the same command with --resume finishes with the same weights; DDP
+    under torchrun.
     """,
     extra=[JSON_OPTION],
 )

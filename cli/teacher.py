@@ -20,7 +20,8 @@ def _run(cfg: TeacherTrainConfig, extras: dict[str, Any]) -> None:
 train_teacher_command = config_command(
     TeacherTrainConfig,
     _run,
-    doc="""Train a teacher (crop/flip, warm-up + cosine, label smoothing); writes CKPT, plus
-    CKPT-stem.metrics.jsonl and CKPT-stem.config.json beside it. DDP under torchrun.""",
+    doc="""Train a teacher (crop/flip, warm-up + cosine, label smoothing) into the run directory
+    --out (last.pt, final.pt, final.safetensors, metrics.jsonl, config.json). DDP under
+    torchrun.""",
     extra=[JSON_OPTION],
 )

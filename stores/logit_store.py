@@ -1,9 +1,10 @@
 """The zarr v3 logit store: create, write one shard at a time, read one view, finalize.
 
-Concurrency rules (DESIGN §5): every shard owns whole files: a per-view array is sharded
-(zarr's sharding codec) into one file per ``chunk_rows`` rows holding every view, and shards
-start on a ``chunk_rows`` boundary, so writers of different shards never touch the same file;
-``written`` has one chunk per shard for the same reason. A shard's files are always written
+Concurrency rules (docs/architecture.md, docs/store-format.md): every shard owns whole files: a
+per-view array is sharded (zarr's sharding codec) into one file per ``chunk_rows`` rows holding
+every view, and shards start on a ``chunk_rows`` boundary, so writers of different shards never
+touch the same file; ``written`` has one chunk per shard for the same reason. A shard's files are
+always written
 whole (all views at once) after deleting any earlier copy, so zarr's read-modify-write of a
 sharded file never reads another attempt's bytes. Only the creator writes metadata and
 attributes (``create``, ``finalize``). ``write_shard`` writes the data first and the shard's

@@ -20,7 +20,6 @@ from civt_pipe.pipeline.augment.params import (
 )
 from civt_pipe.pipeline.augment.render import (
     dominant_labels,
-    eval_view,
     lookup_partner_labels,
     mix_views,
     mixed_targets,
@@ -29,6 +28,7 @@ from civt_pipe.pipeline.augment.render import (
     view_digest,
     view_digests,
 )
+from civt_pipe.pipeline.data.eval_view import eval_view
 
 
 def _image(channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -256,7 +256,7 @@ def test_bad_checkpoint_is_one_line_in_every_command_that_takes_one(
     expected = {
         "code": r"is not a civt-pipe checkpoint: it contains pickled code \(posix\.system\); "
         "refusing to load it",
-        "directory": r"is a directory, not a checkpoint file",
+        "directory": r"has no final\.pt \(is the run finished\?",
     }[kind]
     assert_one_line(code, lines, rf"{os.path.basename(ckpt)} {expected}")
     assert not out.exists() or not any(out.iterdir())

@@ -1,9 +1,10 @@
 """The bad-input battery: every command, given what a careless or hostile user gives it.
 
-Each case runs the command line in-process and asserts the contract of DESIGN §8 / issue 16:
-exit code 2, exactly one stderr line starting with ``civt-pipe: error:``, no traceback, and —
-when the run is refused before any work — the files it was pointed at unchanged (the case's
-own directory and the shared fixtures, compared byte for byte before and after).
+Each case runs the command line in-process and asserts the contract of docs/architecture.md ("Errors
+a user can cause") / issue 16: exit code 2, exactly one stderr line starting with ``civt-pipe:
+error:``, no traceback, and — when the run is refused before any work — the files it was pointed at
+unchanged (the case's own directory and the shared fixtures, compared byte for byte before and
+after).
 
 The fixtures (toy shards, an untrained teacher, a store, a short student run) are built once
 for the module; a case that damages something copies it into its own directory first.
@@ -23,7 +24,6 @@ from typing import Any
 
 import pytest
 import torch
-from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher, train_toy_student
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
@@ -33,17 +33,11 @@ SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Toy shards (train: 2 tars, 24 samples, 3 classes; test), an untrained cnn-nano teacher,
-    a store of the train shards (V = 2, k = 3) and a one-epoch student run from it."""
-    root = tmp_path_factory.mktemp("bad-input")
-    train = make_toy_shards(root, "train", per_class=8)
-    test = make_toy_shards(root, "test", per_class=3, seed=1)
-    teacher = make_toy_teacher(root / "cnn.pt", image_size=SIZE)
-    store = dump_toy_store(train, teacher, root / "store.zarr", views=2, aug="small")
-    run = root / "run"
-    train_toy_student(train, store, run)
-    return {"root": root, "train": train, "test": test, "ckpt": teacher, "store": store, "run": run}
+def world(toy_world: dict[str, Path]) -> dict[str, Path]:
+    """The shared toy run (tests/conftest.py ``toy_world``): toy shards, a cnn-nano teacher
+    (``ckpt``: its final.pt), a store of the train shards (V = 2, k = 3) and a one-epoch student
+    run from it."""
+    return toy_world
 
 
 # ------------------------------------------------------------------------------- damage kits
@@ -163,6 +157,10 @@ def a_directory(tmp: Path, w: dict[str, Path]) -> None:
     (tmp / "dir").mkdir()
 
 
+def a_run_dir(tmp: Path, w: dict[str, Path]) -> None:
+    _copy(w["run"], tmp / "dir")
+
+
 def teacher_out_exists(tmp: Path, w: dict[str, Path]) -> None:
     _copy(w["ckpt"], tmp / "teacher.pt")
 
@@ -263,7 +261,7 @@ CASES = [
     Case("teacher-data-missing", tt(data="{tmp}/none"), "none"),
     Case("teacher-resume-overwrite", tt("--resume", "--overwrite"), "contradict"),
     Case("teacher-out-exists", tt(out="{tmp}/teacher.pt"), "exists", teacher_out_exists),
-    Case("teacher-out-dir", tt("--overwrite", out="{tmp}/dir"), "directory", a_directory),
+    Case("teacher-out-holds-a-run", tt(out="{tmp}/dir"), "already holds a run", a_run_dir),
     Case("teacher-init-garbage", tt("--init", BAD), "ckpt.pt", garbage_checkpoint),
     # dump-logits
     Case("dump-topk-0", dl("--topk", "0"), "--topk must be at least 1"),

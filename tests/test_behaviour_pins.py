@@ -47,7 +47,18 @@ STORE_FIGURES = (
 # ordinal shuffle buffer, views from the same online renderer as train-student) instead of its
 # own TrainStream, and the shard order, shuffle and per-step torch seeds of both stages come
 # from the one keyed_seed (new domains) instead of four separate hashes.
-TEACHER_WEIGHTS = "a8649d6602432894a38f8aa82f49a424191bc6c74b2b75b88ca612ab4255c1c1"
+# Issue 22 "one training run" moved the teacher pin on purpose, for one meaning only: the one
+# warm-up rule, min(warm-up epochs, a fifth of the run). The nano recipe's 1 warm-up epoch on
+# this 1-epoch run is now 0.2 epoch; before, train-teacher clamped it to the whole run, so the
+# rate never left warm-up. Per-rank --batch-size (one rank here) and the rate per 512 images
+# (3.2e-2 × 32/512 equals the former 1.6e-2 × 32/256 exactly) leave it unchanged; the teacher
+# now writes a run directory and the pin reads its final.pt (= last.pt's weights). Checked:
+# the new code with the former warm-up rule gives the former weights to the bit.
+# Recorded on torch 2.14.1 (CPU), where the commit before issue 22 gave 562711029fd3...
+# (with the old rule) and also the store and student pins differ from the values recorded
+# above (57e3551c797a... and 6e4413db70fd... there, before and after issue 22 alike): those two
+# were recorded on another platform and issue 22 changed neither.
+TEACHER_WEIGHTS = "36b5c0ca17b271bb674c1e9e889de64740eaad9b86c13759b7c926514a614186"
 STUDENT_WEIGHTS = "5faeff0c84a5afcb1b13b51086be871b45848841650d6e6163212033f7298a6a"
 
 
@@ -82,7 +93,7 @@ def pinned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = root / "data"
     _cli("make-shards", "digits", str(data), "--split", "test", "--shard-size", "100")
     common = ["--device", "cpu", "--workers", "0", "--threads", "1"]
-    trained = root / "trained-cnn.pt"
+    trained = root / "trained-cnn"  # a run directory, as every trainer writes
     _cli(
         "train-teacher", "--arch", "cnn-nano", "--data", str(data), "--out", str(trained),
         "--epochs", "1", "--batch-size", "32", "--seed", "3", *common,
@@ -115,7 +126,8 @@ def _figures(report: dict[str, Any]) -> str:
 
 
 def test_train_teacher_weights_are_pinned(pinned: dict[str, Any]) -> None:
-    state = torch.load(pinned["teacher"], map_location="cpu", weights_only=True)["state_dict"]
+    final = pinned["teacher"] / "final.pt"
+    state = torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
     digest = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         digest.update(name.encode())

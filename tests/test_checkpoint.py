@@ -145,9 +145,9 @@ def test_pickled_code_is_refused_as_unsafe_and_never_run(tmp_path: Path, writer:
     assert not marker.exists()
 
 
-def test_directory_given_as_checkpoint_is_named_a_directory(tmp_path: Path) -> None:
+def test_directory_without_a_finished_run_is_one_line(tmp_path: Path) -> None:
     for load in (load_checkpoint, model_from_checkpoint, file_sha256):
-        with pytest.raises(UserError, match=r"is a directory, not a checkpoint file"):
+        with pytest.raises(UserError, match=r"run directory .* has no final.pt"):
             load(tmp_path)
 
 
@@ -239,3 +239,39 @@ def test_torchvision_rgb_weights_load_into_grayscale_model(tmp_path: Path) -> No
     model, meta = model_from_checkpoint(path, arch="resnet18", in_chans=1, image_size=32)
     assert meta["in_chans"] == 1 and model.body.conv1.weight.shape == (64, 1, 7, 7)
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_a_run_directory_means_its_final_checkpoint(tmp_path: Path) -> None:
+    """Every trainer writes a run directory; whatever takes a checkpoint (evaluate, export,
+    teacher specs, --init) takes the directory too, meaning its final.pt."""
+    from civt_pipe.pipeline.models.teacher_spec import TeacherSpec
+    from civt_pipe.pipeline.models.teachers import load_teachers
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path, model = _teacher_ckpt(run)
+    path.rename(run / "final.pt")
+    loaded, _ = model_from_checkpoint(run, expect_kind="teacher")
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert file_sha256(run) == file_sha256(run / "final.pt")
+    spec = TeacherSpec.parse(f"cnn=cnn-nano:{run}")
+    (teacher,) = load_teachers([spec], torch.device("cpu"), num_classes=10, channels=1)
+    torch.testing.assert_close(teacher.model(x), model(x))
+
+
+def test_teacher_files_of_earlier_versions_keep_loading(tmp_path: Path) -> None:
+    """train-teacher once wrote ``X.pt`` (the resumable checkpoint, with the unversioned
+    ``train_state`` of whole epochs) and its siblings; such a file still serves as a teacher."""
+    from civt_pipe.pipeline.models.teacher_spec import TeacherSpec
+    from civt_pipe.pipeline.models.teachers import load_teachers
+
+    model = create_model("cnn-nano", num_classes=10, in_chans=1, image_size=16).eval()
+    old = tmp_path / "cnn.pt"
+    state = {"epoch": 2, "step": 30, "optimizer": {"state": {}, "param_groups": []}, "rng": {}}
+    save_checkpoint(old, make_checkpoint(model, class_names=CLASSES, train_state=state))
+    (tmp_path / "cnn.metrics.jsonl").write_text('{"epoch": 1}\n')
+    spec = TeacherSpec.parse(f"cnn=cnn-nano:{old}")
+    (teacher,) = load_teachers([spec], torch.device("cpu"), num_classes=10, channels=1)
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(teacher.model(x), model(x))

@@ -34,6 +34,7 @@ from civt_pipe.pipeline.stages.student import run as student
 from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
 from civt_pipe.pipeline.stages.teacher import run as teacher
 from civt_pipe.pipeline.stages.teacher.config import ResolvedTeacherConfig, TeacherTrainConfig
+from civt_pipe.pipeline.train.run_options import RunOptions
 from civt_pipe.pipeline.workflows import quickstart
 from civt_pipe.pipeline.workflows.quickstart import QuickstartConfig
 
@@ -275,4 +276,10 @@ def test_resume_flags_mark_only_what_cannot_change_the_weights() -> None:
         # The spelling of --precision may change: the resolved precision is in the identity.
         "precision", "compile",
     }  # fmt: skip
-    assert free(ResolvedTeacherConfig) == {"data", "val", "out", "init", "sources", "compile"}
+    assert free(ResolvedTeacherConfig) == {
+        "data", "val", "out", "init", "sources", "compile", "save_every",
+    }  # fmt: skip
+    # The options every trainer shares (train/run_options.py) have one resume rule everywhere.
+    shared = {f.name for f in dataclasses.fields(RunOptions)}
+    for config in (TeacherTrainConfig, StudentTrainConfig, CakdTrainConfig):
+        assert shared <= free(config), config.__name__

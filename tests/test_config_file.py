@@ -155,14 +155,14 @@ def test_one_file_drives_several_commands_through_sections(
     config = _write(
         tmp_path / "all.toml",
         'data = "shards"\nseed = 3\n'
-        '[train-teacher]\narch = "cnn-nano"\nout = "cnn.pt"\n'
-        '[dump-logits]\nout = "store.zarr"\nteacher = {cnn = "cnn-nano:cnn.pt"}\nseed = 4\n'
+        '[train-teacher]\narch = "cnn-nano"\nout = "cnn"\n'
+        '[dump-logits]\nout = "store.zarr"\nteacher = {cnn = "cnn-nano:cnn"}\nseed = 4\n'
         '[train-student]\nstore = "store.zarr"\nout = "run"\n',
     )
     teacher = _parse(monkeypatch, ["train-teacher", "--config", str(config)])
-    assert (teacher.arch, teacher.out, teacher.seed) == ("cnn-nano", Path("cnn.pt"), 3)
+    assert (teacher.arch, teacher.out, teacher.seed) == ("cnn-nano", "cnn", 3)
     dump = _parse(monkeypatch, ["dump-logits", "--config", str(config)])
-    assert dump.teachers == (TeacherSpec.parse("cnn=cnn-nano:cnn.pt"),) and dump.seed == 4
+    assert dump.teachers == (TeacherSpec.parse("cnn=cnn-nano:cnn"),) and dump.seed == 4
     student = _parse(monkeypatch, ["train-student", "--config", str(config)])
     assert (student.store, student.out, student.seed) == ("store.zarr", "run", 3)
 

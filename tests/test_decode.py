@@ -271,7 +271,7 @@ def _replay_all(world: dict[str, Any], decoder: str) -> int:
         seed=setup.seed,
         num_classes=setup.num_classes,
         channels=setup.channels,
-        store_path=str(world["store"]),
+        store=setup.store,
         verify="all",  # every replayed view against the digest stage one stored
         decoder=setup.decoder,
     )

@@ -64,8 +64,9 @@ def test_dump_example_runs_from_a_root_holding_the_quickstart(tmp_path: Path) ->
     for name in ("cnn", "inn"):
         torch.manual_seed(0)
         model = create_model(f"{name}-nano", num_classes=10, in_chans=1, image_size=16)
-        (tmp_path / "quickstart" / "teachers").mkdir(parents=True, exist_ok=True)
-        save_checkpoint(tmp_path / "quickstart" / "teachers" / f"{name}.pt", make_checkpoint(model))
+        run_dir = tmp_path / "quickstart" / "teachers" / name  # a teacher's run directory
+        run_dir.mkdir(parents=True)
+        save_checkpoint(run_dir / "final.pt", make_checkpoint(model))
     dumped = subprocess.run(
         [*exe, "dump-logits", "--config", "configs/dump.toml", "--views", "1", "--threads", "1"],
         cwd=tmp_path,

@@ -20,7 +20,6 @@ import torchvision.models as tvm
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.regnet import BlockParams
-from toy_shards import dump_toy_store, make_toy_shards, train_toy_student
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
@@ -280,28 +279,10 @@ def test_exports_of_one_checkpoint_in_two_forms_keep_both_manifests(tmp_path: Pa
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Toy shards, a one-epoch cnn-nano teacher and a one-epoch student from its store."""
-    root = tmp_path_factory.mktemp("export")
-    train = make_toy_shards(root, "train", per_class=8)
-    test = make_toy_shards(root, "test", per_class=3, seed=1)
-    teacher = root / "cnn.pt"
-    train_teacher(
-        TeacherTrainConfig(
-            arch="cnn-nano",
-            data=str(train),
-            out=teacher,
-            epochs=1,
-            batch_size=8,
-            workers=0,
-            device="cpu",
-            threads=1,
-        )
-    )
-    store = dump_toy_store(train, teacher, root / "store.zarr", views=1, aug="small")
-    run = root / "run"
-    train_toy_student(train, store, run)
-    return {"root": root, "train": train, "test": test, "teacher": teacher, "run": run}
+def trained(toy_world: dict[str, Path]) -> dict[str, Path]:
+    """The shared toy run (tests/conftest.py ``toy_world``): a one-epoch cnn-nano teacher run
+    directory and a one-epoch student from its store."""
+    return toy_world
 
 
 def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -314,7 +295,7 @@ def test_training_writes_safetensors_beside_the_final_checkpoints(
     trained: dict[str, Path],
 ) -> None:
     pairs = [
-        (trained["teacher"], trained["root"] / "cnn.safetensors"),
+        (trained["teacher"] / "final.pt", trained["teacher"] / "final.safetensors"),
         (trained["run"] / "final.pt", trained["run"] / "final.safetensors"),
     ]
     for pt, weights in pairs:
@@ -324,13 +305,14 @@ def test_training_writes_safetensors_beside_the_final_checkpoints(
         assert "train_state" not in light
         for key in ("arch", "kind", "model_args", "class_names", "metrics"):
             assert light[key] == json.loads(json.dumps(ckpt[key])), key
-    assert not (trained["run"] / "last.safetensors").exists()
+    for run in (trained["teacher"], trained["run"]):
+        assert not (run / "last.safetensors").exists()
 
 
 def test_safetensors_load_as_teacher_spec_and_init(
     trained: dict[str, Path], tmp_path: Path
 ) -> None:
-    weights = trained["root"] / "cnn.safetensors"
+    weights = trained["teacher"] / "final.safetensors"
     (loaded,) = load_teachers(
         [TeacherSpec.parse(f"cnn=cnn-nano:{weights}")],
         torch.device("cpu"),
@@ -338,12 +320,12 @@ def test_safetensors_load_as_teacher_spec_and_init(
         channels=1,
     )
     _same_weights(loaded.model.state_dict(), load_checkpoint(trained["teacher"])["state_dict"])
-    out = tmp_path / "again.pt"
+    out = tmp_path / "again"
     train_teacher(
         TeacherTrainConfig(
             arch="cnn-nano",
             data=str(trained["train"]),
-            out=out,
+            out=str(out),
             epochs=1,
             batch_size=8,
             lr=1e-9,  # one step barely moves the weights: they are the initial ones
@@ -380,11 +362,6 @@ def test_cli_safetensors_export_evaluates_like_the_checkpoint(
         assert result.exit_code == 0, result.output
         scores.append(json.loads(result.stdout)["heads"])
     assert scores[0] == scores[1]
-
-
-def test_teacher_out_cannot_be_the_safetensors_name(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"written beside it as t\.safetensors"):
-        TeacherTrainConfig(arch="cnn-nano", data="x", out=tmp_path / "t.safetensors")
 
 
 def test_damaged_safetensors_is_one_line(trained: dict[str, Path], tmp_path: Path) -> None:

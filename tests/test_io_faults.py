@@ -163,11 +163,13 @@ def test_make_shards_on_a_full_disk_is_one_line_and_leaves_nothing(
     assert len(make_shards(cfg).shards) == 3
 
 
-def test_train_teacher_out_directory_with_overwrite_is_refused_before_training(
+def test_train_teacher_out_file_with_overwrite_is_refused_before_training(
     tmp_path: Path,
 ) -> None:
+    """--out is a run directory: a file in its place is refused, even with --overwrite, and
+    left as it was."""
     data = make_toy_shards(tmp_path, "train", per_class=4)
-    (tmp_path / "out.pt").mkdir()
+    (tmp_path / "out.pt").write_bytes(b"an older teacher file")
     result = CliRunner().invoke(
         app,
         [
@@ -177,9 +179,10 @@ def test_train_teacher_out_directory_with_overwrite_is_refused_before_training(
     )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"civt-pipe: error: {tmp_path / 'out.pt'} is a directory; give the path of a file to write"
+        f"civt-pipe: error: {tmp_path / 'out.pt'} exists and is not a directory"
     ]
-    assert list((tmp_path / "out.pt").iterdir()) == [] and not partials(tmp_path)
+    assert (tmp_path / "out.pt").read_bytes() == b"an older teacher file"
+    assert not partials(tmp_path)
 
 
 @pytest.mark.slow  # three short train-student runs and a dump: ~35 s on 2 busy cores

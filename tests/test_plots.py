@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.models.teacher_spec import TeacherSpec
 from civt_pipe.pipeline.runtime.errors import UserError
+from civt_pipe.pipeline.runtime.run_layout import METRICS
 from civt_pipe.pipeline.stages.dump.config import DumpConfig
 from civt_pipe.pipeline.stages.dump.run import run_dump
 from civt_pipe.pipeline.stages.inspect_store import InspectStoreConfig, run_inspect_store
 from civt_pipe.pipeline.stages.plot import PlotConfig, plot_runs
-from civt_pipe.pipeline.stages.student.config import METRICS, StudentTrainConfig
+from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
 from civt_pipe.pipeline.stages.student.run import train_student
-from civt_pipe.pipeline.stages.teacher.config import metrics_path
 from civt_pipe.pipeline.viz.figure import INSTALL_HINT, grid_shape, png_size
 from civt_pipe.pipeline.viz.runs import (
     RUN_METRICS,
@@ -82,15 +82,20 @@ def _write_run(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     return run_dir
 
 
+def _legacy_metrics(path: Path) -> Path:
+    """``X.pt`` → ``X.metrics.jsonl``: the teacher layout of earlier versions, which still plots."""
+    return path.with_name(path.stem + ".metrics.jsonl")
+
+
 def _teacher(path: Path) -> Path:
-    """A train-teacher output: ``X.pt`` (contents unused by plot) and ``X.metrics.jsonl``."""
+    """An earlier train-teacher output: ``X.pt`` (unused by plot) and ``X.metrics.jsonl``."""
     path.write_bytes(b"")
     records = [
         {"epoch": e, "step": 10 * e, "lr": 4e-3, "train_loss": 2.0 / e, "train_top1": 0.1 * e}
         | {"val_top1": 0.2 * e, "val_top5": 0.5 + 0.1 * e, "epoch_seconds": 1.0}
         for e in (1, 2, 3)
     ]
-    metrics_path(path).write_text("".join(json.dumps(r) + "\n" for r in records))
+    _legacy_metrics(path).write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
 
@@ -155,7 +160,7 @@ def test_metric_file_names_match_the_stages_that_write_them(tmp_path: Path) -> N
     assert RUN_METRICS == METRICS
     teacher = tmp_path / "cnn.pt"
     teacher.write_bytes(b"")
-    assert metrics_file_of(teacher) == metrics_path(teacher)
+    assert metrics_file_of(teacher) == _legacy_metrics(teacher)
     assert metrics_file_of(tmp_path) == tmp_path / METRICS
     assert default_plot_path(teacher) == tmp_path / "cnn.plot.png"
     assert default_plot_path(tmp_path) == tmp_path / "plot.png"

@@ -198,11 +198,12 @@ def test_reuse_checks_read_the_real_artifacts(tmp_path: Path) -> None:
     make_shards(MakeShardsConfig(source="digits", out_dir=tmp_path / "test", split="test"))
     assert qs.shards_done(tmp_path / "test")
 
-    ckpt = tmp_path / "cnn.pt"
-    assert qs.teacher_epochs_done(ckpt) == 0
+    run = tmp_path / "cnn"
+    assert qs.teacher_epochs_done(run) == 0
     model = create_model("cnn-nano", num_classes=10, in_chans=1, image_size=8)
-    save_checkpoint(ckpt, make_checkpoint(model, train_state={"epoch": 3, "step": 60}))
-    assert qs.teacher_epochs_done(ckpt) == 3
+    run.mkdir()
+    save_checkpoint(run / "last.pt", make_checkpoint(model, train_state={"epoch": 3, "step": 60}))
+    assert qs.teacher_epochs_done(run) == 3
 
     assert not qs.store_done(tmp_path / "missing.zarr")
     assert not qs.store_done(tmp_path / "test")  # a directory that is not a store

@@ -1,5 +1,5 @@
-"""The store is a leaf (DESIGN §2): no module in ``stores/`` imports the pipeline (or the CLI),
-and what a user can do wrong with a store still ends as one clean line."""
+"""The store is a leaf (docs/architecture.md): no module in ``stores/`` imports the pipeline (or the
+CLI), and what a user can do wrong with a store still ends as one clean line."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_a_store_error_in_a_stream_worker_ends_as_one_user_error(tmp_path: Path)
         rows, seed=0, epoch=0, rank=0, world_size=1, batch_size=2, shuffle_buffer=4
     )
     source = ViewSource(
-        aug=preset("small", 8), seed=0, num_classes=10, channels=1, store_path=str(path)
+        aug=preset("small", 8), seed=0, num_classes=10, channels=1, store=LogitStore.open(path)
     )
     with pytest.raises(UserError, match=r"^shard 'other.tar' is not in logit store"):
         next(iter_view_batches(source, rows, plan, view=0))

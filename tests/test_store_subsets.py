@@ -22,9 +22,10 @@ from civt_pipe.pipeline.models.checkpoint import load_checkpoint, make_checkpoin
 from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.models.teacher_spec import TeacherSpec
 from civt_pipe.pipeline.runtime.errors import UserError
+from civt_pipe.pipeline.runtime.run_layout import FINAL
 from civt_pipe.pipeline.stages.dump.config import DumpConfig
 from civt_pipe.pipeline.stages.dump.run import run_dump
-from civt_pipe.pipeline.stages.student.config import FINAL, StudentTrainConfig
+from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
 from civt_pipe.pipeline.stages.student.run import train_student
 from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.topk import TopKLogits

@@ -67,23 +67,21 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"train": train, "test": test, "store": store}
 
 
-def test_train_teacher_writes_its_epoch_records_beside_the_checkpoint(
+def test_train_teacher_writes_its_epoch_records_to_the_run_dir(
     toy: dict[str, Path], tmp_path: Path
 ) -> None:
-    out = tmp_path / "cnn.pt"
+    out = tmp_path / "cnn"
     args = ["train-teacher", "--arch", "cnn-nano", "--data", str(toy["train"])]
     args += ["--val", str(toy["test"]), "--out", str(out), "--epochs", "2", "--batch-size", "8"]
     args += ["--device", "cpu", "--workers", "0", "--threads", "1", "--tensorboard"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    board = _read(tmp_path / "cnn.tb")
+    board = _read(out / "tb")
     for tag in ("train_loss", "train_top1", "lr", "images_per_s", "val_top1"):
         assert [step for step, _ in board[f"epoch/{tag}"]] == [3, 6], tag
-    sources = json.loads((tmp_path / "cnn.config.json").read_text())["sources"]
+    sources = json.loads((out / "config.json").read_text())["sources"]
     assert sources["tensorboard"] == "command-line" and sources["seed"] == "default"
-    records = [
-        json.loads(line) for line in (tmp_path / "cnn.metrics.jsonl").read_text().splitlines()
-    ]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [v for _, v in board["epoch/train_loss"]] == pytest.approx(
         [r["train_loss"] for r in records]
     )

@@ -144,17 +144,15 @@ def test_each_method_trains_an_epoch_and_saves_an_evaluable_student(
     assert record["epoch"] == 1 and "val_top1" in record
 
     student = create_model("cnn-nano", num_classes=3, in_chans=1, image_size=SIZE)
-    for name in ("student.pt", "last.pt"):
+    for name in ("final.pt", "last.pt"):
         saved = load_checkpoint(out / name)
         # Projectors and discriminator never enter the student's weights.
         assert set(saved["state_dict"]) == set(student.state_dict())
     extra = load_checkpoint(out / "last.pt")["train_state"]["cakd"]
     assert ("projectors" in extra) == (method == "cakd")
     assert ("discriminator" in extra) == (method == "cakd" and multi_view)
-    assert "train_state" not in load_checkpoint(out / "student.pt")
-    result = evaluate(
-        EvaluateConfig(checkpoint=out / "student.pt", data=str(toy["test"]), threads=1)
-    )
+    assert "train_state" not in load_checkpoint(out / "final.pt")
+    result = evaluate(EvaluateConfig(checkpoint=out / "final.pt", data=str(toy["test"]), threads=1))
     assert result["num_samples"] == 9
 
 
@@ -333,21 +331,24 @@ def test_two_process_ddp_run_trains_with_the_discriminator_and_saves_once(
 
     out = tmp_path / "ddp"
     env = {**os.environ, "CIVT_PIPE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     cmd += ["-m", "civt_pipe.cli", "train-cakd", "--data", str(toy["train"])]
     cmd += ["--teacher", f"vit=vit-nano:{toy['vit']}", "--model", "cnn-nano", "--out", str(out)]
-    cmd += ["--epochs", "2", "--batch-size", "8", "--device", "cpu", "--threads", "1", "--json"]
+    cmd += ["--epochs", "5", "--batch-size", "16", "--device", "cpu", "--threads", "1", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(reports) == 1 and reports[0]["epochs"] == 2, done.stdout
+    assert len(reports) == 1 and reports[0]["epochs"] == 5, done.stdout
+    # --batch-size is per rank: 2 ranks × 16 = 32 images per optimizer step (48 // 32 = 1
+    # step per epoch, 5 in all: the discriminator steps once).
+    assert reports[0]["images_per_step"] == 32 and reports[0]["steps"] == 5
     last = load_checkpoint(out / "last.pt")
     assert last["train_state"]["identity"]["world_size"] == 2
     steps = last["train_state"]["global_step"]
     disc = last["train_state"]["cakd"]["discriminator"]["optimizer"]
     assert {int(s["step"]) for s in disc["state"].values()} == {steps // 5}
     assert all(
-        torch.isfinite(v).all() for v in load_checkpoint(out / "student.pt")["state_dict"].values()
+        torch.isfinite(v).all() for v in load_checkpoint(out / "final.pt")["state_dict"].values()
     )
 
 

@@ -6,6 +6,7 @@ runs in milliseconds without data files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -98,7 +99,13 @@ def _make(net: nn.Module, state: dict[str, Any] | None, metrics: Mapping[str, An
 
 
 def _run(
-    out: Path, task: ToyTask, *, save_every: int = 0, resume: bool = False, log_every: int = 2
+    out: Path,
+    task: ToyTask,
+    *,
+    save_every: int = 0,
+    resume: bool = False,
+    log_every: int = 2,
+    precision: Any = None,
 ) -> tuple[nn.Module, Any]:
     model = _model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -124,6 +131,7 @@ def _run(
         save_every=save_every,
         final=out / "final.pt",
         progress=False,
+        **({"precision": precision} if precision is not None else {}),
     )
     result = fit(
         task, model, optimizer, cfg, checkpointer, ctx=DistContext(), device=CPU, resume_from=state
@@ -166,6 +174,34 @@ def test_resume_inside_an_epoch_reaches_the_uninterrupted_weights(tmp_path: Path
     # Records past the checkpoint (step 6) were dropped before the resumed run wrote again.
     steps = [(r["kind"], r["step"]) for r in _records(killed)]
     assert steps == [(r["kind"], r["step"]) for r in _records(tmp_path / "whole")]
+
+
+class _ScaledFp32:
+    """fp32 numerics with fp16's gradient scaler (CPU): the scaler's state without a GPU."""
+
+    precision = "fp32"
+
+    def autocast(self) -> Any:
+        return contextlib.nullcontext()
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        # Growth every 2 steps: the scale of an uninterrupted run moves while it trains.
+        return torch.amp.GradScaler("cpu", init_scale=4.0, growth_interval=2)
+
+
+def test_resumed_run_continues_the_gradient_scaler_where_it_stopped(tmp_path: Path) -> None:
+    """The fp16 loss scale is part of last.pt: a resumed run scales (and would skip) exactly the
+    steps an uninterrupted one does, instead of re-calibrating from the initial scale."""
+    _run(tmp_path / "whole", ToyTask(), precision=_ScaledFp32())
+    killed = tmp_path / "killed"
+    with pytest.raises(Killed):
+        _run(killed, ToyTask(kill_at=(1, 3)), save_every=3, precision=_ScaledFp32())
+    saved = torch.load(killed / "last.pt", weights_only=True)["train_state"]["scaler"]
+    assert saved["scale"] > 4.0  # grown before the kill
+    _run(killed, ToyTask(), save_every=3, resume=True, precision=_ScaledFp32())
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["train_state"]
+    resumed = torch.load(killed / "last.pt", weights_only=True)["train_state"]
+    assert resumed["scaler"] == whole["scaler"]
 
 
 def test_train_step_updates_the_weights_and_returns_the_terms() -> None:

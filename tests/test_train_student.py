@@ -29,8 +29,9 @@ from civt_pipe.pipeline.replay.segments import ViewSource, iter_view_batches
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
 from civt_pipe.pipeline.stages.student.config import StudentTrainConfig, parse_per_teacher
-from civt_pipe.pipeline.stages.student.run import train_student, warmup_steps_for
+from civt_pipe.pipeline.stages.student.run import train_student
 from civt_pipe.pipeline.train.losses import civt_loss
+from civt_pipe.pipeline.train.run_options import warmup_steps_for
 from civt_pipe.stores.logit_store import LogitStore
 
 SIZE = 16
@@ -148,7 +149,7 @@ def test_both_modes_give_the_same_loss_on_the_same_batch(world: dict[str, Any]) 
     plan = plan_training(
         rows, seed=0, epoch=1, rank=0, world_size=1, batch_size=16, shuffle_buffer=32
     )
-    stored_src = ViewSource(aug=aug, seed=0, num_classes=10, channels=1, store_path=str(store.path))
+    stored_src = ViewSource(aug=aug, seed=0, num_classes=10, channels=1, store=store)
     online_src = ViewSource(aug=aug, seed=0, num_classes=10, channels=1)
     stored = next(iter_view_batches(stored_src, rows, plan, view=1))
     online = next(iter_view_batches(online_src, rows, plan, view=1))
@@ -349,9 +350,7 @@ def test_hard_target_is_the_stored_arg_max(world: dict[str, Any]) -> None:
     plan = plan_training(
         setup.shards, seed=0, epoch=0, rank=0, world_size=1, batch_size=16, shuffle_buffer=32
     )
-    source = ViewSource(
-        aug=setup.aug, seed=0, num_classes=10, channels=1, store_path=str(world["store"])
-    )
+    source = ViewSource(aug=setup.aug, seed=0, num_classes=10, channels=1, store=setup.store)
     batch = next(iter_view_batches(source, setup.shards, plan, view=0))
     taus = {"cnn": 1.0, "inn": 1.0}
     cpu = torch.device("cpu")

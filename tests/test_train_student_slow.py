@@ -163,7 +163,7 @@ def test_ddp_on_two_cpu_processes_takes_equal_steps_and_agrees_on_weights(
         out=str(out),
         model="civt-nano",
         epochs=2,
-        batch_size=8,
+        batch_size=16,
         device="cpu",
         progress=False,
     )
@@ -188,10 +188,12 @@ def test_ddp_on_two_cpu_processes_takes_equal_steps_and_agrees_on_weights(
     )
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    # 72 samples // (2 ranks × 8) = 4 steps per epoch on both ranks, though the shards split 2:1.
-    assert ranks[0]["steps"] == ranks[1]["steps"] == 2 * 4
+    # --batch-size is per rank: 2 ranks × 16 = 32 images per optimizer step, so 72 samples
+    # // 32 = 2 steps per epoch on both ranks, though the shards split 2:1.
+    assert ranks[0]["images_per_step"] == 32
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2 * 2
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert (out / "final.pt").exists()
-    # The same config in one process trains on other batches (global batch 8, not 16).
+    # The same config in one process trains on other batches (global batch 16, not 32).
     single = train_student(StudentTrainConfig(**{**cfg, "out": str(tmp_path / "one")}))
-    assert single["steps"] == 2 * 9
+    assert single["steps"] == 2 * 4 and single["images_per_step"] == 16

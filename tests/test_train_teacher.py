@@ -18,12 +18,7 @@ from civt_pipe.cli.app import app
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint
 from civt_pipe.pipeline.runtime.errors import UserError
-from civt_pipe.pipeline.stages.teacher.config import (
-    TeacherTrainConfig,
-    config_path,
-    metrics_path,
-    recipe_family,
-)
+from civt_pipe.pipeline.stages.teacher.config import TeacherTrainConfig, recipe_family
 from civt_pipe.pipeline.stages.teacher.run import train_teacher
 
 
@@ -59,9 +54,10 @@ def test_recipe_families() -> None:
 def test_short_run_writes_a_loadable_checkpoint_metrics_and_config(
     toy: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    out = tmp_path / "teacher.pt"
+    out = tmp_path / "teacher"
     result = train_teacher(_cfg(toy, out))
-    ckpt = load_checkpoint(out)
+    ckpt = load_checkpoint(out / "last.pt")
+    assert "train_state" not in load_checkpoint(out)  # the run directory means its final.pt
     assert ckpt["kind"] == "teacher" and ckpt["arch"] == "cnn-nano"
     assert ckpt["num_classes"] == 3 and ckpt["class_names"] == ["bright", "dark", "mid"]
     assert ckpt["image_size"] == 16 and ckpt["in_chans"] == 1
@@ -70,13 +66,15 @@ def test_short_run_writes_a_loadable_checkpoint_metrics_and_config(
     assert 0.0 <= result["val_top1"] <= 1.0
     assert ckpt["train_state"]["epoch"] == 2 and ckpt["train_state"]["global_step"] == 2 * 3
 
-    lines = [json.loads(line) for line in metrics_path(out).read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     assert {"train_loss", "lr", "images_per_s", "val_top1", "val_top5"} <= set(lines[0])
 
-    config = json.loads(config_path(out).read_text())
+    config = json.loads((out / "config.json").read_text())
     assert config["optimizer"] == "adamw" and config["image_size"] == 16
-    assert config["lr"] == pytest.approx(1.6e-2 * 16 / 256)
+    # The nano recipe's 3.2e-2 per 512 images, at a global batch of 16.
+    assert config["lr"] == pytest.approx(3.2e-2 * 16 / 512)
+    assert (out / "final.safetensors").is_file()
     assert config["hflip"] == 0.0  # 8 px glyph-like source: no flipping
 
     model, meta = model_from_checkpoint(out)
@@ -87,7 +85,7 @@ def test_short_run_writes_a_loadable_checkpoint_metrics_and_config(
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     toy: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    full = tmp_path / "full.pt"
+    full = tmp_path / "full"
     train_teacher(_cfg(toy, full, epochs=3))
 
     class Killed(Exception):
@@ -97,17 +95,18 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
         if epoch == 1:
             raise Killed
 
-    part = tmp_path / "part.pt"
+    part = tmp_path / "part"
     with pytest.raises(Killed):
         train_teacher(_cfg(toy, part, epochs=3), on_epoch_end=kill_after_first)
-    assert load_checkpoint(part)["train_state"]["epoch"] == 1
+    assert load_checkpoint(part / "last.pt")["train_state"]["epoch"] == 1
     train_teacher(_cfg(toy, part, epochs=3, resume=True))
 
-    a, b = load_checkpoint(full), load_checkpoint(part)
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(part / "last.pt")
     assert b["train_state"]["epoch"] == 3
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0)
-    epochs = [json.loads(line)["epoch"] for line in metrics_path(part).read_text().splitlines()]
+    lines = (part / "metrics.jsonl").read_text().splitlines()
+    epochs = [json.loads(line)["epoch"] for line in lines]
     assert epochs == [1, 2, 3]
 
 
@@ -118,7 +117,7 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
 def test_resume_refuses_options_that_change_the_result(
     toy: tuple[Path, Path], tmp_path: Path, option: str, value: object
 ) -> None:
-    out = tmp_path / "t.pt"
+    out = tmp_path / "t"
     train_teacher(_cfg(toy, out, epochs=1))
     changed = {"epochs": 1, option: value}
     with pytest.raises(UserError, match=f"cannot resume .*: it was trained with {option}="):
@@ -126,21 +125,22 @@ def test_resume_refuses_options_that_change_the_result(
 
 
 def test_existing_output_needs_resume_or_overwrite(toy: tuple[Path, Path], tmp_path: Path) -> None:
-    out = tmp_path / "t.pt"
-    out.write_bytes(b"not a checkpoint")
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"not a checkpoint")
     result = CliRunner().invoke(
         app,
         ["train-teacher", "--arch", "cnn-nano", "--data", str(toy[0]), "--out", str(out)],
     )
     assert result.exit_code == 2
-    assert "exists; pass --resume" in result.output
+    assert "already holds a run; pass --resume" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
 def test_init_loads_weights_of_our_checkpoint(toy: tuple[Path, Path], tmp_path: Path) -> None:
-    first = tmp_path / "first.pt"
+    first = tmp_path / "first"
     train_teacher(_cfg(toy, first, epochs=1))
-    second = tmp_path / "second.pt"
+    second = tmp_path / "second"  # --init takes a run directory (its final.pt) or a file
     # --lr tiny: after one step the weights are still (almost) the initial ones.
     train_teacher(_cfg(toy, second, epochs=1, init=first, lr=1e-9, warmup_epochs=0))
     a = load_checkpoint(first)["state_dict"]
@@ -161,7 +161,7 @@ def test_cli_errors_are_one_line(
     toy: tuple[Path, Path], tmp_path: Path, args: list[str], message: str
 ) -> None:
     result = CliRunner().invoke(
-        app, ["train-teacher", *args, "--data", str(toy[0]), "--out", str(tmp_path / "x.pt")]
+        app, ["train-teacher", *args, "--data", str(toy[0]), "--out", str(tmp_path / "x")]
     )
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -169,7 +169,7 @@ def test_cli_errors_are_one_line(
 
 
 def test_cli_json_reports_the_run(toy: tuple[Path, Path], tmp_path: Path) -> None:
-    out = tmp_path / "cli.pt"
+    out = tmp_path / "cli"
     result = CliRunner().invoke(
         app,
         [
@@ -193,9 +193,9 @@ def test_cli_json_reports_the_run(toy: tuple[Path, Path], tmp_path: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["checkpoint"] == str(out) and report["epochs"] == 1
+    assert report["checkpoint"] == str(out / "final.pt") and report["epochs"] == 1
     assert "val_top1" not in report  # no --val given
-    assert out.is_file()
+    assert (out / "final.pt").is_file()
 
 
 @pytest.mark.slow
@@ -208,7 +208,7 @@ def test_cnn_nano_reaches_95_percent_on_digits(tmp_path: Path) -> None:
             arch="cnn-nano",
             data=str(tmp_path / "train"),
             val=str(tmp_path / "test"),
-            out=tmp_path / "cnn.pt",
+            out=tmp_path / "cnn",
             device="cpu",
             threads=1,
         )
@@ -221,11 +221,12 @@ def test_cnn_nano_reaches_95_percent_on_digits(tmp_path: Path) -> None:
 def test_two_process_ddp_run_writes_one_checkpoint_and_one_report(
     toy: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    out = tmp_path / "ddp.pt"
+    out = tmp_path / "ddp"
     env = {**os.environ, "CIVT_PIPE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [
-        str(torchrun),
+        sys.executable,  # torchrun, as a module: a venv need not have the script
+        "-m",
+        "torch.distributed.run",
         "--nproc-per-node",
         "2",
         "-m",
@@ -253,8 +254,9 @@ def test_two_process_ddp_run_writes_one_checkpoint_and_one_report(
     assert done.returncode == 0, done.stderr[-2000:]
     reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(reports) == 1 and reports[0]["epochs"] == 2
-    ckpt = load_checkpoint(out)
+    ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["config"]["world_size"] == 2 and ckpt["train_state"]["epoch"] == 2
-    # Shards of 20, 20 and 8 go whole to the 2 ranks (28 / 20 samples): every rank runs
-    # 48 // (2 × 8) = 3 full batches per epoch, the 20-sample rank cycling its shards.
-    assert ckpt["config"]["steps_per_epoch"] == 3 and ckpt["train_state"]["global_step"] == 6
+    # --batch-size is per rank: 2 ranks × 16 = 32 images per optimizer step. Shards of 20, 20
+    # and 8 go whole to the 2 ranks (28 / 20 samples): 48 // 32 = 1 step per epoch.
+    assert reports[0]["images_per_step"] == 32
+    assert ckpt["config"]["steps_per_epoch"] == 1 and ckpt["train_state"]["global_step"] == 2

@@ -12,31 +12,19 @@ depend on thread count, worker, rank or on which other rows are rendered alongsi
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from torchvision.transforms import InterpolationMode
 
+from ..data.eval_view import INTERPOLATION, check_image
 from .config import AugmentConfig
 from .ops import NO_OP, apply_randaug_batch
 from .params import MIX_CUTMIX, MIX_MIXUP
 
 _DIGEST_PERSON = b"civt-digest-v1"
-_EVAL_CROP_PCT = 0.875  # resize to size/0.875 then center-crop (timm/DeiT default)
-_EVAL_DIRECT_MAX = 32  # at or below this size, resize straight to the output size
-_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
-
-
-def _check_image(image: torch.Tensor) -> None:
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(
-            f"expected a uint8 image [C, H, W] with C = 1 or 3, got {image.dtype} "
-            f"{tuple(image.shape)}"
-        )
 
 
 def render_unmixed(
@@ -53,9 +41,9 @@ def render_unmixed(
     """
     n = len(images)
     for image in images:
-        _check_image(image)
+        check_image(image)
     size = cfg.image_size
-    interpolation = _INTERPOLATION[cfg.interpolation]
+    interpolation = INTERPOLATION[cfg.interpolation]
     crops = np.asarray(block_params["crop"]).reshape(n, 4).tolist()
     # Crops of the same height and width are resampled as one stack (small sources repeat
     # sizes often); the antialiased kernel treats each image of a stack on its own.
@@ -201,27 +189,6 @@ def dominant_labels(
     lam = torch.from_numpy(np.asarray(block_params["mix_lam"], dtype=np.float32)).reshape(n)
     has_partner = torch.from_numpy(np.asarray(block_params["mix_partner"]).reshape(n) >= 0)
     return torch.where(has_partner & (lam < 0.5), other, own)
-
-
-def eval_view(
-    image_u8: torch.Tensor, image_size: int, *, interpolation: str = "bilinear"
-) -> torch.Tensor:
-    """The evaluation view: float32 `[C, S, S]` in [0, 1], resized and center-cropped.
-
-    Images are resized so the shorter side is `image_size / 0.875` (DeiT's crop_pct) and
-    center-cropped; for outputs of 32 px or less the shorter side goes straight to
-    `image_size`, since cropping away an eighth of a tiny image loses too much.
-    """
-    _check_image(image_u8)
-    if image_size <= _EVAL_DIRECT_MAX:
-        resize_to = image_size
-    else:
-        resize_to = math.floor(image_size / _EVAL_CROP_PCT)
-    view = F.resize(
-        image_u8, [resize_to], interpolation=_INTERPOLATION[interpolation], antialias=True
-    )
-    view = F.center_crop(view, [image_size, image_size])
-    return view.to(torch.float32).div_(255.0)
 
 
 def _digest_prefix(shape: Sequence[int]) -> hashlib.blake2b:

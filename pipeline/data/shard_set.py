@@ -247,7 +247,8 @@ def check_shards_complete(shard_set: ShardSet) -> None:
     Every tar's headers are walked (:func:`.imageio.tar_member_names`: one small read per
     member, no image decoded): each tar must be complete (not cut short, headers intact, its
     end-of-archive blocks present), hold exactly the keys its index entry lists (count and key
-    digest), and no key may occur twice in the set (DESIGN §3: a key is a sample's identity).
+    digest), and no key may occur twice in the set (docs/architecture.md: a key is a sample's
+    identity).
     """
     hashes: list[np.ndarray] = []
     for path, info in zip(shard_set.paths, shard_set.index.shards, strict=True):

@@ -244,7 +244,7 @@ class EvalViews:
     def __call__(
         self, shard: ShardRows, segment: Segment, needed: np.ndarray
     ) -> Iterator[EvalBatch]:
-        from ..augment.render import eval_view
+        from .eval_view import eval_view
         from .reader import iter_shard
 
         wanted = set(segment.positions[needed].tolist())

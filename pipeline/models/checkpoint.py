@@ -33,6 +33,7 @@ from ..runtime import hashing
 from ..runtime.atomic import atomic_torch_save, atomic_write_bytes
 from ..runtime.errors import UserError
 from ..runtime.json_text import json_text
+from ..runtime.run_layout import LAST, checkpoint_in
 from .factory import accepted_arguments, create_model, get_preset
 from .normalize import NormalizedModel
 
@@ -177,8 +178,14 @@ def _safetensors_load(target: Path) -> dict[str, Any]:
 
 
 def _checkpoint_file(path: PathLike) -> Path:
-    """``path`` as a file to load; a missing path or a directory is a :class:`UserError`."""
-    target = Path(path)
+    """``path`` as a file to load: a file, or a run directory's ``final.pt``
+    (:func:`..runtime.run_layout.checkpoint_in`); anything missing is a :class:`UserError`."""
+    target = checkpoint_in(path)
+    if target != Path(path) and not target.is_file():
+        raise UserError(
+            f"run directory {path} has no {target.name} (is the run finished? "
+            f"its {LAST} resumes with --resume)"
+        )
     if target.is_dir():
         raise UserError(f"checkpoint {target} is a directory, not a checkpoint file")
     if not target.is_file():

@@ -45,7 +45,8 @@ class DataBinding:
     """Each teacher's registry architecture (the store's record, or the live teacher's)."""
     mean: list[float]
     std: list[float]
-    store_path: str | None
+    store: LogitStore | None
+    """Store mode: the opened, checked store (the replay reads it; no path to reopen)."""
     store_fingerprint: str | None
     targets_identity: dict[str, Any] = field(default_factory=dict)
     """What fixes the teachers' targets (checkpoint digests, k): a resume must not change it."""
@@ -176,7 +177,7 @@ def bind_store(
         teacher_archs={t.name: t.arch for t in chosen},
         mean=list(index.mean),
         std=list(index.std),
-        store_path=str(store_path),
+        store=store,
         store_fingerprint=str(dump["dataset_fingerprint"]),
         targets_identity={
             "topk": store.topk if topk is None else topk,
@@ -221,7 +222,7 @@ def bind_online(
         teacher_archs=dict(loaded.archs),
         mean=list(index.mean),
         std=list(index.std),
-        store_path=None,
+        store=None,
         store_fingerprint=None,
         targets_identity={
             "topk": index.num_classes,

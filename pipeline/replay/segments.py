@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...stores.logit_store import LogitStore
 from ...stores.topk import TopKLogits
 from ..augment.config import AugmentConfig
 from ..data.imageio import Decoder
@@ -46,8 +47,9 @@ class ViewSource:
     seed: int
     num_classes: int
     channels: int
-    store_path: str | None = None
-    """Set in store mode; None in online mode."""
+    store: LogitStore | None = None
+    """Store mode: the store :func:`..binding.bind_store` opened and checked (a DataLoader
+    worker gets a copy that reopens it without repeating the check); None in online mode."""
     verify: str = "sample"
     """Digest checks in store mode: ``all`` blocks, ``sample`` (first per segment), ``off``."""
     teachers: tuple[str, ...] | None = None
@@ -199,23 +201,16 @@ def render_segment(
 class ViewSegments:
     """The training segment renderer of the stream: :func:`render_segment` at one view.
 
-    Runs in DataLoader workers: the store is opened there, once per process, on first use.
+    Runs in DataLoader workers, each with its copy of the source's opened store.
     """
 
     source: ViewSource
     view: int
-    _store: Any = None
 
     def __call__(
         self, shard: ShardRows, segment: Segment, needed: np.ndarray
     ) -> Iterator[StreamBlock]:
-        if self.source.store_path is not None and self._store is None:
-            from ...stores.logit_store import LogitStore
-
-            # bind_store checked the whole store when the run began; every epoch and worker
-            # reopening it need not list every array's chunks again.
-            self._store = LogitStore.open(self.source.store_path, check=False)
-        return render_segment(self.source, self._store, shard, segment, self.view, needed)
+        return render_segment(self.source, self.source.store, shard, segment, self.view, needed)
 
 
 @dataclass(slots=True)

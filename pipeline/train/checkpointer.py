@@ -89,8 +89,10 @@ class Checkpointer:
         step_in_epoch: int,
         global_step: int,
         metrics: Mapping[str, Any],
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
-        """Atomically write the resumable checkpoint at this data position (main rank only)."""
+        """Atomically write the resumable checkpoint at this data position (main rank only);
+        with ``scaler`` (fp16) its state too."""
         if not self.is_main:
             return
         state = TrainState(
@@ -101,6 +103,7 @@ class Checkpointer:
             schedule=self.schedule,
             rng=capture_rng(),
             identity=_plain(self.identity),
+            scaler=scaler.state_dict() if scaler is not None else None,
         )
         save_checkpoint(self.path, self.make(model, state.to_dict(), metrics))
 

@@ -333,8 +333,11 @@ def fit(
         )
     if cfg.compile:
         net = compile_model(net, device)
-    # fp16 only. A resumed run starts the loss scale afresh: it re-calibrates within a few steps.
+    # fp16 only. Its state (loss scale, growth tracker) is checkpointed, so a resumed fp16 run
+    # scales and skips exactly the steps an uninterrupted one would.
     scaler = cfg.precision.grad_scaler()
+    if scaler is not None and resume_from is not None and resume_from.scaler:
+        scaler.load_state_dict(resume_from.scaler)
     world = ctx.world_size
     guard = _FiniteGuard(
         ctx=ctx,
@@ -433,6 +436,7 @@ def fit(
                         step_in_epoch=step + 1,
                         global_step=global_step,
                         metrics=task.checkpoint_metrics(None),
+                        scaler=scaler,
                     )
                     guard.saved_step = global_step
             totals = epoch_sum if epoch_sum is not None else torch.zeros(0, dtype=torch.float64)
@@ -464,6 +468,7 @@ def fit(
                     step_in_epoch=0,
                     global_step=global_step,
                     metrics=task.checkpoint_metrics(last_epoch),
+                    scaler=scaler,
                 )
                 guard.saved_step = global_step
                 progress.console.print(_epoch_line(last_epoch, cfg.epochs))

@@ -65,6 +65,8 @@ class TrainState:
     identity: dict[str, Any] = field(default_factory=dict)
     """Derived facts of the run that are not config fields (world size, resolved seed, data and
     teacher fingerprints...): a resumed run must derive the same."""
+    scaler: dict[str, Any] | None = None
+    """The fp16 gradient scaler's ``state_dict()`` (None without one, and in older states)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict stored in the checkpoint."""
@@ -77,6 +79,7 @@ class TrainState:
             "schedule": self.schedule,
             "rng": self.rng,
             "identity": self.identity,
+            "scaler": self.scaler,
         }
 
     @classmethod
@@ -99,4 +102,5 @@ class TrainState:
             schedule=dict(state["schedule"]) if state.get("schedule") is not None else None,
             rng=dict(state.get("rng") or {}),
             identity=dict(state.get("identity") or {}),
+            scaler=dict(state["scaler"]) if state.get("scaler") else None,
         )

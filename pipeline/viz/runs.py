@@ -6,8 +6,10 @@ The metric records are written by :func:`..train.loop.fit` and the stages' ``epo
   records every ``--log-every`` steps (``step``, ``lr``, ``images_per_s`` and the loss terms
   ``loss``, ``loss_cls``, ``loss_kd_<teacher>``...) and a ``"kind": "epoch"`` record per epoch
   (the epoch's mean loss terms and, with ``--val``, ``val_<head>``: top-1 of each head);
-- ``train-teacher --out X.pt`` writes ``X.metrics.jsonl``: one record per epoch, without a
-  ``kind``, with ``step``, ``lr``, ``train_loss``, ``train_top1`` and ``val_top1``/``val_top5``.
+- ``train-teacher --out RUN_DIR`` writes ``RUN_DIR/metrics.jsonl`` too: one record per epoch,
+  without a ``kind``, with ``step``, ``lr``, ``train_loss``, ``train_top1`` and
+  ``val_top1``/``val_top5``; ``train-cakd``'s records are the student's kinds. A teacher file
+  of earlier versions (``X.pt`` with ``X.metrics.jsonl`` beside it) still plots.
 
 Every curve is drawn against the optimizer step (``step``, counted from 1), which both formats
 carry, so runs of different lengths and cadences overlay on one axis. Loss terms and the learning
@@ -31,9 +33,9 @@ from ..runtime.errors import UserError
 from .figure import grid_shape, new_figure, png_size, save_png
 
 RUN_METRICS = "metrics.jsonl"
-"""The metric file of a ``train-student`` run directory (``stages/student/config.METRICS``)."""
+"""The metric file of every run directory (``runtime/run_layout.METRICS``)."""
 TEACHER_METRICS_SUFFIX = ".metrics.jsonl"
-"""``X.pt`` → ``X.metrics.jsonl`` (``stages/teacher/config.metrics_path``)."""
+"""``X.pt`` → ``X.metrics.jsonl``: the teacher layout of earlier versions."""
 DEFAULT_PLOT = "plot.png"
 """The picture of one run: ``RUN_DIR/plot.png``, or ``X.plot.png`` beside a teacher's ``X.pt``."""
 

@@ -3,7 +3,7 @@
 Steps, each one call into its stage's own function (nothing here re-implements a stage):
 
 1. ``make-shards digits`` → ``DIR/data/train`` and ``DIR/data/test``;
-2. ``train-teacher`` ``cnn-nano`` and ``inn-nano`` → ``DIR/teachers/{cnn,inn}.pt``;
+2. ``train-teacher`` ``cnn-nano`` and ``inn-nano`` → ``DIR/teachers/{cnn,inn}/`` (run directories);
 3. ``dump-logits`` with both teachers → ``DIR/store.zarr`` (V views, top-k);
 4. ``train-student civt-nano`` from the store → ``DIR/runs/civt``;
 5. the no-distillation control → ``DIR/runs/baseline``: the same ``civt-nano`` with
@@ -122,7 +122,7 @@ class Paths:
         return self.root / "data" / "test"
 
     def teacher(self, name: str) -> Path:
-        return self.root / "teachers" / f"{name}.pt"
+        return self.root / "teachers" / name
 
     @property
     def store(self) -> Path:
@@ -168,12 +168,14 @@ def shards_done(path: Path) -> bool:
 
 
 def teacher_epochs_done(path: Path) -> int:
-    """Epochs a teacher checkpoint has finished (0 when there is none)."""
-    if not path.is_file():
+    """Epochs a teacher run directory has finished (0 when it holds no ``last.pt``)."""
+    from ..runtime.run_layout import LAST
+
+    if not (path / LAST).is_file():
         return 0
     from ..models.checkpoint import load_checkpoint
 
-    state = load_checkpoint(path).get("train_state") or {}
+    state = load_checkpoint(path / LAST).get("train_state") or {}
     return int(state.get("epoch", 0))
 
 
@@ -192,7 +194,7 @@ def store_done(path: Path) -> bool:
 
 def run_done(path: Path) -> bool:
     """A student run is finished once ``final.pt`` exists."""
-    from ..stages.student.config import FINAL
+    from ..runtime.run_layout import FINAL
 
     return (path / FINAL).is_file()
 
@@ -245,18 +247,19 @@ def _make_shards(split: str, out: Path) -> None:
 
 
 def _train_teacher(cfg: QuickstartConfig, paths: Paths, name: str, arch: str) -> None:
+    from ..runtime.run_layout import LAST
     from ..stages.teacher.config import TeacherTrainConfig
     from ..stages.teacher.run import train_teacher
 
     out = paths.teacher(name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    resume = out.is_file()
+    resume = (out / LAST).is_file()
     train_teacher(
         TeacherTrainConfig(
             arch=arch,
             data=str(paths.train),
             val=str(paths.test),
-            out=out,
+            out=str(out),
             epochs=cfg.teacher_epochs,
             image_size=cfg.image_size,
             threads=cfg.threads,
@@ -306,7 +309,8 @@ def _dump(cfg: QuickstartConfig, paths: Paths, results: _Results) -> None:
 def _train_student(
     cfg: QuickstartConfig, paths: Paths, run_dir: Path, token_mode: TokenMode, *, fresh: bool
 ) -> None:
-    from ..stages.student.config import LAST, StudentTrainConfig
+    from ..runtime.run_layout import LAST
+    from ..stages.student.config import StudentTrainConfig
     from ..stages.student.run import train_student
 
     resume = (run_dir / LAST).is_file() and not fresh
@@ -361,7 +365,7 @@ def plan_steps(cfg: QuickstartConfig, paths: Paths, results: _Results) -> list[S
     for name, arch in TEACHERS:
         steps.append(
             Step(
-                f"train-teacher {arch} → teachers/{name}.pt ({cfg.teacher_epochs} epochs)",
+                f"train-teacher {arch} → teachers/{name}/ ({cfg.teacher_epochs} epochs)",
                 lambda name=name: teacher_epochs_done(paths.teacher(name)) >= cfg.teacher_epochs,  # type: ignore[misc]
                 lambda name=name, arch=arch: _train_teacher(cfg, paths, name, arch),  # type: ignore[misc]
             )
@@ -392,7 +396,7 @@ def plan_steps(cfg: QuickstartConfig, paths: Paths, results: _Results) -> list[S
     )
 
     def evaluate_all() -> None:
-        from ..stages.student.config import FINAL
+        from ..runtime.run_layout import FINAL
 
         for name, _ in TEACHERS:
             results.teachers[name] = _evaluate(cfg, paths.teacher(name), paths.test)

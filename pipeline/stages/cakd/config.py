@@ -6,14 +6,18 @@ Recipes (``--recipe``) fill every optimization setting the command line leaves o
 user gives always wins, and ``RUN_DIR/config.json`` records each value with its source (the
 ``{"value": ..., "from": ...}`` form ``train-student`` writes for its recipes):
 
+Learning rates follow the rule every trainer shares (:mod:`...train.run_options`): a recipe
+states its rate for a global batch of 512 and it scales with the global batch (batch per rank ×
+ranks); the values below are the published ones at the recipe's own batch.
+
 - ``small`` (the default): a CPU-scale recipe for tiny data (digits at 16 px) that trains a
-  ``cnn-nano``-size student in minutes: AdamW, lr 4e-3, weight decay 0.05, 15 epochs of batch
-  64, one warm-up epoch, then cosine (measured against SGD on digits: see docs/cakd.md);
+  ``cnn-nano``-size student in minutes: AdamW, lr 4e-3 at batch 64 (3.2e-2 per 512), weight
+  decay 0.05, 15 epochs of batch 64, one warm-up epoch, then cosine (measured against SGD on
+  digits: see docs/cakd.md);
 - ``paper-cifar`` / ``paper-imagenet``: Liu et al. (ACCV 2022), Sec. 4.1: SGD momentum 0.9
   (no Nesterov), weight decay 1e-4, lr 0.1 divided by 10 at the milestones; CIFAR 200 epochs of
-  batch 64 with milestones 100 and 150, ImageNet 120 epochs of batch 256 with milestones 60 and
-  90. The paper's learning rate is for its batch: it is not rescaled when ``--batch-size``
-  changes.
+  batch 64 (0.8 per 512) with milestones 100 and 150, ImageNet 120 epochs of batch 256 (0.2 per
+  512) with milestones 60 and 90.
 """
 
 from __future__ import annotations
@@ -24,18 +28,15 @@ from typing import Any, Literal, get_args
 
 from ...runtime.config_file import Origin, given_in
 from ...runtime.errors import UserError
-from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
+from ...runtime.options import MAX_WORKERS, check_choices, check_numbers, option
 from ...train.choices import OPTIMIZERS
-from ...train.tensorboard import require_tensorboard
-
-LAST = "last.pt"
-"""The resumable checkpoint: the student plus projectors, discriminator and both optimizers."""
-FINAL = "student.pt"
-"""The finished student alone (what ``evaluate`` reads)."""
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-TENSORBOARD = "tb"
-"""With ``--tensorboard``: the event files' directory in the run directory."""
+from ...train.run_options import (
+    BATCH_SIZE_HELP,
+    LR_BASE_BATCH,
+    WARMUP_RULE,
+    RunOptions,
+    scaled_lr,
+)
 
 Method = Literal["cakd", "logit", "none"]
 """``cakd``: L_proj1 + L_proj2 + λ·L_MVG + CE; ``logit``: Hinton KD; ``none``: CE only."""
@@ -52,11 +53,11 @@ class CakdRecipe:
     source: str
     optimizer: str
     lr: float
-    """Peak learning rate, as published (not rescaled with the batch)."""
+    """Peak learning rate for a global batch of 512, scaled with the global batch."""
     weight_decay: float
     epochs: int
     batch_size: int
-    """Global batch (split over the ranks)."""
+    """Per rank."""
     warmup_epochs: float
     milestones: tuple[int, ...]
     """Epochs at which the rate drops ×0.1; empty: cosine decay instead."""
@@ -67,7 +68,7 @@ RECIPE_TABLE: dict[CakdRecipeName, CakdRecipe] = {
     "small": CakdRecipe(
         source="civt-pipe's CPU-scale defaults for digits",
         optimizer="adamw",
-        lr=4e-3,
+        lr=3.2e-2,
         weight_decay=0.05,
         epochs=15,
         batch_size=64,
@@ -78,7 +79,7 @@ RECIPE_TABLE: dict[CakdRecipeName, CakdRecipe] = {
     "paper-cifar": CakdRecipe(
         source="Liu et al. ACCV 2022, CIFAR-100",
         optimizer="sgd",
-        lr=0.1,
+        lr=0.8,
         weight_decay=1e-4,
         epochs=200,
         batch_size=64,
@@ -89,7 +90,7 @@ RECIPE_TABLE: dict[CakdRecipeName, CakdRecipe] = {
     "paper-imagenet": CakdRecipe(
         source="Liu et al. ACCV 2022, ImageNet",
         optimizer="sgd",
-        lr=0.1,
+        lr=0.2,
         weight_decay=1e-4,
         epochs=120,
         batch_size=256,
@@ -113,24 +114,16 @@ def _recipe_help(name: str) -> str:
 
 
 @dataclass(kw_only=True)
-class CakdTrainConfig:
+class CakdTrainConfig(RunOptions):
     """Everything ``civt-pipe train-cakd`` needs; serialized to ``RUN_DIR/config.json``.
 
     ``resume="may-change"`` marks what ``--resume`` may change without changing the weights;
     the data and teacher may be respelled (the run identity pins their fingerprint and digest).
     """
 
-    data: str = option(help="Training shards: directory or pattern.", resume="may-change")
     teacher: str = option(
         help="The ViT teacher, run live: NAME=ARCH:CHECKPOINT (e.g. vit=vit-nano:vit.pt).",
         resume="may-change",
-    )
-    out: str = option(
-        help="Run directory (last.pt, student.pt, metrics.jsonl, config.json).",
-        resume="may-change",
-    )
-    val: str | None = option(
-        None, help="Validation shards, evaluated every epoch.", resume="may-change"
     )
     model: str = option("resnet18", help="The CNN student (see `models`).")
     method: Method = option(
@@ -176,17 +169,22 @@ class CakdTrainConfig:
     )
     epochs: int | None = option(None, help="Epochs " + _recipe_help("epochs"), minimum=1)
     batch_size: int | None = option(
-        None, help="Global batch, split over ranks " + _recipe_help("batch_size"), minimum=1
+        None, help=BATCH_SIZE_HELP[:-1] + " " + _recipe_help("batch_size"), minimum=1
     )
     optimizer: str | None = option(
         None, help="sgd or adamw " + _recipe_help("optimizer"), choices=OPTIMIZERS
     )
-    lr: float | None = option(None, help="Peak learning rate " + _recipe_help("lr"), minimum=0)
+    lr: float | None = option(
+        None,
+        help=f"Peak learning rate (recipe: per {LR_BASE_BATCH} images × global batch / "
+        f"{LR_BASE_BATCH}) " + _recipe_help("lr"),
+        minimum=0,
+    )
     weight_decay: float | None = option(
         None, help="Weight decay " + _recipe_help("weight_decay"), minimum=0
     )
     warmup_epochs: float | None = option(
-        None, help="Linear warm-up " + _recipe_help("warmup_epochs"), minimum=0
+        None, help=f"Linear warm-up, {WARMUP_RULE} " + _recipe_help("warmup_epochs"), minimum=0
     )
     milestones: tuple[int, ...] | None = option(
         None,
@@ -216,33 +214,10 @@ class CakdTrainConfig:
         maximum=MAX_WORKERS,
         resume="may-change",
     )
-    threads: int | None = option(
-        None,
-        help="Torch CPU threads [default: free cores minus workers].",
-        minimum=1,
-        maximum=MAX_THREADS,
-        resume="may-change",
-    )
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", resume="may-change")
-    resume: bool = option(
-        False, help="Continue the run in --out from last.pt.", resume="may-change"
-    )
-    overwrite: bool = option(False, help="Start over in a used --out.", resume="may-change")
-    save_every: int = option(
-        0,
-        help="Also checkpoint every N steps (0: epoch ends only).",
-        minimum=0,
-        resume="may-change",
-    )
     log_every: int = option(
         10, help="Write a step record every N steps.", flag="", minimum=1, resume="may-change"
     )
     progress: bool = option(True, help="Draw progress bars.", flag="", resume="may-change")
-    tensorboard: bool = option(
-        False,
-        help="Also write the metrics as TensorBoard scalars to RUN_DIR/tb (civt-pipe[tb]).",
-        resume="may-change",
-    )
     sources: dict[str, Origin] = option(
         help="Where each option's value came from (filled by the command line).",
         flag="",
@@ -251,8 +226,7 @@ class CakdTrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.tensorboard:
-            require_tensorboard()
+        self.check_run_options()
         if self.milestones is not None:
             self.milestones = tuple(int(m) for m in self.milestones)
         check_numbers(self)
@@ -268,8 +242,6 @@ class CakdTrainConfig:
             raise UserError(f"--milestone must be at least 0, got {list(self.milestones)}")
         if not self.seed < 2**63:
             raise UserError(f"--seed must lie in [0, 2**63), got {self.seed}")
-        if self.resume and self.overwrite:
-            raise UserError("--resume and --overwrite contradict each other; pick one")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict (stored in ``config.json`` and every checkpoint)."""
@@ -302,10 +274,11 @@ class ResolvedOptimization:
         return out
 
 
-def resolve_optimization(cfg: CakdTrainConfig) -> ResolvedOptimization:
+def resolve_optimization(cfg: CakdTrainConfig, world_size: int = 1) -> ResolvedOptimization:
     """Fill what ``cfg`` leaves ``None`` from its recipe, recording where each value came from.
 
-    ``--milestone 0`` alone asks for the cosine decay (no milestones).
+    A recipe's rate scales with the global batch (``batch_size × world_size``); a given
+    ``--lr`` is used as is. ``--milestone 0`` alone asks for the cosine decay (no milestones).
     """
     recipe = RECIPE_TABLE[cfg.recipe]
     tag = f"recipe {cfg.recipe} ({recipe.source})"
@@ -320,6 +293,13 @@ def resolve_optimization(cfg: CakdTrainConfig) -> ResolvedOptimization:
             else tag
         )
         provenance[name] = {"value": values[name], "from": source}
+    if cfg.lr is None:
+        global_batch = int(values["batch_size"]) * world_size
+        values["lr"] = scaled_lr(recipe.lr, global_batch)
+        provenance["lr"] = {
+            "value": values["lr"],
+            "from": f"{tag}: {recipe.lr:g} × {global_batch}/{LR_BASE_BATCH}",
+        }
     if cfg.milestones is not None:
         milestones = tuple(m for m in cfg.milestones if m != 0)
         origin = given_in(cfg.sources, "milestones")

@@ -1,9 +1,9 @@
 """Stage one, ``dump-logits``: every teacher on every augmented view, top-k logits into a store.
 
-Flow (DESIGN §5, §7): check everything a user can get wrong before any work (options, shards
-complete and readable, teachers) — ``--overwrite`` deletes nothing before that; rank 0 takes the
-store's writer lock, then creates the store (or checks that an existing incomplete one was made by
-the same command, and resumes it);
+Flow (docs/architecture.md, docs/dump.md): check everything a user can get wrong before any work
+(options, shards complete and readable, teachers) — ``--overwrite`` deletes nothing before that;
+rank 0 takes the store's writer lock, then creates the store (or checks that an existing incomplete
+one was made by the same command, and resumes it);
 the missing shards are split over ranks; DataLoader workers decode and render mix blocks
 (:mod:`.data` on the one stream, :mod:`...data.streams`) while the main process runs the
 teachers; each shard is written with one ``write_shard`` once all its rows are in; rank 0

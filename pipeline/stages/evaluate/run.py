@@ -27,7 +27,7 @@ class EvaluateConfig:
     """What ``civt-pipe evaluate`` runs."""
 
     checkpoint: Path = option(
-        help="Teacher or student checkpoint file (train-teacher output, last.pt, final.pt)."
+        help="Teacher or student checkpoint: a run directory (its final.pt), last.pt, final.pt."
     )
     data: str = option(help="Shards to evaluate on: a directory or a brace pattern.")
     batch_size: int = option(256, help="Samples per batch.", minimum=1)

@@ -131,7 +131,7 @@ def teacher_agreement(
         seed=setup.seed,
         num_classes=setup.num_classes,
         channels=setup.channels,
-        store_path=str(store),
+        store=setup.store,
         verify="all",
         decoder=setup.decoder,
     )

@@ -29,7 +29,7 @@ class ExportConfig:
     """What ``civt-pipe export`` runs."""
 
     checkpoint: Path = option(
-        help="Checkpoint to export (train-teacher output, last.pt, final.pt, .safetensors)."
+        help="Checkpoint to export: a run directory (its final.pt), last.pt, .safetensors..."
     )
     out: Path = option(help="File to write; OUT.json beside it describes it.")
     format: str = option(

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...augment.render import _EVAL_CROP_PCT, _EVAL_DIRECT_MAX
+from ...data.eval_view import EVAL_CROP_PCT, EVAL_DIRECT_MAX
 from ...models.checkpoint import (
     SAFETENSORS_SUFFIX,
     file_sha256,
@@ -158,14 +158,14 @@ def _resolve_head(model: NormalizedModel, heads: list[str], head: str | None) ->
 
 def pretrained_cfg(model: NormalizedModel, **extra: Any) -> dict[str, Any]:
     """timm's ``pretrained_cfg`` for ``model``'s inputs: how ``evaluate`` prepares an image
-    (see ``augment.render.eval_view``) and the normalization the model was trained with."""
+    (see ``data.eval_view.eval_view``) and the normalization the model was trained with."""
     args = model.model_args
     size, chans = int(args["image_size"]), int(args["in_chans"])
     return {
         "input_size": [chans, size, size],
         "mean": list(args["mean"]),
         "std": list(args["std"]),
-        "crop_pct": 1.0 if size <= _EVAL_DIRECT_MAX else _EVAL_CROP_PCT,
+        "crop_pct": 1.0 if size <= EVAL_DIRECT_MAX else EVAL_CROP_PCT,
         "interpolation": "bilinear",
         "num_classes": int(args["num_classes"]),
         "fixed_input_size": True,

@@ -23,8 +23,7 @@ class PredictConfig:
     """What ``civt-pipe predict`` runs."""
 
     checkpoint: Path = option(
-        help="Teacher or student checkpoint (train-teacher output, last.pt, final.pt, "
-        ".safetensors)."
+        help="Teacher or student checkpoint: a run directory (its final.pt), last.pt, final.pt."
     )
     data: str = option(help="Shards to predict: a directory or a brace pattern.")
     out: Path = option(help="File to write: .jsonl, .csv, .npz or .npy (see docs/commands.md).")

@@ -14,22 +14,13 @@ from ...replay.modes import VERIFY_MODES
 from ...runtime.config_file import Origin
 from ...runtime.errors import UserError
 from ...runtime.options import (
-    MAX_THREADS,
     MAX_WORKERS,
     check_choices,
     check_numbers,
     option,
 )
-from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
 from ...train.recipes import RECIPES, RecipeName, recipe_help
-from ...train.tensorboard import require_tensorboard
-
-LAST = "last.pt"
-FINAL = "final.pt"
-FINAL_WEIGHTS = "final.safetensors"  # final.pt's weights (models/checkpoint.py weights_file)
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-TENSORBOARD = "tb"
+from ...train.run_options import BATCH_SIZE_HELP, WARMUP_RULE, RunOptions
 
 DistillKind = Literal["soft", "hard"]
 """``soft``: τ²·KL to the teacher's distribution (paper Eq. 5); ``hard``: cross-entropy to the
@@ -102,7 +93,7 @@ def parse_align(values: Sequence[str]) -> dict[str, str]:
 
 
 @dataclass(kw_only=True)
-class StudentTrainConfig:
+class StudentTrainConfig(RunOptions):
     """Everything ``train-student`` needs; serialized to ``RUN_DIR/config.json`` and checkpoints.
 
     ``resume="may-change"`` marks what a ``--resume`` may change without changing the weights:
@@ -110,8 +101,6 @@ class StudentTrainConfig:
     path to the same files); the run identity pins their fingerprints and digests instead.
     """
 
-    data: str = option(help="Training shards: directory or pattern.", resume="may-change")
-    out: str = option(help="Run directory (last.pt, final.pt, metrics).", resume="may-change")
     model: str = option("civt-nano", help="Student preset (civt-nano, civt-ti...).")
     store: str | None = option(
         None, help="Logit store dumped from the same shards.", resume="may-change"
@@ -123,7 +112,7 @@ class StudentTrainConfig:
         resume="may-change",
     )
     epochs: int = option(10, help="Epochs; epoch e uses view e mod V.", minimum=1)
-    batch_size: int = option(64, help="Images per step and rank.", minimum=1)
+    batch_size: int = option(64, help=BATCH_SIZE_HELP, minimum=1)
     recipe: RecipeName = option(
         "small",
         help="Where the defaults of the options below come from: small (tuned for small data "
@@ -140,7 +129,7 @@ class StudentTrainConfig:
     )
     warmup_epochs: float | None = option(
         None,
-        help="Linear warm-up, at most a fifth of the run " + recipe_help("warmup_epochs"),
+        help=f"Linear warm-up, {WARMUP_RULE} " + recipe_help("warmup_epochs"),
         minimum=0,
     )
     clip_grad: float | None = option(
@@ -185,19 +174,6 @@ class StudentTrainConfig:
         help="Aligned mode: teacher roles (conv or inv).", flag="", default_factory=dict
     )
     patch_size: int | None = option(None, help="Patch size [default: preset's].", minimum=1)
-    val: str | None = option(
-        None, help="Validation shards, evaluated every epoch.", resume="may-change"
-    )
-    resume: bool = option(
-        False, help="Continue the run in --out from last.pt.", resume="may-change"
-    )
-    overwrite: bool = option(False, help="Start over in a used --out.", resume="may-change")
-    save_every: int = option(
-        0,
-        help="Also checkpoint every N steps (0: epoch ends only).",
-        minimum=0,
-        resume="may-change",
-    )
     # auto replays a store with the decoder it records; another one is refused (bind_store).
     decoder: str = option("auto", help=DECODER_HELP, choices=DECODER_CHOICES)
     verify_replay: str = option(
@@ -249,20 +225,6 @@ class StudentTrainConfig:
         maximum=MAX_WORKERS,
         resume="may-change",
     )
-    threads: int | None = option(
-        None,
-        help="Torch CPU threads [default: free cores minus workers].",
-        minimum=1,
-        maximum=MAX_THREADS,
-        resume="may-change",
-    )
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", resume="may-change")
-    # The spelling may change; what it resolves to on the device is in the run's identity
-    # (train-student's _run_identity) and must match: it changes the numerics.
-    precision: str = option(
-        "auto", help=PRECISION_HELP, choices=PRECISION_CHOICES, resume="may-change"
-    )
-    compile: bool = option(False, help=COMPILE_HELP, resume="may-change")
     # Every step record syncs the losses to the host; 10 keeps the device busy between them.
     log_every: int = option(
         10,
@@ -272,11 +234,6 @@ class StudentTrainConfig:
         resume="may-change",
     )
     progress: bool = option(True, help="Draw progress bars.", flag="", resume="may-change")
-    tensorboard: bool = option(
-        False,
-        help="Also write the metrics as TensorBoard scalars to RUN_DIR/tb (civt-pipe[tb]).",
-        resume="may-change",
-    )
     # Filled by the command line (--config); a resumed run may take its values from anywhere.
     sources: dict[str, Origin] = option(
         help="Where each option's value came from: default, config-file or command-line.",
@@ -288,8 +245,7 @@ class StudentTrainConfig:
     def __post_init__(self) -> None:
         check_numbers(self)
         check_choices(self)
-        if self.tensorboard:
-            require_tensorboard()
+        self.check_run_options()
         if self.store is not None and self.teachers:
             raise UserError("give either --store (stored logits) or --teacher (online), not both")
         if self.lr is not None and not self.lr > 0:
@@ -325,8 +281,6 @@ class StudentTrainConfig:
             )
         if self.seed is not None and not self.seed < 2**63:
             raise UserError(f"--seed must be in [0, 2**63), got {self.seed}")
-        if self.resume and self.overwrite:
-            raise UserError("--resume and --overwrite contradict each other; pick one")
         if self.store is None:
             for flag, given in (
                 ("--store-views", self.store_views is not None),

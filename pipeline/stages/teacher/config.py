@@ -13,10 +13,15 @@ from typing import Any
 from ...augment.config import crop_flip_defaults
 from ...runtime.config_file import Origin
 from ...runtime.errors import UserError
-from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
-from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
+from ...runtime.options import MAX_WORKERS, check_choices, check_numbers, option
 from ...train.choices import OPTIMIZERS
-from ...train.tensorboard import require_tensorboard
+from ...train.run_options import (
+    BATCH_SIZE_HELP,
+    LR_BASE_BATCH,
+    WARMUP_RULE,
+    RunOptions,
+    scaled_lr,
+)
 
 # ----------------------------------------------------------------------------------- recipes
 
@@ -26,28 +31,31 @@ class Recipe:
     """Default hyper-parameters of an architecture family."""
 
     optimizer: str
-    lr_per_256: float
-    """Peak learning rate for a global batch of 256; scaled linearly with the batch."""
+    lr: float
+    """Peak learning rate for a global batch of 512 (``LR_BASE_BATCH``); scaled linearly with
+    the global batch."""
     weight_decay: float
     epochs: int
     batch_size: int
+    """Per rank."""
     warmup_epochs: float
 
 
-# ImageNet-scale recipes follow the usual practice (Goyal et al.: SGD, Nesterov, 0.1 per 256
-# images; RedNet paper and torchvision references for the decay). The nano presets are tuned
-# to reach >= 95 % on the built-in digits in a couple of CPU minutes: AdamW converges in far
-# fewer steps than SGD there.
+# Rates per 512 images (the one base of every recipe: train/run_options.py). ImageNet-scale
+# recipes follow the usual practice (Goyal et al.: SGD, Nesterov, 0.1 per 256 images = 0.2 per
+# 512; RedNet paper and torchvision references for the decay). The nano presets are tuned to
+# reach >= 95 % on the built-in digits in a couple of CPU minutes (4e-3 at batch 64): AdamW
+# converges in far fewer steps than SGD there.
 RECIPES: dict[str, Recipe] = {
-    "nano": Recipe("adamw", 1.6e-2, 0.05, 15, 64, 1.0),
-    "resnet": Recipe("sgd", 0.1, 1e-4, 100, 256, 5.0),
-    "rednet": Recipe("sgd", 0.1, 1e-4, 100, 256, 5.0),
-    "regnet": Recipe("sgd", 0.1, 5e-5, 100, 256, 5.0),
+    "nano": Recipe("adamw", 3.2e-2, 0.05, 15, 64, 1.0),
+    "resnet": Recipe("sgd", 0.2, 1e-4, 100, 256, 5.0),
+    "rednet": Recipe("sgd", 0.2, 1e-4, 100, 256, 5.0),
+    "regnet": Recipe("sgd", 0.2, 5e-5, 100, 256, 5.0),
     # ViT teachers (cross-architecture distillation): DeiT's AdamW 5e-4 per 512 images, batch
     # 1024, 300 epochs; vit-nano at the rate civt-nano trains with on digits (2e-3 at batch 64:
     # 91 % on the 16 px digits in 30 epochs; the nano CNNs' 4e-3 stalled it near 50 %).
-    "vit": Recipe("adamw", 2.5e-4, 0.05, 300, 1024, 5.0),
-    "vit-nano": Recipe("adamw", 8e-3, 0.05, 30, 64, 2.0),
+    "vit": Recipe("adamw", 5e-4, 0.05, 300, 1024, 5.0),
+    "vit-nano": Recipe("adamw", 1.6e-2, 0.05, 30, 64, 2.0),
 }
 
 
@@ -67,26 +75,27 @@ def recipe_family(arch: str) -> str:
 
 
 @dataclass(kw_only=True, slots=True)
-class TeacherTrainConfig:
+class TeacherTrainConfig(RunOptions):
     """What ``civt-pipe train-teacher`` runs. ``None`` fields take the architecture's recipe.
 
     The resume rule reads :class:`ResolvedTeacherConfig` (every default filled in), not this.
     """
 
     arch: str = option(help="Teacher architecture (see `models`).")
-    data: str = option(help="Training shards: directory or pattern.")
-    out: Path = option(help="Checkpoint file to write.")
-    val: str | None = option(None, help="Validation shards, evaluated every epoch.")
     epochs: int | None = option(None, help="Epochs (default: the arch's recipe).", minimum=1)
     batch_size: int | None = option(
-        None, help="Global batch size, split over the ranks (default: recipe).", minimum=1
+        None, help=BATCH_SIZE_HELP[:-1] + " (default: recipe).", minimum=1
     )
     lr: float | None = option(
-        None, help="Peak learning rate (default: recipe rate × batch / 256).", minimum=0
+        None,
+        help=f"Peak learning rate (default: recipe rate × global batch / {LR_BASE_BATCH}).",
+        minimum=0,
     )
     optimizer: str | None = option(None, help="sgd or adamw (default: recipe).", choices=OPTIMIZERS)
     weight_decay: float | None = option(None, help="Weight decay (default: recipe).", minimum=0)
-    warmup_epochs: float | None = option(None, help="Linear warm-up (default: recipe).", minimum=0)
+    warmup_epochs: float | None = option(
+        None, help=f"Linear warm-up, {WARMUP_RULE} (default: recipe).", minimum=0
+    )
     label_smoothing: float = option(0.1, help="Label smoothing of the loss.", minimum=0)
     image_size: int | None = option(
         None, help="Input side (default: 16 / native ≤ 64 px / 224).", minimum=1
@@ -97,12 +106,6 @@ class TeacherTrainConfig:
     hflip: float | None = option(
         None, help="Flip probability (default 0.5; 0 under 16 px).", minimum=0, maximum=1
     )
-    threads: int | None = option(
-        None,
-        help="Torch CPU threads (default: free cores minus workers).",
-        minimum=1,
-        maximum=MAX_THREADS,
-    )
     seed: int = option(0, help="Seed of weights, augmentation, order.", minimum=0)
     workers: int = option(
         1, help="Data-loading processes per rank (0: none).", minimum=0, maximum=MAX_WORKERS
@@ -110,15 +113,7 @@ class TeacherTrainConfig:
     shuffle_buffer: int = option(
         1024, help="Samples held for shuffling per rank (1: shard order).", minimum=1
     )
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
-    precision: str = option("auto", help=PRECISION_HELP, choices=PRECISION_CHOICES)
-    compile: bool = option(False, help=COMPILE_HELP)
-    resume: bool = option(False, help="Continue the run saved in --out, if any.")
-    overwrite: bool = option(False, help="Replace an existing --out and its metrics.")
     init: Path | None = option(None, help="Start from a torchvision weight file or our checkpoint.")
-    tensorboard: bool = option(
-        False, help="Also write the metrics as TensorBoard scalars to CKPT-stem.tb (civt-pipe[tb])."
-    )
     sources: dict[str, Origin] = option(
         help="Where each option's value came from (filled by the command line).",
         flag="",
@@ -126,18 +121,12 @@ class TeacherTrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.tensorboard:
-            require_tensorboard()
-        self.out = Path(self.out)
-        if self.out.suffix == ".safetensors":  # models/checkpoint.py weights_file's suffix
-            raise UserError(
-                f"--out {self.out}: the resumable checkpoint is a torch file (e.g. "
-                f"{self.out.stem}.pt); its weights are written beside it as {self.out.name}"
-            )
+        self.out = str(self.out)
         if self.init is not None:
             self.init = Path(self.init)
         check_numbers(self)
         check_choices(self)
+        self.check_run_options()
         if self.lr is not None and not self.lr > 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if not self.label_smoothing < 1:
@@ -146,15 +135,13 @@ class TeacherTrainConfig:
             raise UserError(f"--min-scale must lie in (0, 1], got {self.min_scale}")
         if not self.seed < 2**63:
             raise UserError(f"--seed must lie in [0, 2**63), got {self.seed}")
-        if self.resume and self.overwrite:
-            raise UserError("--resume and --overwrite contradict each other; pick one")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ResolvedTeacherConfig:
     """Every setting of a teacher run with the recipe's defaults filled in.
 
-    Written to ``CKPT-stem.config.json`` and into the checkpoint; ``--resume`` checks it with
+    Written to ``RUN_DIR/config.json`` and into the checkpoints; ``--resume`` checks it with
     the one resume rule (:func:`..runtime.options.resume_mismatch`): only the fields marked
     ``may-change`` below may differ from the saved run.
     """
@@ -170,9 +157,9 @@ class ResolvedTeacherConfig:
     val: str | None = option(
         None, help="Validation shards (do not change the weights).", flag="", resume="may-change"
     )
-    out: str = option(help="The checkpoint file.", flag="", resume="may-change")
+    out: str = option(help="The run directory.", flag="", resume="may-change")
     epochs: int = option(help="Epochs.", flag="")
-    batch_size: int = option(help="Global batch size.", flag="")
+    batch_size: int = option(help="Batch size per rank.", flag="")
     optimizer: str = option(help="Optimizer.", flag="", choices=OPTIMIZERS)
     lr: float = option(help="Peak learning rate.", flag="")
     min_lr: float = option(0.0, help="Floor of the cosine.", flag="")
@@ -193,6 +180,9 @@ class ResolvedTeacherConfig:
     compile: bool = option(
         False, help="torch.compile of the steps (same computation).", flag="", resume="may-change"
     )
+    save_every: int = option(
+        0, help="Steps between mid-epoch checkpoints.", flag="", resume="may-change"
+    )
     init: str | None = option(
         None,
         help="Initial weights (irrelevant on resume: the weights come from out).",
@@ -212,21 +202,6 @@ class ResolvedTeacherConfig:
         return dataclasses.asdict(self)
 
 
-def metrics_path(out: Path) -> Path:
-    """``teacher.pt`` → ``teacher.metrics.jsonl``."""
-    return out.with_name(out.stem + ".metrics.jsonl")
-
-
-def config_path(out: Path) -> Path:
-    """``teacher.pt`` → ``teacher.config.json``."""
-    return out.with_name(out.stem + ".config.json")
-
-
-def tensorboard_path(out: Path) -> Path:
-    """``teacher.pt`` → ``teacher.tb`` (the TensorBoard event directory)."""
-    return out.with_name(out.stem + ".tb")
-
-
 def resolve_config(
     cfg: TeacherTrainConfig, index: Any, world_size: int, precision: str = "fp32"
 ) -> ResolvedTeacherConfig:
@@ -238,9 +213,7 @@ def resolve_config(
     get_preset(cfg.arch, kind="teacher")
     family = recipe_family(cfg.arch)
     recipe = RECIPES[family]
-    batch = cfg.batch_size or recipe.batch_size
-    if batch % world_size:
-        raise UserError(f"--batch-size {batch} does not split evenly over {world_size} ranks")
+    batch = cfg.batch_size or recipe.batch_size  # per rank
     image_size = cfg.image_size or default_image_size(index)
     native = max(index.image_size) if index.image_size is not None else image_size
     min_scale, hflip = crop_flip_defaults(image_size, native)
@@ -250,10 +223,11 @@ def resolve_config(
         data=cfg.data,
         val=cfg.val,
         out=str(cfg.out),
+        save_every=cfg.save_every,
         epochs=cfg.epochs or recipe.epochs,
         batch_size=batch,
         optimizer=cfg.optimizer or recipe.optimizer,
-        lr=cfg.lr if cfg.lr is not None else recipe.lr_per_256 * batch / 256,
+        lr=cfg.lr if cfg.lr is not None else scaled_lr(recipe.lr, batch * world_size),
         min_lr=0.0,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else recipe.weight_decay,
         warmup_epochs=(

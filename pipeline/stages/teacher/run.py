@@ -8,13 +8,11 @@ every rank validates (the counts are summed), rank 0 appends one line to the met
 atomically rewrites the checkpoint with the training state, so ``--resume`` continues after
 the last finished epoch and ends where an uninterrupted run would.
 
-Files, for ``--out runs/teacher.pt``:
-
-- ``runs/teacher.pt`` — the checkpoint (``pipeline/models/checkpoint.py`` format, kind
-  "teacher"); ``metrics`` holds the last epoch's figures and ``val_top1``/``val_top5``;
-- ``runs/teacher.safetensors`` — the finished teacher's weights and metadata, no training state;
-- ``runs/teacher.metrics.jsonl`` — one JSON object per epoch;
-- ``runs/teacher.config.json`` — the resolved configuration (every default filled in).
+The run is one :class:`_TeacherSpec` of the training skeleton (:mod:`..train.skeleton`), which
+writes the one run directory (:mod:`..runtime.run_layout`): ``last.pt`` (resumable),
+``final.pt`` (kind "teacher"; ``metrics`` holds the last epoch's figures and
+``val_top1``/``val_top5``; what ``--teacher NAME=ARCH:RUN_DIR`` loads), ``final.safetensors``,
+``metrics.jsonl`` (one JSON object per epoch) and ``config.json`` (every default filled in).
 """
 
 from __future__ import annotations
@@ -28,21 +26,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...runtime.atomic import atomic_write_json, check_output_file
+from ...augment.config import crop_flip
+from ...models.checkpoint import load_checkpoint
+from ...models.factory import count_parameters, create_model, is_convolutional
 from ...runtime.console import info
-from ...runtime.distributed import DistContext
 from ...runtime.errors import UserError
-from ...runtime.precision import PrecisionPolicy
-from ...train.loop import EpochSummary, StepResult
+from ...runtime.precision import prepare_model
+from ...runtime.run_layout import FINAL
+from ...train.loop import EpochSummary, FitResult, StepResult
+from ...train.skeleton import Optimization, RunEnv, RunPlan, fresh_views, run_training
 from ...train.steps import ClassificationStep
-from .config import (
-    ResolvedTeacherConfig,
-    TeacherTrainConfig,
-    config_path,
-    metrics_path,
-    resolve_config,
-    tensorboard_path,
-)
+from .config import ResolvedTeacherConfig, TeacherTrainConfig, resolve_config
 
 # ----------------------------------------------------------------------------------- training
 
@@ -72,13 +66,9 @@ class _TeacherTask:
 
     batches_of: Callable[[int, int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
     classify: ClassificationStep
-    val_set: Any
+    env: RunEnv
     image_size: int
     val_batch_size: int
-    workers: int
-    ctx: DistContext
-    device: torch.device
-    precision: PrecisionPolicy
 
     def batches(self, epoch: int, start_step: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches_of(epoch, start_step)
@@ -87,22 +77,8 @@ class _TeacherTask:
         return self.classify(model, batch)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
-        if self.val_set is None:
-            return {}
-        from ...train.validate import evaluate_model
-
-        val = evaluate_model(
-            model,
-            self.val_set,
-            image_size=self.image_size,
-            batch_size=self.val_batch_size,
-            device=self.device,
-            workers=self.workers,
-            ctx=self.ctx,
-            description="validate",
-            precision=self.precision,
-        )
-        return {"top1": float(val["top1"]), "top5": float(val["top5"])}
+        val = self.env.validate(model, image_size=self.image_size, batch_size=self.val_batch_size)
+        return {} if val is None else {"top1": float(val["top1"]), "top5": float(val["top5"])}
 
     def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -127,65 +103,37 @@ def train_teacher(
     *,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a teacher; returns the final epoch's metrics and the file paths.
+    """Train (or resume) a teacher through the one skeleton; returns the summary.
 
     Args:
         cfg: the run's configuration.
         on_epoch_end: called on every rank with (epoch, metrics) after the checkpoint of that
             epoch is on disk (progress hooks, tests that simulate an interruption).
     """
-    from ...runtime.device import cpu_threads, resolve_device
-    from ...runtime.precision import check_compile
-
-    device = resolve_device(cfg.device)
-    policy = PrecisionPolicy.resolve(cfg.precision, device)
-    if cfg.compile:
-        check_compile(device)
-    with cpu_threads(cfg.threads, cfg.workers, device):
-        return _train_teacher(cfg, device, policy, on_epoch_end)
+    return run_training(_TeacherSpec(cfg), cfg, workers=cfg.workers, on_epoch_end=on_epoch_end)
 
 
-def _train_teacher(
-    cfg: TeacherTrainConfig,
-    device: torch.device,
-    policy: PrecisionPolicy,
-    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
-) -> dict[str, Any]:
-    from ...augment.config import crop_flip
-    from ...data.planning import shard_rows_for
-    from ...data.shard_set import resolve_complete_shards
-    from ...models.checkpoint import (
-        load_checkpoint,
-        make_checkpoint,
-        save_safetensors,
-        weights_file,
-    )
-    from ...models.factory import count_parameters, create_model, is_convolutional
-    from ...replay.segments import FreshViews, ViewSource
-    from ...runtime.distributed import init_distributed, shutdown
-    from ...runtime.precision import prepare_model
-    from ...train.checkpointer import Checkpointer
-    from ...train.loop import LoopConfig, fit
-    from ...train.schedule import OptimizerConfig, ScheduleConfig, build_optimizer
+@dataclass(frozen=True, kw_only=True)
+class _Bound:
+    resolved: ResolvedTeacherConfig
+    seed: int
 
-    check_output_file(cfg.out)
-    train_set = resolve_complete_shards(cfg.data)
-    val_set = resolve_complete_shards(cfg.val) if cfg.val is not None else None
-    if val_set is not None and val_set.num_classes != train_set.num_classes:
-        raise UserError(
-            f"validation shards have {val_set.num_classes} classes, "
-            f"training shards {train_set.num_classes}"
+
+@dataclass(frozen=True)
+class _TeacherSpec:
+    """train-teacher's part of the skeleton: crop/flip views of the shards, cross-entropy."""
+
+    cfg: TeacherTrainConfig
+    command: str = "train-teacher"
+
+    def bind(self, env: RunEnv) -> _Bound:
+        resolved = resolve_config(
+            self.cfg, env.train_set.index, env.ctx.world_size, env.precision.precision
         )
-    ctx = init_distributed(device)
-    try:
-        resolved = resolve_config(cfg, train_set.index, ctx.world_size, policy.precision)
-        index = train_set.index
-        out, metrics_file = cfg.out, metrics_path(cfg.out)
-        resuming = cfg.resume and out.exists()
-        if out.exists() and not (cfg.resume or cfg.overwrite):
-            raise UserError(f"{out} exists; pass --resume to continue it or --overwrite")
+        return _Bound(resolved=resolved, seed=self.cfg.seed)
 
-        torch.manual_seed(cfg.seed)
+    def build(self, env: RunEnv, bound: _Bound) -> RunPlan:
+        cfg, resolved, index = self.cfg, bound.resolved, env.train_set.index
         image_size = resolved.image_size
         model = create_model(
             cfg.arch,
@@ -195,138 +143,60 @@ def _train_teacher(
             mean=index.mean,
             std=index.std,
         )
-        if cfg.init is not None and not resuming:
+        if cfg.init is not None and not cfg.resume:
             _init_weights(model, cfg.init, cfg.arch, index.channels, image_size)
-        model.to(device)
+        model.to(env.device)
         # Channels-last in place (CUDA); the loop compiles its steps itself (LoopConfig.compile).
-        convolutional = is_convolutional(cfg.arch)
-        prepare_model(model, device, convolutional=convolutional, compile=False)
-
+        prepare_model(model, env.device, convolutional=is_convolutional(cfg.arch), compile=False)
         augment = dataclasses.replace(
-            crop_flip(image_size),
-            scale=(resolved.min_scale, 1.0),
-            hflip=resolved.hflip,
+            crop_flip(image_size), scale=(resolved.min_scale, 1.0), hflip=resolved.hflip
         )
-        # The one stream: the same planner as train-student (shard order, shuffle, equal
-        # steps per rank), fresh unmixed views keyed by (seed, view = epoch, key).
-        stream = FreshViews(
-            source=ViewSource(
-                aug=augment, seed=cfg.seed, num_classes=index.num_classes, channels=index.channels
-            ),
-            shards=shard_rows_for(train_set.paths, [s.num_samples for s in index.shards]),
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            batch_size=resolved.batch_size // ctx.world_size,
-            shuffle_buffer=cfg.shuffle_buffer,
-            workers=cfg.workers,
-        )
-        steps_per_epoch = stream.steps_per_epoch
-        epochs = resolved.epochs
-        schedule = ScheduleConfig(
-            base_lr=resolved.lr,
-            total_steps=steps_per_epoch * epochs,
-            warmup_steps=min(
-                steps_per_epoch * epochs, round(resolved.warmup_epochs * steps_per_epoch)
-            ),
-            min_lr=resolved.min_lr,
-        )
-        optimizer = build_optimizer(
-            model,
-            OptimizerConfig(
-                name=resolved.optimizer,  # type: ignore[arg-type]
-                lr=schedule.base_lr,
-                weight_decay=resolved.weight_decay,
-            ),
-        )
-        # Derived facts beside the resolved settings: all must match on resume. The config
-        # file and the checkpoint record both (older runs recorded them in the config only).
+        stream = fresh_views(env, augment, cfg.seed, resolved.batch_size, cfg.shuffle_buffer)
+        # Derived facts beside the resolved settings: all must match on resume.
         identity = {
-            "data_fingerprint": train_set.fingerprint(),
+            "data_fingerprint": env.train_set.fingerprint(),
             "augment": augment.to_dict(),
-            "steps_per_epoch": steps_per_epoch,
+            "steps_per_epoch": stream.steps_per_epoch,
         }
-        config = {**resolved.to_dict(), **identity}
-        checkpointer = Checkpointer(
-            path=out,
-            make=lambda net, state, metrics: make_checkpoint(
-                net,  # type: ignore[arg-type]
-                class_names=index.class_names,
-                metrics=metrics,
-                config=config,
-                train_state=state,
-            ),
-            kind="teacher",
-            command="train-teacher",
-            identity=identity,
-            schedule=dataclasses.asdict(schedule),
-            is_main=ctx.is_main,
-        )
-        resume_from = None
-        last_metrics: dict[str, Any] = {}
-        if resuming:
-            point = checkpointer.load()
-            checkpointer.check(point, ResolvedTeacherConfig, resolved.to_dict())
-            resume_from = checkpointer.restore(point, model, optimizer)
-            last_metrics = dict(point.checkpoint.get("metrics") or {})
-            if ctx.is_main:
-                info(f"resuming {out} after epoch {resume_from.epoch}/{epochs}")
-        if ctx.is_main:
-            atomic_write_json(config_path(out), config)
-            info(
-                f"{cfg.arch}: {count_parameters(model) / 1e6:.2f} M parameters, "
-                f"{index.num_samples} images of {index.num_classes} classes at {image_size} px; "
-                f"{epochs} epochs × {steps_per_epoch} steps, {resolved.optimizer} "
-                f"lr {schedule.base_lr:.3g}, batch {resolved.batch_size}"
-            )
-
         task = _TeacherTask(
             batches_of=stream.batches,
-            classify=ClassificationStep(label_smoothing=cfg.label_smoothing, device=device),
-            val_set=val_set,
+            classify=ClassificationStep(label_smoothing=cfg.label_smoothing, device=env.device),
+            env=env,
             image_size=image_size,
-            val_batch_size=max(resolved.batch_size // ctx.world_size, 64),
-            workers=cfg.workers,
-            ctx=ctx,
-            device=device,
-            precision=policy,
+            val_batch_size=max(resolved.batch_size, 64),
         )
-        loop = LoopConfig(
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            schedule=schedule,
-            seed=cfg.seed,
-            metrics_file=metrics_file,
+        return RunPlan(
+            model=model,
+            task=task,
+            steps_per_epoch=stream.steps_per_epoch,
+            optimization=Optimization(
+                epochs=resolved.epochs,
+                optimizer=resolved.optimizer,
+                lr=resolved.lr,
+                min_lr=resolved.min_lr,
+                weight_decay=resolved.weight_decay,
+                warmup_epochs=resolved.warmup_epochs,
+            ),
+            kind="teacher",
+            class_names=list(index.class_names),
+            config={**resolved.to_dict(), **identity},
+            config_type=ResolvedTeacherConfig,
+            identity=identity,
             description=f"train-teacher {cfg.arch}",
-            tensorboard=tensorboard_path(out) if cfg.tensorboard else None,
-            precision=policy,
-            compile=cfg.compile,
+            banner=(
+                f"{cfg.arch}: {count_parameters(model) / 1e6:.2f} M parameters, "
+                f"{index.num_samples} images of {index.num_classes} classes at {image_size} px; "
+                f"{resolved.epochs} epochs × {stream.steps_per_epoch} steps, "
+                f"{resolved.optimizer} lr {resolved.lr:.3g}, batch {resolved.batch_size} per rank"
+            ),
         )
-        result = fit(
-            task,
-            model,
-            optimizer,
-            loop,
-            checkpointer,
-            ctx=ctx,
-            device=device,
-            resume_from=resume_from,
-            on_epoch_end=on_epoch_end,
-        )
-        if ctx.is_main:
-            # The finished teacher's weights beside it: teacher.pt → teacher.safetensors.
-            save_safetensors(weights_file(out), load_checkpoint(out))
+
+    def summary(self, env: RunEnv, bound: _Bound, plan: RunPlan, result: FitResult) -> dict:
+        last = {}
         if result.last_epoch is not None:
-            last_metrics = task.epoch_record(result.last_epoch)
-        return {
-            "checkpoint": str(out),
-            "weights_file": str(weights_file(out)),
-            "metrics_file": str(metrics_file),
-            "config_file": str(config_path(out)),
-            "arch": cfg.arch,
-            "rank": ctx.rank,
-            "epochs": epochs,
-            "seconds": result.seconds,
-            **{k: v for k, v in last_metrics.items() if k not in ("epoch_seconds",)},
-        }
-    finally:
-        shutdown(ctx)
+            assert isinstance(plan.task, _TeacherTask)
+            last = plan.task.epoch_record(result.last_epoch)
+        elif (env.run_dir / FINAL).is_file():  # a resumed finished run: its recorded figures
+            last = dict(load_checkpoint(env.run_dir / FINAL).get("metrics") or {})
+        figures = {k: v for k, v in last.items() if k != "epoch_seconds"}
+        return {"checkpoint": str(env.run_dir / FINAL), "arch": self.cfg.arch, **figures}

@@ -23,9 +23,10 @@ from typing import Any, TypeVar
 
 from ...models.teacher_spec import TeacherSpec
 from ...models.token_mode import TokenMode
+from ...runtime.run_layout import FINAL
 from ...stages.dump.config import DumpConfig
 from ...stages.evaluate.run import EvaluateConfig
-from ...stages.student.config import FINAL, StudentTrainConfig
+from ...stages.student.config import StudentTrainConfig
 from ...stages.teacher.config import TeacherTrainConfig
 from .config import StudyConfig
 from .runs import Run, RunKind, make_run
@@ -176,7 +177,7 @@ class RunBook:
             lambda d: TeacherTrainConfig(
                 arch=arch,
                 data=self.data,
-                out=d / "teacher.pt",
+                out=str(d / "teacher"),
                 epochs=epochs,
                 image_size=cfg.image_size,
                 seed=seed,
@@ -189,7 +190,7 @@ class RunBook:
         """``dump-logits`` of ``teachers`` ({name: teacher run}) keeping every class's logit."""
         cfg = self.cfg
         specs = tuple(
-            TeacherSpec(name=name, arch=run.config.arch, checkpoint=run.config.out)
+            TeacherSpec(name=name, arch=run.config.arch, checkpoint=Path(run.config.out))
             for name, run in teachers.items()
         )
         return self._add(
@@ -239,7 +240,7 @@ class RunBook:
                 raise ValueError("a student needs a store, or online teachers and a seed")
             source = {
                 "teachers": tuple(
-                    str(TeacherSpec(name=n, arch=run.config.arch, checkpoint=run.config.out))
+                    str(TeacherSpec(name=n, arch=run.config.arch, checkpoint=Path(run.config.out)))
                     for n, run in online.items()
                 ),
                 "views": cfg.epochs,
@@ -270,9 +271,7 @@ class RunBook:
         """``evaluate`` of a teacher's or student's final checkpoint on --val, or with
         ``store`` on the store's own (training) shards, reporting KL to its teachers."""
         cfg = self.cfg
-        checkpoint = (
-            target.config.out if target.kind == "teacher" else Path(target.config.out) / FINAL
-        )
+        checkpoint = Path(target.config.out) / FINAL  # every trainer writes a run directory
         data = cfg.val if store is None else self.data
         extra = {} if store is None else {"store": store.config.out}
         return self._add(

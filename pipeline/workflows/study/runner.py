@@ -58,8 +58,7 @@ def write_command(run: Run, run_dir: Path) -> None:
 def _train_teacher(run: Run) -> dict[str, Any]:
     from ...stages.teacher.run import train_teacher
 
-    # --resume continues a checkpoint if there is one, and starts afresh otherwise.
-    return train_teacher(dataclasses.replace(run.config, resume=True))
+    return train_teacher(_resumed(run.config))
 
 
 def _dump(run: Run) -> dict[str, Any]:
@@ -80,13 +79,19 @@ def _dump(run: Run) -> dict[str, Any]:
     return summary
 
 
+def _resumed(config: Any) -> Any:
+    """A trainer's config that resumes its run directory's ``last.pt`` if there is one; without
+    it nothing is resumable, and ``--overwrite`` clears a killed run's stale files."""
+    from ...runtime.run_layout import LAST
+
+    resume = (Path(config.out) / LAST).is_file()
+    return dataclasses.replace(config, resume=resume, overwrite=not resume)
+
+
 def _train_student(run: Run) -> dict[str, Any]:
-    from ...stages.student.config import LAST
     from ...stages.student.run import train_student
 
-    resume = (Path(run.config.out) / LAST).is_file()
-    # Without last.pt nothing is resumable; overwrite clears a killed run's stale files.
-    return train_student(dataclasses.replace(run.config, resume=resume, overwrite=not resume))
+    return train_student(_resumed(run.config))
 
 
 def _evaluate(run: Run) -> dict[str, Any]:
