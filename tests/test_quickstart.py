@@ -250,6 +250,9 @@ SLOW_SETTINGS = {"teacher_epochs": 6, "epochs": 12, "views": 6}
 
 
 @pytest.mark.slow
+# The quickstart validates every teacher and student epoch on the test split (issue 27): more
+# than the suite's default 600 s on a loaded 2-core machine.
+@pytest.mark.timeout(1200)
 def test_real_quickstart_civt_beats_the_no_distillation_baseline(tmp_path: Path) -> None:
     args = ["quickstart", "--out", str(tmp_path / "qs"), "--device", "cpu", "--json"]
     for name, value in SLOW_SETTINGS.items():
@@ -271,7 +274,8 @@ def test_validation_does_not_change_training(tmp_path: Path, stage: str) -> None
     from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher
 
     from civt_pipe.pipeline.models.checkpoint import load_checkpoint
-    from civt_pipe.pipeline.stages.student.config import FINAL, StudentTrainConfig
+    from civt_pipe.pipeline.runtime.run_layout import FINAL
+    from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
     from civt_pipe.pipeline.stages.student.run import train_student
     from civt_pipe.pipeline.stages.teacher.config import TeacherTrainConfig
     from civt_pipe.pipeline.stages.teacher.run import train_teacher
@@ -283,16 +287,15 @@ def test_validation_does_not_change_training(tmp_path: Path, stage: str) -> None
         store = dump_toy_store(train, make_toy_teacher(tmp_path / "t.pt"), tmp_path / "s.zarr")
     weights = []
     for name, with_val in (("plain", None), ("val", str(val))):
+        out = tmp_path / name / FINAL
         if stage == "teacher":
-            out = tmp_path / f"{name}.pt"
             train_teacher(
                 TeacherTrainConfig(
-                    arch="cnn-nano", data=str(train), out=out, epochs=2, batch_size=8,
+                    arch="cnn-nano", data=str(train), out=str(out.parent), epochs=2, batch_size=8,
                     workers=1, device="cpu", threads=1, val=with_val,
                 )
             )  # fmt: skip
         else:
-            out = tmp_path / name / FINAL
             train_student(
                 StudentTrainConfig(
                     data=str(train), store=str(store), out=str(out.parent), epochs=2,
