@@ -138,6 +138,8 @@ RUN_PAGES = sorted({c.page for c in ALL if not c.skip_reason()})
 
 
 @pytest.mark.slow  # the README's digits pipeline with one epoch and view: about a minute of CPU
+# A minute of CPU took 7-10 minutes of wall time on the loaded 2-core build machine.
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("page", RUN_PAGES)
 def test_command_blocks_run_as_written(page: str, tmp_path: Path) -> None:
     root, home = tmp_path / "root", tmp_path / "home"
