@@ -9,20 +9,28 @@ design promises (issue 7, recorded in docs/benchmarks.md):
    next to ``stage2_vs_online_ideal`` = (student step + teachers' forward) / student step.
    Goal: achieved ≥ 0.9 × ideal.
 3. ``stage1_vs_teacher_forward`` — dump-logits views/s ÷ the teachers' bare forward passes on
-   in-memory tensors at the same batch size. Goal ≥ 0.8.
+   in-memory tensors at the same batch size. Goal ≥ 0.85.
 4. ``store_bytes_per_view_teacher`` — at k ∈ {1, 5, 10} on digits (C = 10: k = 10 is full)
    and on a synthetic 1000-class store, plus augmentation bytes per view, against Apple's
    reinforced ImageNet (~65 B, k = 10) and FKD (~29 B, k = 5). Goal ≤ half at equal k.
 5. ``topk_fidelity`` — mean KL(full ‖ top-k reconstruction), and the student's top-1 trained
    from k = 5 vs full logits (same seed).
 6. ``peak_rss_mb`` — stage one and stage two in fresh processes at 1× and 4× the data.
-7. ``scale`` (``--full`` only) — ``bench/scale.py``: per-image costs on a synthetic
+7. ``defaults_vs_best`` — train-student's steps/s with its default CPU settings ÷ the best
+   ``--threads``/``--workers`` pair, as found and beside a CPU-bound process
+   (``bench/thread_defaults.py``, fresh CLI processes). Goal ≥ 1/1.2 in both.
+8. ``scale`` (``--full`` only) — ``bench/scale.py``: per-image costs on a synthetic
    ImageNet-like folder at 1×, 4× and 16× a base size (its ``--quick`` settings with ``--quick``).
 
 Progress goes to stderr; ``--json`` prints one JSON object on stdout.
 """
 
+# ruff: noqa: E402  (OpenMP's wait policy is set before torch loads, as the CLI does)
 from __future__ import annotations
+
+from civt_pipe.pipeline.runtime.openmp import set_openmp_defaults
+
+set_openmp_defaults()  # the bench measures what civt-pipe runs with
 
 import argparse
 import datetime as dt
@@ -74,6 +82,7 @@ from store_bytes import (
     truncate_store,
     write_synthetic_store,
 )
+from thread_defaults import run as run_thread_defaults
 
 from civt_pipe.pipeline.runtime.console import info
 
@@ -257,10 +266,21 @@ def ratio(a: float, b: float) -> float:
 
 
 def run(s: BenchSettings, work: Path) -> dict[str, Any]:
-    """Every measurement of the benchmark; returns the JSON-able result."""
+    """Every measurement of the benchmark; returns the JSON-able result.
+
+    Raw figures are also kept in ``work/partial.json`` as each section ends, so a run cut
+    short on a busy machine still leaves what it measured.
+    """
     clock = Clock()
     torch.set_num_threads(s.threads)
     result: dict[str, Any] = {"machine": machine(), "settings": asdict(s)}
+    partial: dict[str, Any] = {"machine": result["machine"]}
+
+    def keep(name: str, value: Any) -> None:
+        partial[name] = value
+        partial["load_average_now"] = [round(x, 2) for x in os.getloadavg()]
+        (work / "partial.json").write_text(json.dumps(partial, default=str))
+
     torch.manual_seed(s.seed)
 
     with clock.section("synthetic 1000-class store"):
@@ -316,6 +336,7 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
                 "dump_seconds": summary["seconds"],
                 "teachers_top1_on_views": {n: t["top1"] for n, t in summary["teachers"].items()},
             }
+    keep("stage1", stage1)
     stores["k1"] = work / "digits-k1.zarr"
     truncate_store(stores["k10"], stores["k1"], 1)
 
@@ -354,6 +375,7 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
                     work, f"{name}-r{r}", s, data=train, epochs=1, **kwargs
                 )
             rounds.append(rates)
+    keep("stage2_rounds", rounds)
     store_rate = statistics.median(r["store"] for r in rounds)
     plain_rate = statistics.median(r["student_only"] for r in rounds)
     online_rate = statistics.median(r["online"] for r in rounds)
@@ -368,6 +390,7 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
                 work, f"acc-{key}", s, data=train, store=stores[key], val=test
             )
             acc[key] = {"val_top1": summary["val"], "steps_per_s": rate}
+    keep("student_top1", acc)
 
     # ------------------------------------------------------------------ fidelity on digits
     with clock.section("top-k fidelity on digits"):
@@ -382,6 +405,7 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
             }
             for name, z in view_logits.items()
         }
+    keep("topk_fidelity_digits", digits_fidelity)
 
     # ------------------------------------------------------------------ memory
     with clock.section(f"peak memory at 1x and {s.rss_times}x data"):
@@ -423,6 +447,14 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
                 env=env,
             )
             rss["stage2"][label] = _rss_entry(train_run, samples)
+    keep("peak_rss_mb", rss)
+
+    # ------------------------------------------------------------------ thread defaults
+    with clock.section("defaults vs best CPU settings"):
+        defaults = run_thread_defaults(
+            train, stores["k5"], work / "defaults", epochs=1, batch_size=s.batch_size
+        )
+    keep("defaults_vs_best", defaults)
 
     # ------------------------------------------------------------------ assemble
     digits_bytes = {}
@@ -467,8 +499,8 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
             },
             "stage1_vs_teacher_forward": {
                 "value": stage1_value,
-                "goal": ">= 0.8",
-                "met": stage1_value >= 0.8,
+                "goal": ">= 0.85",
+                "met": stage1_value >= 0.85,
                 "runs": stage1,
                 "batch_size": s.dump_batch_size,
                 "views": s.views,
@@ -507,6 +539,7 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
                 },
             },
             "peak_rss_mb": rss,
+            "defaults_vs_best": defaults,
             "section_seconds": clock.sections,
             "total_seconds": round(time.perf_counter() - clock.start, 1),
         }

@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from ..pipeline import __version__
+from ..pipeline.runtime.openmp import set_openmp_defaults
 from .common import error_line, user_errors
 
 
@@ -136,4 +137,6 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
+    # Before any command imports torch: OpenMP reads its wait policy once, when it loads.
+    set_openmp_defaults()
     app()

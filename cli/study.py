@@ -20,9 +20,10 @@ def _run(cfg: StudyConfig, extras: dict[str, Any]) -> None:
 study_command = config_command(
     StudyConfig,
     _run,
-    doc="""Run a plan of experiments (tables: the paper's ablations; views: stored views and
-    logits vs fresh views; cost: CPU of the two stages vs online) over seeds, and write
-    --out/results.json, results.md and plots.
+    doc="""Run a plan of experiments (tables: the paper's ablations; alignment: the aligned
+    CivT's stems vs its alignment; views: stored views and logits vs fresh views; cost: CPU of
+    the two stages vs online) over seeds, and write --out/results.json, results.md (with paired
+    differences and their 95 % intervals) and plots.
 
     Every run is cached in --out/runs/<id>/: re-running skips finished runs and resumes the rest.
     """,

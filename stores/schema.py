@@ -126,6 +126,9 @@ class TeacherInfo:
     """Output classes of the teacher; must equal the store's class count."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Free JSON metadata (normalization, accuracy measured elsewhere...)."""
+    pretrained_cfg: dict[str, Any] | None = None
+    """A model-zoo teacher's pretrained configuration (timm's ``pretrained_cfg`` fields: mean,
+    std, input size, interpolation, crop); None (and not written) for our own teachers."""
 
     def __post_init__(self) -> None:
         _check_name("teacher", self.name)
@@ -136,13 +139,16 @@ class TeacherInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form stored in the group attributes."""
-        return {
+        out = {
             "name": self.name,
             "arch": self.arch,
             "checkpoint_sha256": self.checkpoint_sha256,
             "num_classes": self.num_classes,
             "meta": dict(self.meta),
         }
+        if self.pretrained_cfg is not None:  # zoo teachers only: our stores keep their bytes
+            out["pretrained_cfg"] = dict(self.pretrained_cfg)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TeacherInfo:
@@ -153,6 +159,9 @@ class TeacherInfo:
             checkpoint_sha256=str(data["checkpoint_sha256"]),
             num_classes=int(data["num_classes"]),
             meta=dict(data.get("meta", {})),
+            pretrained_cfg=(
+                dict(data["pretrained_cfg"]) if data.get("pretrained_cfg") is not None else None
+            ),
         )
 
 

@@ -19,6 +19,7 @@ from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
+from civt_pipe.pipeline.data import shard_set as shard_set_module
 from civt_pipe.pipeline.data.imageio import TarDamage, tar_member_names
 from civt_pipe.pipeline.data.index import ShardIndex, ShardInfo
 from civt_pipe.pipeline.data.shard_set import check_shards_complete, resolve_shards
@@ -146,13 +147,49 @@ def test_shard_that_differs_from_its_index_entry_is_refused(world: World, tmp_pa
     data = copy_shards(world.data, tmp_path / "d")
     index = ShardIndex.load(data)
     first = index.shards[0]
+    # An entry without make-shards' tar size (a hand-edited or older index) has its tar walked.
     for wrong, message in (
-        (replace(first, num_samples=21), "holds 20 samples, its index entry says 21"),
-        (replace(first, key_digest="0" * 64), "keys that differ from its index entry"),
+        (replace(first, num_samples=21, tar_bytes=None), "holds 20 samples, its index entry says"),
+        (replace(first, key_digest="0" * 64, tar_bytes=None), "keys that differ from its index"),
     ):
         replace(index, shards=(wrong, *index.shards[1:])).save(data)
         with pytest.raises(UserError, match=message):
             check_shards_complete(resolve_shards(data))
+
+
+def test_tars_of_the_size_make_shards_wrote_are_not_walked(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = copy_shards(world.data, tmp_path / "d")
+    index = ShardIndex.load(data)
+    assert all(s.tar_bytes == (data / s.name).stat().st_size for s in index.shards)
+    walked: list[object] = []
+    real_walk = shard_set_module.tar_member_names
+
+    def walk(path: object) -> list[str]:
+        walked.append(path)
+        return real_walk(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shard_set_module, "tar_member_names", walk)
+    check_shards_complete(resolve_shards(data))
+    assert walked == []
+    # A tar copied under a second name into the index (same size, same key digest) is walked,
+    # and its keys are named as duplicates.
+    index = ShardIndex.load(data)
+    (data / "train-000009.tar").write_bytes((data / FIRST).read_bytes())
+    twin = replace(index.shards[0], name="train-000009.tar")
+    replace(index, shards=(*index.shards, twin)).save(data)
+    with pytest.raises(UserError, match="occurs in two shards"):
+        check_shards_complete(resolve_shards(data))
+    assert walked
+    walked.clear()
+    replace(index, shards=index.shards).save(data)
+    (data / "train-000009.tar").unlink()
+    # One tar of another size: every tar is walked (keys unique across the set need them all).
+    raw = (data / FIRST).read_bytes()
+    (data / FIRST).write_bytes(raw + bytes(512))  # an extra zero block after the end
+    check_shards_complete(resolve_shards(data))
+    assert len(walked) == len(index.shards)
 
 
 def test_key_twice_in_one_run_of_members_is_a_duplicate(tmp_path: Path) -> None:

@@ -78,6 +78,7 @@ SPECIAL: dict[str, tuple[list[str], Any]] = {
     "topk": (["3"], 3),
     "precision": (["bf16"], "bf16"),
     "decoder": (["pil"], "pil"),
+    "render_device": (["cpu"], "cpu"),
 }
 
 # Fields whose values differ by command (their choices are the command's own).
@@ -91,6 +92,7 @@ PER_COMMAND: dict[type, dict[str, tuple[list[str], Any]]] = {
         "multi_view": (["--no-multi-view"], False),
     },
     ExportConfig: {"format": (["timm"], "timm"), "head": (["cls"], "cls")},
+    EvaluateConfig: {"preprocess": (["zoo"], "zoo")},
 }
 
 

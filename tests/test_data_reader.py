@@ -91,7 +91,9 @@ def test_foreign_shards_are_scanned_into_an_equivalent_index(
     for tar in digits_dir.glob("*.tar"):
         shutil.copy(tar, foreign / tar.name)
     ours, scanned = resolve_shards(digits_dir), resolve_shards(foreign)
-    assert scanned.index.shards == ours.index.shards
+    # The same entries, except the tar size only make-shards records (a scan walks the tars).
+    assert scanned.index.shards == tuple(replace(s, tar_bytes=None) for s in ours.index.shards)
+    assert all(s.tar_bytes for s in ours.index.shards)
     assert scanned.fingerprint() == ours.fingerprint()
     assert scanned.class_names == tuple(str(c) for c in range(10))
     assert scanned.channels == 1 and scanned.index.format == "png"

@@ -38,3 +38,34 @@ def test_cuda_request_without_cuda_is_user_error() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(UserError, match="unknown device"):
         resolve_device("tpu9")
+
+
+def test_openmp_defaults_are_set_unless_the_user_chose() -> None:
+    from civt_pipe.pipeline.runtime.openmp import OPENMP_DEFAULTS, set_openmp_defaults
+
+    env: dict[str, str] = {}
+    assert set_openmp_defaults(env) == OPENMP_DEFAULTS
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert set_openmp_defaults(env) == {"KMP_BLOCKTIME": "0"}
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+    env = {"GOMP_SPINCOUNT": "300000"}  # the user's own spin tuning: left alone
+    assert set_openmp_defaults(env) == {} and env == {"GOMP_SPINCOUNT": "300000"}
+
+
+def test_cli_sets_the_wait_policy_before_torch_loads() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    # A fresh process: the policy must be in the environment when the command imports torch.
+    code = (
+        "import os, sys; from civt_pipe.cli import app; "
+        "app.app.command('probe')(lambda: print(os.environ.get('OMP_WAIT_POLICY'), "
+        "'torch' in sys.modules)); sys.argv = ['civt-pipe', 'probe']; app.main()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["PASSIVE", "False"]

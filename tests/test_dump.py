@@ -12,6 +12,8 @@ import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +33,7 @@ from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoin
 from civt_pipe.pipeline.models.factory import create_model
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.stages.dump.run import DumpConfig, TeacherSpec, run_dump
+from civt_pipe.stores.errors import StoreError
 from civt_pipe.stores.logit_store import LogitStore
 from civt_pipe.stores.topk import TopKLogits
 
@@ -365,3 +368,85 @@ def test_on_error_skip_records_the_key_and_fail_names_it(fx: DumpFixture, tmp_pa
 def test_threads_option_must_be_positive(fx: DumpFixture, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--threads"):
         fx.config(tmp_path / "x.zarr", threads=0)
+
+
+# --------------------------------------------------------------------------- background work
+
+
+def _store_files(path: Path) -> dict[str, bytes]:
+    return {
+        str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()
+    }
+
+
+class _InlineWriter:
+    """The dump's writing as it was before the writer thread: each shard written at once."""
+
+    def __init__(self, store: LogitStore) -> None:
+        self.store = store
+
+    def submit(self, name: str, acc: Any) -> None:
+        self.store.write_shard(name, acc.to_block())
+
+    def wait(self) -> None:
+        pass
+
+    def __enter__(self) -> _InlineWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_background_writer_and_read_ahead_write_the_same_bytes(
+    fx: DumpFixture, dumped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `dumped` ran with --workers 0: blocks rendered on the read-ahead thread, shards written
+    # on the writer thread. Every file of the store must equal an inline, in-order run's, and
+    # a run with a worker process.
+    from civt_pipe.pipeline.stages.dump import run as dump_run
+
+    inline = tmp_path / "inline.zarr"
+    with monkeypatch.context() as patch:
+        patch.setattr(dump_run, "ShardWriter", _InlineWriter)
+        patch.setattr(dump_run, "read_ahead", lambda items: items)
+        run_dump(fx.config(inline))
+    worker = tmp_path / "worker.zarr"
+    run_dump(fx.config(worker, workers=1))
+    expected = _store_files(dumped)
+    assert len(expected) > 10
+    assert _store_files(inline) == expected
+    assert _store_files(worker) == expected
+
+
+def test_a_writer_error_stops_the_dump_with_its_line(fx: DumpFixture, tmp_path: Path) -> None:
+    from civt_pipe.pipeline.stages.dump.writer import ShardWriter
+
+    out = tmp_path / "s.zarr"
+    run_dump(fx.config(out))
+    store = LogitStore.open(out, mode="r")  # read-only: write_shard refuses
+    finished = SimpleNamespace(to_block=lambda: None)
+    with pytest.raises(StoreError, match="read-only"), ShardWriter(store) as writer:
+        writer.submit(store.shards[0].name, finished)  # type: ignore[arg-type]
+        writer.wait()
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_producer_failed() -> None:
+    from civt_pipe.pipeline.data.streams import read_ahead
+
+    assert list(read_ahead(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing() -> Any:
+        yield 1
+        yield 2
+        raise UserError("bad sample")
+
+    got: list[int] = []
+    with pytest.raises(UserError, match="bad sample"):
+        for item in read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2]
+    # A consumer that stops early stops the producer (the generator is closed, no hang).
+    endless = read_ahead(iter(int, 1))
+    assert next(endless) == 0
+    endless.close()

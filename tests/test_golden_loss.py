@@ -29,6 +29,10 @@ from civt_pipe.pipeline.train.steps import ClassificationStep, DistillationStep
 from civt_pipe.stores.topk import TopKLogits
 
 CPU = torch.device("cpu")
+# Float kernels differ in their last bits between CPU kernel families (AVX2 and AVX512 hosts
+# pick other code paths): five steps on an AVX512 host land up to 7e-6 from values recorded on
+# another. Any change of the loss, step, optimizer or schedule moves a term by far more.
+TOLERANCE = 5e-5
 SCHEDULE = ScheduleConfig(base_lr=1e-3, total_steps=5, warmup_steps=2, min_lr=1e-5)
 
 GOLDEN_STUDENT = [
@@ -99,7 +103,7 @@ def test_five_student_steps_reproduce_the_golden_losses() -> None:
         label_smoothing=0.1,
     )
     losses = _run(model, step, _batch())
-    assert np.asarray(losses) == pytest.approx(np.asarray(GOLDEN_STUDENT), abs=1e-6)
+    assert np.asarray(losses) == pytest.approx(np.asarray(GOLDEN_STUDENT), abs=TOLERANCE)
 
 
 def test_five_teacher_steps_reproduce_the_golden_losses() -> None:
@@ -108,4 +112,4 @@ def test_five_teacher_steps_reproduce_the_golden_losses() -> None:
     batch = _batch()
     step = ClassificationStep(device=CPU, label_smoothing=0.1)
     losses = _run(model, step, (batch.images, batch.labels))
-    assert np.asarray(losses) == pytest.approx(np.asarray(GOLDEN_TEACHER), abs=1e-6)
+    assert np.asarray(losses) == pytest.approx(np.asarray(GOLDEN_TEACHER), abs=TOLERANCE)

@@ -13,11 +13,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"pipeline": "civt_pipe.pipeline", "stores": "civt_pipe.stores", "cli": "civt_pipe.cli"}
+FOLDERS = {
+    "civt_pipe": "civt_pipe",
+    "pipeline": "civt_pipe.pipeline",
+    "stores": "civt_pipe.stores",
+    "cli": "civt_pipe.cli",
+}
+"""Code folder -> its package once installed (pyproject's package-dir map)."""
 
 
 def _module_files() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of the three code folders."""
+    """Dotted module name -> file, for every module of the code folders."""
     found: dict[str, Path] = {}
     for folder, package in FOLDERS.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
@@ -115,6 +121,7 @@ def _stage_of(module: str) -> str | None:
 def test_the_rules_see_the_tree() -> None:
     assert "civt_pipe.stores.logit_store" in MODULES
     assert "civt_pipe.cli.app" in MODULES
+    assert "civt_pipe" in MODULES and "civt_pipe.pipeline.api" in MODULES
     assert sum(1 for m in MODULES if _stage_of(m)) >= 4
     assert any(_imports("civt_pipe.cli.app"))
 
@@ -163,13 +170,39 @@ def test_stages_never_import_each_other_and_only_workflows_and_cli_import_stages
     assert bad == []
 
 
+def test_the_api_is_a_facade_over_the_rooms_that_only_the_top_package_imports() -> None:
+    """``civt_pipe`` re-exports ``pipeline/api``; the API builds on the rooms below the stages
+    (never a stage, workflow or command), and no room imports the API back."""
+    api = "civt_pipe.pipeline.api"
+    assert {t for t, _, _ in _imports("civt_pipe")} == {api}
+    below = [
+        f"{m} imports {t}"
+        for m in MODULES
+        if m.startswith(api)
+        for t, _, _ in _imports(m)
+        if t.startswith(
+            ("civt_pipe.pipeline.stages", "civt_pipe.pipeline.workflows", "civt_pipe.cli")
+        )
+    ]
+    above = [
+        f"{m} imports {t}"
+        for m in MODULES
+        if m != "civt_pipe" and not m.startswith(api)
+        for t, _, _ in _imports(m)
+        if t.startswith(api)
+    ]
+    assert below == [] and above == []
+
+
 def test_the_command_line_starts_without_torch() -> None:
-    """``civt-pipe --help`` must stay instant: options come from torch-free config modules."""
+    """``civt-pipe --help`` must stay instant: options come from torch-free config modules, and
+    the ``civt_pipe`` package above them imports its API names only when one is used."""
     import subprocess
     import sys
 
     code = (
-        "import sys, civt_pipe.cli.app\n"
+        "import sys, civt_pipe, civt_pipe.cli.app\n"
+        "assert civt_pipe.__all__ and 'open_store' in dir(civt_pipe)\n"
         "heavy = [m for m in ('torch', 'torchvision', 'zarr', 'webdataset') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )

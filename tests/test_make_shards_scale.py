@@ -180,7 +180,8 @@ def test_digits_shards_and_index_are_the_bytes_of_before_the_rewrite(tmp_path: P
     index = make_shards(MakeShardsConfig("digits", tmp_path, split="test", shard_size=200))
     assert index.extra == {"digits_split_seed": 0, "digits_test_fraction": 0.2}
     expected = {
-        "index.json": "5120422662235faf45e4b90877b6f4d4b044ae92acd7b8302ca85c6863605e01",
+        # Issue 26 added each tar's size (`tar_bytes`) to the index; the tars did not move.
+        "index.json": "1108f01111cfadafb111063c9ad967d1343152c71eecf189557b983f46d42697",
         "test-000000.tar": "a971febd01acb06fb699d9c0a08c4f21211dcb8ddf20417580139d58ff580b00",
         "test-000001.tar": "02f946b314345a2dd0c85b68a15b8769f2a4aef8020c90355875a2a340b8f4ec",
     }

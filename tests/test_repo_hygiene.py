@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("pipeline", "cli", "stores")
+CODE_DIRS = ("civt_pipe", "pipeline", "cli", "stores", "examples")
 
 
 def _ruff() -> list[str]:

@@ -1,8 +1,9 @@
-"""Static tools follow our imports: pyright and mypy on the three code folders.
+"""Static tools follow our imports: mypy on the whole package, pyright on the code folders.
 
-The folders are the package ``civt_pipe`` only once installed (setuptools maps them), so for
-mypy the test lays a ``civt_pipe`` link to the repository in a temporary directory and checks the
-packages by their real names; pyright follows the relative imports on disk as they are
+The folders are the package ``civt_pipe`` only once installed (setuptools maps ``civt_pipe/``
+to ``civt_pipe`` and the three code folders to its subpackages), so for mypy the test lays out
+that installed layout with links in a temporary directory and checks the package by its real
+name; pyright follows the relative imports between the code folders on disk as they are
 (``pyrightconfig.json``).
 """
 
@@ -23,11 +24,15 @@ BIN = Path(sys.executable).parent
 
 
 def test_mypy_checks_our_packages_without_errors(tmp_path: Path) -> None:
-    (tmp_path / "civt_pipe").symlink_to(ROOT, target_is_directory=True)
-    packages = ["civt_pipe.pipeline", "civt_pipe.stores", "civt_pipe.cli"]
+    package = tmp_path / "civt_pipe"
+    package.mkdir()
+    for name in ("__init__.py", "py.typed"):
+        (package / name).symlink_to(ROOT / "civt_pipe" / name)
+    for folder in ("pipeline", "stores", "cli"):
+        (package / folder).symlink_to(ROOT / folder, target_is_directory=True)
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-         "--cache-dir", str(tmp_path / "cache"), *[a for p in packages for a in ("-p", p)]],
+         "--cache-dir", str(tmp_path / "cache"), "-p", "civt_pipe"],
         cwd=tmp_path, env={**os.environ, "MYPYPATH": str(tmp_path)},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

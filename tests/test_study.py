@@ -64,10 +64,16 @@ def test_break_even_counts_student_runs_or_says_never() -> None:
     assert report.break_even(dump_cpu=60.0, store_cpu=50.0, online_cpu=50.0) is None
 
 
+def test_stopped_epochs_count_a_student_that_never_stopped_as_all_epochs() -> None:
+    found = report.stopped_epochs([{"stopped_at": 12}, {"stopped_at": None}, {}], epochs=30)
+    assert found == {"epochs": [12, 30, 30], "mean": 24.0, "min": 12, "max": 30, "stopped_early": 1}
+
+
 def test_view_and_topk_counts_are_deduplicated_and_bounded() -> None:
-    assert view_counts(10) == [1, 2, 4, 8, 10, 16]
-    assert view_counts(30) == [1, 2, 4, 8, 16, 30]
-    assert view_counts(4) == [1, 2, 4, 8, 16]
+    assert view_counts(30) == [1, 2, 5, 10, 30]
+    assert view_counts(10) == [1, 2, 5, 10]
+    assert view_counts(4) == [1, 2, 4]
+    assert view_counts(40) == [1, 2, 5, 10, 30, 40]
     assert topk_counts(10) == [1, 3, 5, 10]
     assert topk_counts(3) == [1, 3]
 
@@ -105,8 +111,37 @@ def test_identical_commands_are_one_run_across_tables_and_plans(tmp_path: Path) 
     tables_ids, views_ids = set(ids), {r.id for r in views.runs}
     shared_teachers = {r.id for r in views.runs if r.kind == "teacher"}
     assert shared_teachers <= tables_ids  # the views plan's teachers are the tables plan's
-    # With epochs >= 16 the cost plan's store (V = epochs) is the views plan's (V = max(16, E)).
+    # The cost plan's store (V = epochs) is the views plan's.
     assert {r.id for r in cost.runs} <= views_ids
+    # The alignment plan adds only the λ = 0 students (and their evaluations) to Table 6's.
+    alignment = PLAN_BUILDERS["alignment"](_book(tmp_path, epochs=16, teacher_epochs=3), [0, 1])
+    added = [r for r in alignment.runs if r.id not in tables_ids]
+    assert len(added) == 2 * 2 and all("lam0.0" in r.id for r in added)
+    assert all("--lambda 0.0" in r.command for r in added if r.kind == "student")
+
+
+def test_minor_seeds_cut_table_3_and_figure_3_only(tmp_path: Path) -> None:
+    book = _book(tmp_path, epochs=4, teacher_epochs=3, minor_seeds=2)
+    tables = PLAN_BUILDERS["tables"](book, [0, 1, 2, 3, 4])
+    counts = {t.id: {len(m) for _, cells in t.rows for m in cells.values()} for t in tables.tables}
+    assert counts == {"table5": {5}, "table6": {5}, "table3": {2}, "table4": {5}}
+    assert {len(p.values) for p in tables.series[0].points} == {2}
+    kinds = [run.kind for run in tables.runs]
+    # 5 seeds of Tables 5 and 6, 2 of Table 3's other students and of Figure 3's stores.
+    assert kinds.count("student") == 5 * (5 + 3) + 2 * (4 + 2)
+    assert kinds.count("dump") == 5 + 2 * 2
+
+
+def test_student_subset_feeds_stores_and_students_but_not_teachers(tmp_path: Path) -> None:
+    book = _book(tmp_path, epochs=4, teacher_epochs=2, student_subset=1)
+    book.student_data = "/data/train/first.tar"
+    plan = PLAN_BUILDERS["alignment"](book, [0])
+    data = {r.kind: {r.config.data} for r in plan.runs if r.kind != "evaluate"}
+    assert data == {
+        "teacher": {"/data/train"},
+        "dump": {"/data/train/first.tar"},
+        "student": {"/data/train/first.tar"},
+    }
 
 
 def _reparse(run: Run, root: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -148,10 +183,15 @@ def test_rendered_commands_parse_back_into_the_same_configs(
     book = _book(tmp_path, epochs=5, teacher_epochs=2, image_size=12)
     teachers = {"cnn": book.teacher("cnn-nano", 0), "inn": book.teacher("inn-nano", 0)}
     store = book.dump(teachers, views=8, seed=0)
+    plateau = _book(tmp_path, epochs=5, teacher_epochs=2, image_size=12, until_plateau=3)
     runs = [
         *teachers.values(),
         store,
         book.student(store=store, token_mode="aligned", store_teachers=("cnn", "inn")),
+        book.student(
+            store=store, token_mode="aligned", store_teachers=("cnn", "inn"), lambda_kd=0.0
+        ),
+        plateau.student(store=store),
         book.student(store=store, store_views=2, store_topk=3),
         book.student(online=teachers, seed=1),
         book.evaluate(book.student(store=store), store=store),
@@ -210,8 +250,15 @@ def _check_schema(results: dict[str, Any], plan: str) -> None:
                 assert column in table["columns"] and summary_keys <= set(cell)
                 assert len(cell["values"]) == cell["n"] == len(entry["seeds"])
                 assert all(run in results["runs"] for run in cell["runs"])
+    paired_keys = {"label", "differences", "mean", "std", "n", "low", "high", "separated"}
+    for table in entry["tables"]:
+        for comparison in table["paired"]:
+            assert paired_keys <= set(comparison)
+            assert len(comparison["differences"]) == len(entry["seeds"])
     for series in entry["series"]:
         assert {"id", "title", "x_label", "y_label", "x_log2", "points", "reference"} <= set(series)
+        for comparison in series["paired"]:
+            assert paired_keys | {"point", "baseline"} <= set(comparison)
         for point in series["points"]:
             assert {"x", "label"} | summary_keys <= set(point)
         if series["reference"] is not None:
@@ -260,24 +307,42 @@ def test_every_plan_writes_results_of_the_schema_and_merges_into_one_dir(
     stages = FakeStages(monkeypatch)
     # Drawing is viz/study.py's to test (the slow end-to-end test here draws for real).
     monkeypatch.setattr(study_run, "draw_plots", lambda root, name, plan: [])
-    for plan in ("tables", "views", "cost"):
+    for plan in ("tables", "alignment", "views", "cost"):
         results = run_study(_toy_config(root, plan=plan, seeds=2, teacher_epochs=3))
         _check_schema(results, plan)
-    assert set(results["plans"]) == {"tables", "views", "cost"}
+    # --until-plateau: every student run validates on --val and may stop; results.md says how.
+    plateau = run_study(_toy_config(root, plan="cost", seeds=2, teacher_epochs=3, until_plateau=2))
+    assert plateau["plans"]["cost"]["stopped_at"]["epochs"] == [1, 1, 1, 1]  # fakes never stop
+    stopping = [
+        c["command"] for c in plateau["runs"].values() if "--until-plateau 2" in c["command"]
+    ]
+    assert len(stopping) == 4 and all(" --val /" in c for c in stopping)  # 2 students × 2 seeds
+    assert (
+        "Students with --until-plateau 2 trained 1.0 epochs"
+        in (root / "study" / "results.md").read_text()
+    )
+    results = run_study(_toy_config(root, plan="cost", seeds=2, teacher_epochs=3))
+    assert set(results["plans"]) == {"tables", "alignment", "views", "cost"}
     saved = json.loads((root / "study" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     table3 = saved["plans"]["tables"]["tables"][2]
-    for row in table3["rows"]:  # the gain column is the difference, per seed
-        cells = row["cells"]
-        for alone, taught, gain in zip(
-            cells["no teacher"]["values"],
-            cells["CNN + INN"]["values"],
-            cells["gain"]["values"],
-            strict=True,
-        ):
-            assert gain == pytest.approx(taught - alone)
+    rows = {row["label"]: row["cells"] for row in table3["rows"]}
+    for gain in table3["paired"]:  # each student's gain from its teachers, per seed
+        cells = rows[gain["row"]]
+        taught, alone = cells["CNN + INN"]["values"], cells["no teacher"]["values"]
+        assert gain["differences"] == pytest.approx(
+            [t - a for t, a in zip(taught, alone, strict=True)]
+        )
+    table6 = saved["plans"]["tables"]["tables"][1]
+    assert {(c["row"], c["reference_row"]) for c in table6["paired"]} >= {
+        ("cls", "none"),
+        ("cls", "per-teacher"),
+        ("aligned", "per-teacher"),
+    }
     markdown = (root / "study" / "results.md").read_text()
     assert "## Plan `tables`" in markdown and "## Plan `cost`" in markdown
+    assert "| − none | − per-teacher |" in markdown and "CNN + INN − no teacher" in markdown
+    assert "up |" in markdown  # the sign count of every comparison
     assert "](runs/" in markdown and "/command.sh)" in markdown
     # The cost plan's runs were all made by the views plan before it (same commands).
     calls = len(stages.calls)
@@ -348,9 +413,12 @@ def test_bad_input_is_one_line(toy_data: Path, tmp_path: Path) -> None:
     data, val = str(toy_data / "train"), str(toy_data / "test")
     common = ["--data", data, "--val", val, "--out", str(tmp_path / "s")]
     line = _one_line_error([*common, "--plan", "nosuch"])
-    assert all(name in line for name in ("tables", "views", "cost"))
+    assert all(name in line for name in ("tables", "alignment", "views", "cost"))
     assert "--seeds" in _one_line_error([*common, "--seeds", "0"])
     assert "--subset" in _one_line_error([*common, "--subset", "9"])
+    assert "--student-subset 9" in _one_line_error([*common, "--student-subset", "9"])
+    line = _one_line_error([*common, "--subset", "2", "--student-subset", "3"])
+    assert "--student-subset 3" in line and "2 shards" in line
 
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()

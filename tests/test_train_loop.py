@@ -22,15 +22,17 @@ from civt_pipe.pipeline.runtime.distributed import DistContext
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.train.checkpointer import Checkpointer
 from civt_pipe.pipeline.train.loop import (
+    PLATEAU_SINCE,
     Diverged,
     EpochSummary,
     LoopConfig,
+    Plateau,
     StepResult,
     first_non_finite,
     fit,
     train_step,
 )
-from civt_pipe.pipeline.train.schedule import ScheduleConfig
+from civt_pipe.pipeline.train.schedule import ScheduleConfig, lr_at
 from civt_pipe.pipeline.train.steps import ClassificationStep, DistillationStep
 
 CPU = torch.device("cpu")
@@ -46,6 +48,8 @@ class ToyTask:
     kill_at: tuple[int, int] | None = None
     poison_at: tuple[int, int] | None = None
     """(epoch, step) whose images are NaN: that step's loss, and then the weights, are NaN."""
+    val_by_epoch: list[float] | None = None
+    """The validation top-1 after each epoch (default: 0.5 every epoch)."""
     seen: list[tuple[int, int]] = field(default_factory=list)
 
     def batches(self, epoch: int, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -63,7 +67,9 @@ class ToyTask:
         return ClassificationStep(device=CPU)(model, batch)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
-        return {"top1": 0.5}
+        if self.val_by_epoch is None:
+            return {"top1": 0.5}
+        return {"top1": self.val_by_epoch[self.seen[-1][0]]}
 
     def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
         return {
@@ -105,11 +111,14 @@ def _run(
     save_every: int = 0,
     resume: bool = False,
     log_every: int = 2,
+    epochs: int = EPOCHS,
+    until_plateau: int | None = None,
+    plateau_metric: str = "top1",
     precision: Any = None,
 ) -> tuple[nn.Module, Any]:
     model = _model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    schedule = ScheduleConfig(base_lr=1e-2, total_steps=STEPS * EPOCHS, warmup_steps=2)
+    schedule = ScheduleConfig(base_lr=1e-2, total_steps=STEPS * epochs, warmup_steps=2)
     checkpointer = Checkpointer(
         path=out / "last.pt",
         make=_make,
@@ -122,7 +131,7 @@ def _run(
     if resume:
         state = checkpointer.restore(checkpointer.load(), model, optimizer)
     cfg = LoopConfig(
-        epochs=EPOCHS,
+        epochs=epochs,
         steps_per_epoch=STEPS,
         schedule=schedule,
         seed=7,
@@ -131,6 +140,8 @@ def _run(
         save_every=save_every,
         final=out / "final.pt",
         progress=False,
+        until_plateau=until_plateau,
+        plateau_metric=plateau_metric,
         **({"precision": precision} if precision is not None else {}),
     )
     result = fit(
@@ -305,3 +316,83 @@ def test_first_non_finite_finds_the_first_bad_step_and_its_terms() -> None:
     assert first_non_finite(window) == (1, [1])
     assert first_non_finite([ok, ok]) is None
     assert first_non_finite([]) is None
+
+
+# ------------------------------------------------------------------------- --until-plateau
+
+PLATEAU_VALS = [0.5, 0.6, 0.6, 0.55, 0.7, 0.8]
+"""Best after epoch 2 (0.6); epochs 3 (equal: no progress) and 4 do not improve on it."""
+
+
+def test_plateau_counts_epochs_since_a_strict_improvement() -> None:
+    state = Plateau()
+    seen = []
+    for value in PLATEAU_VALS:
+        state = state.after(value)
+        seen.append((state.best, state.since, state.stops(2)))
+    assert seen == [
+        (0.5, 0, False),
+        (0.6, 0, False),
+        (0.6, 1, False),
+        (0.6, 2, True),
+        (0.7, 0, False),
+        (0.8, 0, False),
+    ]
+    assert not Plateau().stops(1) and not Plateau(0.9, 50).stops(None)
+
+
+def test_until_plateau_stops_keeping_the_schedule_laid_out_for_all_epochs(tmp_path: Path) -> None:
+    task = ToyTask(val_by_epoch=PLATEAU_VALS)
+    _, result = _run(tmp_path, task, epochs=6, until_plateau=2)
+    assert result.stopped_at == 4 and result.global_step == 4 * STEPS
+    epochs = [r for r in _records(tmp_path) if r["kind"] == "epoch"]
+    assert [(r["epoch"], r[PLATEAU_SINCE]) for r in epochs] == [(0, 0), (1, 0), (2, 1), (3, 2)]
+    assert (tmp_path / "final.pt").is_file()
+    # The last step ran at the 6-epoch cosine's rate for its step: stopping did not squeeze it.
+    last_step = [r for r in _records(tmp_path) if r["kind"] == "step"][-1]
+    schedule = ScheduleConfig(base_lr=1e-2, total_steps=STEPS * 6, warmup_steps=2)
+    assert last_step["lr"] == pytest.approx(lr_at(4 * STEPS - 1, schedule))
+    assert last_step["lr"] > 1e-3  # far from the end of the decay
+    # Without the option the same run trains every epoch.
+    _, whole = _run(tmp_path / "whole", ToyTask(val_by_epoch=PLATEAU_VALS), epochs=6)
+    assert whole.stopped_at is None and whole.global_step == 6 * STEPS
+
+
+def test_a_resumed_run_stops_where_the_uninterrupted_one_did(tmp_path: Path) -> None:
+    whole, _ = _run(
+        tmp_path / "whole", ToyTask(val_by_epoch=PLATEAU_VALS), epochs=6, until_plateau=2
+    )
+    killed = tmp_path / "killed"
+    with pytest.raises(Killed):
+        _run(killed, ToyTask(kill_at=(3, 3), val_by_epoch=PLATEAU_VALS), epochs=6, until_plateau=2)
+    resumed, result = _run(
+        killed, ToyTask(val_by_epoch=PLATEAU_VALS), epochs=6, until_plateau=2, resume=True
+    )
+    assert result.stopped_at == 4 and result.global_step == 4 * STEPS
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # Resuming a run that stopped trains nothing more and stops at once.
+    task = ToyTask(val_by_epoch=PLATEAU_VALS)
+    _, again = _run(killed, task, epochs=6, until_plateau=2, resume=True)
+    assert task.seen == [] and again.stopped_at == 4
+
+
+def test_until_plateau_needs_the_figure_it_watches(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="'mean'"):
+        _run(tmp_path, ToyTask(), epochs=3, until_plateau=1, plateau_metric="mean")
+
+
+def test_every_trainer_refuses_until_plateau_without_val() -> None:
+    from civt_pipe.pipeline.stages.cakd.config import CakdTrainConfig
+    from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
+    from civt_pipe.pipeline.stages.teacher.config import TeacherTrainConfig
+
+    makers = [
+        lambda **kw: StudentTrainConfig(data="d", store="s.zarr", out="o", **kw),
+        lambda **kw: TeacherTrainConfig(arch="cnn-nano", data="d", out="o", **kw),
+        lambda **kw: CakdTrainConfig(data="d", teacher="vit=vit-nano:v.pt", out="o", **kw),
+    ]
+    for make in makers:
+        with pytest.raises(UserError, match="--until-plateau needs --val"):
+            make(until_plateau=3)
+        assert make(val="v", until_plateau=3).until_plateau == 3

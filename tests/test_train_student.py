@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
+from toy_shards import subset_shards
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
 from civt_pipe.pipeline.augment.config import AugmentConfig
-from civt_pipe.pipeline.data.index import ShardIndex
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.data.planning import plan_training, shard_rows_for
 from civt_pipe.pipeline.data.shard_set import resolve_shards
@@ -37,16 +37,6 @@ from civt_pipe.stores.logit_store import LogitStore
 SIZE = 16
 
 
-def _subset(src: Path, dst: Path, first: int, count: int) -> Path:
-    index = ShardIndex.load(src)
-    names = [s.name for s in index.shards[first : first + count]]
-    dst.mkdir()
-    for name in names:
-        (dst / name).write_bytes((src / name).read_bytes())
-    index.subset(names).save(dst)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Three 24-sample digit shards, a 24-sample validation shard, two untrained nano teachers
@@ -55,8 +45,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     make_shards(
         MakeShardsConfig(source="digits", out_dir=root / "all", split="test", shard_size=24)
     )
-    train = _subset(root / "all", root / "train", 0, 3)
-    val = _subset(root / "all", root / "val", 3, 1)
+    train = subset_shards(root / "all", root / "train", 0, 3)
+    val = subset_shards(root / "all", root / "val", 3, 1)
     torch.manual_seed(0)
     specs = []
     for name, arch in (("cnn", "cnn-nano"), ("inn", "inn-nano")):
@@ -418,3 +408,20 @@ def test_hard_distillation_on_a_store_without_a_top1_is_one_line(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("civt-pipe: error: "), result.output
     assert "teachers/cnn" in lines[0]
+
+
+def test_until_plateau_stops_where_the_val_curve_says_and_records_it(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    summary = train_student(_cfg(world, out, val=str(world["val"]), epochs=6, until_plateau=1))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    curve = [r["val_cls"] for r in records if r["kind"] == "epoch"]  # cls: per-teacher headline
+    # Where a patience of one epoch stops on this curve: after the first epoch that fails to
+    # beat the best before it (or never).
+    expected = next((e + 1 for e in range(1, len(curve)) if curve[e] <= max(curve[:e])), None)
+    assert summary["stopped_at"] == (expected if expected is not None and expected < 6 else None)
+    assert len(curve) == (summary["stopped_at"] or 6)
+    assert summary["steps"] == len(curve) * (72 // 16)
+    assert all("plateau_best" in r for r in records if r["kind"] == "epoch")
+    assert (out / "final.pt").is_file()

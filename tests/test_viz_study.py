@@ -13,7 +13,8 @@ from PIL import Image
 
 from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.viz.figure import INSTALL_HINT, png_size
-from civt_pipe.pipeline.viz.study import plot_series, plot_table, table_quantities
+from civt_pipe.pipeline.viz.study import plot_paired, plot_series, plot_table
+from civt_pipe.pipeline.workflows.study.stats import paired
 
 ORANGE = (0xFF, 0x7F, 0x0E)
 """matplotlib's second cycle colour (C1): the reference line."""
@@ -77,23 +78,51 @@ def test_a_wide_table_takes_two_panel_widths_and_skips_missing_cells(tmp_path: P
     assert pixels.shape[:2] == png_size(1, 2)[::-1]
 
 
-def test_each_quantity_of_a_table_gets_its_own_panel_and_axis(tmp_path: Path) -> None:
-    table = {**_table(3, columns=("CPU s", "wall s", "top-1")), "id": "cost"}
-    table["units"] = ["seconds", "seconds", "top-1 (%)"]
-    assert table_quantities(table, table["columns"]) == {"seconds": [0, 1], "top-1 (%)": [2]}
-    pixels = _png(plot_table(table, tmp_path / "cost.png"))
-    assert pixels.shape[:2] == png_size(1, 2)[::-1]
-    # Without units (results.json of an older study) every column shares one axis.
-    del table["units"]
-    assert table_quantities(table, table["columns"]) == {"": [0, 1, 2]}
-
-
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_series_draws_the_reference_line(tmp_path: Path, seeds: int) -> None:
     with_ref = _png(plot_series(_series(seeds), tmp_path / "with.png"))
     without = _png(plot_series(_series(seeds, reference=False), tmp_path / "without.png"))
     assert with_ref.shape[:2] == png_size(1, 1)[::-1]
     assert _has_colour(with_ref, ORANGE) and not _has_colour(without, ORANGE)
+
+
+def test_a_table_of_two_quantities_gets_an_axis_each(tmp_path: Path) -> None:
+    table = _table(3, columns=("CPU s", "wall s", "top-1"))
+    one_axis = _png(plot_table(table, tmp_path / "one.png"))
+    units = {"CPU s": "seconds", "wall s": "seconds", "top-1": "top-1 (%)"}
+    two = _png(plot_table({**table, "units": units}, tmp_path / "two.png"))
+    # Seconds and top-1 side by side, one panel each; without units one (wide) panel.
+    assert two.shape[:2] == png_size(1, 2)[::-1]
+    assert not np.array_equal(one_axis, two)
+
+
+def _comparisons(separated: bool) -> dict[str, Any]:
+    spread = [1.0, 1.1, 1.2] if separated else [-2.0, 1.0, 4.0]
+    entries = [
+        {"label": f"{row} − none", **paired([60 + d for d in spread], [60.0] * 3).to_dict()}
+        for row in ("CNN", "INN")
+    ]
+    return {"id": "table5", "title": "Teacher sets", "paired": entries}
+
+
+def test_paired_differences_draw_their_intervals_filled_where_separated(tmp_path: Path) -> None:
+    separated = _png(plot_paired(_comparisons(True), "top-1 (%), points", tmp_path / "s.png"))
+    within = _png(plot_paired(_comparisons(False), "top-1 (%), points", tmp_path / "w.png"))
+    assert separated.shape[:2] == within.shape[:2] == png_size(1, 2)[::-1]
+    blue = (0x1F, 0x77, 0xB4)  # C0: the markers and interval bars
+    assert _has_colour(separated, blue) and _has_colour(within, blue)
+    # The same comparisons marked not separated draw open markers: fewer C0 pixels.
+    opened = _comparisons(True)
+    assert all(e["separated"] for e in opened["paired"])
+    opened["paired"] = [{**e, "separated": False} for e in opened["paired"]]
+    hollow = _png(plot_paired(opened, "top-1 (%), points", tmp_path / "o.png"))
+
+    def c0(pixels: np.ndarray) -> int:
+        return int((np.abs(pixels.astype(int) - blue).sum(-1) < 10).sum())
+
+    assert c0(separated) > c0(hollow) > 0
+    one_seed = {"id": "t", "paired": [{"label": "a", **paired([1.0], [0.0]).to_dict()}]}
+    _png(plot_paired(one_seed, "top-1 (%), points", tmp_path / "one.png"))  # no interval: a dot
 
 
 def test_series_on_a_linear_axis(tmp_path: Path) -> None:
@@ -118,6 +147,11 @@ def test_series_on_a_linear_axis(tmp_path: Path) -> None:
             lambda out: plot_table(
                 {"id": "t", "columns": ["a"], "rows": [{"label": "x", "cells": {"a": {}}}]}, out
             ),
+            "needs a numeric mean",
+        ),
+        (lambda out: plot_paired({"id": "t", "paired": []}, "x", out), "t has no paired"),
+        (
+            lambda out: plot_paired({"id": "t", "paired": [{"label": "a"}]}, "x", out),
             "needs a numeric mean",
         ),
     ],

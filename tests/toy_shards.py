@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from civt_pipe.pipeline.data.index import ShardIndex
 from civt_pipe.pipeline.data.make_shards import MakeShardsConfig, make_shards
 from civt_pipe.pipeline.models.checkpoint import make_checkpoint, save_checkpoint
 from civt_pipe.pipeline.models.factory import create_model
@@ -36,6 +37,18 @@ def make_toy_shards(root: Path, split: str, per_class: int = 16, seed: int = 0) 
         )
     )
     return out
+
+
+def subset_shards(src: Path, dst: Path, first: int, count: int) -> Path:
+    """Copy shards ``first .. first + count - 1`` of the shard set ``src`` and their index to
+    ``dst``: a smaller shard set of the same samples."""
+    index = ShardIndex.load(src)
+    names = [s.name for s in index.shards[first : first + count]]
+    dst.mkdir()
+    for name in names:
+        (dst / name).write_bytes((src / name).read_bytes())
+    index.subset(names).save(dst)
+    return dst
 
 
 def make_toy_teacher(path: Path, image_size: int = 8, seed: int = 0) -> Path:

@@ -110,6 +110,7 @@ def sample_and_render(
     cfg: AugmentConfig,
     *,
     num_classes: int | None = None,
+    device: torch.device | None = None,
 ) -> RenderedBlock:
     """Stage one for one mix block: draw each view's parameters, render every view.
 
@@ -120,7 +121,9 @@ def sample_and_render(
         shard_count: samples in the shard (partners must exist in the shard).
         cfg: the augmentation recipe.
         num_classes: when given, also build the λ-mixed label targets.
+        device: where the views are rendered and returned (default: the CPU).
     """
+    where = torch.device("cpu") if device is None else device
     n, view_ids = len(block), list(views)
     valid = _valid_mask(block)
     keys = [s.key for s in block]
@@ -131,7 +134,7 @@ def sample_and_render(
     digests = np.zeros((n, len(view_ids)), dtype=np.uint64)
     view_labels = np.full((n, len(view_ids)), SKIPPED_LABEL, dtype=np.int64)
     channels = _channels(block, cfg)
-    rendered = torch.zeros(n, len(view_ids), channels, cfg.image_size, cfg.image_size)
+    rendered = torch.zeros(n, len(view_ids), channels, cfg.image_size, cfg.image_size, device=where)
     targets = (
         torch.zeros(n, len(view_ids), num_classes, dtype=torch.float32)
         if num_classes is not None
@@ -139,6 +142,7 @@ def sample_and_render(
     )
     if len(good):
         rows = torch.as_tensor(good)
+        rows_on = rows.to(where)
         images = [im for im in (block[i].image for i in good) if im is not None]
         good_keys = [keys[i] for i in good]
         good_pos = positions[good]
@@ -153,8 +157,8 @@ def sample_and_render(
             lost = ~np.isin(vp["mix_partner"], np.append(good_pos, -1))
             if lost.any():
                 vp = unmix_rows(vp, lost)
-            tensor = render_block(images, vp, good_pos.tolist(), cfg)
-            rendered[rows, j] = tensor
+            tensor = render_block(images, vp, good_pos.tolist(), cfg, where)
+            rendered[rows_on, j] = tensor
             digests[good, j] = view_digests(tensor)
             partner_labels = lookup_partner_labels(good_labels, good_pos.tolist(), vp)
             view_labels[good, j] = dominant_labels(good_labels, partner_labels, vp).numpy()
@@ -195,12 +199,19 @@ class ReplayedView:
     """bool [n] rows that have a view."""
 
 
-def replay(block: list[Sample], params: dict[str, np.ndarray], cfg: AugmentConfig) -> ReplayedView:
+def replay(
+    block: list[Sample],
+    params: dict[str, np.ndarray],
+    cfg: AugmentConfig,
+    device: torch.device | None = None,
+) -> ReplayedView:
     """Stage two for one mix block: rebuild one view from its stored parameters.
 
     ``params`` holds the stored fields for this view, ``[n, ...]``, row ``i`` for ``block[i]``.
-    The tensor is bit-identical to the one :func:`sample_and_render` gave the teachers.
+    The tensor, rendered on ``device`` (default: the CPU), is bit-identical to the one
+    :func:`sample_and_render` gave the teachers when rendered on the same kind of device.
     """
+    where = torch.device("cpu") if device is None else device
     n = len(block)
     for name, value in params.items():
         if len(value) != n:
@@ -208,13 +219,13 @@ def replay(block: list[Sample], params: dict[str, np.ndarray], cfg: AugmentConfi
     valid = _valid_mask(block)
     good = np.flatnonzero(valid)
     channels = _channels(block, cfg)
-    out = torch.zeros(n, channels, cfg.image_size, cfg.image_size)
+    out = torch.zeros(n, channels, cfg.image_size, cfg.image_size, device=where)
     digests = np.zeros(n, dtype=np.uint64)
     if len(good):
         images = [im for im in (block[i].image for i in good) if im is not None]
         positions = [block[i].position for i in good]
         sub = {name: np.ascontiguousarray(value[good]) for name, value in params.items()}
-        tensor = render_block(images, sub, positions, cfg)
-        out[torch.as_tensor(good)] = tensor
+        tensor = render_block(images, sub, positions, cfg, where)
+        out[torch.as_tensor(good, device=where)] = tensor
         digests[good] = view_digests(tensor)
     return ReplayedView(views=out, digests=digests, valid=valid)

@@ -213,3 +213,13 @@ def preset(name: str, image_size: int) -> AugmentConfig:
             f"unknown augmentation preset {name!r}; known: {', '.join(PRESETS)}"
         ) from None
     return factory(image_size)
+
+
+RENDER_DEVICE_CHOICES = ("auto", "cpu", "cuda")
+"""``--render-device`` values (resolved by :func:`.render_device.resolve_render_device`)."""
+LEGACY_RENDER_DEVICE = "cpu"
+"""Where a store that records no ``render_device`` was rendered (every store before the option)."""
+RENDER_DEVICE_HELP = (
+    "Where views are rendered: auto (a store's recorded device; else the model's device with "
+    "--workers 0, the CPU with worker processes), cpu, or cuda (--workers 0)."
+)

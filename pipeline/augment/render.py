@@ -5,15 +5,21 @@ horizontal flip → RandAugment on uint8 → float32 in [0, 1] → random erasin
 → mixing with the partner's *unmixed* view of the same view index (batch-level, like timm's
 Mixup). Views are not normalized: each model normalizes its own input.
 
-Determinism: every step is elementwise or a fixed resampling on the CPU, so the result does not
-depend on thread count, worker, rank or on which other rows are rendered alongside.
+Determinism: every step is elementwise or a fixed resampling, so the result does not depend on
+thread count, worker, rank or on which other rows are rendered alongside. The same ops run on
+CUDA tensors (``device``): the images go to the device, are rendered there and stay there. GPU
+resampling rounds differently from the CPU's in the last bits, so a store records where its
+views were rendered and a replay renders them there again (``--render-device``); erasing's noise
+is drawn on the CPU either way (same generator, same bits) and copied to the device.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -28,10 +34,14 @@ _DIGEST_PERSON = b"civt-digest-v1"
 
 
 def render_unmixed(
-    images: Sequence[torch.Tensor], block_params: Mapping[str, np.ndarray], cfg: AugmentConfig
+    images: Sequence[torch.Tensor],
+    block_params: Mapping[str, np.ndarray],
+    cfg: AugmentConfig,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Unmixed views `[n, C, S, S]` (float32 in [0, 1]) of n images, row i from row i of
-    `block_params`; every image has the same channel count.
+    `block_params`; every image has the same channel count. Rendered on `device` (default: the
+    first image's), where the images are moved if they are elsewhere.
 
     Batched where the result cannot change: the crop is resampled image by image (source
     crops differ in size, and the antialiased kernel is the one per-sample rendering used);
@@ -42,6 +52,7 @@ def render_unmixed(
     n = len(images)
     for image in images:
         check_image(image)
+    where = images[0].device if device is None else device
     size = cfg.image_size
     interpolation = INTERPOLATION[cfg.interpolation]
     crops = np.asarray(block_params["crop"]).reshape(n, 4).tolist()
@@ -50,14 +61,14 @@ def render_unmixed(
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, (_, _, height, width) in enumerate(crops):
         by_size.setdefault((height, width), []).append(i)
-    stack = torch.empty(n, images[0].shape[0], size, size, dtype=torch.uint8)
+    stack = torch.empty(n, images[0].shape[0], size, size, dtype=torch.uint8, device=where)
     for rows in by_size.values():
-        cropped = torch.stack([F.crop_image(images[i], *crops[i]) for i in rows])
+        cropped = torch.stack([F.crop_image(images[i].to(where), *crops[i]) for i in rows])
         resized = F.resize_image(cropped, [size, size], interpolation=interpolation, antialias=True)
-        stack[torch.tensor(rows)] = resized
+        stack[torch.tensor(rows, device=where)] = resized
     flipped = np.flatnonzero(np.asarray(block_params["flip"]).reshape(n))
     if len(flipped):
-        index = torch.as_tensor(flipped)
+        index = torch.as_tensor(flipped, device=where)
         stack[index] = stack[index].flip(-1)
     ops = np.asarray(block_params["ra_ops"]).reshape(n, -1)
     if (ops != NO_OP).any():
@@ -71,7 +82,7 @@ def render_unmixed(
             noise_gen = torch.Generator(device="cpu")
             noise_gen.manual_seed(int(seeds[i]))
             noise = torch.rand((out.shape[1], e_height, e_width), generator=noise_gen)
-            out[i, :, e_top : e_top + e_height, e_left : e_left + e_width] = noise
+            out[i, :, e_top : e_top + e_height, e_left : e_left + e_width] = noise.to(where)
     return out
 
 
@@ -88,6 +99,8 @@ def mix_views(
     modes = np.asarray(block_params["mix_mode"]).reshape(n).tolist()
     lam = torch.from_numpy(np.asarray(block_params["mix_lam"], dtype=np.float32).reshape(n))
     rest = 1.0 - lam  # float32, computed once so every caller uses the same (1 - λ) bits
+    # The weights go where the views are (0-d float32: the same multiply on either device).
+    lam, rest = lam.to(unmixed.device), rest.to(unmixed.device)
     boxes = np.asarray(block_params["mix_box"]).reshape(n, 4).tolist()
     out = unmixed.clone()
     # One row at a time: only mixed rows cost anything, and each row's arithmetic is the same
@@ -109,8 +122,10 @@ def render_block(
     block_params: Mapping[str, np.ndarray],
     positions: Sequence[int],
     cfg: AugmentConfig,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Final views `[n, C, S, S]` of n samples: render each unmixed, then mix with partners.
+    """Final views `[n, C, S, S]` of n samples: render each unmixed, then mix with partners,
+    on `device` (default: the first image's).
 
     `images[i]` is the uint8 image at shard position `positions[i]`; every partner named in
     `block_params["mix_partner"]` must be one of `positions`.
@@ -120,7 +135,7 @@ def render_block(
         raise ValueError(f"got {n} images but {len(positions)} positions")
     if n == 0:
         raise ValueError("render_block needs at least one image")
-    unmixed = render_unmixed(images, block_params, cfg)
+    unmixed = render_unmixed(images, block_params, cfg, device)
     row_of = {int(p): i for i, p in enumerate(positions)}
     partner_rows = np.arange(n)
     for i, partner in enumerate(np.asarray(block_params["mix_partner"]).tolist()):
@@ -206,12 +221,33 @@ def view_digest(t: torch.Tensor) -> int:
 
 
 def view_digests(batch: torch.Tensor) -> np.ndarray:
-    """`view_digest` of every row of `batch` [n, ...] as uint64 [n] (one conversion, C hashing)."""
+    """`view_digest` of every row of `batch` [n, ...] as uint64 [n] (one conversion, C hashing).
+
+    Views rendered on a GPU come back to the host only here, and are hashed on a small thread
+    pool (hashlib releases the GIL on large buffers): at 224 px hashing costs ~0.66 ms of CPU a
+    view, more than issuing the view's kernels, so one thread would bound the GPU renderer. CPU
+    views are hashed on the calling thread (a DataLoader worker must not start threads that
+    compete with the forward pass). The digests are the same either way.
+    """
     arr = batch.detach().to("cpu", torch.float32).contiguous().numpy()
     prefix = _digest_prefix(arr.shape[1:])
-    out = np.empty(arr.shape[0], dtype=np.uint64)
-    for i in range(arr.shape[0]):
+
+    def one(i: int) -> int:
         hasher = prefix.copy()
         hasher.update(memoryview(arr[i]).cast("B"))
-        out[i] = int.from_bytes(hasher.digest(), "little")
-    return out
+        return int.from_bytes(hasher.digest(), "little")
+
+    rows = range(arr.shape[0])
+    values = list(_digest_pool().map(one, rows)) if batch.device.type != "cpu" else map(one, rows)
+    return np.fromiter(values, dtype=np.uint64, count=arr.shape[0])
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _digest_pool() -> ThreadPoolExecutor:
+    """The process's digest threads (created on first use by a GPU-rendered batch)."""
+    if not _POOL:
+        workers = max(1, min(8, (os.cpu_count() or 2) - 1))
+        _POOL.append(ThreadPoolExecutor(workers, thread_name_prefix="civt-digest"))
+    return _POOL[0]

@@ -29,15 +29,22 @@ def check_image(image: torch.Tensor) -> None:
 
 
 def eval_view(
-    image_u8: torch.Tensor, image_size: int, *, interpolation: str = "bilinear"
+    image_u8: torch.Tensor,
+    image_size: int,
+    *,
+    interpolation: str = "bilinear",
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """The evaluation view: float32 `[C, S, S]` in [0, 1], resized and center-cropped.
+    """The evaluation view: float32 `[C, S, S]` in [0, 1], resized and center-cropped, on
+    `device` (default: the image's; ``--render-device``).
 
     Images are resized so the shorter side is `image_size / 0.875` (DeiT's crop_pct) and
     center-cropped; for outputs of 32 px or less the shorter side goes straight to
     `image_size`, since cropping away an eighth of a tiny image loses too much.
     """
     check_image(image_u8)
+    if device is not None:
+        image_u8 = image_u8.to(device)
     if image_size <= EVAL_DIRECT_MAX:
         resize_to = image_size
     else:

@@ -227,16 +227,20 @@ def _decode_torchvision(data: bytes, channels: int) -> torch.Tensor:
 
 
 def _decode_nvjpeg(
-    datas: Sequence[bytes], channels: int, device: torch.device
+    datas: Sequence[bytes], channels: int, device: torch.device, keep_on_device: bool = False
 ) -> list[torch.Tensor]:
-    """JPEGs decoded together on ``device`` by nvjpeg, returned on the CPU."""
+    """JPEGs decoded together on ``device`` by nvjpeg, returned on the CPU (or left on the
+    device with ``keep_on_device``, for views rendered there)."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     with _torchvision_io():
         decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    return [_as_channels(t, channels).cpu() for t in decoded]
+    return [
+        _as_channels(t, channels) if keep_on_device else _as_channels(t, channels).cpu()
+        for t in decoded
+    ]
 
 
 def decode_image_bytes(
@@ -272,12 +276,15 @@ def decode_batch(
     channels: int,
     decoder: Decoder,
     device: torch.device | None = None,
+    *,
+    keep_on_device: bool = False,
 ) -> list[torch.Tensor]:
     """Decode many images' bytes, in order, to uint8 ``[C, H, W]`` CPU tensors.
 
     With ``nvjpeg`` on a CUDA ``device`` (default ``cuda``) the JPEGs go to the GPU as one
-    batch and everything else is decoded as ``torchvision`` does; any other decoder or device
-    decodes one image at a time on the CPU. A corrupt image fails the whole call.
+    batch (and stay there with ``keep_on_device``: no image returns to the host) and everything
+    else is decoded as ``torchvision`` does; any other decoder or device decodes one image at a
+    time on the CPU. A corrupt image fails the whole call.
     """
     import torch
 
@@ -288,7 +295,7 @@ def decode_batch(
     out: list[torch.Tensor | None] = [None] * len(datas)
     jpegs = [i for i, d in enumerate(datas) if is_jpeg(d)]
     if jpegs:
-        gpu = _decode_nvjpeg([datas[i] for i in jpegs], channels, target)
+        gpu = _decode_nvjpeg([datas[i] for i in jpegs], channels, target, keep_on_device)
         for i, image in zip(jpegs, gpu, strict=True):
             out[i] = image
     for i, d in enumerate(datas):

@@ -51,16 +51,30 @@ class ShardInfo:
     """Samples (keys) in the tar."""
     key_digest: str
     """sha256 of the tar's keys joined by newlines, in tar order."""
+    tar_bytes: int | None = None
+    """Size of the tar as make-shards wrote it (None: an index of foreign tars, or one written
+    before the field existed). A tar of exactly this size is trusted to be whole and to hold
+    the listed keys without walking its headers (``shard_set.check_shards_complete``); the
+    readers still check every key as they read it."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "num_samples": self.num_samples, "key_digest": self.key_digest}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "num_samples": self.num_samples,
+            "key_digest": self.key_digest,
+        }
+        if self.tar_bytes is not None:
+            out["tar_bytes"] = self.tar_bytes
+        return out
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> ShardInfo:
+        size = obj.get("tar_bytes")
         return cls(
             name=str(obj["name"]),
             num_samples=int(obj["num_samples"]),
             key_digest=str(obj["key_digest"]),
+            tar_bytes=int(size) if size is not None else None,
         )
 
 

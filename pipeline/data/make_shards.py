@@ -248,7 +248,9 @@ def build_index(
     if skipped:
         extra["skipped"] = [s.to_dict() for s in skipped]
     return ShardIndex(
-        shards=tuple(ShardInfo(r.name, r.num_samples, r.key_digest) for r in written),
+        shards=tuple(
+            ShardInfo(r.name, r.num_samples, r.key_digest, tar_bytes=r.tar_bytes) for r in written
+        ),
         class_names=data.class_names,
         source=data.spec,
         split=cfg.split,

@@ -87,11 +87,14 @@ class _Encoded:
     data: bytes
 
 
-def _decoded(pending: list[_Encoded], channels: int, decoder: Decoder) -> list[torch.Tensor | str]:
+def _decoded(
+    pending: list[_Encoded], channels: int, decoder: Decoder, keep_on_device: bool = False
+) -> list[torch.Tensor | str]:
     """Each pending image decoded, or why it cannot be (one message per image)."""
     if len(pending) > 1:
         try:
-            return list(decode_batch([p.data for p in pending], channels, decoder))
+            datas = [p.data for p in pending]
+            return list(decode_batch(datas, channels, decoder, keep_on_device=keep_on_device))
         except Exception:  # one bad image fails the batch: decode one by one to tell which
             pass
     out: list[torch.Tensor | str] = []
@@ -110,6 +113,7 @@ def iter_shard(
     on_error: OnError = "fail",
     expected: ShardInfo | None = None,
     decoder: Decoder = "torchvision",
+    keep_on_device: bool = False,
 ) -> Iterator[Sample]:
     """Read one tar in order, one :class:`Sample` per key, images as uint8 ``[C, H, W]``.
 
@@ -123,6 +127,8 @@ def iter_shard(
         expected: the shard's index entry; when given, a different sample count or key digest
             at the end is an error (``fail``) or a warning (``skip``).
         decoder: :mod:`.imageio`'s decoder (a resolved one, not ``auto``).
+        keep_on_device: ``nvjpeg`` only: leave batch-decoded images on the GPU (views
+            rendered there, ``--render-device cuda``); every other image is a CPU tensor.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -154,6 +160,7 @@ def iter_shard(
             expected=expected,
             tar_errors=tar_errors,
             decoder=decoder,
+            keep_on_device=keep_on_device,
         )
 
 
@@ -183,6 +190,7 @@ def _checked_samples(
     expected: ShardInfo | None,
     tar_errors: list[str],
     decoder: Decoder,
+    keep_on_device: bool = False,
 ) -> Iterator[Sample]:
     keys: list[str] = []
     seen: set[str] = set()
@@ -191,7 +199,9 @@ def _checked_samples(
     pending: list[_Encoded] = []
 
     def flush() -> Iterator[Sample]:
-        for p, image in zip(pending, _decoded(pending, channels, decoder), strict=True):
+        for p, image in zip(
+            pending, _decoded(pending, channels, decoder, keep_on_device), strict=True
+        ):
             if isinstance(image, str):
                 if on_error == "fail":
                     raise UserError(f"shard {shard}: sample {p.key} {image}")

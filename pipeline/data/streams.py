@@ -29,6 +29,7 @@ from ..runtime.errors import USER_ERRORS, UserError
 from .imageio import Decoder
 from .index import ShardIndex
 from .planning import Segment, ShardRows, StreamPlan, plan_pass, shard_rows_for, worker_segments
+from .zoo_eval import ZooEval
 
 _Block = TypeVar("_Block", bound="OrdinalBlock")
 _Batch = TypeVar("_Batch")
@@ -147,6 +148,58 @@ def make_loader(
     )
 
 
+_Item = TypeVar("_Item")
+_END = object()
+
+
+def read_ahead(items: Iterable[_Item], depth: int = 2) -> Iterator[_Item]:
+    """``items`` iterated on a background thread, up to ``depth`` items ahead of the consumer.
+
+    For a loader without worker processes (``--workers 0``): the next blocks are decoded and
+    rendered while the main thread computes on this one (torch's ops release the GIL), in the
+    same order, so nothing downstream changes. An error of the producer is raised in the
+    consumer at the item where it happened; a consumer that stops early stops the producer.
+    """
+    import queue
+    import threading
+
+    box: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as err:  # handed to the consumer, raised there
+            put((_END, err))
+            return
+        put((_END, None))
+
+    thread = threading.Thread(target=produce, name="civt-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = box.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def needed_from(plan: StreamPlan, start_step: int) -> np.ndarray:
     """bool per ordinal: the ordinals of batches ``start_step`` onwards."""
     needed = np.zeros(len(plan.order), dtype=bool)
@@ -240,6 +293,10 @@ class EvalViews:
     image_size: int
     channels: int
     decoder: Decoder = "torchvision"
+    zoo: ZooEval | None = None
+    """A zoo model's own evaluation view instead of ours (``evaluate --preprocess zoo``)."""
+    render_device: str = "cpu"
+    """Where the views are made (``cpu``, or ``cuda:N`` in the main process)."""
 
     def __call__(
         self, shard: ShardRows, segment: Segment, needed: np.ndarray
@@ -249,11 +306,23 @@ class EvalViews:
 
         wanted = set(segment.positions[needed].tolist())
         rows: list[tuple[torch.Tensor, int, int]] = []
-        for sample in iter_shard(shard.path, channels=self.channels, decoder=self.decoder):
+        device = torch.device(self.render_device)
+        samples = iter_shard(
+            shard.path,
+            channels=self.channels,
+            decoder=self.decoder,
+            keep_on_device=device.type == "cuda",
+        )
+        for sample in samples:
             if sample.position not in wanted:
                 continue
             assert sample.image is not None  # on_error="fail" raises instead
-            rows.append((eval_view(sample.image, self.image_size), sample.label, sample.position))
+            view = (
+                self.zoo(sample.image)
+                if self.zoo
+                else eval_view(sample.image, self.image_size, device=device)
+            )
+            rows.append((view, sample.label, sample.position))
             if len(rows) == EVAL_BLOCK_ROWS:
                 yield _eval_block(rows, segment.shard)
                 rows = []
@@ -279,8 +348,11 @@ def eval_batches(
     world_size: int = 1,
     workers: int = 0,
     decoder: Decoder = "torchvision",
+    zoo: ZooEval | None = None,
+    render_device: str = "cpu",
 ) -> Iterator[EvalBatch]:
-    """Every sample of ``shard_set`` once over all ranks (a pass), as :class:`EvalBatch`.
+    """Every sample of ``shard_set`` once over all ranks (a pass), as :class:`EvalBatch`
+    (views by :func:`.eval_view.eval_view`, or ``zoo``'s own when given).
 
     Blocks are batched as they arrive — accuracy is a sum, so the order does not matter and
     memory stays at the blocks in flight; the last batch may be short, and a rank without
@@ -289,7 +361,8 @@ def eval_batches(
     index: ShardIndex = shard_set.index
     shards = shard_rows_for(shard_set.paths, [s.num_samples for s in index.shards])
     plan = plan_pass(shards, rank=rank, world_size=world_size, batch_size=batch_size)
-    dataset = PlannedStream(shards, plan, EvalViews(image_size, index.channels, decoder))
+    views = EvalViews(image_size, index.channels, decoder, zoo=zoo, render_device=render_device)
+    dataset = PlannedStream(shards, plan, views)
     held: list[EvalBatch] = []
     count = 0
     for item in make_loader(dataset, workers=workers):

@@ -3,7 +3,9 @@
 Co-advise's token inductive-bias alignment pairs the student's convolution-stem token with the
 convolution teacher and its involution-stem token with the involution teacher. The roles come
 from the teachers' architectures (each teacher preset registers its inductive bias, see
-:func:`.registry.register_model`), overridden per teacher by ``--align NAME=conv|inv``.
+:func:`.registry.register_model`; a ``timm:MODEL`` teacher's comes from the declared table of
+timm families in :mod:`.zoo_timm`), overridden per teacher by ``--align NAME=conv|inv``. A timm
+transformer is refused: it is neither.
 
 No torch at import time (stage configs import :data:`AlignRole`); the registry is consulted
 inside :func:`resolve_alignment`.
@@ -36,6 +38,7 @@ def resolve_alignment(
             no known inductive bias and no explicit role, or not exactly one teacher of each
             role (one line each, naming what to fix).
     """
+    from . import zoo_timm
     from .factory import PRESETS  # imports every model file, so every preset is registered
 
     names = list(teacher_archs)
@@ -48,12 +51,20 @@ def resolve_alignment(
     check_aligned_teacher_count(names)
     roles: dict[str, AlignRole] = {}
     for name, arch in teacher_archs.items():
-        preset = PRESETS.get(arch)
+        bias = PRESETS[arch].bias if arch in PRESETS else None
+        if zoo_timm.is_timm(arch):
+            family = zoo_timm.family(arch)
+            if family == "transformer":
+                raise UserError(
+                    f"teacher {name!r} ({arch}) is a transformer; token mode 'aligned' pairs a "
+                    "convolution and an involution teacher"
+                )
+            bias = "conv" if family == "conv" else None
         given = explicit.get(name)
         if given is not None:
             roles[name] = "conv" if given == "conv" else "inv"
-        elif preset is not None and preset.bias is not None:
-            roles[name] = preset.bias
+        elif bias is not None:
+            roles[name] = bias
         else:
             raise UserError(
                 f"teacher {name!r} ({arch}) has no known inductive bias; "

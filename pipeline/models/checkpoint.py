@@ -34,8 +34,12 @@ from ..runtime.atomic import atomic_torch_save, atomic_write_bytes
 from ..runtime.errors import UserError
 from ..runtime.json_text import json_text
 from ..runtime.run_layout import LAST, checkpoint_in
+from . import zoo_timm
 from .factory import accepted_arguments, create_model, get_preset
 from .normalize import NormalizedModel
+from .zoo_keymap import KeyMap
+from .zoo_mmcls import KEYMAP as MMCLS_REDNET
+from .zoo_pycls import KEYMAP as PYCLS_REGNETY
 
 FORMAT = "civt-pipe"
 VERSION = 1
@@ -50,7 +54,20 @@ _CLASSIFIER_KEYS: tuple[str, ...] = (
     "body.classifier.1.weight",
 )
 
+# The first convolution (its input channels are the file's): torchvision ResNet, RegNet (and our
+# RedNet), MobileNetV2/EfficientNet, ViT. Safetensors files list keys sorted, so "the first 4-D
+# tensor" is only the fallback.
+_STEM_KEYS: tuple[str, ...] = (
+    "body.conv1.weight",
+    "body.stem.0.weight",
+    "body.features.0.0.weight",
+    "body.conv_proj.weight",
+)
+
 PathLike = str | os.PathLike[str]
+
+ZOO_KEYMAPS: tuple[KeyMap, ...] = (PYCLS_REGNETY, MMCLS_REDNET)
+"""Published checkpoint formats that load into our presets by explicit key maps."""
 
 
 def file_sha256(path: PathLike) -> str:
@@ -297,13 +314,25 @@ def _strip_prefixes(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def bare_weights(path: PathLike) -> dict[str, Tensor] | None:
+    """The tensors of a third-party weight file at ``path`` (loaded weights-only), or None when
+    it is a civt-pipe checkpoint; anything else is a :class:`UserError`."""
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return None
+    state = _bare_state_dict(obj)
+    if state is None:
+        raise UserError(f"{path} is neither a civt-pipe checkpoint nor a state dict")
+    return state
+
+
 def _bare_state_dict(obj: Any) -> dict[str, Tensor] | None:
     """The tensors of a third-party weight file: a state dict, or one under "model"/"state_dict"."""
     if not isinstance(obj, dict) or not obj:
         return None
     if all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         return _strip_prefixes(obj)
-    for key in ("model", "state_dict"):
+    for key in ("model", "state_dict", "model_state"):
         if key in obj:
             return _bare_state_dict(obj[key])
     return None
@@ -424,6 +453,9 @@ def model_from_checkpoint(
             raise UserError(f"{path} is neither a civt-pipe checkpoint nor a state dict")
         if arch is None:
             raise UserError(f"{path} holds bare weights; give the architecture it belongs to")
+        zoo = next((m for m in ZOO_KEYMAPS if m.recognises(state_or_none)), None)
+        if zoo is not None:
+            state_or_none = zoo.translate(state_or_none, arch, path)
         model_arch, state = arch, state_or_none
         args = _bare_model_args(arch, state, path, image_size)
         meta = {
@@ -435,6 +467,10 @@ def model_from_checkpoint(
             "metrics": {},
             "config": {},
         }
+        if zoo is not None:
+            meta["pretrained_cfg"] = dict(zoo.eval_config)
+    if zoo_timm.is_timm(model_arch):
+        meta.setdefault("pretrained_cfg", zoo_timm.pretrained_config(model_arch))
     kind = get_preset(model_arch).kind
     if expect_kind is not None and kind != expect_kind:
         raise UserError(
@@ -490,11 +526,22 @@ def _bare_model_args(
         prefixed = {f"body.{k}": v for k, v in state.items()}
         state.clear()
         state.update(prefixed)
-    fc = next((state[k] for k in _CLASSIFIER_KEYS if k in state), None)
-    stem = next((v for v in state.values() if v.ndim == 4), None)
+    classifiers, stems, default_size = _CLASSIFIER_KEYS, _STEM_KEYS, 224
+    if zoo_timm.is_timm(arch):
+        cfg = zoo_timm.pretrained_config(arch)
+        head = cfg.get("classifier")
+        head = head[0] if isinstance(head, list) else head  # distilled models: two heads
+        classifiers, stems = (f"body.{head}.weight",), (f"body.{cfg.get('first_conv')}.weight",)
+        default_size = int((cfg.get("input_size") or [3, 224, 224])[-1])
+    fc = next((state[k] for k in classifiers if k in state), None)
+    stem = next((state[k] for k in stems if k in state), None)
+    if stem is None and not zoo_timm.is_timm(arch):
+        stem = next((v for v in state.values() if v.ndim == 4), None)
     if fc is None or fc.ndim != 2 or stem is None:
-        raise UserError(f"{path} does not hold {arch} weights (no classifier 'fc' or stem found)")
-    src_chans, size = int(stem.shape[1]), image_size or 224
+        raise UserError(
+            f"{path} does not hold {arch} weights (no classifier {classifiers[0][5:]!r} or stem)"
+        )
+    src_chans, size = int(stem.shape[1]), image_size or default_size
     num_classes = int(fc.shape[0])
     # The file decides the stem: a torchvision 7×7 stem stays one even on small images.
     takes_small = "small_input" in get_preset(arch).parameters
@@ -502,6 +549,9 @@ def _bare_model_args(
         candidate = create_model(
             arch, num_classes=num_classes, in_chans=src_chans, image_size=size, small_input=small
         )
+        if zoo_timm.is_timm(arch):
+            # timm's own checkpoint filter (e.g. a ViT's position embeddings resampled to size).
+            _replace(state, zoo_timm.filter_state(arch, _unprefixed(state), candidate.body))
         if not _shape_mismatches(state, candidate.state_dict()):
             args = dict(candidate.model_args)
             if "normalize.mean" not in state:
@@ -513,3 +563,14 @@ def _bare_model_args(
             return args
     bad = _shape_mismatches(state, candidate.state_dict())
     raise UserError(f"{path} does not fit {arch}: {'; '.join(bad[:3])}")
+
+
+def _unprefixed(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k[len("body.") :]: v for k, v in state.items() if k.startswith("body.")}
+
+
+def _replace(state: dict[str, Tensor], body: Mapping[str, Tensor]) -> None:
+    """Make ``state`` the body weights ``body`` (prefixed), keeping its normalization."""
+    norm = {k: v for k, v in state.items() if k.startswith("normalize.")}
+    state.clear()
+    state.update({f"body.{k}": v for k, v in body.items()}, **norm)

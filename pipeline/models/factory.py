@@ -27,6 +27,7 @@ from . import (  # noqa: F401
     resnet10,
     torchvision_teachers,
     vit_teachers,
+    zoo_timm,
 )
 from .normalize import Normalize, NormalizedModel, default_stats
 from .registry import PRESETS, ModelKind, ModelPreset
@@ -49,10 +50,18 @@ def list_models(kind: ModelKind | None = None) -> list[str]:
 
 
 def get_preset(name: str, *, kind: ModelKind | None = None) -> ModelPreset:
-    """The preset ``name``; an unknown name, or one of another ``kind``, is a :class:`UserError`."""
-    if name not in PRESETS:
-        raise UserError(f"unknown architecture {name!r}; known: {', '.join(list_models())}")
-    preset = PRESETS[name]
+    """The preset ``name``; an unknown name, or one of another ``kind``, is a :class:`UserError`.
+
+    ``timm:MODEL`` names any timm model (a teacher; see :mod:`.zoo_timm`).
+    """
+    if zoo_timm.is_timm(name):
+        preset = zoo_timm.timm_preset(name)
+    elif name not in PRESETS:
+        raise UserError(
+            f"unknown architecture {name!r}; known: {', '.join(list_models())}, timm:MODEL"
+        )
+    else:
+        preset = PRESETS[name]
     if kind is not None and preset.kind != kind:
         raise UserError(
             f"{name} is a {preset.kind} architecture, not a {kind}; {kind}s: "
@@ -91,6 +100,15 @@ def create_model(name: str, /, **kwargs: Any) -> NormalizedModel:
             ``image_size <= 64``.
     """
     preset = get_preset(name)
+    if zoo_timm.is_timm(name) and "mean" not in kwargs:
+        # A timm model normalizes as it was pretrained (its pretrained_cfg), not as ImageNet.
+        cfg = zoo_timm.pretrained_config(name)
+        chans = int(kwargs.get("in_chans") or 3)
+        cfg_mean, cfg_std = list(cfg.get("mean") or ()), list(cfg.get("std") or ())
+        if cfg_mean and len(cfg_mean) != chans:  # other channels: the channel average each
+            cfg_mean = [sum(cfg_mean) / len(cfg_mean)] * chans
+            cfg_std = [sum(cfg_std) / len(cfg_std)] * chans
+        kwargs = {**kwargs, "mean": cfg_mean or None, "std": cfg_std or None}
     given = {key: value for key, value in kwargs.items() if value is not None}
     accepted = accepted_arguments(name)
     unknown = [key for key in given if key not in accepted]

@@ -3,7 +3,8 @@
 https://arxiv.org/abs/2103.06255. The structure follows the authors' classification backbone:
 bottleneck blocks whose middle 3×3 convolution becomes a 7×7 involution (reduction 4, 16
 channels per group), and a stem of 3×3 conv (stride 2) → 3×3 involution → 3×3 conv, then max-pool.
-Stage depths: RedNet-26 (1, 2, 4, 1), -38 (2, 3, 5, 2), -50 (3, 4, 6, 3), -101 (3, 4, 23, 3).
+Stage depths: RedNet-26 (1, 2, 4, 1), -38 (2, 3, 5, 2), -50 (3, 4, 6, 3), -101 (3, 4, 23, 3),
+-152 (3, 8, 36, 3).
 
 For images of 64 px or less (``small_input``) the stem keeps stride 1 and the max-pool is dropped,
 as is usual for CIFAR-sized ResNets, so the last stage still sees a few pixels.
@@ -163,4 +164,18 @@ def rednet101(*, num_classes: int, in_chans: int, small_input: bool) -> RedNet:
     """RedNet-101."""
     return RedNet(
         (3, 4, 23, 3), num_classes=num_classes, in_chans=in_chans, small_input=small_input
+    )
+
+
+@register_model(
+    "rednet152",
+    kind="teacher",
+    bias="inv",
+    description="RedNet-152 (involution)",
+    published_params=34_000_000,
+)
+def rednet152(*, num_classes: int, in_chans: int, small_input: bool) -> RedNet:
+    """RedNet-152."""
+    return RedNet(
+        (3, 8, 36, 3), num_classes=num_classes, in_chans=in_chans, small_input=small_input
     )

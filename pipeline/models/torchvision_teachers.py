@@ -1,11 +1,11 @@
 """torchvision CNNs (ResNet, RegNetY, MobileNetV2, EfficientNet-B0), built with ``weights=None``.
 
-Co-advise's CNN teachers, RegNetY-600MF and RegNetY-4GF, are not shipped by torchvision under a
-name; they are built from its ``RegNet`` with the published block parameters (Radosavovic et al.,
-2020, as in pycls/timm), see :data:`REGNET_Y_PARAMS`.
+Co-advise's CNN teachers, RegNetY-600MF and RegNetY-4GF, and DeiT's, RegNetY-16GF, are not
+shipped by torchvision under a name; they are built from its ``RegNet`` with the published block
+parameters (Radosavovic et al., 2020, as in pycls/timm), see :data:`REGNET_Y_PARAMS`.
 
-Weights come from ``train-teacher`` or a local file (see ``checkpoint.py``); nothing is
-downloaded. Two adaptations are made in place:
+Weights come from ``train-teacher`` or a local file (see ``checkpoint.py``; timm's RegNetY files
+load by the key map in ``zoo_pycls.py``); nothing is downloaded. Two adaptations are made in place:
 
 - ``in_chans`` != 3 replaces the first convolution (same shape otherwise);
 - ``small_input`` (images of 64 px or less) makes the stem a 3×3 stride-1 convolution and drops
@@ -34,6 +34,7 @@ from .registry import register_model
 REGNET_Y_PARAMS: dict[str, dict[str, float]] = {
     "regnety-600mf": dict(depth=15, w_0=48, w_a=32.54, w_m=2.32, group_width=16),
     "regnety-4gf": dict(depth=22, w_0=96, w_a=31.41, w_m=2.24, group_width=64),
+    "regnety-16gf": dict(depth=18, w_0=200, w_a=106.23, w_m=2.48, group_width=112),
 }
 """RegNetY design parameters the torchvision builders lack (all with squeeze-excitation 0.25)."""
 
@@ -251,6 +252,20 @@ def regnety_4gf(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Mod
     """RegNetY-4GF from torchvision's ``RegNet`` (depth 22, w0 96, wa 31.41, wm 2.24, g 64)."""
     return build_torchvision(
         "regnety-4gf", num_classes=num_classes, in_chans=in_chans, small_input=small_input
+    )
+
+
+@register_model(
+    "regnety-16gf",
+    kind="teacher",
+    bias="conv",
+    description="RegNetY-16GF (convolution; DeiT's teacher)",
+    published_params=83_590_140,  # timm regnety_160 / pycls RegNetY-16GF ("83.6 M" in DeiT)
+)
+def regnety_16gf(*, num_classes: int, in_chans: int, small_input: bool) -> nn.Module:
+    """RegNetY-16GF from torchvision's ``RegNet`` (depth 18, w0 200, wa 106.23, wm 2.48, g 112)."""
+    return build_torchvision(
+        "regnety-16gf", num_classes=num_classes, in_chans=in_chans, small_input=small_input
     )
 
 

@@ -19,10 +19,12 @@ from torch import nn
 
 from ...stores.logit_store import LogitStore
 from ..augment.config import AugmentConfig, preset
+from ..augment.render_device import resolve_render_device
 from ..data.imageio import Decoder, resolve_decoder
 from ..data.planning import ShardRows, shard_rows_for
 from ..runtime.errors import UserError
 from .online_teachers import load_online_teachers
+from .segments import ViewSource
 
 
 @dataclass
@@ -55,6 +57,42 @@ class DataBinding:
     """Store mode: how many of the stored top-k entries the targets use (None: all k)."""
     decoder: Decoder = "torchvision"
     """The image decoder (resolved): in store mode the one the store was dumped with."""
+    render_device: str = "cpu"
+    """Where views are rendered (resolved, ``cpu`` or ``cuda:N``): in store mode on the device
+    type the store's views were rendered on."""
+
+    def view_source(self, verify: str = "sample") -> ViewSource:
+        """Where this binding's training views come from: the store's replayed views and top-k
+        (of the bound teachers and k), or fresh views in online mode; ``verify`` is
+        ``--verify-replay``."""
+        return ViewSource(
+            aug=self.aug,
+            seed=self.seed,
+            num_classes=self.num_classes,
+            channels=self.channels,
+            store=self.store,
+            verify=verify,
+            teachers=tuple(self.teacher_names) if self.store is not None else None,
+            topk=self.topk,
+            decoder=self.decoder,
+            render_device=self.render_device,
+        )
+
+
+DUMP_ATTRIBUTES = ("dataset_fingerprint", "seed", "augment")
+"""What dump-logits records in every store and a replay cannot do without."""
+
+
+def dump_attributes(store: LogitStore, keys: Sequence[str] = DUMP_ATTRIBUTES) -> dict[str, Any]:
+    """The free attributes dump-logits recorded in ``store``; a store without one of ``keys``
+    is one :class:`UserError` line."""
+    dump = store.user_attrs
+    for key in keys:
+        if key not in dump:
+            raise UserError(
+                f"store {store.path} lacks the {key!r} attribute; was it made by dump-logits?"
+            )
+    return dump
 
 
 def bind_store(
@@ -70,6 +108,7 @@ def bind_store(
     decoder: str = "auto",
     device_type: str = "cpu",
     workers: int = 0,
+    render_device: str = "auto",
 ) -> DataBinding:
     """Open a finished ``dump-logits`` store and check it matches the shards ``data`` names.
 
@@ -83,17 +122,14 @@ def bind_store(
 
     ``decoder`` (``--decoder``) must be ``auto`` or the store's recorded decoder (``pil`` for a
     store that records none): :func:`~..data.imageio.resolve_decoder`, on ``device_type`` with
-    ``workers`` DataLoader processes.
+    ``workers`` DataLoader processes. ``render_device`` (``--render-device``) likewise must be
+    ``auto`` or the device type the store records (``cpu`` for a store that records none):
+    :func:`~..augment.render_device.resolve_render_device`.
     """
 
     seed_asked = seed
     store = LogitStore.open(store_path)
-    dump = store.user_attrs  # what dump-logits recorded: fingerprint, seed, augment...
-    for key in ("dataset_fingerprint", "seed", "augment"):
-        if key not in dump:
-            raise UserError(
-                f"store {store_path} lacks the {key!r} attribute; was it made by dump-logits?"
-            )
+    dump = dump_attributes(store)  # what dump-logits recorded: fingerprint, seed, augment...
     if not store.is_complete():
         missing = list(store.missing_shards())
         raise UserError(
@@ -157,6 +193,13 @@ def bind_store(
         store=str(store_path),
         recorded=dump.get("decoder"),
     )
+    render_on = resolve_render_device(
+        render_device,
+        torch.device(device_type),
+        workers=workers,
+        store=str(store_path),
+        recorded=dump.get("render_device"),
+    )
     names = [t.name for t in chosen]
     # Which rows have a view is one small bool array; nothing else of the store is read here.
     valid_all = store.read("valid").astype(bool)
@@ -185,6 +228,7 @@ def bind_store(
         },
         topk=topk,
         decoder=resolved,
+        render_device=str(render_on),
     )
 
 
@@ -199,10 +243,14 @@ def bind_online(
     views: int = 1,
     decoder: str = "auto",
     workers: int = 0,
+    render_device: str = "auto",
 ) -> DataBinding:
     """Bind the shards to live teachers (online mode): fresh views from ``(seed, view, key)``,
-    decoded by ``decoder`` (:func:`~..data.imageio.resolve_decoder`; ``auto``: torchvision)."""
+    decoded by ``decoder`` (:func:`~..data.imageio.resolve_decoder`; ``auto``: torchvision),
+    rendered where ``render_device`` says (:func:`~..augment.render_device.resolve_render_device`).
+    """
     resolved = resolve_decoder(decoder, device_type=device.type, workers=workers)
+    render_on = resolve_render_device(render_device, device, workers=workers)
     index = shard_set.index
     loaded = load_online_teachers(
         teacher_specs, device, num_classes=index.num_classes, in_chans=index.channels
@@ -230,4 +278,5 @@ def bind_online(
         },
         online=teachers,
         decoder=resolved,
+        render_device=str(render_on),
     )

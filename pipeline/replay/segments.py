@@ -11,7 +11,9 @@ mix block by mix block and rebuilds the view of every needed row:
   recipe): :func:`~..augment.blocks.sample_and_render` keyed by ``(seed, view, key)``.
 
 :func:`iter_view_batches` is the whole stream for a training epoch: the plan's batches of
-:class:`ViewBatch`, independent of the number of workers, from any step on (resume).
+:class:`ViewBatch`, independent of the number of workers, from any step on (resume);
+:class:`ViewStream` plans it epoch by epoch for one rank (train-student, the Python API's
+``ReplayedViews``, and through :class:`FreshViews` train-teacher and train-cakd).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class ViewSource:
     """Store mode: keep the first ``topk`` stored entries per row (None: all k)."""
     decoder: Decoder = "torchvision"
     """The image decoder; in store mode the store's (:attr:`..binding.DataBinding.decoder`)."""
+    render_device: str = "cpu"
+    """Where views are rendered and returned (``cpu`` or ``cuda:N``, main process only); in
+    store mode on the store's device type (:attr:`..binding.DataBinding.render_device`)."""
 
     def __post_init__(self) -> None:
         if self.verify not in VERIFY_MODES:
@@ -118,8 +123,13 @@ def render_segment(
         else None
     )
     verified_any = False
+    device = torch.device(source.render_device)
     samples = iter_shard(
-        shard.path, channels=source.channels, on_error="skip", decoder=source.decoder
+        shard.path,
+        channels=source.channels,
+        on_error="skip",
+        decoder=source.decoder,
+        keep_on_device=device.type == "cuda",
     )
     for block in iter_blocks(samples, source.aug.mix_block):
         if block[0].position > last:
@@ -132,7 +142,13 @@ def render_segment(
         labels = np.array([s.label for s in block], dtype=np.int64)
         if stored is None:
             rendered = sample_and_render(
-                block, source.seed, [view], shard.count, source.aug, num_classes=source.num_classes
+                block,
+                source.seed,
+                [view],
+                shard.count,
+                source.aug,
+                num_classes=source.num_classes,
+                device=device,
             )
             images = rendered.views[:, 0]
             assert rendered.label_targets is not None
@@ -155,7 +171,7 @@ def render_segment(
                         f"({sample.error}); it decoded when dump-logits stored its views"
                     )
             params = {name: np.asarray(value[block_pos]) for name, value in stored.aug.items()}
-            replayed = replay(block, params, source.aug)
+            replayed = replay(block, params, source.aug, device)
             check = source.verify == "all" or (source.verify == "sample" and not verified_any)
             if check:
                 verified_any = True
@@ -256,10 +272,11 @@ def iter_view_batches(
 
 
 @dataclass(frozen=True)
-class FreshViews:
-    """An epoch's training batches of fresh views for the stages that train on labels with
-    live models (train-teacher, train-cakd): the one planner (shard order, shuffle, equal
-    steps per rank) and a view keyed by ``(seed, view = epoch, key)``, never stored."""
+class ViewStream:
+    """One rank's training batches, epoch by epoch: the one planner (shard order, shuffle, equal
+    steps per rank, :func:`~..data.planning.plan_training`) over ``shards`` and the view of each
+    epoch from ``source``. train-student and the Python API's ``ReplayedViews`` both read
+    their batches here, so the two cannot differ."""
 
     source: ViewSource
     shards: Sequence[ShardRows]
@@ -269,6 +286,13 @@ class FreshViews:
     """Per rank."""
     shuffle_buffer: int
     workers: int
+    num_views: int | None = None
+    """Epoch ``e`` uses view ``e mod num_views`` (:func:`epoch_view`); None: view ``e`` (fresh
+    views that never repeat)."""
+
+    def view(self, epoch: int) -> int:
+        """The view index of ``epoch``."""
+        return epoch if self.num_views is None else epoch_view(epoch, self.num_views)
 
     def plan(self, epoch: int) -> StreamPlan:
         """This rank's plan of ``epoch``."""
@@ -287,14 +311,55 @@ class FreshViews:
         """Steps of every epoch (the same each epoch; planning checks the data)."""
         return self.plan(0).steps
 
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """The epoch's ``(images, labels)`` batches from ``start_step`` on."""
-        views = iter_view_batches(
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]:
+        """The epoch's batches from ``start_step`` on."""
+        return iter_view_batches(
             self.source,
             self.shards,
             self.plan(epoch),
-            view=epoch,
+            view=self.view(epoch),
             start_step=start_step,
             workers=self.workers,
         )
-        return ((b.images, b.labels) for b in views)
+
+
+@dataclass(frozen=True)
+class FreshViews:
+    """An epoch's training batches of fresh views for the stages that train on labels with
+    live models (train-teacher, train-cakd): a :class:`ViewStream` whose view is keyed by
+    ``(seed, view = epoch, key)``, never stored, given as ``(images, labels)``."""
+
+    source: ViewSource
+    shards: Sequence[ShardRows]
+    rank: int
+    world_size: int
+    batch_size: int
+    """Per rank."""
+    shuffle_buffer: int
+    workers: int
+
+    @property
+    def stream(self) -> ViewStream:
+        """The underlying stream (view = epoch)."""
+        return ViewStream(
+            self.source,
+            self.shards,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=self.batch_size,
+            shuffle_buffer=self.shuffle_buffer,
+            workers=self.workers,
+        )
+
+    def plan(self, epoch: int) -> StreamPlan:
+        """This rank's plan of ``epoch``."""
+        return self.stream.plan(epoch)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps of every epoch (the same each epoch; planning checks the data)."""
+        return self.stream.steps_per_epoch
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's ``(images, labels)`` batches from ``start_step`` on."""
+        return ((b.images, b.labels) for b in self.stream.batches(epoch, start_step))

@@ -36,6 +36,18 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def current_context() -> DistContext:
+    """This process's rank and world size without joining anything: the process group's when
+    one is initialized, else torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, else one
+    process (what the Python API's ``ReplayedViews`` reads)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
+    return DistContext(
+        int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), local_rank
+    )
+
+
 def init_distributed(device: torch.device) -> DistContext:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA), if any."""
     if not launched_by_torchrun():

@@ -16,7 +16,12 @@ records and checkpoint metrics look. The loop owns the rest, the same way for ev
 - a loss that is not finite stops the run with one line naming the step and the term, and
   nothing poisoned is saved (:class:`Diverged`, :func:`first_non_finite`);
 - DDP under torchrun (rank 0 writes, every rank validates its share), barriers at epoch ends,
-  and the final checkpoint.
+  and the final checkpoint;
+- one hint line when images/s collapse far below the first epoch's (:mod:`.throughput`).
+- optionally, an early stop once a validation figure has not improved for ``until_plateau``
+  epochs (:class:`Plateau`). The learning-rate schedule stays the one laid out for ``epochs``:
+  stopping early ends it where it stands (the cosine has not reached its floor), so a run's
+  rate at any step is the same whether or not it stops later.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..runtime.atomic import append_jsonl, atomic_write_bytes
-from ..runtime.console import make_progress
+from ..runtime.console import make_progress, warn
 from ..runtime.distributed import DistContext, barrier
 from ..runtime.errors import UserError
 from ..runtime.precision import FP32, PrecisionPolicy, compile_model
@@ -42,8 +47,11 @@ from .checkpointer import Checkpointer
 from .schedule import ScheduleConfig, lr_at, set_lr
 from .state import TrainState
 from .tensorboard import TensorBoardSink
+from .throughput import CollapseWatch
 
 _DISPLAY_EVERY = 25
+_HINT_MIN_STEPS = 10
+"""A step record's rate is checked for a collapse only over at least this many steps."""
 """Steps between host syncs for the progress bar's loss when no step records are written."""
 
 
@@ -218,6 +226,48 @@ class LoopConfig:
     """Autocast of every step's forward and loss, and fp16's gradient scaler."""
     compile: bool = False
     """Run the steps through ``torch.compile`` (checkpoints and validation use the model)."""
+    until_plateau: int | None = None
+    """Stop once ``val[plateau_metric]`` has not improved for this many epochs in a row
+    (None: train every epoch). Needs validation data."""
+    plateau_metric: str = "top1"
+    """The key of :meth:`TrainTask.validate`'s dict that :attr:`until_plateau` watches."""
+
+
+PLATEAU_BEST = "plateau_best"
+PLATEAU_SINCE = "plateau_since"
+"""Keys the loop adds to every epoch record when it watches a plateau: the best value so far
+and the epochs since it was reached. A resumed run reads them back from the metrics file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plateau:
+    """Early stopping's state: the best value of the watched figure and the epochs since."""
+
+    best: float | None = None
+    since: int = 0
+    """Finished epochs after the one that reached ``best``."""
+
+    def after(self, value: float) -> Plateau:
+        """The state after an epoch that measured ``value``: only a strict improvement resets
+        the count (an equal value is no progress)."""
+        if self.best is None or value > self.best:
+            return Plateau(value, 0)
+        return Plateau(self.best, self.since + 1)
+
+    def stops(self, patience: int | None) -> bool:
+        """Whether ``patience`` epochs without improvement have passed (never for None)."""
+        return patience is not None and self.best is not None and self.since >= patience
+
+    @staticmethod
+    def from_records(lines: Iterable[str]) -> Plateau:
+        """The state after the last epoch record of a metrics file that holds one."""
+        state = Plateau()
+        for line in lines:
+            if PLATEAU_SINCE in line:
+                record = json.loads(line)
+                if PLATEAU_SINCE in record:
+                    state = Plateau(float(record[PLATEAU_BEST]), int(record[PLATEAU_SINCE]))
+        return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +280,9 @@ class FitResult:
     images: int
     """Samples trained on in this session, all ranks."""
     seconds: float
+    stopped_at: int | None = None
+    """Epochs finished when :attr:`LoopConfig.until_plateau` stopped the run (None: it ran
+    every epoch)."""
 
     @property
     def epoch_loss(self) -> dict[str, float]:
@@ -325,6 +378,13 @@ def fit(
             truncate_metrics(cfg.metrics_file, global_step)
         else:
             cfg.metrics_file.unlink(missing_ok=True)
+    plateau = Plateau()
+    if resume_from is not None and cfg.until_plateau is not None:
+        barrier(ctx)  # every rank reads the file rank 0 has just truncated
+        if cfg.metrics_file.exists():
+            lines = cfg.metrics_file.read_text(encoding="utf-8").splitlines()
+            plateau = Plateau.from_records(lines)
+    stopped_at: int | None = None
 
     net: nn.Module = model
     if ctx.is_distributed:
@@ -357,6 +417,12 @@ def fit(
             board.write(record)
 
     last_epoch: EpochSummary | None = None
+    watch = CollapseWatch(cpu=device.type == "cpu")
+
+    def hint(line: str | None) -> None:
+        if line is not None and ctx.is_main:
+            warn(line)
+
     session_images = 0
     started = time.perf_counter()
     with (
@@ -368,6 +434,16 @@ def fit(
         )
         progress.update(bar, completed=global_step)
         for epoch in range(start_epoch, cfg.epochs):
+            if plateau.stops(cfg.until_plateau):
+                # Only at an epoch boundary: a plateau is judged after validation.
+                stopped_at = epoch
+                progress.update(bar, total=global_step)
+                if ctx.is_main:
+                    progress.console.print(
+                        f"stopped after epoch {epoch}: val {cfg.plateau_metric} has not improved "
+                        f"on {plateau.best:.4f} for {plateau.since} epochs (--until-plateau)"
+                    )
+                break
             first = start_step if epoch == start_epoch else 0
             net.train()
             epoch_started = log_started = time.perf_counter()
@@ -409,6 +485,9 @@ def fit(
                 if ctx.is_main and (log_now or display_now):
                     means = dict(zip(names, (log_sum / log_steps).tolist(), strict=True))
                     now = time.perf_counter()
+                    # Not over a window holding the epoch's loader start-up.
+                    if log_now and log_steps >= _HINT_MIN_STEPS and step + 1 - log_steps > first:
+                        hint(watch.check(log_images / max(now - log_started, 1e-9)))
                     if log_now:
                         log(
                             {
@@ -446,6 +525,7 @@ def fit(
             mean = dict(zip(names, (totals / max(steps_done * world, 1)).tolist(), strict=True))
             last = {} if last_terms is None else dict(zip(names, last_terms.tolist(), strict=True))
             seconds = time.perf_counter() - epoch_started
+            hint(watch.epoch_done(epoch_images, seconds))
             val = task.validate(model)
             session_images += epoch_images
             last_epoch = EpochSummary(
@@ -459,6 +539,14 @@ def fit(
                 val=val,
             )
             record = task.epoch_record(last_epoch)
+            if cfg.until_plateau is not None:
+                if cfg.plateau_metric not in val:
+                    raise UserError(
+                        f"stopping at a plateau watches the validation {cfg.plateau_metric!r}, "
+                        "which this run does not measure (give it validation data)"
+                    )
+                plateau = plateau.after(float(val[cfg.plateau_metric]))
+                record.update({PLATEAU_BEST: plateau.best, PLATEAU_SINCE: plateau.since})
             if ctx.is_main:
                 log(record)
                 checkpointer.save(
@@ -480,7 +568,11 @@ def fit(
         checkpointer.save_final(model, cfg.final, task.checkpoint_metrics(last_epoch))
         barrier(ctx)
     return FitResult(
-        global_step=global_step, last_epoch=last_epoch, images=session_images, seconds=seconds
+        global_step=global_step,
+        last_epoch=last_epoch,
+        images=session_images,
+        seconds=seconds,
+        stopped_at=stopped_at,
     )
 
 

@@ -21,7 +21,7 @@ Reductions, written down because they change the scale of every term:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -71,36 +71,55 @@ class CivTLoss:
     kd: dict[str, Tensor]
 
 
+def _per_teacher(
+    value: float | Mapping[str, float] | None, names: Iterable[str]
+) -> dict[str, float]:
+    """A per-teacher setting as a mapping: None (every teacher at its default), one value for
+    every teacher, or a mapping as given."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    return dict.fromkeys(names, float(value))
+
+
 def civt_loss(
-    outputs: Mapping[str, Tensor],
+    outputs: Tensor | Mapping[str, Tensor],
     label_target: Tensor,
     teacher_targets: Mapping[str, Tensor],
     *,
     lambda_cls: float = 1.0,
-    lambdas: Mapping[str, float] | None = None,
-    taus: Mapping[str, float] | None = None,
+    lambdas: float | Mapping[str, float] | None = None,
+    taus: float | Mapping[str, float] | None = None,
     label_smoothing: float = 0.0,
     hard: Collection[str] = (),
     distill_smoothing: float = 0.0,
 ) -> CivTLoss:
     """Paper Eq. 5 on one batch, with DeiT's hard distillation for the teachers in ``hard``.
 
+    train-student's loss, and the public ``civt_pipe.distillation_loss`` (docs/api.md).
+
     Args:
-        outputs: the student's logits per token: ``"cls"`` plus one entry per teacher name.
+        outputs: the student's logits per token: ``"cls"`` plus one entry per teacher name;
+            or one tensor ``[B, C]`` (a single-head model such as a timm or torchvision
+            classifier), which the class term and every teacher's term then all read.
         label_target: ground-truth distribution ``[B, C]`` (the λ-mix of both labels for a
             mixed view, a one-hot otherwise).
         teacher_targets: per teacher, its distribution ``[B, C]`` at that teacher's τ; for a
             teacher in ``hard``, its arg-max class ``[B]`` (int) instead.
         lambda_cls: λ0, the weight of the class-token cross-entropy.
-        lambdas: λt per teacher (default 1).
-        taus: τt per soft teacher (default 1); only the τ² factor is applied here, the
-            student's logits are divided by τt inside :func:`distillation_kl`.
+        lambdas: λt per teacher (default 1), or one λ for every teacher.
+        taus: τt per soft teacher (default 1), or one τ for every teacher; only the τ² factor
+            is applied here, the student's logits are divided by τt inside
+            :func:`distillation_kl`.
         label_smoothing: ε for the class-token cross-entropy.
         hard: the teachers distilled hard (:func:`hard_distillation_ce`).
         distill_smoothing: ε for the hard teachers' cross-entropy.
     """
-    lambdas = lambdas or {}
-    taus = taus or {}
+    if isinstance(outputs, Tensor):
+        outputs = {"cls": outputs, **dict.fromkeys(teacher_targets, outputs)}
+    lambdas = _per_teacher(lambdas, teacher_targets)
+    taus = _per_teacher(taus, teacher_targets)
     missing = [name for name in teacher_targets if name not in outputs]
     if missing:
         raise ValueError(

@@ -64,6 +64,12 @@ class RunOptions:
         help="Validation shards, evaluated every epoch (same classes as --data).",
         resume="may-change",
     )
+    until_plateau: int | None = option(
+        None,
+        help="Stop once the --val top-1 has not improved for this many epochs; the learning-rate "
+        "schedule stays laid out for --epochs [default: off].",
+        minimum=1,
+    )
     resume: bool = option(
         False, help="Continue the run in --out from its last.pt.", resume="may-change"
     )
@@ -102,6 +108,8 @@ class RunOptions:
             require_tensorboard()
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other; pick one")
+        if self.until_plateau is not None and not self.val:
+            raise UserError("--until-plateau needs --val: the top-1 it watches")
 
 
 def shared_options_markdown() -> str:

@@ -144,6 +144,8 @@ class RunPlan:
     extra_key: str = "extra"
     on_resume: Callable[[ResumePoint], None] | None = None
     """Checks of the spec's own on the loaded checkpoint, before the resume rule."""
+    plateau_metric: str = "top1"
+    """The key of the task's validation figures that ``--until-plateau`` watches."""
 
 
 class TrainSpec(Protocol):
@@ -413,6 +415,8 @@ def _run(
         tensorboard=run_dir / TENSORBOARD if opts.tensorboard else None,
         precision=policy,
         compile=opts.compile,
+        until_plateau=opts.until_plateau,
+        plateau_metric=plan.plateau_metric,
     )
     result = fit(
         plan.task,
@@ -435,6 +439,7 @@ def _run(
         "metrics_file": str(run_dir / METRICS),
         "config_file": str(run_dir / CONFIG),
         "epochs": opt.epochs,
+        "stopped_at": result.stopped_at,
         "steps": result.global_step,
         "steps_per_epoch": plan.steps_per_epoch,
         # Measured, not configured: images all ranks consumed per optimizer step this session.

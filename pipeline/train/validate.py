@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..data.imageio import Decoder
 from ..data.streams import EvalBatch, eval_batches
+from ..data.zoo_eval import ZooEval
 from ..runtime.console import make_progress, warn
 from ..runtime.distributed import DistContext
 from ..runtime.errors import UserError
@@ -121,6 +122,8 @@ def head_batches(
     description: str = "evaluate",
     precision: PrecisionPolicy = FP32,
     decoder: Decoder = "torchvision",
+    zoo: ZooEval | None = None,
+    render_device: str = "cpu",
 ) -> Iterator[tuple[dict[str, Tensor], EvalBatch]]:
     """Every evaluation batch of this rank's share of ``shard_set`` with ``model``'s float32
     logits per head (:func:`head_outputs`), under a progress bar (arguments as
@@ -140,6 +143,8 @@ def head_batches(
             world_size=ctx.world_size,
             workers=workers,
             decoder=decoder,
+            zoo=zoo,
+            render_device=render_device,
         )
         for batch in batches:
             images = batch.images.to(device, non_blocking=True)
@@ -163,6 +168,8 @@ def evaluate_model(
     description: str = "evaluate",
     precision: PrecisionPolicy = FP32,
     decoder: Decoder = "torchvision",
+    zoo: ZooEval | None = None,
+    render_device: str = "cpu",
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``model`` on every sample of ``shard_set``.
 
@@ -181,6 +188,9 @@ def evaluate_model(
         description: label of the progress bar.
         precision: autocast of the forwards (default: plain fp32); heads are scored in float32.
         decoder: the image decoder (:mod:`..data.imageio`, resolved).
+        zoo: a zoo model's own evaluation view (``evaluate --preprocess zoo``) instead of ours.
+        render_device: where the views are made (resolved: ``cpu`` or ``cuda:N``, the latter
+            with ``workers`` 0; :mod:`..augment.render_device`).
 
     Returns:
         ``{"top1", "top5", "num_samples", "heads": {name: {"top1", "top5"}}}`` with
@@ -201,6 +211,8 @@ def evaluate_model(
         description=description,
         precision=precision,
         decoder=decoder,
+        zoo=zoo,
+        render_device=render_device,
     ):
         counter.update(heads, batch.labels)
         for observer in observers:

@@ -1,4 +1,5 @@
-"""The pictures of ``civt-pipe study``: a table as bars, a series as a line, both mean ± std.
+"""The pictures of ``civt-pipe study``: a table as bars, a series as a line, both mean ± std,
+and the paired differences of either with their 95 % intervals.
 
 Both take the dicts ``results.json`` holds for each plan (written by the study workflow):
 
@@ -52,22 +53,12 @@ def _seeds_note(counts: Sequence[int]) -> str:
     return f"mean ± std over {seeds} seed{'s' if high > 1 else ''}"
 
 
-def table_quantities(table: Mapping[str, Any], columns: Sequence[str]) -> dict[str, list[int]]:
-    """Column indices grouped by the quantity ``table["units"]`` gives each (first-seen order):
-    one panel, one y axis, per quantity. Without units every column shares one unnamed axis."""
-    units = [str(u) for u in table.get("units") or []]
-    groups: dict[str, list[int]] = {}
-    for c in range(len(columns)):
-        groups.setdefault(units[c] if c < len(units) else "", []).append(c)
-    return groups
-
-
 def plot_table(table: Mapping[str, Any], out: Path) -> Path:
     """Draw ``table`` as grouped bars (mean ± std per row and column) and write ``out`` (PNG).
 
-    Columns of one quantity (``table["units"]``, one per column: seconds, top-1 %) share a
-    panel whose y axis names it; each other quantity gets a panel of its own beside it, so no
-    axis mixes two. A missing cell leaves its bar out. A table without any cell is a one-line
+    One quantity per axis: columns of different ``table["units"]`` ({column: unit}, e.g. CPU
+    seconds beside top-1 %) get a panel each, side by side; without units every column shares
+    one axis. A missing cell leaves its bar out. A table without any cell is a one-line
     :class:`UserError`. Returns ``out``.
     """
     name = str(table.get("id") or table.get("title") or "table")
@@ -82,37 +73,105 @@ def plot_table(table: Mapping[str, Any], out: Path) -> Path:
     if not bars:
         raise UserError(f"table {name} has no cell to plot")
     check_png_path(out)
-    groups = table_quantities(table, columns)
-    wide = len(groups) == 1 and len(rows) * len(columns) > _WIDE_GROUPS
-    fig = new_figure(1, len(groups) + (1 if wide else 0))
-    axes = fig.subplots(1, len(groups), squeeze=False).ravel()
-    for ax, (unit, members) in zip(axes, groups.items(), strict=True):
-        width = 0.8 / len(members)
-        for slot, c in enumerate(members):
-            mine = [(r, stats) for r, col, stats in bars if col == c]
-            if not mine:
-                continue
-            ax.bar(
-                [r - 0.4 + width * (slot + 0.5) for r, _ in mine],
-                [mean for _, (mean, _, _) in mine],
-                width,
-                yerr=[std for _, (_, std, _) in mine],
-                capsize=3,
-                color=f"C{c % 10}",
-                label=columns[c],
-            )
-        ax.set_xticks(range(len(rows)), [str(row.get("label", "")) for row in rows])
-        ax.tick_params(axis="x", labelrotation=15)
-        note = _seeds_note([n for _, c, (_, _, n) in bars if c in members])
+    units = dict(table.get("units") or {})
+    panels: dict[str, list[int]] = {}
+    for c, column in enumerate(columns):
+        panels.setdefault(str(units.get(column, "")), []).append(c)
+    wide = len(panels) == 1 and len(rows) * len(columns) > _WIDE_GROUPS
+    fig = new_figure(1, 2 if wide else len(panels))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (unit, mine) in zip(axes, panels.items(), strict=True):
+        _bars(ax, rows, columns, [b for b in bars if b[1] in mine], mine)
+        note = _seeds_note([n for _, c, (_, _, n) in bars if c in mine])
         ax.set_ylabel(f"{unit} ({note})" if unit else note)
-        ax.grid(axis="y", alpha=0.3)
-        if len(columns) > 1:
-            ax.legend(fontsize="small")
     title = _wrapped(str(table.get("title") or name))
-    if len(groups) == 1:
+    if len(panels) == 1:
         axes[0].set_title(title, fontsize=10)
     else:
         fig.suptitle(title, fontsize=10)
+    save_png(fig, out)
+    return out
+
+
+def _bars(
+    ax: Any,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    bars: Sequence[tuple[int, int, tuple[float, float, int]]],
+    mine: Sequence[int],
+) -> None:
+    """One panel of :func:`plot_table`: the bars of the columns ``mine`` (their indices)."""
+    width = 0.8 / len(mine)
+    for slot, c in enumerate(mine):
+        found = [(r, stats) for r, col, stats in bars if col == c]
+        if not found:
+            continue
+        ax.bar(
+            [r - 0.4 + width * (slot + 0.5) for r, _ in found],
+            [mean for _, (mean, _, _) in found],
+            width,
+            yerr=[std for _, (_, std, _) in found],
+            capsize=3,
+            color=f"C{c % 10}",
+            label=columns[c],
+        )
+    ax.set_xticks(range(len(rows)), [str(row.get("label", "")) for row in rows])
+    ax.tick_params(axis="x", labelrotation=15)
+    ax.grid(axis="y", alpha=0.3)
+    if len(mine) > 1:
+        ax.legend(fontsize="small")
+
+
+def plot_paired(item: Mapping[str, Any], unit: str, out: Path) -> Path:
+    """Draw the paired comparisons of a table or series (``item["paired"]``, see
+    :mod:`..workflows.study.stats`) and write ``out`` (PNG): per comparison its mean difference
+    with the 95 % interval as a horizontal error bar, a line at 0; a filled marker where the
+    interval excludes 0 (*separated*), an open one where it does not. ``unit`` names the
+    difference's quantity (e.g. ``top-1 (points)``). No comparisons: a one-line
+    :class:`UserError`. Returns ``out``.
+    """
+    name = str(item.get("id") or item.get("title") or "comparisons")
+    entries = list(item.get("paired") or [])
+    if not entries:
+        raise UserError(f"{name} has no paired comparison to plot")
+    parsed = []
+    for e in entries:
+        try:
+            mean, n = float(e["mean"]), int(e["n"])
+            low = None if e.get("low") is None else float(e["low"])
+            high = None if e.get("high") is None else float(e["high"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{name}: a comparison needs a numeric mean, n, low and high") from None
+        parsed.append((str(e.get("label", "")), mean, low, high, n, bool(e.get("separated"))))
+    check_png_path(out)
+    fig = new_figure(1, 2)  # two panel widths: the comparisons' labels take a third of it
+    ax = fig.subplots()
+    ys = list(range(len(parsed)))[::-1]  # the first comparison on top
+    for y, (_, mean, low, high, _, separated) in zip(ys, parsed, strict=True):
+        err = [[mean - low], [high - mean]] if low is not None and high is not None else None
+        ax.errorbar(
+            [mean],
+            [y],
+            xerr=err,
+            marker="o",
+            markersize=6,
+            capsize=3,
+            color="C0",
+            markerfacecolor="C0" if separated else "white",
+        )
+    ax.axvline(0.0, color="0.3", linewidth=1)
+    ax.set_ylim(-0.75, len(parsed) - 0.25)  # two comparisons sit mid-panel, not at its edges
+    ax.set_yticks(ys, [textwrap.shorten(label, 48) for label, *_ in parsed], fontsize=8)
+    counts = [n for *_, n, _ in parsed]
+    low_n, high_n = min(counts), max(counts)
+    seeds = f"{low_n}" if low_n == high_n else f"{low_n}–{high_n}"
+    ax.set_xlabel(
+        f"paired difference, {unit}: mean, 95 % interval over {seeds} seeds "
+        "(filled: the interval excludes 0)",
+        fontsize=9,
+    )
+    ax.set_title(_wrapped(f"{item.get('title') or name}: differences"), fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     save_png(fig, out)
     return out
 

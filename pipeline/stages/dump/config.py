@@ -7,7 +7,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ...augment.config import PRESET_CHOICES, AugmentConfig, preset
+from ...augment.config import (
+    PRESET_CHOICES,
+    RENDER_DEVICE_CHOICES,
+    RENDER_DEVICE_HELP,
+    AugmentConfig,
+    preset,
+)
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP, ON_ERROR_MODES, OnError
 from ...models.teacher_spec import TeacherSpec
 from ...runtime.errors import UserError
@@ -21,7 +27,8 @@ class DumpConfig:
 
     data: str = option(help="Shards: a directory or a brace pattern.")
     teachers: tuple[TeacherSpec, ...] = option(
-        help="NAME=ARCH:CHECKPOINT, once per teacher (e.g. cnn=resnet18:cnn.pt).",
+        help="NAME=ARCH:CHECKPOINT or NAME=timm:MODEL[:WEIGHTS], once per teacher (e.g. "
+        "cnn=resnet18:cnn.pt, cnn=regnety-600mf:regnety_006.safetensors).",
         flag="--teacher",
     )
     # Text, not Path: an fsspec URL (s3://bucket/s.zarr) must keep its "//".
@@ -49,6 +56,8 @@ class DumpConfig:
     compile: bool = option(False, help=COMPILE_HELP)
     # Recorded in the store (resolved): replay must decode with the same decoder.
     decoder: str = option("auto", help=DECODER_HELP, choices=DECODER_CHOICES)
+    # Recorded in the store (its type): replay must render on the same kind of device.
+    render_device: str = option("auto", help=RENDER_DEVICE_HELP, choices=RENDER_DEVICE_CHOICES)
     on_error: OnError = option(
         "fail",
         help="An undecodable sample stops the dump or is skipped (its key recorded).",

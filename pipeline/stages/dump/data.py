@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ...augment.blocks import RenderedBlock, iter_blocks, sample_and_render
 from ...augment.config import AugmentConfig
@@ -48,20 +49,24 @@ class ShardViews:
     on_error: OnError
     index: ShardIndex | None = None
     decoder: Decoder = "torchvision"
+    render_device: str = "cpu"
+    """Where views are rendered (``cpu``, or ``cuda:N`` in the main process, --workers 0)."""
 
     def __call__(
         self, shard: ShardRows, segment: Segment, needed: np.ndarray
     ) -> Iterator[DumpBlock]:
         expected = self.index.shard(shard.name) if self.index is not None else None
+        device = torch.device(self.render_device)
         samples = iter_shard(
             shard.path,
             channels=self.channels,
             on_error=self.on_error,
             expected=expected,
             decoder=self.decoder,
+            keep_on_device=device.type == "cuda",
         )
         for block in iter_blocks(samples, self.aug.mix_block):
             rendered = sample_and_render(
-                block, self.seed, range(self.num_views), shard.count, self.aug
+                block, self.seed, range(self.num_views), shard.count, self.aug, device=device
             )
             yield DumpBlock(shard.name, segment.start + rendered.positions, rendered)

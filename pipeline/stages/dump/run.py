@@ -4,9 +4,10 @@ Flow (docs/architecture.md, docs/dump.md): check everything a user can get wrong
 (options, shards complete and readable, teachers) — ``--overwrite`` deletes nothing before that;
 rank 0 takes the store's writer lock, then creates the store (or checks that an existing incomplete
 one was made by the same command, and resumes it);
-the missing shards are split over ranks; DataLoader workers decode and render mix blocks
-(:mod:`.data` on the one stream, :mod:`...data.streams`) while the main process runs the
-teachers; each shard is written with one ``write_shard`` once all its rows are in; rank 0
+the missing shards are split over ranks; DataLoader workers (or, with ``--workers 0``, a
+read-ahead thread) decode and render mix blocks (:mod:`.data` on the one stream,
+:mod:`...data.streams`) while the main process runs the teachers; each shard is written with
+one ``write_shard`` once all its rows are in, on a writer thread (:mod:`.writer`); rank 0
 finalizes after a barrier, with each teacher's top-1 on the views read back from the store (so a
 resumed run reports the whole dataset).
 """
@@ -31,10 +32,11 @@ from ....stores.logit_store import LogitStore, StoreVersionError
 from ....stores.schema import FieldSpec, StoreSpec
 from ...augment.config import AugmentConfig
 from ...augment.params import param_fields
+from ...augment.render_device import resolve_render_device
 from ...data.imageio import Decoder, resolve_decoder
 from ...data.planning import ShardRows, StreamPlan, plan_pass, shard_rows_for
 from ...data.shard_set import ShardSet, resolve_complete_shards
-from ...data.streams import PlannedStream, WorkerError, make_loader
+from ...data.streams import PlannedStream, WorkerError, make_loader, read_ahead
 from ...models.factory import is_convolutional
 from ...models.teachers import LoadedTeacher, TeacherSpec, load_teachers
 from ...runtime.console import info, make_progress, warn
@@ -45,6 +47,7 @@ from ...runtime.precision import PrecisionPolicy, check_compile, prepare_model
 from .config import DumpConfig, resolve_augment
 from .data import DumpBlock, ShardViews
 from .teachers import ShardAccumulator, TeacherRunner
+from .writer import ShardWriter
 
 __all__ = ["DumpConfig", "TeacherSpec", "print_summary", "run_dump"]
 
@@ -56,6 +59,7 @@ def _store_spec(
     aug: AugmentConfig,
     policy: PrecisionPolicy,
     decoder: Decoder,
+    render_device: torch.device,
 ) -> StoreSpec:
     fields = {
         name: FieldSpec(shape=shape, dtype=np.dtype(dtype).name)
@@ -84,6 +88,8 @@ def _store_spec(
             "precision": policy.precision,
             # Resolved: replay decodes with it (nvjpeg's pixels differ from the CPU decoders').
             "decoder": decoder,
+            # Its type: replay renders there too (GPU resampling differs in the last bits).
+            "render_device": render_device.type,
         },
         chunk_rows=cfg.chunk_rows,
     )
@@ -179,6 +185,7 @@ def _dump_shards(
     device: torch.device,
     policy: PrecisionPolicy,
     decoder: Decoder,
+    render_device: torch.device,
 ) -> _RunStats:
     """Render, run the teachers and write every shard of ``plan`` (this rank's share)."""
     stats = _RunStats()
@@ -192,6 +199,7 @@ def _dump_shards(
         on_error=cfg.on_error,
         index=shards.index,
         decoder=decoder,
+        render_device=str(render_device),
     )
     dataset = PlannedStream(missing, plan, render)
     loader = make_loader(dataset, workers=cfg.workers, pin_memory=device.type == "cuda")
@@ -203,10 +211,15 @@ def _dump_shards(
     ended: set[str] = set()
     total_images = sum(counts.values())
     start = time.perf_counter()
-    with make_progress(disable=not (cfg.progress and ctx.is_main)) as progress:
+    # Without worker processes the next blocks render on a thread while the teachers run.
+    items = loader if cfg.workers else read_ahead(loader)
+    with (
+        make_progress(disable=not (cfg.progress and ctx.is_main)) as progress,
+        ShardWriter(store) as writer,
+    ):
         shard_task = progress.add_task("shards", total=len(counts), unit="shard")
         image_task = progress.add_task("images", total=total_images, unit="img")
-        for item in loader:
+        for item in items:
             if isinstance(item, WorkerError):
                 raise UserError(item.message)
             if item.shard not in runner.shards:
@@ -218,16 +231,18 @@ def _dump_shards(
                 progress.advance(image_task, len(item.block))
             else:  # SegmentDone: every block of the shard has arrived
                 ended.add(item.shard)
-            # Write every shard whose rows have all arrived and whose views all have logits.
+            # Write every shard whose rows have all arrived and whose views all have logits
+            # (on the writer's thread, while the teachers go on with the next shard).
             for name in sorted(ended):
                 acc = runner.shards[name]
                 runner.flush(name)
-                store.write_shard(name, acc.to_block())
+                writer.submit(name, acc)
                 del runner.shards[name]
                 ended.discard(name)
                 stats.shards += 1
                 stats.images += acc.count
                 progress.advance(shard_task)
+        writer.wait()  # the run's time includes writing its last shard
     stats.views = runner.views_done
     stats.seconds = time.perf_counter() - start
     return stats
@@ -255,12 +270,17 @@ def run_dump(cfg: DumpConfig) -> dict[str, Any]:
     if cfg.compile:
         check_compile(device)
     decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
+    render_device = resolve_render_device(cfg.render_device, device, workers=cfg.workers)
     with cpu_threads(cfg.threads, cfg.workers, device):
-        return _run_dump(cfg, device, policy, decoder)
+        return _run_dump(cfg, device, policy, decoder, render_device)
 
 
 def _run_dump(
-    cfg: DumpConfig, device: torch.device, policy: PrecisionPolicy, decoder: Decoder
+    cfg: DumpConfig,
+    device: torch.device,
+    policy: PrecisionPolicy,
+    decoder: Decoder,
+    render_device: torch.device,
 ) -> dict[str, Any]:
     # Every tar whole and as indexed, keys unique, before anything is written or replaced.
     shards = resolve_complete_shards(cfg.data)
@@ -277,7 +297,7 @@ def _run_dump(
         raise UserError(
             f"--topk {cfg.topk} is larger than the dataset's {shards.num_classes} classes"
         )
-    spec = _store_spec(cfg, shards, teachers, aug, policy, decoder)
+    spec = _store_spec(cfg, shards, teachers, aug, policy, decoder, render_device)
     teachers = [
         dataclasses.replace(
             t,
@@ -309,14 +329,26 @@ def _run_dump(
             info(
                 f"dump-logits: {len(plan.missing)} of {len(store.shards)} shards to write"
                 f"{resumed}, {cfg.views} views, teachers {', '.join(t.info.name for t in teachers)}"
-                f", {ctx.world_size} rank(s), device {device}, {policy.precision}"
+                f", {ctx.world_size} rank(s), device {device}, {policy.precision}, views "
+                f"rendered on {render_device.type}"
             )
         missing = shard_rows_for(
             [shards.path(n) for n in plan.missing], [store.shard(n).count for n in plan.missing]
         )
         mine = plan_pass(missing, rank=ctx.rank, world_size=ctx.world_size, batch_size=1)
         stats = _dump_shards(
-            cfg, ctx, store, shards, missing, mine, teachers, aug, device, policy, decoder
+            cfg,
+            ctx,
+            store,
+            shards,
+            missing,
+            mine,
+            teachers,
+            aug,
+            device,
+            policy,
+            decoder,
+            render_device,
         )
         stats = _all_reduce_stats(ctx, stats)
         barrier(ctx)  # every rank's shards are written before rank 0 finalizes

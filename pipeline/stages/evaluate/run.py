@@ -14,20 +14,40 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ...augment.config import RENDER_DEVICE_CHOICES, RENDER_DEVICE_HELP
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP
+from ...models.teacher_spec import TeacherSpec
+from ...runtime.console import warn
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
 from ...runtime.precision import COMPILE_HELP, PRECISION_CHOICES, PRECISION_HELP
+
+if TYPE_CHECKING:
+    from ...data.zoo_eval import ZooEval
 
 
 @dataclass(kw_only=True, slots=True)
 class EvaluateConfig:
     """What ``civt-pipe evaluate`` runs."""
 
-    checkpoint: Path = option(
-        help="Teacher or student checkpoint: a run directory (its final.pt), last.pt, final.pt."
+    checkpoint: Path | None = option(
+        None,
+        help="Teacher or student checkpoint: a run directory (its final.pt), last.pt, final.pt; "
+        "or a published weights file with --arch (required, except for --arch timm:MODEL "
+        "with weights in timm's offline cache).",
+    )
+    arch: str | None = option(
+        None,
+        help="Architecture of a published weights file: a preset (regnety-600mf, rednet26, "
+        "...) or timm:MODEL; loaded as dump-logits loads a teacher.",
+    )
+    preprocess: str = option(
+        "ours",
+        help="ours: resize to side/0.875 (bilinear), centre crop; zoo: a zoo teacher's own "
+        "eval transform (its input size, crop_pct, interpolation; as timm's create_transform).",
+        choices=("ours", "zoo"),
     )
     data: str = option(help="Shards to evaluate on: a directory or a brace pattern.")
     batch_size: int = option(256, help="Samples per batch.", minimum=1)
@@ -37,6 +57,7 @@ class EvaluateConfig:
     compile: bool = option(False, help=COMPILE_HELP)
     workers: int = option(0, help="Data-loading processes.", minimum=0, maximum=MAX_WORKERS)
     decoder: str = option("auto", help=DECODER_HELP, choices=DECODER_CHOICES)
+    render_device: str = option("auto", help=RENDER_DEVICE_HELP, choices=RENDER_DEVICE_CHOICES)
     threads: int | None = option(
         None,
         help="Torch CPU threads (default: free cores minus workers).",
@@ -62,7 +83,13 @@ class EvaluateConfig:
     noise_seed: int = option(0, help="Seed of the --noise draws.", minimum=0)
 
     def __post_init__(self) -> None:
-        self.checkpoint = Path(self.checkpoint)
+        if self.checkpoint is not None:
+            self.checkpoint = Path(self.checkpoint)
+        elif self.arch is None or not self.arch.startswith("timm:"):
+            raise UserError(
+                "--checkpoint is required (only --arch timm:MODEL may take its weights from "
+                "timm's offline cache)"
+            )
         if self.store is not None:
             self.store = os.fspath(self.store)
         check_numbers(self)
@@ -76,21 +103,48 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     plus ``checkpoint``, ``arch`` and ``kind`` (and, with ``cfg.store``, ``kl_to_teachers``:
     ``{head: {teacher: KL}}`` from :func:`.teacher_agreement.
     teacher_agreement`, and ``store``)."""
+    from ...augment.render_device import resolve_render_device
     from ...data.imageio import resolve_decoder
     from ...data.shard_set import resolve_complete_shards
+    from ...models.checkpoint import model_from_checkpoint
+    from ...models.factory import is_convolutional
     from ...runtime.device import cpu_threads, resolve_device
-    from ...runtime.precision import PrecisionPolicy, check_compile
-    from ...train.validate import evaluate_model, load_for_data
+    from ...runtime.precision import PrecisionPolicy, check_compile, prepare_model
+    from ...train.validate import evaluate_model
 
     device = resolve_device(cfg.device)
     policy = PrecisionPolicy.resolve(cfg.precision, device)
     if cfg.compile:
         check_compile(device)
     decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
+    render_device = resolve_render_device(cfg.render_device, device, workers=cfg.workers)
     shard_set = resolve_complete_shards(cfg.data)
-    model, scored, meta = load_for_data(
-        cfg.checkpoint, shard_set, device=device, compile=cfg.compile
-    )
+    checkpoint = cfg.checkpoint
+    if cfg.arch is not None:
+        from ...models.teachers import load_teacher, teacher_weights
+
+        spec = TeacherSpec(name="teacher", arch=cfg.arch, checkpoint=cfg.checkpoint)
+        checkpoint = teacher_weights(spec)  # a timm model's may come from timm's cache
+        model, meta = load_teacher(
+            spec, device, num_classes=shard_set.num_classes, channels=shard_set.channels
+        )
+    else:
+        assert checkpoint is not None  # __post_init__ requires it without a timm --arch
+        model, meta = model_from_checkpoint(
+            checkpoint,
+            device=device,
+            expect_num_classes=shard_set.num_classes,
+            in_chans=shard_set.channels,
+        )
+    zoo = _zoo_view(checkpoint, meta) if cfg.preprocess == "zoo" else None
+    theirs = list(meta.get("class_names") or [])
+    if theirs and theirs != list(shard_set.class_names):
+        # Same count, other names: most likely another dataset; foreign shards scanned without
+        # an index.json are named "0".."C-1", so this is a warning, not an error.
+        warn(
+            f"{checkpoint} was trained on classes {theirs[:3]}... but {cfg.data} names them "
+            f"{list(shard_set.class_names)[:3]}...; scoring by class index"
+        )
     with cpu_threads(cfg.threads, cfg.workers, device):
         agreement = None
         if cfg.store is not None:
@@ -107,7 +161,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 batch_size=cfg.batch_size,
                 device=device,
                 decoder=cfg.decoder,
+                render_device=cfg.render_device,
             )
+        convolutional = meta["kind"] == "teacher" and is_convolutional(meta["arch"])
+        scored: Any = prepare_model(model, device, convolutional=convolutional, compile=cfg.compile)
         if cfg.noise > 0:
             from .noise import GaussianNoise
 
@@ -121,15 +178,37 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             workers=cfg.workers,
             precision=policy,
             decoder=decoder,
+            zoo=zoo,
+            render_device=str(render_device),
         )
     result.update(
-        checkpoint=str(cfg.checkpoint),
+        checkpoint=str(checkpoint),
         arch=meta["arch"],
         kind=meta["kind"],
         precision=policy.precision,
+        preprocess=cfg.preprocess,
     )
     if cfg.noise > 0:
         result.update(noise=cfg.noise, noise_seed=cfg.noise_seed)
     if agreement is not None:
         result.update(kl_to_teachers=agreement, store=str(cfg.store))
     return result
+
+
+def _zoo_view(checkpoint: Path, meta: dict[str, Any]) -> ZooEval:
+    """The zoo teacher's own evaluation view; a model without a ``pretrained_cfg`` is one line."""
+    from ...data.zoo_eval import ZooEval
+
+    pretrained = meta.get("pretrained_cfg")
+    if not pretrained:
+        raise UserError(
+            f"--preprocess zoo needs a zoo teacher (timm:MODEL, or a published RegNetY/RedNet "
+            f"file with --arch); {checkpoint} holds a {meta['arch']} without one"
+        )
+    view = ZooEval.from_config(pretrained)
+    if view.size != int(meta["image_size"]):
+        raise UserError(
+            f"--preprocess zoo: {meta['arch']} was pretrained at {view.size} px but is built "
+            f"for {meta['image_size']} px"
+        )
+    return view

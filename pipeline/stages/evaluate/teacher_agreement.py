@@ -83,6 +83,7 @@ def teacher_agreement(
     device: torch.device | str = "cpu",
     progress: bool = True,
     decoder: str = "auto",
+    render_device: str = "auto",
 ) -> dict[str, dict[str, float]]:
     """Mean ``KL(teacher ‖ head)`` at τ = 1 over the store's views, ``{head: {teacher: kl}}``.
 
@@ -97,6 +98,7 @@ def teacher_agreement(
         device: where the model is.
         progress: show a progress bar.
         decoder: ``--decoder``; must be ``auto`` or the store's decoder (the views are replayed).
+        render_device: ``--render-device``; must be ``auto`` or the store's render device type.
     """
     from ....stores.logit_store import LogitStore
     from ...data.planning import Segment
@@ -111,7 +113,13 @@ def teacher_agreement(
     # The checks train-student makes, as is, and its --store-views range.
     device = torch.device(device)
     setup = bind_store(
-        store, data, shard_set, views=views, decoder=decoder, device_type=device.type
+        store,
+        data,
+        shard_set,
+        views=views,
+        decoder=decoder,
+        device_type=device.type,
+        render_device=render_device,
     )
     # bind_store opened and checked the whole store; repeating the check would re-read every file.
     logits_store = LogitStore.open(store, check=False)
@@ -134,6 +142,7 @@ def teacher_agreement(
         store=setup.store,
         verify="all",
         decoder=setup.decoder,
+        render_device=setup.render_device,
     )
     model.eval()
     acc = KLAccumulator()

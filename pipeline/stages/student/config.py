@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
-from ...augment.config import PRESET_CHOICES
+from ...augment.config import PRESET_CHOICES, RENDER_DEVICE_CHOICES, RENDER_DEVICE_HELP
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP
 from ...models.token_mode import ALIGN_ROLES, TOKEN_MODES, TokenMode
 from ...replay.modes import VERIFY_MODES
@@ -176,6 +176,8 @@ class StudentTrainConfig(RunOptions):
     patch_size: int | None = option(None, help="Patch size [default: preset's].", minimum=1)
     # auto replays a store with the decoder it records; another one is refused (bind_store).
     decoder: str = option("auto", help=DECODER_HELP, choices=DECODER_CHOICES)
+    # auto replays a store on the device type it records; another one is refused (bind_store).
+    render_device: str = option("auto", help=RENDER_DEVICE_HELP, choices=RENDER_DEVICE_CHOICES)
     verify_replay: str = option(
         "sample",
         help="Check replayed views against stored digests: all, sample (first block of each "

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ...models.factory import create_model, get_preset
+from ...models.heads import inference_head
 from ...models.token_mode import AlignRole
 from ...replay.binding import DataBinding, bind_online, bind_store
 from ...replay.segments import ViewSource
@@ -126,26 +127,19 @@ class _StudentTask:
     env: RunEnv
 
     def batches(self, epoch: int, start_step: int) -> Iterable[Any]:
-        from ...data.planning import plan_training
-        from ...replay.segments import epoch_view, iter_view_batches
+        from ...replay.segments import ViewStream
 
-        plan = plan_training(
+        stream = ViewStream(
+            self.source,
             self.setup.shards,
-            seed=self.setup.seed,
-            epoch=epoch,
             rank=self.env.ctx.rank,
             world_size=self.env.ctx.world_size,
             batch_size=self.cfg.batch_size,
             shuffle_buffer=self.cfg.shuffle_buffer,
-        )
-        return iter_view_batches(
-            self.source,
-            self.setup.shards,
-            plan,
-            view=epoch_view(epoch, self.setup.num_views),
-            start_step=start_step,
             workers=self.cfg.workers,
+            num_views=self.setup.num_views,
         )
+        return stream.batches(epoch, start_step)
 
     def step(self, model: nn.Module, batch: Any) -> StepResult:
         return self.distill(model, batch)
@@ -198,6 +192,7 @@ def _bind(cfg: StudentTrainConfig, env: RunEnv) -> DataBinding:
             decoder=cfg.decoder,
             device_type=env.device.type,
             workers=cfg.workers,
+            render_device=cfg.render_device,
         )
     return bind_online(
         cfg.teachers,
@@ -209,6 +204,7 @@ def _bind(cfg: StudentTrainConfig, env: RunEnv) -> DataBinding:
         views=cfg.views,
         decoder=cfg.decoder,
         workers=cfg.workers,
+        render_device=cfg.render_device,
     )
 
 
@@ -277,7 +273,11 @@ class _StudentSpec:
         return RunPlan(
             model=model,
             task=_StudentTask(
-                cfg=cfg, setup=setup, source=_view_source(cfg, setup), distill=step, env=env
+                cfg=cfg,
+                setup=setup,
+                source=setup.view_source(cfg.verify_replay),
+                distill=step,
+                env=env,
             ),
             steps_per_epoch=steps_per_epoch,
             optimization=Optimization(
@@ -297,6 +297,7 @@ class _StudentSpec:
             description="train-student",
             log_every=cfg.log_every,
             progress=cfg.progress,
+            plateau_metric=inference_head(model),  # the headline head's top-1
             on_resume=(
                 (lambda point: _check_student_tokens(point.checkpoint, setup)) if distill else None
             ),
@@ -307,7 +308,8 @@ class _StudentSpec:
     ) -> dict[str, Any]:
         if env.ctx.is_main:
             info(
-                f"trained {self.cfg.model} for {self.cfg.epochs} epoch(s), {result.global_step} "
+                f"trained {self.cfg.model} for {result.stopped_at or self.cfg.epochs} epoch(s), "
+                f"{result.global_step} "
                 f"steps ({result.images / max(result.seconds, 1e-9):.0f} img/s this session) "
                 f"-> {env.run_dir / FINAL}"
             )
@@ -342,20 +344,6 @@ def _hyperparameters(cfg: StudentTrainConfig, global_batch: int) -> tuple[dict, 
     )
     drop_path = hyper["drop_path"].value
     return hyper, None if drop_path is None else float(drop_path)
-
-
-def _view_source(cfg: StudentTrainConfig, setup: DataBinding) -> ViewSource:
-    return ViewSource(
-        aug=setup.aug,
-        seed=setup.seed,
-        num_classes=setup.num_classes,
-        channels=setup.channels,
-        store=setup.store,
-        verify=cfg.verify_replay,
-        teachers=tuple(setup.teacher_names) if setup.store is not None else None,
-        topk=setup.topk,
-        decoder=setup.decoder,
-    )
 
 
 def state_digest(model: nn.Module) -> str:

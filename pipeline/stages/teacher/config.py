@@ -60,7 +60,11 @@ RECIPES: dict[str, Recipe] = {
 
 
 def recipe_family(arch: str) -> str:
-    """Which :data:`RECIPES` entry an architecture uses."""
+    """Which :data:`RECIPES` entry an architecture uses (a timm model: by its family)."""
+    if arch.startswith("timm:"):
+        from ...models.zoo_timm import family as timm_family
+
+        return "vit" if timm_family(arch) == "transformer" else "resnet"
     if arch.startswith(("vit-", "deit-")):
         return "vit-nano" if arch.endswith("-nano") else "vit"
     if arch.endswith("-nano"):

@@ -8,15 +8,16 @@ from typing import Any
 
 from ...runtime.options import MAX_THREADS, check_choices, check_numbers, option
 
-PLANS: tuple[str, ...] = ("tables", "views", "cost")
+PLANS: tuple[str, ...] = ("tables", "alignment", "views", "cost")
 """The built-in plans (docs/study.md says what each runs)."""
 
 
 @dataclass(kw_only=True)
 class StudyConfig:
-    """What ``civt-pipe study`` runs. The defaults keep one seed of each plan near 15-20 CPU
-    minutes on the built-in digits at 16 px on a 2-core CPU (docs/study.md lists the measured
-    times); every cost scales with ``epochs``, ``teacher_epochs``, ``image_size`` and ``subset``.
+    """What ``civt-pipe study`` runs. The default student epochs (30) are where civt-nano
+    converges on the built-in digits at 16 px (docs/study.md: the evidence, and each plan's
+    CPU cost at these defaults); every cost scales with ``epochs``, ``teacher_epochs``,
+    ``image_size`` and ``subset``.
     """
 
     data: str = option(help="Training shards: a directory or a brace pattern.")
@@ -24,7 +25,15 @@ class StudyConfig:
     out: Path = option(help="Study directory (runs/, results.json, results.md).", flag="--out")
     plan: str = option("tables", help="Which plan to run.", choices=PLANS)
     seeds: int = option(3, help="Seeds 0..N-1; tables show mean ± std over them.", minimum=1)
-    epochs: int = option(10, help="Student epochs.", minimum=1)
+    minor_seeds: int | None = option(
+        None,
+        help="Seeds of the tables plan's Table 3 and Figure 3, the first N of --seeds (each "
+        "seed of them adds 4 students, 4 teachers and 2 stores) [default: every seed].",
+        minimum=1,
+    )
+    epochs: int = option(
+        30, help="Student epochs (30: civt-nano converged on digits, docs/study.md).", minimum=1
+    )
     teacher_epochs: int = option(
         10, help="Epochs of each (fully trained) teacher (the quickstart's).", minimum=1
     )
@@ -37,6 +46,20 @@ class StudyConfig:
     )
     subset: int | None = option(
         None, help="Use only the first N shards of --data [default: all].", minimum=1
+    )
+    student_subset: int | None = option(
+        None,
+        help="Stores and students use only the first N shards of the training data, the teachers "
+        "all of it (or --subset): a setting where the teachers know more than the student "
+        "[default: the same data].",
+        minimum=1,
+    )
+    until_plateau: int | None = option(
+        None,
+        help="Stop each student once its --val top-1 has not improved for this many epochs "
+        "(train-student --until-plateau; --val then also decides when to stop, see "
+        "docs/study.md) [default: always --epochs].",
+        minimum=1,
     )
     threads: int = option(1, help="Torch CPU threads of every run.", minimum=1, maximum=MAX_THREADS)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
@@ -58,6 +81,9 @@ class StudyConfig:
             "data": self.data,
             "val": self.val,
             "subset": self.subset,
+            "student_subset": self.student_subset,
+            "minor_seeds": self.minor_seeds,
+            "until_plateau": self.until_plateau,
             "epochs": self.epochs,
             "teacher_epochs": self.teacher_epochs,
             "image_size": self.image_size,

@@ -7,7 +7,9 @@ Per seed ``s`` (docs/study.md has the full story):
   (``inn-nano``, seed s); one store of all three; civt-nano students selecting teachers with
   ``--store-teacher`` (Tables 5, 6, 3), ``evaluate --store`` KL per head and teacher (Table 4),
   and teachers trained for fewer epochs (Figure 3).
-- ``views``: one store of V_max = max(16, epochs) views and every class's logit; students
+- ``alignment``: the aligned CivT from the tables plan's store, with ``--lambda 0``, read
+  through its class head alone, against none, per-teacher and the teachers themselves.
+- ``views``: one store of V_max = epochs views and every class's logit; students
   replaying its first V views, or its first k logits, and the online reference (live teachers,
   a fresh view every epoch).
 - ``cost``: the CPU seconds of stage one, stage two and the online run, and the break-even
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,8 +47,9 @@ SECOND_CNN_SEED = 1000
 FIGURE3_EPOCHS = (1, 2)
 """Teacher epochs of Figure 3's points, besides --teacher-epochs itself (a third young pair,
 4 epochs, would add ~3 CPU minutes per seed on digits: over the plan's hour at 3 seeds)."""
-VIEW_COUNTS = (1, 2, 4, 8, 16)
-"""Stored views V of the views plan, besides --epochs (a fresh view every epoch)."""
+VIEW_COUNTS = (1, 2, 5, 10, 30)
+"""Stored views V of the views plan up to --epochs, and --epochs itself (a fresh view every
+epoch): more views than epochs are never replayed."""
 TOPK_COUNTS = (1, 3, 5)
 """Stored logits k of the views plan, besides every class."""
 
@@ -59,21 +63,37 @@ class Measure:
     read: Callable[[Records], float]
 
 
-TOP1 = "top-1 (%)"
-"""The y-axis label of accuracy columns."""
+@dataclass(frozen=True)
+class Comparison:
+    """A paired comparison inside one table: the cell (row, column) against the cell
+    (reference_row, reference_column), seed by seed (see :mod:`.stats`)."""
+
+    row: str
+    reference_row: str
+    column: str = "top-1"
+    reference_column: str = "top-1"
+
+    @property
+    def label(self) -> str:
+        """``"cls − per-teacher"`` (rows), or ``"civt-nano: CNN + INN − no teacher"`` (columns)."""
+        if self.row == self.reference_row:
+            return f"{self.row}: {self.column} − {self.reference_column}"
+        return f"{self.row} − {self.reference_row}"
 
 
 @dataclass
 class TableSpec:
-    """A table before the runs: per row and column, one :class:`Measure` per seed."""
+    """A table before the runs: per row and column, one :class:`Measure` per seed, and the
+    paired comparisons reported beside it."""
 
     id: str
     title: str
     columns: list[str]
     rows: list[tuple[str, dict[str, list[Measure]]]]
-    units: list[str] = field(default_factory=list)
-    """The quantity of each column (its picture's y-axis label); columns of one quantity share
-    an axis, each other quantity gets its own panel."""
+    comparisons: list[Comparison] = field(default_factory=list)
+    units: dict[str, str] = field(default_factory=dict)
+    """Each column's quantity where the columns measure different things (the plot gives each
+    quantity its own axis); empty: one quantity, top-1 % unless the title says otherwise."""
 
 
 @dataclass
@@ -94,6 +114,9 @@ class SeriesSpec:
     x_log2: bool
     points: list[PointSpec]
     reference: PointSpec | None = None
+    baseline: PointSpec | None = None
+    """What every other point (and the reference) is compared with, seed by seed (None: no
+    comparisons; a wall-time series has none)."""
 
 
 @dataclass
@@ -119,9 +142,12 @@ def top1(student: Run, evaluation: Run) -> Measure:
     )
 
 
-def gain(base: Measure, better: Measure) -> Measure:
-    """``better - base`` (points)."""
-    return Measure(base.runs + better.runs, lambda r: better.read(r) - base.read(r))
+def head_top1(student: Run, evaluation: Run, head: str) -> Measure:
+    """Top-1 (%) of one named head of ``student`` (e.g. ``cls`` of an aligned CivT)."""
+    return Measure(
+        (student.id, evaluation.id),
+        lambda r: 100.0 * float(r[evaluation.id]["result"]["heads"][head]["top1"]),
+    )
 
 
 def mean_of(measures: Sequence[Measure]) -> Measure:
@@ -155,11 +181,20 @@ class RunBook:
     One book per plan: a plan's runs are every run its book holds.
     """
 
-    def __init__(self, cfg: StudyConfig, root: Path, data: str, num_classes: int) -> None:
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        root: Path,
+        data: str,
+        num_classes: int,
+        student_data: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.root = root
         self.data = data
-        """Training shards (a pattern of the first --subset shards, or --data)."""
+        """The teachers' training shards (a pattern of the first --subset shards, or --data)."""
+        self.student_data = data if student_data is None else student_data
+        """The stores' and students' shards (the first --student-subset of them, or ``data``)."""
         self.num_classes = num_classes
         self.runs: dict[str, Run] = {}
 
@@ -197,7 +232,7 @@ class RunBook:
             "dump",
             f"dump-{'-'.join(teachers)}-v{views}-s{seed}",
             lambda d: DumpConfig(
-                data=self.data,
+                data=self.student_data,
                 teachers=specs,
                 out=str(d / "store.zarr"),
                 views=views,
@@ -220,18 +255,26 @@ class RunBook:
         store_teachers: tuple[str, ...] = (),
         store_views: int | None = None,
         store_topk: int | None = None,
+        lambda_kd: float | None = None,
     ) -> Run:
         """``train-student`` from ``store``, or with the ``online`` teachers live (then one
-        fresh view per epoch, ``seed`` the augmentation's)."""
+        fresh view per epoch, ``seed`` the augmentation's); ``lambda_kd`` is ``--lambda``
+        (every teacher's weight; train-student's default unless given). With
+        ``--until-plateau`` the student validates on --val every epoch and may stop early."""
         cfg = self.cfg
         source: dict[str, Any]
+        extra: dict[str, Any] = {}
+        if lambda_kd is not None:
+            extra["lambda_kd"] = lambda_kd
+        if cfg.until_plateau is not None:
+            extra.update(until_plateau=cfg.until_plateau, val=cfg.val)
         if store is not None:
             source = {"store": store.config.out}
             what = "-".join(store_teachers) if store_teachers else "all"
             name = f"student-{model}-{token_mode}-{what}"
             name += "".join(
                 f"-{tag}{value}"
-                for tag, value in (("v", store_views), ("k", store_topk))
+                for tag, value in (("v", store_views), ("k", store_topk), ("lam", lambda_kd))
                 if value is not None
             )
             name += f"-s{store.config.seed}"
@@ -251,7 +294,7 @@ class RunBook:
             "student",
             name,
             lambda d: StudentTrainConfig(
-                data=self.data,
+                data=self.student_data,
                 out=str(d / "student"),
                 model=model,
                 epochs=cfg.epochs,
@@ -263,6 +306,7 @@ class RunBook:
                 store_teachers=store_teachers,
                 store_views=store_views,
                 store_topk=store_topk,
+                **extra,
                 **source,
             ),
         )
@@ -272,7 +316,7 @@ class RunBook:
         ``store`` on the store's own (training) shards, reporting KL to its teachers."""
         cfg = self.cfg
         checkpoint = Path(target.config.out) / FINAL  # every trainer writes a run directory
-        data = cfg.val if store is None else self.data
+        data = cfg.val if store is None else self.student_data
         extra = {} if store is None else {"store": store.config.out}
         return self._add(
             "evaluate",
@@ -285,6 +329,20 @@ class RunBook:
     def accuracy(self, run: Run) -> Measure:
         """Top-1 (%) on --val of a teacher or student run."""
         return top1(run, self.evaluate(run))
+
+
+def _trio(book: RunBook, seed: int) -> dict[str, Run]:
+    """The tables plan's teachers of ``seed``: cnn, cnn2 (seed 1000 + s) and inn."""
+    return {
+        "cnn": book.teacher("cnn-nano", seed),
+        "cnn2": book.teacher("cnn-nano", SECOND_CNN_SEED + seed),
+        "inn": book.teacher("inn-nano", seed),
+    }
+
+
+def _trio_store(book: RunBook, seed: int) -> Run:
+    """The tables plan's store of ``seed``: all three teachers, V = --views (or --epochs)."""
+    return book.dump(_trio(book, seed), views=book.cfg.table_views, seed=seed)
 
 
 def _per_seed(
@@ -304,16 +362,9 @@ def _per_seed(
 def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
     """Paper Tables 5, 6, 3, 4 and Figure 3 with civt-nano (docstring of this module)."""
     cfg = book.cfg
-
-    def teachers(seed: int) -> dict[str, Run]:
-        return {
-            "cnn": book.teacher("cnn-nano", seed),
-            "cnn2": book.teacher("cnn-nano", SECOND_CNN_SEED + seed),
-            "inn": book.teacher("inn-nano", seed),
-        }
-
-    def store(seed: int) -> Run:
-        return book.dump(teachers(seed), views=cfg.table_views, seed=seed)
+    minor = list(seeds)[: cfg.minor_seeds] if cfg.minor_seeds is not None else list(seeds)
+    teachers = partial(_trio, book)
+    store = partial(_trio_store, book)
 
     def student(seed: int, **options: Any) -> Run:
         return book.student(store=store(seed), **options)
@@ -343,30 +394,30 @@ def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         "Table 5: teacher sets (civt-nano, per-teacher tokens), top-1 %",
         ["top-1"],
         [(label, _per_seed(seeds, accuracy_cell, options)) for label, options in table5_rows],
-        [TOP1],
+        [Comparison(label, "none") for label, _ in table5_rows[1:]],
     )
     table6 = TableSpec(
         "table6",
         "Table 6: token modes (civt-nano, teachers CNN + INN), top-1 %",
         ["top-1"],
         [(label, _per_seed(seeds, accuracy_cell, options)) for label, options in table6_rows],
-        [TOP1],
+        [
+            *[Comparison(label, "none") for label, _ in table6_rows[1:]],
+            *[Comparison(mode, "per-teacher") for mode in ("cls", "shared", "aligned")],
+        ],
     )
 
     def table3_row(seed: int, model: str) -> dict[str, Measure]:
         alone = acc(seed, model=model, token_mode="none")
-        taught = acc(seed, model=model, store_teachers=both)
-        return {"no teacher": alone, "CNN + INN": taught, "gain": gain(alone, taught)}
+        return {"no teacher": alone, "CNN + INN": acc(seed, model=model, store_teachers=both)}
 
+    models = (STUDENT, "resnet10-nano", "mixer-nano")
     table3 = TableSpec(
         "table3",
         "Table 3: student biases, top-1 % without and with the CNN + INN teachers",
-        ["no teacher", "CNN + INN", "gain"],
-        [
-            (model, _per_seed(seeds, table3_row, model))
-            for model in (STUDENT, "resnet10-nano", "mixer-nano")
-        ],
-        [TOP1, TOP1, "top-1 gain (points)"],
+        ["no teacher", "CNN + INN"],
+        [(model, _per_seed(minor, table3_row, model)) for model in models],
+        [Comparison(model, model, "CNN + INN", "no teacher") for model in models],
     )
 
     def kl_cells(seed: int, head: str) -> dict[str, Measure]:
@@ -379,13 +430,12 @@ def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         "Table 4: KL(teacher ‖ head) of the CNN + INN per-teacher student, on the stored views",
         list(both),
         [(head, _per_seed(seeds, kl_cells, head)) for head in heads],
-        ["KL(teacher ‖ head)"] * len(both),
     )
 
     points = []
     for epochs in sorted({e for e in FIGURE3_EPOCHS if e < cfg.teacher_epochs}):
         xs, ys = [], []
-        for seed in seeds:
+        for seed in minor:
             pair = _pair(book, seed, epochs)
             young = book.dump(pair, views=cfg.table_views, seed=seed)
             xs.append(mean_of([book.accuracy(t) for t in pair.values()]))
@@ -394,13 +444,13 @@ def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
     # The last point is the main store's CNN + INN student (Table 5's row).
     full = [
         mean_of([book.accuracy(teachers(s)["cnn"]), book.accuracy(teachers(s)["inn"])])
-        for s in seeds
+        for s in minor
     ]
     points.append(
         PointSpec(
             f"teachers {cfg.teacher_epochs} epochs",
             full,
-            [acc(s, store_teachers=both) for s in seeds],
+            [acc(s, store_teachers=both) for s in minor],
         )
     )
     figure3 = SeriesSpec(
@@ -410,19 +460,75 @@ def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         "student top-1 (%)",
         False,
         points,
+        baseline=points[-1],
     )
     return PlanSpec(
         "tables", list(seeds), list(book.runs.values()), [table5, table6, table3, table4], [figure3]
     )
 
 
+# ------------------------------------------------------------------------------- alignment
+
+STEMS_ONLY = "stems only (λ = 0, class head)"
+"""The alignment table's row of the aligned architecture without any teacher signal."""
+ALIGN_TEACHERS = ("teacher cnn", "teacher inn")
+"""The alignment table's teacher rows: do the teachers beat the student trained alone?"""
+
+
+def alignment_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
+    """Is the aligned CivT's gain the stems, the alignment, or both? (docs/study.md)
+
+    From the tables plan's store (so its none, per-teacher and aligned students are Table 6's):
+    the aligned student, the same with ``--lambda 0`` (its teacher heads get no gradient), that
+    run read through its class head alone (the stems trained on the labels only: no teacher
+    signal reaches any weight of it), and the teachers themselves. With ``--student-subset``
+    the students see a fraction of the images the teachers were trained on.
+    """
+    both = ("cnn", "inn")
+
+    def cells(seed: int, row: str) -> dict[str, Measure]:
+        def student(**options: Any) -> Run:
+            return book.student(store=_trio_store(book, seed), **options)
+
+        if row.startswith("teacher "):
+            return {"top-1": book.accuracy(_trio(book, seed)[row.removeprefix("teacher ")])}
+        if row == STEMS_ONLY:
+            run = student(token_mode="aligned", store_teachers=both, lambda_kd=0.0)
+            return {"top-1": head_top1(run, book.evaluate(run), "cls")}
+        choices: dict[str, dict[str, Any]] = {
+            "none": {"token_mode": "none"},
+            "per-teacher": {"store_teachers": both},
+            "aligned": {"token_mode": "aligned", "store_teachers": both},
+            "aligned, λ = 0": {"token_mode": "aligned", "store_teachers": both, "lambda_kd": 0.0},
+        }
+        options = choices[row]
+        return {"top-1": book.accuracy(student(**options))}
+
+    rows = ["none", "per-teacher", "aligned", "aligned, λ = 0", STEMS_ONLY, *ALIGN_TEACHERS]
+    table = TableSpec(
+        "alignment",
+        "Aligned CivT: the stems, the alignment, or both? (civt-nano, teachers CNN + INN), top-1 %",
+        ["top-1"],
+        [(row, _per_seed(seeds, cells, row)) for row in rows],
+        [
+            Comparison("aligned", "none"),
+            Comparison(STEMS_ONLY, "none"),
+            Comparison("aligned", STEMS_ONLY),
+            Comparison("aligned", "aligned, λ = 0"),
+            Comparison("aligned", "per-teacher"),
+            Comparison("per-teacher", "none"),
+            *[Comparison(teacher, STEMS_ONLY) for teacher in ALIGN_TEACHERS],
+        ],
+    )
+    return PlanSpec("alignment", list(seeds), list(book.runs.values()), [table])
+
+
 # ----------------------------------------------------------------------------------- views
 
 
 def view_counts(epochs: int) -> list[int]:
-    """V of the views plan: 1, 2, 4, 8, 16 and the epochs, at most max(16, epochs)."""
-    top = max(16, epochs)
-    return sorted({v for v in (*VIEW_COUNTS, epochs) if v <= top})
+    """V of the views plan: 1, 2, 5, 10, 30 and the epochs, at most the epochs."""
+    return sorted({v for v in (*VIEW_COUNTS, epochs) if v <= epochs})
 
 
 def topk_counts(num_classes: int) -> list[int]:
@@ -470,6 +576,7 @@ def views_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
             for v in counts
         ],
         online,
+        baseline=online,
     )
     time = SeriesSpec(
         "views_time",
@@ -484,21 +591,23 @@ def views_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         PointSpec(online.label, 0.0, [wall_seconds(_online(book, s)) for s in seeds]),
     )
     full = book.num_classes
+    k_points = [
+        PointSpec(
+            f"k = {k}" + (" (all)" if k == full else ""),
+            float(k),
+            [book.accuracy(replay(s, epochs, None if k == full else k)) for s in seeds],
+        )
+        for k in topk_counts(full)
+    ]
     topk = SeriesSpec(
         "topk",
         f"top-1 vs stored logits k (V = {epochs})",
         "logits kept per view and teacher k",
         "top-1 (%)",
         False,
-        [
-            PointSpec(
-                f"k = {k}" + (" (all)" if k == full else ""),
-                float(k),
-                [book.accuracy(replay(s, epochs, None if k == full else k)) for s in seeds],
-            )
-            for k in topk_counts(full)
-        ],
+        k_points,
         online,
+        baseline=k_points[-1],  # every class's logit: what fewer logits lose
     )
     return PlanSpec("views", list(seeds), list(book.runs.values()), [], [accuracy, time, topk])
 
@@ -520,7 +629,7 @@ def cost_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         epochs = book.cfg.epochs
         dump = book.dump(_pair(book, seed), views=epochs, seed=seed)
         # --store-views E (all of this store's views) spells it as the views plan does, so
-        # with E >= 16 both plans share the store and this student.
+        # both plans share the store and this student.
         return dump, book.student(store=dump, store_views=epochs), _online(book, seed)
 
     def row(seed: int, index: int) -> dict[str, Measure]:
@@ -535,13 +644,14 @@ def cost_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         "CPU and wall seconds per run",
         ["CPU s", "wall s", "top-1"],
         [(label, _per_seed(seeds, row, index)) for index, label in enumerate(COST_ROWS)],
-        ["seconds", "seconds", TOP1],
+        units={"CPU s": "seconds", "wall s": "seconds", "top-1": "top-1 (%)"},
     )
     return PlanSpec("cost", list(seeds), list(book.runs.values()), [table], [], COST_ROWS)
 
 
 PLAN_BUILDERS: dict[str, Callable[[RunBook, Sequence[int]], PlanSpec]] = {
     "tables": tables_plan,
+    "alignment": alignment_plan,
     "views": views_plan,
     "cost": cost_plan,
 }

@@ -18,6 +18,7 @@ from .config import PLANS
 from .plans import Measure, PlanSpec, PointSpec, Records, SeriesSpec, TableSpec
 from .runner import COMMAND
 from .runs import RUNS
+from .stats import LEVEL, format_paired, paired
 
 SCHEMA = 1
 RESULTS_JSON = "results.json"
@@ -52,16 +53,40 @@ def _measured(measures: Sequence[Measure], records: Records) -> dict[str, Any]:
     return summarize([m.read(records) for m in measures], [run for m in measures for run in m.runs])
 
 
+def comparison_dict(
+    label: str, values: Sequence[float], reference: Sequence[float]
+) -> dict[str, Any]:
+    """One entry of a table's or series' ``paired`` list: the label and :func:`.stats.paired`
+    of the per-seed values against the reference's."""
+    return {"label": label, **paired(values, reference).to_dict()}
+
+
 def table_dict(spec: TableSpec, records: Records) -> dict[str, Any]:
-    """A table of results.json from its spec and the finished runs."""
+    """A table of results.json from its spec and the finished runs, with its paired
+    comparisons (``paired``: one entry per :class:`.plans.Comparison`)."""
+    by_label = {
+        label: {c: _measured(m, records) for c, m in cells.items()} for label, cells in spec.rows
+    }
+    rows = [{"label": label, "cells": cells} for label, cells in by_label.items()]
     return {
         "id": spec.id,
         "title": spec.title,
         "columns": spec.columns,
         "units": spec.units,
-        "rows": [
-            {"label": label, "cells": {c: _measured(m, records) for c, m in cells.items()}}
-            for label, cells in spec.rows
+        "rows": rows,
+        "paired": [
+            {
+                **comparison_dict(
+                    c.label,
+                    by_label[c.row][c.column]["values"],
+                    by_label[c.reference_row][c.reference_column]["values"],
+                ),
+                "row": c.row,
+                "column": c.column,
+                "reference_row": c.reference_row,
+                "reference_column": c.reference_column,
+            }
+            for c in spec.comparisons
         ],
     }
 
@@ -85,14 +110,31 @@ def series_dict(spec: SeriesSpec, records: Records) -> dict[str, Any]:
     if spec.reference is not None:
         reference = _point(spec.reference, records)
         reference.pop("x")
+    points = [_point(p, records) for p in spec.points]
+    compared = []
+    if spec.baseline is not None:
+        base = [m.read(records) for m in spec.baseline.values]
+        others = [*spec.points, *([spec.reference] if spec.reference is not None else [])]
+        compared = [
+            {
+                **comparison_dict(
+                    f"{p.label} − {spec.baseline.label}", [m.read(records) for m in p.values], base
+                ),
+                "point": p.label,
+                "baseline": spec.baseline.label,
+            }
+            for p in others
+            if p is not spec.baseline
+        ]
     return {
         "id": spec.id,
         "title": spec.title,
         "x_label": spec.x_label,
         "y_label": spec.y_label,
         "x_log2": spec.x_log2,
-        "points": [_point(p, records) for p in spec.points],
+        "points": points,
         "reference": reference,
+        "paired": compared,
     }
 
 
@@ -103,6 +145,20 @@ def break_even(dump_cpu: float, store_cpu: float, online_cpu: float) -> int | No
     if saving <= 0:
         return None
     return max(1, math.ceil(dump_cpu / saving))
+
+
+def stopped_epochs(results: Sequence[Mapping[str, Any]], epochs: int) -> dict[str, Any]:
+    """How long the students of a ``--until-plateau`` plan trained: the epochs of each (its
+    ``stopped_at``, or all ``epochs`` when it never stopped), with their mean, min and max and
+    how many stopped early."""
+    trained = [int(r.get("stopped_at") or epochs) for r in results]
+    return {
+        "epochs": trained,
+        "mean": sum(trained) / len(trained) if trained else None,
+        "min": min(trained, default=None),
+        "max": max(trained, default=None),
+        "stopped_early": sum(e < epochs for e in trained),
+    }
 
 
 def plan_dict(spec: PlanSpec, settings: Mapping[str, Any], records: Records) -> dict[str, Any]:
@@ -119,6 +175,11 @@ def plan_dict(spec: PlanSpec, settings: Mapping[str, Any], records: Records) -> 
         "series": [series_dict(s, records) for s in spec.series],
         "plots": [],
     }
+    if settings.get("until_plateau") is not None:
+        plan["stopped_at"] = stopped_epochs(
+            [records[run.id]["result"] for run in spec.runs if run.kind == "student"],
+            int(settings["epochs"]),
+        )
     if spec.break_even is not None:
         table = plan["tables"][0]
         cpu = {row["label"]: row["cells"]["CPU s"]["mean"] for row in table["rows"]}
@@ -196,13 +257,24 @@ def _links(cell: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> st
     )
 
 
+def paired_heading(entry: Mapping[str, Any]) -> str:
+    """The results.md column of a comparison: ``− none`` against another row, ``CNN + INN −
+    no teacher`` against another column of the same row."""
+    if entry["row"] == entry["reference_row"]:
+        return f"{entry['column']} − {entry['reference_column']}"
+    return f"− {entry['reference_row']}"
+
+
 def _table_md(table: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     digits = 4 if table["id"] == "table4" else 2
+    compared = table.get("paired", [])
+    headings = list(dict.fromkeys(paired_heading(e) for e in compared))
+    found = {(e["row"], paired_heading(e)): e for e in compared}
     lines = [
         f"**{table['title']}**",
         "",
-        "| | " + " | ".join(table["columns"]) + " |",
-        "|---|" + "---|" * len(table["columns"]),
+        "| | " + " | ".join([*table["columns"], *headings]) + " |",
+        "|---|" + "---|" * (len(table["columns"]) + len(headings)),
     ]
     for row in table["rows"]:
         cells = []
@@ -213,17 +285,30 @@ def _table_md(table: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -
                 if cell is None
                 else f"{format_cell(cell, digits)} <sub>{_links(cell, runs)}</sub>"
             )
+        for heading in headings:
+            entry = found.get((row["label"], heading))
+            cells.append("" if entry is None else format_paired(entry, digits))
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
 def _series_md(series: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    compared = {e["point"]: e for e in series.get("paired", [])}
+    baseline = next(iter(compared.values()))["baseline"] if compared else None
+    extra = f" − {baseline} |" if baseline is not None else ""
     lines = [
         f"**{series['title']}**",
         "",
-        f"| point | {series['x_label']} | {series['y_label']} | runs |",
-        "|---|---|---|---|",
+        f"| point | {series['x_label']} | {series['y_label']} |{extra} runs |",
+        "|---|---|---|---|" + ("---|" if extra else ""),
     ]
+
+    def diff(label: str) -> str:
+        if baseline is None:
+            return ""
+        entry = compared.get(label)
+        return f" {'' if entry is None else format_paired(entry)} |"
+
     for point in series["points"]:
         x = point["x"]
         x_text = (
@@ -232,13 +317,14 @@ def _series_md(series: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]])
             else format_cell({"mean": x, "std": point["x_std"], "n": point["n"]})
         )
         lines.append(
-            f"| {point['label']} | {x_text} | {format_cell(point)} | {_links(point, runs)} |"
+            f"| {point['label']} | {x_text} | {format_cell(point)} |{diff(point['label'])} "
+            f"{_links(point, runs)} |"
         )
     reference = series.get("reference")
     if reference is not None:
         lines.append(
-            f"| {reference['label']} (reference) | — | {format_cell(reference)} | "
-            f"{_links(reference, runs)} |"
+            f"| {reference['label']} (reference) | — | {format_cell(reference)} |"
+            f"{diff(reference['label'])} {_links(reference, runs)} |"
         )
     return [*lines, ""]
 
@@ -252,6 +338,12 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         "Written by `civt-pipe study`. Accuracies are top-1 % on --val; a cell is the mean ± "
         "sample standard deviation over the seeds, and its numbered links open the exact "
         "command of each run behind it (run from this directory).",
+        "",
+        "A `− REF` column is the paired comparison with the row (or point) REF over the same "
+        "seeds: the mean per-seed difference, its "
+        f"{LEVEL * 100:.0f} % Student-t interval over seeds [low, high], and how many seeds were "
+        "higher than REF (`k/n up`); ✓ marks a *separated* difference, whose interval "
+        "excludes 0. One seed gives no interval and no claim.",
         "",
     ]
     plans = results["plans"]
@@ -268,6 +360,15 @@ def results_markdown(results: Mapping[str, Any]) -> str:
             "minutes of wall time (the sum over the plan's runs).",
             "",
         ]
+        stopped = plan.get("stopped_at")
+        if stopped is not None and stopped["epochs"]:
+            lines += [
+                f"Students with --until-plateau {plan['settings']['until_plateau']} trained "
+                f"{stopped['mean']:.1f} epochs on average ({stopped['min']}–{stopped['max']}); "
+                f"{stopped['stopped_early']} of {len(stopped['epochs'])} stopped before "
+                f"--epochs {plan['settings']['epochs']}.",
+                "",
+            ]
         for table in plan["tables"]:
             lines += _table_md(table, runs)
         if "break_even" in plan:
@@ -300,16 +401,24 @@ def draw_plots(root: Path, name: str, plan: Mapping[str, Any]) -> list[str]:
 
     Without matplotlib (the [plots] extra) the plots are skipped with a warning.
     """
-    from ...viz.study import plot_series, plot_table
+    from ...viz.study import plot_paired, plot_series, plot_table
 
     made = []
     try:
         for table in plan["tables"]:
             path = root / PLOT_DIR / f"{name}-{table['id']}.png"
             made.append(plot_table(dict(table), path))
+            if table.get("paired"):
+                column = table["paired"][0]["column"]
+                unit = table.get("units", {}).get(column, "top-1 (%)")
+                path = root / PLOT_DIR / f"{name}-{table['id']}-paired.png"
+                made.append(plot_paired(dict(table), f"{unit}, points", path))
         for series in plan["series"]:
             path = root / PLOT_DIR / f"{name}-{series['id']}.png"
             made.append(plot_series(dict(series), path))
+            if series.get("paired"):
+                path = root / PLOT_DIR / f"{name}-{series['id']}-paired.png"
+                made.append(plot_paired(dict(series), f"{series['y_label']}, points", path))
     except USER_ERRORS as err:
         warn(f"plots skipped: {err}")
         return []

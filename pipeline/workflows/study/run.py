@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...runtime.console import console, info
 from ...runtime.errors import UserError
@@ -14,6 +15,9 @@ from .config import StudyConfig
 from .plans import PLAN_BUILDERS, RunBook
 from .report import draw_plots, merge_results, plan_dict, read_results, run_entries, write_results
 from .runner import execute, read_done
+
+if TYPE_CHECKING:
+    from ...data.remote import ShardPath
 
 
 def _local(spec: str) -> str:
@@ -34,16 +38,8 @@ def training_shards(cfg: StudyConfig) -> tuple[str, int]:
 
     data = _local(cfg.data)
     train = resolve_complete_shards(data)
-    if cfg.subset is not None and cfg.subset < len(train):
-        paths = [Path(p) for p in train.paths[: cfg.subset]]
-        if cfg.subset == 1:
-            data = str(paths[0])
-        elif len({p.parent for p in paths}) == 1:
-            data = f"{paths[0].parent}/{{{','.join(p.name for p in paths)}}}"
-        else:
-            raise UserError(f"--subset needs the shards of --data {cfg.data} in one directory")
-    elif cfg.subset is not None and cfg.subset > len(train):
-        raise UserError(f"--subset {cfg.subset}: --data {cfg.data} has {len(train)} shards")
+    if cfg.subset is not None:
+        data = _first_shards(data, train.paths, cfg.subset, "--subset")
     val = resolve_complete_shards(_local(cfg.val))
     if val.num_classes != train.num_classes:
         raise UserError(
@@ -51,6 +47,36 @@ def training_shards(cfg: StudyConfig) -> tuple[str, int]:
             f"{train.num_classes}: evaluate on a split of the same dataset"
         )
     return data, train.num_classes
+
+
+def student_shards(cfg: StudyConfig, data: str) -> str:
+    """The stores' and students' shards: the first ``--student-subset`` of ``data`` (the
+    teachers' shards), or ``data`` itself.
+
+    Raises:
+        UserError: fewer shards than ``--student-subset``.
+    """
+    if cfg.student_subset is None:
+        return data
+    from ...data.shard_set import resolve_complete_shards
+
+    shards = resolve_complete_shards(data).paths
+    return _first_shards(data, shards, cfg.student_subset, "--student-subset")
+
+
+def _first_shards(data: str, shards: Sequence[ShardPath], count: int, flag: str) -> str:
+    """A pattern naming the first ``count`` of ``shards``, the shards ``data`` names (all of
+    them: ``data`` itself)."""
+    if count > len(shards):
+        raise UserError(f"{flag} {count}: {data} has {len(shards)} shards")
+    if count == len(shards):
+        return data
+    paths = [Path(p) for p in shards[:count]]
+    if count == 1:
+        return str(paths[0])
+    if len({p.parent for p in paths}) == 1:
+        return f"{paths[0].parent}/{{{','.join(p.name for p in paths)}}}"
+    raise UserError(f"{flag} needs the shards of {data} in one directory")
 
 
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
@@ -62,7 +88,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         raise UserError(f"--out {cfg.out} exists and is not a directory")
     data, num_classes = training_shards(cfg)
     cfg = dataclasses.replace(cfg, val=_local(cfg.val))
-    book = RunBook(cfg, root, data, num_classes)
+    book = RunBook(cfg, root, data, num_classes, student_shards(cfg, data))
     spec = PLAN_BUILDERS[cfg.plan](book, range(cfg.seeds))
     root.mkdir(parents=True, exist_ok=True)
     reused = sum(read_done(run.dir(root)) is not None for run in spec.runs)

@@ -37,6 +37,11 @@ COMMANDS: dict[str, str] = {
 RUNS = "runs"
 """Where run directories live inside the study directory."""
 
+BARE_VALUES = {"lambda_kd": "--lambda", "tau": "--tau"}
+"""train-student's defaults of per-teacher options that have no flag of their own: the command
+line spells them as the bare value of a repeatable flag (``--lambda 0.0``, vs ``--lambda
+cnn=0.5`` for one teacher)."""
+
 MACHINERY = frozenset({"resume", "overwrite", "progress", "threads", "device", "sources"})
 """Fields that say how a run executes, not what it computes: never part of the command."""
 
@@ -78,9 +83,9 @@ def render_command(kind: RunKind, config: Any, root: Path) -> str:
         value = getattr(config, f.name)
         if value == field_default(f):
             continue
-        if info.flag == "":
+        if info.flag == "" and f.name not in BARE_VALUES:
             raise ValueError(f"{type(config).__name__}.{f.name} has no command-line flag")
-        flag = flag_of(f, info)
+        flag = BARE_VALUES[f.name] if info.flag == "" else flag_of(f, info)
         if isinstance(value, bool):
             words.append(flag if value else negated_flag(flag))
         elif isinstance(value, (tuple, list)):
