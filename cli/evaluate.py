@@ -26,6 +26,11 @@ def _run(cfg: EvaluateConfig, extras: dict[str, Any]) -> None:
     for name, acc in result["heads"].items():
         table.add_row(name, f"{acc['top1']:.2%}", f"{acc['top5']:.2%}")
     console.print(table)
+    if "transferability" in result:
+        console.print(
+            f"transferability (cosine of teacher and student probabilities): "
+            f"{result['transferability']:.4f}"
+        )
     if "kl_to_teachers" in result:
         kl = result["kl_to_teachers"]
         teachers = list(next(iter(kl.values())))

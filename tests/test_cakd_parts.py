@@ -188,6 +188,43 @@ def test_student_tap_finds_the_last_feature_map_and_keeps_gradients(
     assert student.body.parameters().__next__().grad is not None
 
 
+@pytest.mark.parametrize(
+    ("arch", "size", "grid", "layer", "channels", "resized"),
+    [
+        # 224 px, a 16-px-patch ViT (14 x 14): the paper's stride-16 map, no resizing.
+        ("resnet18", 224, 14, "body.layer3", 256, False),
+        ("resnet50", 224, 14, "body.layer3", 1024, False),
+        ("mobilenet-v2", 224, 14, "body.features.13", 96, False),
+        # 32 px (CIFAR stems), a 4-px-patch ViT (8 x 8): the stage on that grid.
+        ("resnet18", 32, 8, "body.layer3", 256, False),
+        ("resnet50", 32, 8, "body.layer3", 1024, False),
+        ("mobilenet-v2", 32, 8, "body.features.13", 96, False),
+        # 32 px, a 16-px-patch ViT (2 x 2): no layer has it; the last map, to be resized.
+        ("resnet18", 32, 2, "body.layer4", 512, True),
+        ("resnet50", 32, 2, "body.layer4", 2048, True),
+        ("mobilenet-v2", 32, 2, "body.features", 1280, True),
+    ],
+)
+def test_student_layer_rule_takes_the_stage_on_the_teachers_grid(
+    arch: str, size: int, grid: int, layer: str, channels: int, resized: bool
+) -> None:
+    student = create_model(arch, num_classes=5, in_chans=3, image_size=size)
+    tap = StudentTap(student, in_chans=3, image_size=size, grid=(grid, grid))
+    assert (tap.module_name, tap.channels, tap.resized) == (layer, channels, resized)
+    assert (tap.grid == (grid, grid)) is not resized
+    feature_map, _ = tap(torch.rand(1, 3, size, size))
+    assert feature_map.shape == (1, channels, *tap.grid)
+
+
+def test_student_layer_by_name_and_a_wrong_name_is_one_line() -> None:
+    student = create_model("resnet18", num_classes=5, in_chans=1, image_size=32)
+    tap = StudentTap(student, in_chans=1, image_size=32, grid=(8, 8), layer="body.layer2")
+    assert tap.module_name == "body.layer2" and tap.grid == (16, 16) and tap.channels == 128
+    with pytest.raises(UserError, match=r"^--student-layer body.fc is not a module") as err:
+        StudentTap(student, in_chans=1, image_size=32, layer="body.fc")
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("arch", ["civt-nano", "mixer-ti"])
 def test_student_without_spatial_map_is_one_line_user_error(arch: str) -> None:
     student = create_model(arch, num_classes=3, in_chans=1, image_size=16, patch_size=4)
@@ -221,7 +258,7 @@ def test_projector_shapes_for_larger_smaller_and_equal_grids(
     pca = PCAProjector(c, d, heads, grid)
     q, k, v = pca.project(h_s)
     assert q.shape == k.shape == v.shape == (b, n, d)
-    loss = pca(h_s, _teacher_feats(b, n, d))
+    loss = pca(h_s, _teacher_feats(b, n, d)).total
     assert loss.shape == () and torch.isfinite(loss)
     gl = GLProjector(c, d, grid)
     projected = gl(h_s)
@@ -256,15 +293,58 @@ def test_pca_replaces_only_in_training_and_equals_the_formula_in_eval() -> None:
     h_s, teacher = torch.randn(b, 8, 4, 4), _teacher_feats(b, n, d)
     pca.eval()
     q, k, v = pca.project(h_s)
-    expected = F.mse_loss(attention_map(q, k, heads), attention_map(teacher.q, teacher.k, heads))
-    expected = expected + F.mse_loss(value_relation(v, heads), value_relation(teacher.v, heads))
-    torch.testing.assert_close(pca(h_s, teacher), expected)
-    torch.testing.assert_close(pca(h_s, teacher), pca(h_s, teacher))  # no mask in eval
+
+    def per_head(x: torch.Tensor) -> torch.Tensor:  # [B, N, D] → [B, heads, N, d]
+        return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+    def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scores = per_head(q) @ per_head(k).transpose(-2, -1) / math.sqrt(d // heads)
+        return torch.softmax(scores, -1) @ per_head(v)  # Eqs. 2-3: softmax times V
+
+    # Each token's squared error summed over its d outputs, averaged over batch, heads, tokens.
+    expected_attn = (attn(q, k, v) - attn(teacher.q, teacher.k, teacher.v)).pow(2).sum(-1).mean()
+    expected_value = F.mse_loss(value_relation(v, heads), value_relation(teacher.v, heads))
+    losses = pca(h_s, teacher)
+    torch.testing.assert_close(losses.attn, expected_attn)
+    torch.testing.assert_close(losses.value, expected_value)
+    torch.testing.assert_close(losses.total, expected_attn + expected_value)
+    torch.testing.assert_close(pca(h_s, teacher).total, losses.total)  # no mask in eval
     pca.train()
-    assert not torch.equal(pca(h_s, teacher), pca(h_s, teacher))  # a new mask each step
+    assert not torch.equal(pca(h_s, teacher).total, pca(h_s, teacher).total)  # new mask a step
     # With the teacher's own projections everywhere, the loss is zero.
     full = PCAProjector(8, d, heads, (4, 4), replace_p=1.0).train()
-    assert full(h_s, teacher).item() == pytest.approx(0.0, abs=1e-7)
+    assert full(h_s, teacher).total.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def _pca_gradients(side: int, dim: int, heads: int, channels: int) -> tuple[float, float]:
+    """The norms of the attention term's and the value term's gradients on the student map
+    ``h_S``, for standardized teacher features of a random block, in one training step."""
+    torch.manual_seed(0)
+    n = side * side
+    tokens = torch.randn(4, n, dim)
+    wq, wk, wv = (torch.randn(dim, dim) / math.sqrt(dim) for _ in range(3))
+    feats = standardized(
+        TeacherFeatures(
+            tokens=tokens, q=tokens @ wq, k=tokens @ wk, v=tokens @ wv, logits=torch.zeros(4, 3)
+        )
+    )
+    pca = PCAProjector(channels, dim, heads, (side, side)).train()
+    h_s = torch.randn(4, channels, side, side, requires_grad=True)
+    losses = pca(h_s, feats)
+    (g_attn,) = torch.autograd.grad(losses.attn, h_s, retain_graph=True)
+    (g_value,) = torch.autograd.grad(losses.value, h_s)
+    return g_attn.norm().item(), g_value.norm().item()
+
+
+@pytest.mark.parametrize(("side", "dim", "heads", "channels"), [(4, 96, 3, 96), (14, 192, 3, 64)])
+def test_attention_term_reaches_the_student_map_within_ten_times_the_value_term(
+    side: int, dim: int, heads: int, channels: int
+) -> None:
+    # Before Eqs. 2-3's V and the per-token reduction, the attention term's gradient on h_S was
+    # 200x (N = 16) to 27,000x (N = 196) smaller than the value term's: it did nothing.
+    g_attn, g_value = _pca_gradients(side, dim, heads, channels)
+    assert g_attn > 0 and g_value > 0
+    assert 0.1 <= g_attn / g_value <= 10
 
 
 def test_value_relation_scales_by_root_head_width() -> None:

@@ -128,8 +128,13 @@ def test_paper_recipe_is_plain_sgd_with_momentum_and_command_line_wins() -> None
     [
         ("none", True, {"loss_ce"}),
         ("logit", True, {"loss_ce", "loss_kd"}),
-        ("cakd", False, {"loss_ce", "loss_proj1", "loss_proj2"}),
-        ("cakd", True, {"loss_ce", "loss_proj1", "loss_proj2", "loss_mvg", "loss_mad"}),
+        ("cakd", False, {"loss_ce", "loss_proj1", "loss_attn", "loss_value", "loss_proj2"}),
+        (
+            "cakd",
+            True,
+            {"loss_ce", "loss_proj1", "loss_attn", "loss_value", "loss_proj2", "loss_mvg"}
+            | {"loss_mad"},
+        ),
     ],
 )
 def test_each_method_trains_an_epoch_and_saves_an_evaluable_student(
@@ -288,6 +293,89 @@ def test_bad_input_is_one_line_each(toy: dict[str, Path], tmp_path: Path) -> Non
     line = _one_line_error(_cli(toy, tmp_path / "d", f"vit=vit-nano:{five}"))
     assert "5" in line and "3" in line
     assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+@pytest.mark.parametrize(
+    ("projectors", "multi_view", "terms", "modules"),
+    [
+        ("pca", False, {"loss_proj1", "loss_attn", "loss_value"}, {"pca"}),
+        ("gl", False, {"loss_proj2"}, {"gl"}),
+        ("gl", True, {"loss_proj2", "loss_mvg", "loss_mad"}, {"gl"}),
+        ("both", False, {"loss_proj1", "loss_attn", "loss_value", "loss_proj2"}, {"pca", "gl"}),
+    ],
+)
+def test_each_projector_ablation_trains_a_step(
+    toy: dict[str, Path],
+    tmp_path: Path,
+    projectors: str,
+    multi_view: bool,
+    terms: set[str],
+    modules: set[str],
+) -> None:
+    # The paper's Fig. 3a: PCA only, GL only, both. One step of 48 images.
+    out = tmp_path / "run"
+    summary = train_cakd(
+        _cfg(toy, out, projectors=projectors, multi_view=multi_view, batch_size=48)
+    )
+    assert summary["steps"] == 1
+    assert set(summary["loss"]) == terms | {"loss", "loss_ce", "top1"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in summary["loss"].values())
+    saved = load_checkpoint(out / "last.pt")["train_state"]["cakd"]["projectors"]
+    assert {key.split(".")[0] for key in saved} == modules
+
+
+def test_new_options_reach_the_parts_and_bad_ones_are_one_line(
+    toy: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    train_cakd(_cfg(toy, out, batch_size=48, gl_group=2, disc_widths=(32, 16), view_mask_ratio=0.5))
+    state = load_checkpoint(out / "last.pt")["train_state"]["cakd"]
+    assert state["projectors"]["gl.weight"].shape[0] == 4  # vit-nano's 4x4 grid in 2x2 tiles
+    assert state["discriminator"]["net"]["net.0.weight"].shape == (32, 96)
+    assert state["discriminator"]["net"]["net.2.weight"].shape == (16, 32)
+    with pytest.raises(UserError, match=r"^--projectors pca leaves no projected tokens"):
+        _cfg(toy, out, projectors="pca")
+    with pytest.raises(UserError, match=r"^--disc-width: the discriminator has two"):
+        _cfg(toy, out, disc_widths=(8,))
+    with pytest.raises(UserError, match=r"^--student-layer body\.nope is not a module"):
+        train_cakd(_cfg(toy, tmp_path / "bad", student_layer="body.nope"))
+
+
+def test_evaluate_reports_the_transferability_of_a_cakd_student(
+    toy: dict[str, Path], tmp_path: Path
+) -> None:
+    from civt_pipe.pipeline.cakd.transferability import prediction_cosine
+
+    out = tmp_path / "run"
+    train_cakd(_cfg(toy, out, batch_size=48, multi_view=False))
+    base = dict(checkpoint=out / "final.pt", data=str(toy["test"]), device="cpu", threads=1)
+    result = evaluate(EvaluateConfig(**base))
+    # By hand: the cosine of the two models' class probabilities, image by image.
+    from civt_pipe.pipeline.data.shard_set import resolve_complete_shards
+    from civt_pipe.pipeline.data.streams import eval_batches
+    from civt_pipe.pipeline.models.checkpoint import model_from_checkpoint
+
+    vit, _ = model_from_checkpoint(toy["vit"], device=torch.device("cpu"))
+    student, _ = model_from_checkpoint(out / "final.pt", device=torch.device("cpu"))
+    shards = resolve_complete_shards(str(toy["test"]))
+    cosines = []
+    with torch.no_grad():
+        for batch in eval_batches(shards, image_size=SIZE, batch_size=256):
+            cosines.append(prediction_cosine(vit(batch.images), student(batch.images)))
+    expected = float(torch.cat(cosines).mean())
+    assert 0 < result["transferability"] <= 1
+    assert result["transferability"] == pytest.approx(expected, rel=1e-5)
+    noisy = evaluate(EvaluateConfig(**base, noise=0.5))
+    assert noisy["transferability"] != pytest.approx(result["transferability"])
+    # A checkpoint that train-cakd did not write has none.
+    assert "transferability" not in evaluate(EvaluateConfig(**{**base, "checkpoint": toy["vit"]}))
+    # Its teacher gone: the accuracy still comes, with a warning instead of the cosine.
+    (toy["root"] / "moved.pt").write_bytes(toy["vit"].read_bytes())
+    toy["vit"].unlink()
+    try:
+        assert "transferability" not in evaluate(EvaluateConfig(**base))
+    finally:
+        (toy["root"] / "moved.pt").rename(toy["vit"])
 
 
 # -------------------------------------------------------------------------------- --noise

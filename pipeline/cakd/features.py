@@ -5,8 +5,9 @@
   eval mode without gradients. Our ViTs (:class:`..models.vit.VisionTransformer`, also inside
   the ``vit-nano``/``deit-*`` teachers and CivT) and torchvision's ``VisionTransformer``
   (``vit-b-16``, ``vit-l-16``) are understood.
-- :class:`StudentTap`: a CNN student's last spatial feature map ``h_S`` (the input of its global
-  pooling) and its logits, from the one training forward (gradients flow).
+- :class:`StudentTap`: a CNN student's feature map ``h_S`` and its logits, from the one training
+  forward (gradients flow). Which map: the one on the teacher's patch grid
+  (:func:`student_layer_rule`), else the last one before global pooling.
 
 Liu et al., "Cross-Architecture Knowledge Distillation", ACCV 2022 (arXiv 2207.05273); see
 docs/method.md for the equations.
@@ -81,6 +82,7 @@ class ViTFeatureTap:
 
     Attributes:
         grid: the patch grid ``(h, w)`` (``N = h·w``).
+        patch_size: the side of one patch in pixels.
         dim: token width ``D``.
         num_heads: attention heads of the tapped block.
         num_prefix_tokens: tokens before the patches (class, distillation) that are dropped.
@@ -115,6 +117,7 @@ class ViTFeatureTap:
         self.block = block % depth
         side = math.isqrt(num_positions - self.num_prefix_tokens)
         self.grid = (side, side)
+        self.patch_size = int(vit.patch_size)
         self.teacher = teacher.eval()
         self._seen: dict[str, Tensor] = {}
         tapped = blocks[self.block]
@@ -182,31 +185,78 @@ def standardized(features: TeacherFeatures) -> TeacherFeatures:
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
+@dataclass(frozen=True)
+class ProbedModule:
+    """One module's last output in a probe forward (see :func:`student_layer_rule`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    order: int
+    """When it (last) finished, counted over the forward."""
+
+
+def student_layer_rule(
+    probed: list[ProbedModule], last_map: str, grid: tuple[int, int]
+) -> ProbedModule | None:
+    """The student map on the teacher's grid, or None when no module's map has that size.
+
+    Among the modules whose output is a ``[B, c, h, w]`` map with ``(h, w) == grid`` that finish
+    no later than the last feature map ``last_map``, the **shallowest** (fewest dots in its
+    name: a stage such as ResNet's ``layer3`` rather than a layer inside one of its blocks)
+    and, among those, the **last to finish**. ResNet-18/50 at 224 px with a 16-px-patch ViT
+    (grid 14): ``layer3`` (stride 16, the paper's 14 × 14 map); MobileNetV2: ``features.13``.
+    """
+    limit = next(p.order for p in probed if p.name == last_map)
+    matches = [p for p in probed if p.order <= limit and p.shape[2:] == tuple(grid)]
+    if not matches:
+        return None
+    depth = min(p.name.count(".") for p in matches)
+    return max((p for p in matches if p.name.count(".") == depth), key=lambda p: p.order)
+
+
 class StudentTap:
-    """The last spatial feature map of a CNN student, caught by a forward hook.
+    """A CNN student's feature map ``h_S``, caught by a forward hook.
 
     At construction one probe forward (eval mode, no gradients, a zero batch of
-    ``image_size`` images) finds the module whose output is the student's last 4-D feature
-    map: the last module to finish with a ``[B, c, h', w']`` output, not counting global
-    pooling, after which no other module outputs more than two dimensions (pooling, flatten,
-    dropout, the classifier). A ViT or Mixer, whose last 4-D output is its patch embedding
-    followed by token blocks, has no such map.
+    ``image_size`` images) records every module's output. The student's **last feature map**
+    is the output of the last module to finish with a ``[B, c, h', w']`` output, not counting
+    global pooling, after which no other module outputs more than two dimensions (pooling,
+    flatten, dropout, the classifier); a ViT or Mixer, whose last 4-D output is its patch
+    embedding followed by token blocks, has none and is refused. The tapped map is then:
+
+    - ``layer`` given: that module's output (any 4-D map of the student);
+    - else, with the teacher's ``grid``: the map :func:`student_layer_rule` finds on that grid
+      (no resizing), or the last feature map when no module has that size (:attr:`resized`:
+      the projectors resize it);
+    - else the last feature map.
 
     Args:
         student: the student model (not its DDP wrapper: hooks go on its modules).
         in_chans: input channels.
         image_size: input side.
+        grid: the teacher's patch grid ``(h, w)``.
+        layer: a module name in ``student`` (``--student-layer``); None: the rule above.
 
     Raises:
-        UserError: the student has no spatial feature map.
+        UserError: the student has no spatial feature map, or ``layer`` names no module with
+            a ``[B, c, h, w]`` output.
 
     Attributes:
         channels: ``c``.
         grid: ``(h', w')`` at ``image_size``.
         module_name: the hooked module's name in ``student``.
+        resized: True when a teacher grid was given and the map is not on it.
     """
 
-    def __init__(self, student: nn.Module, *, in_chans: int, image_size: int) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        *,
+        in_chans: int,
+        image_size: int,
+        grid: tuple[int, int] | None = None,
+        layer: str | None = None,
+    ) -> None:
         self.student = student
         finished: list[tuple[str, nn.Module, Tensor]] = []
         names = {module: name for name, module in student.named_modules()}
@@ -227,9 +277,36 @@ class StudentTap:
                 handle.remove()
             student.train(was_training)
         name = _model_name(student)
-        self.module_name, shape = self._feature_module(finished, name)
-        self.channels = shape[1]
-        self.grid = (shape[2], shape[3])
+        last_map, shape = self._feature_module(finished, name)
+        # A module called more than once (a ReLU shared inside a block) keeps its last call:
+        # the hook below sees every call and keeps the last one too.
+        last_call = {n: (i, m, o) for i, (n, m, o) in enumerate(finished)}
+        probed = [
+            ProbedModule(name=n, shape=tuple(o.shape), order=i)
+            for n, (i, m, o) in last_call.items()
+            if o.ndim == 4 and not isinstance(m, _GLOBAL_POOLS)
+        ]
+        probed.sort(key=lambda p: p.order)
+        self.resized = False
+        chosen: ProbedModule | None
+        if layer is not None:
+            chosen = next((p for p in probed if p.name == layer), None)
+            if chosen is None:
+                stages = ", ".join(p.name for p in probed if "." not in p.name) or "none"
+                raise UserError(
+                    f"--student-layer {layer} is not a module of student {name} with a "
+                    f"[B, c, h, w] output (its top-level ones: {stages})"
+                )
+        elif grid is not None:
+            chosen = student_layer_rule(probed, last_map, grid)
+            if chosen is None:
+                chosen = next(p for p in probed if p.name == last_map)
+                self.resized = True
+        else:
+            chosen = ProbedModule(name=last_map, shape=shape, order=0)
+        self.module_name = chosen.name
+        self.channels = chosen.shape[1]
+        self.grid = (chosen.shape[2], chosen.shape[3])
         self._map: Tensor | None = None
         hooked = student.get_submodule(self.module_name)
         self._hook = hooked.register_forward_hook(self._keep)

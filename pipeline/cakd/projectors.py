@@ -5,17 +5,26 @@ the equations and every choice the paper leaves open). Both exist only in traini
 
 - :class:`PCAProjector` (partially cross attention, Eqs. 1–4): three 3×3 convolutions give the
   student's ``Q_S, K_S, V_S``; ``g(·)`` swaps a random half of their elements for the teacher's;
-  ``L_proj1 = MSE(Attn_T, PCAttn_S) + MSE(V_T V_Tᵀ/√d, g(V_S) g(V_S)ᵀ/√d)``.
+  ``Attn_T = softmax(Q_T K_Tᵀ/√d)·V_T``, ``PCAttn_S = softmax(g(Q_S) g(K_S)ᵀ/√d)·g(V_S)`` and
+  ``L_proj1 = ‖Attn_T − PCAttn_S‖² + ‖V_T V_Tᵀ/√d − g(V_S) g(V_S)ᵀ/√d‖²`` (two terms:
+  :class:`PCALosses`).
 - :class:`GLProjector` (group-wise linear, Eqs. 5–6): one fully connected layer ``c → D`` per
   ``4×4`` tile of the grid, shared by the tile's positions; ``L_proj2 = MSE(h_T, h'_S)``.
 
-Every "‖·‖²" of the paper is a mean squared error here (mean over batch, heads and positions),
-so the loss does not grow with the batch, the grid or the width.
+The reductions, chosen so that both terms of ``L_proj1`` reach the student map with gradients
+of one order (:func:`token_sq_error`): the attention term is each token's squared error summed
+over its ``d`` outputs per head, averaged over batch, heads and tokens; the value term (an
+``N×N`` relation, no per-token vector) is a mean over its entries. With a plain mean over the
+``N×d`` attention outputs too, the value term's gradient on ``h_S`` was 9× (N = 16) to 27×
+(N = 196) the attention term's; with the softmax maps alone (no ``V``) and means, 200× to
+27,000×; as reduced here the attention term's is 3.5× and 2.4× the value term's
+(``tests/test_cakd_parts.py`` pins the ratio within 10×). ``L_proj2`` is a plain mean.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -77,10 +86,35 @@ def attention_map(q: Tensor, k: Tensor, num_heads: int) -> Tensor:
     return torch.softmax(qh @ kh.transpose(-2, -1) / math.sqrt(qh.shape[-1]), dim=-1)
 
 
+def attention_output(q: Tensor, k: Tensor, v: Tensor, num_heads: int) -> Tensor:
+    """``softmax(Q Kᵀ / √d)·V`` per head, ``[B, heads, N, d]`` (Eqs. 2–3)."""
+    return attention_map(q, k, num_heads) @ _heads(v, num_heads)
+
+
 def value_relation(v: Tensor, num_heads: int) -> Tensor:
     """``V Vᵀ / √d`` per head, ``[B, heads, N, N]`` (no softmax, as Eq. 4 writes it)."""
     vh = _heads(v, num_heads)
     return vh @ vh.transpose(-2, -1) / math.sqrt(vh.shape[-1])
+
+
+def token_sq_error(student: Tensor, teacher: Tensor) -> Tensor:
+    """``(student − teacher)²`` summed over the last axis (a token's outputs in one head) and
+    averaged over every other axis (batch, heads, tokens)."""
+    return (student - teacher).pow(2).sum(-1).mean()
+
+
+class PCALosses(NamedTuple):
+    """``L_proj1``'s two terms (both scalars); ``L_proj1 = attn + value``."""
+
+    attn: Tensor
+    """``‖Attn_T − PCAttn_S‖²``: the attention outputs (softmax times V)."""
+    value: Tensor
+    """``‖V_T V_Tᵀ/√d − g(V_S) g(V_S)ᵀ/√d‖²``: the value relations."""
+
+    @property
+    def total(self) -> Tensor:
+        """``L_proj1``."""
+        return self.attn + self.value
 
 
 def _check_dims(dim: int, num_heads: int, grid: Grid) -> None:
@@ -91,7 +125,7 @@ def _check_dims(dim: int, num_heads: int, grid: Grid) -> None:
 
 
 class PCAProjector(nn.Module):
-    """Partially cross attention projector (Eqs. 1–4): returns ``L_proj1``.
+    """Partially cross attention projector (Eqs. 1–4): returns ``L_proj1``'s terms.
 
     The student map is first put on the teacher's grid (:func:`resize_to_grid`), then three
     3×3 convolutions (padding 1, with bias) ``c → D`` give ``Q_S, K_S, V_S`` ``[B, N, D]``. In
@@ -126,8 +160,8 @@ class PCAProjector(nn.Module):
         flat = [conv(x).flatten(2).transpose(1, 2) for conv in (self.to_q, self.to_k, self.to_v)]
         return flat[0], flat[1], flat[2]
 
-    def forward(self, h_s: Tensor, teacher: TeacherFeatures) -> Tensor:
-        """``L_proj1`` (a scalar) for the student map ``h_s`` and the teacher's features."""
+    def forward(self, h_s: Tensor, teacher: TeacherFeatures) -> PCALosses:
+        """``L_proj1``'s two terms for the student map ``h_s`` and the teacher's features."""
         q, k, v = self.project(h_s)
         if q.shape != teacher.q.shape:
             raise ValueError(f"student projections {tuple(q.shape)} vs teacher {teacher.q.shape}")
@@ -136,10 +170,13 @@ class PCAProjector(nn.Module):
             k = partial_replace(k, teacher.k, self.replace_p)
             v = partial_replace(v, teacher.v, self.replace_p)
         heads = self.num_heads
-        attn_t = attention_map(teacher.q, teacher.k, heads)
-        attn_s = attention_map(q, k, heads)
-        values = F.mse_loss(value_relation(v, heads), value_relation(teacher.v, heads))
-        return F.mse_loss(attn_s, attn_t) + values
+        attn_t = attention_output(teacher.q, teacher.k, teacher.v, heads)
+        attn_s = attention_output(q, k, v, heads)
+        values_t = value_relation(teacher.v, heads)
+        return PCALosses(
+            attn=token_sq_error(attn_s, attn_t),
+            value=F.mse_loss(value_relation(v, heads), values_t),
+        )
 
 
 class GLProjector(nn.Module):
@@ -199,3 +236,49 @@ class GLProjector(nn.Module):
 def gl_loss(projected: Tensor, tokens: Tensor) -> Tensor:
     """``L_proj2 = MSE(h_T, h'_S)`` (mean over batch, positions and width)."""
     return F.mse_loss(projected, tokens.detach())
+
+
+class Projectors(nn.Module):
+    """The projectors of one run: PCA, GL or both (the paper's Fig. 3a ablation).
+
+    ``forward(h_s, teacher)`` gives ``(PCALosses | None, h'_S | None)``: the PCA projector's
+    two terms and the GL projector's tokens, each None when that projector is left out.
+    """
+
+    def __init__(self, pca: PCAProjector | None, gl: GLProjector | None) -> None:
+        super().__init__()
+        if pca is None and gl is None:
+            raise ValueError("at least one projector is needed")
+        self.pca = pca
+        self.gl = gl
+
+    @classmethod
+    def build(
+        cls,
+        which: str,
+        *,
+        in_channels: int,
+        dim: int,
+        num_heads: int,
+        grid: Grid,
+        replace_p: float = 0.5,
+        group: int = 4,
+        dropout: float = 0.1,
+    ) -> Projectors:
+        """``which`` = ``both``, ``pca`` or ``gl`` (``--projectors``), sized for the student
+        map's ``in_channels`` and the teacher's ``dim``, ``num_heads`` and ``grid``."""
+        if which not in ("both", "pca", "gl"):
+            raise ValueError(f"projectors must be both, pca or gl, got {which!r}")
+        pca = gl = None
+        if which != "gl":
+            pca = PCAProjector(in_channels, dim, num_heads, grid, replace_p=replace_p)
+        if which != "pca":
+            gl = GLProjector(in_channels, dim, grid, group=group, dropout=dropout)
+        return cls(pca, gl)
+
+    def forward(
+        self, h_s: Tensor, teacher: TeacherFeatures
+    ) -> tuple[PCALosses | None, Tensor | None]:
+        pca = self.pca(h_s, teacher) if self.pca is not None else None
+        projected = self.gl(h_s) if self.gl is not None else None
+        return pca, projected

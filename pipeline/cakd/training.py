@@ -27,20 +27,19 @@ from .adversary import (
     multi_view,
 )
 from .features import StudentTap, TeacherFeatures, ViTFeatureTap, standardized
-from .projectors import gl_loss
+from .projectors import PCALosses, Projectors, gl_loss
 
 
 class CakdTrainee(nn.Module):
     """What the student optimizer trains: the student and, for ``cakd``, the two projectors.
 
     ``forward(x, teacher)`` runs the student once through its :class:`..cakd.features.
-    StudentTap` and returns ``(logits, L_proj1, h'_S)``; the projector outputs are ``None``
-    without projectors (methods ``none`` and ``logit``) or without teacher features.
+    StudentTap` and returns ``(logits, L_proj1's terms, h'_S)``; a projector output is ``None``
+    without that projector (``--projectors``), without projectors (methods ``none`` and
+    ``logit``) or without teacher features.
     """
 
-    def __init__(
-        self, student: nn.Module, tap: StudentTap, projectors: nn.ModuleDict | None
-    ) -> None:
+    def __init__(self, student: nn.Module, tap: StudentTap, projectors: Projectors | None) -> None:
         super().__init__()
         self.student = student
         self.tap = tap  # not a module: it only hooks the student
@@ -48,13 +47,12 @@ class CakdTrainee(nn.Module):
 
     def forward(
         self, x: Tensor, teacher: TeacherFeatures | None = None
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    ) -> tuple[Tensor, PCALosses | None, Tensor | None]:
         feature_map, logits = self.tap(x)
         if self.projectors is None or teacher is None:
             return logits, None, None
-        l_proj1 = self.projectors["pca"](feature_map, teacher)
-        projected = self.projectors["gl"](feature_map)
-        return logits, l_proj1, projected
+        pca, projected = self.projectors(feature_map, teacher)
+        return logits, pca, projected
 
 
 @dataclass(kw_only=True)
@@ -112,8 +110,9 @@ class DiscriminatorTrainer:
 class CakdStep:
     """One batch of ``train-cakd``: the chosen method's loss on ``(images, labels)``.
 
-    Logs ``loss`` and ``loss_ce`` always, ``loss_kd`` (logit), and ``loss_proj1``,
-    ``loss_proj2`` (cakd), plus ``loss_mvg`` and ``loss_mad`` with the multi-view part.
+    Logs ``loss`` and ``loss_ce`` always, ``loss_kd`` (logit), and for cakd ``loss_proj1`` with
+    its terms ``loss_attn`` and ``loss_value`` (PCA projector) and ``loss_proj2`` (GL
+    projector), plus ``loss_mvg`` and ``loss_mad`` with the multi-view part.
     """
 
     method: str
@@ -174,13 +173,18 @@ class CakdStep:
             generator = torch.Generator()
             generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
             student_input = multi_view(images, self.views, generator)
-        logits, l_proj1, projected = model(student_input, teacher)
-        assert l_proj1 is not None and projected is not None  # cakd always has projectors
-        l_proj2 = gl_loss(projected, teacher.tokens)
+        logits, pca, projected = model(student_input, teacher)
         ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        loss = l_proj1 + l_proj2 + ce
-        terms.update(loss_proj1=l_proj1, loss_proj2=l_proj2)
+        loss = ce
+        if pca is not None:
+            loss = loss + pca.total
+            terms.update(loss_proj1=pca.total, loss_attn=pca.attn, loss_value=pca.value)
+        if projected is not None:
+            l_proj2 = gl_loss(projected, teacher.tokens)
+            loss = loss + l_proj2
+            terms["loss_proj2"] = l_proj2
         if self.discriminator is not None:
+            assert projected is not None  # the config refuses multi-view without GL
             terms["loss_mad"] = self.discriminator.tick(teacher.tokens, projected)
             l_mvg = generator_loss(self.discriminator.net, projected)
             loss = loss + self.lambda_mvg * l_mvg
@@ -193,7 +197,7 @@ class CakdExtraState:
     """What ``last.pt`` holds beyond the student and its optimizer: the projectors, and the
     discriminator with its optimizer (``final.pt`` holds the student alone)."""
 
-    projectors: nn.ModuleDict | None
+    projectors: Projectors | None
     discriminator: DiscriminatorTrainer | None
 
     def state_dict(self) -> dict[str, Any]:

@@ -133,6 +133,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.num_prefix_tokens = num_prefix_tokens
+        self.patch_size = patch_size
         self.patch_embed = embed_layer(image_size, patch_size, in_chans, embed_dim)
         num_patches = (image_size // patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))

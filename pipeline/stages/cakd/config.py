@@ -42,6 +42,10 @@ Method = Literal["cakd", "logit", "none"]
 """``cakd``: L_proj1 + L_proj2 + λ·L_MVG + CE; ``logit``: Hinton KD; ``none``: CE only."""
 METHODS: tuple[Method, ...] = get_args(Method)
 
+ProjectorSet = Literal["both", "pca", "gl"]
+"""Which projectors ``cakd`` trains (the paper's Fig. 3a ablation): ``both`` = PCA + GL."""
+PROJECTOR_SETS: tuple[ProjectorSet, ...] = get_args(ProjectorSet)
+
 CakdRecipeName = Literal["small", "paper-cifar", "paper-imagenet"]
 CAKD_RECIPES: tuple[CakdRecipeName, ...] = get_args(CakdRecipeName)
 
@@ -136,6 +140,31 @@ class CakdTrainConfig(RunOptions):
         True, help="cakd: multi-view generator and discriminator (off: projectors + CE only)."
     )
     block: int = option(-1, help="cakd: the teacher block whose features are distilled.")
+    projectors: ProjectorSet = option(
+        "both",
+        help="cakd: both (L_proj1 + L_proj2), pca (L_proj1 only) or gl (L_proj2 only): the "
+        "paper's Fig. 3a ablation. pca has no projected tokens for the discriminator: pair it "
+        "with --no-multi-view.",
+        choices=PROJECTOR_SETS,
+    )
+    student_layer: str | None = option(
+        None,
+        help="cakd: the student module whose map is h_S [default: the shallowest map on the "
+        "teacher's patch grid, e.g. ResNet layer3 at 224 px for a 16-px-patch ViT; else the last "
+        "map before pooling, resized]. See docs/method.md.",
+    )
+    gl_group: int = option(
+        4, help="cakd: the GL projector's tile side (one FC layer per tile).", minimum=1
+    )
+    gl_dropout: float = option(
+        0.1, help="cakd: dropout on the GL projector's input.", minimum=0, maximum=1
+    )
+    disc_widths: tuple[int, ...] = option(
+        (256, 128),
+        help="cakd: the discriminator's two hidden widths, the flag given twice.",
+        flag="--disc-width",
+        minimum=1,
+    )
     lambda_mvg: float = option(1.0, help="cakd: λ, the weight of L_MVG.", minimum=0)
     feature_norm: bool = option(
         True,
@@ -156,6 +185,28 @@ class CakdTrainConfig(RunOptions):
     )
     disc_lr: float = option(
         1e-4, help="cakd: Adam learning rate of the discriminator (constant).", minimum=0
+    )
+    view_jitter: float = option(
+        0.4,
+        help="cakd views: colour jitter strength (factors in 1 ± it).",
+        minimum=0,
+        maximum=1,
+    )
+    view_crop: float = option(
+        0.5, help="cakd views: random crop's smallest area fraction.", minimum=0, maximum=1
+    )
+    view_rotation: float = option(
+        15.0, help="cakd views: rotation range, ± degrees.", minimum=0, maximum=180
+    )
+    view_mask_ratio: float = option(
+        0.25,
+        help="cakd views: fraction of the teacher's patches masked (the patch is the "
+        "teacher's patch size).",
+        minimum=0,
+        maximum=1,
+    )
+    view_noise: float = option(
+        0.1, help="cakd views: Gaussian noise std on [0, 1] images.", minimum=0
     )
     tau: float = option(4.0, help="logit: distillation temperature τ.", minimum=0)
     alpha: float = option(
@@ -242,11 +293,30 @@ class CakdTrainConfig(RunOptions):
             raise UserError(f"--milestone must be at least 0, got {list(self.milestones)}")
         if not self.seed < 2**63:
             raise UserError(f"--seed must lie in [0, 2**63), got {self.seed}")
+        self.disc_widths = tuple(int(w) for w in self.disc_widths)
+        if len(self.disc_widths) != 2 or min(self.disc_widths) < 1:
+            raise UserError(
+                "--disc-width: the discriminator has two hidden layers; give the flag twice "
+                "with positive widths, "
+                f"got {list(self.disc_widths)}"
+            )
+        if self.method == "cakd" and self.projectors == "pca" and self.multi_view:
+            raise UserError(
+                "--projectors pca leaves no projected tokens h'_S for the multi-view "
+                "discriminator; add --no-multi-view"
+            )
+        for flag, value in (
+            ("--view-crop", self.view_crop),
+            ("--view-mask-ratio", self.view_mask_ratio),
+        ):
+            if not value > 0:
+                raise UserError(f"{flag} must lie in (0, 1], got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict (stored in ``config.json`` and every checkpoint)."""
         out = asdict(self)
         out["milestones"] = list(self.milestones) if self.milestones is not None else None
+        out["disc_widths"] = list(self.disc_widths)
         return out
 
 

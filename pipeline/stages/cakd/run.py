@@ -41,10 +41,11 @@ from torch import Tensor, nn
 from ...augment.config import crop_flip, crop_flip_defaults
 from ...cakd.adversary import DISCRIMINATOR_EVERY, Discriminator, MultiViewConfig
 from ...cakd.features import StudentTap, ViTFeatureTap
-from ...cakd.projectors import GLProjector, PCAProjector
+from ...cakd.projectors import Projectors
 from ...cakd.training import CakdExtraState, CakdStep, CakdTrainee, DiscriminatorTrainer
 from ...models.factory import count_parameters, create_model
 from ...replay.online_teachers import OnlineTeachers, load_online_teachers
+from ...runtime.console import info
 from ...train.loop import EpochSummary, FitResult, StepResult
 from ...train.skeleton import Optimization, RunEnv, RunPlan, fresh_views, run_training
 from .config import CakdTrainConfig, ResolvedOptimization, resolve_optimization
@@ -147,7 +148,19 @@ class _CakdSpec:
             mean=index.mean,
             std=index.std,
         )
-        student_tap = StudentTap(student, in_chans=index.channels, image_size=image_size)
+        student_tap = StudentTap(
+            student,
+            in_chans=index.channels,
+            image_size=image_size,
+            grid=teacher_tap.grid if teacher_tap is not None else None,
+            layer=cfg.student_layer,
+        )
+        if teacher_tap is not None and student_tap.resized:
+            info(
+                f"student map {student_tap.module_name} is {student_tap.grid[0]}×"
+                f"{student_tap.grid[1]}, no layer of {cfg.model} is on the teacher's "
+                f"{teacher_tap.grid[0]}×{teacher_tap.grid[1]} grid: the projectors resize it"
+            )
         extra = _adversarial_parts(cfg, env, student_tap, teacher_tap)
         trainee = CakdTrainee(student, student_tap, extra.projectors).to(env.device)
         # The one stream, as train-teacher draws it: crop/flip views keyed by (seed, epoch, key).
@@ -169,7 +182,7 @@ class _CakdSpec:
                 teacher_tap=teacher_tap,
                 feature_norm=cfg.feature_norm,
                 discriminator=extra.discriminator,
-                views=MultiViewConfig(p=cfg.view_p) if extra.discriminator else None,
+                views=_views(cfg, teacher_tap) if extra.discriminator else None,
                 lambda_mvg=cfg.lambda_mvg,
                 tau=cfg.tau,
                 alpha=cfg.alpha,
@@ -241,21 +254,19 @@ def _adversarial_parts(
     """Method cakd: the PCA and GL projectors and, with ``--multi-view``, the discriminator."""
     if teacher_tap is None:
         return CakdExtraState(projectors=None, discriminator=None)
-    projectors = nn.ModuleDict(
-        {
-            "pca": PCAProjector(
-                student_tap.channels,
-                teacher_tap.dim,
-                teacher_tap.num_heads,
-                teacher_tap.grid,
-                replace_p=cfg.replace_p,
-            ),
-            "gl": GLProjector(student_tap.channels, teacher_tap.dim, teacher_tap.grid),
-        }
+    projectors = Projectors.build(
+        cfg.projectors,
+        in_channels=student_tap.channels,
+        dim=teacher_tap.dim,
+        num_heads=teacher_tap.num_heads,
+        grid=teacher_tap.grid,
+        replace_p=cfg.replace_p,
+        group=cfg.gl_group,
+        dropout=cfg.gl_dropout,
     )
     discriminator = None
     if cfg.multi_view:
-        net = Discriminator(teacher_tap.dim).to(env.device)
+        net = Discriminator(teacher_tap.dim, cfg.disc_widths).to(env.device)
         net.requires_grad_(False)
         discriminator = DiscriminatorTrainer(
             net=net,
@@ -265,3 +276,18 @@ def _adversarial_parts(
             world_size=env.ctx.world_size,
         )
     return CakdExtraState(projectors=projectors, discriminator=discriminator)
+
+
+def _views(cfg: CakdTrainConfig, teacher_tap: ViTFeatureTap | None) -> MultiViewConfig:
+    """The multi-view generator's settings from the options; the patch mask masks whole
+    patches of the teacher ("patch-wise" at any resolution)."""
+    assert teacher_tap is not None
+    return MultiViewConfig(
+        p=cfg.view_p,
+        jitter=cfg.view_jitter,
+        crop_scale=(cfg.view_crop, 1.0),
+        rotation=cfg.view_rotation,
+        mask_patch=teacher_tap.patch_size,
+        mask_ratio=cfg.view_mask_ratio,
+        noise_std=cfg.view_noise,
+    )

@@ -102,7 +102,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Load ``cfg.checkpoint``, check it fits the data, and return :func:`evaluate_model`'s dict
     plus ``checkpoint``, ``arch`` and ``kind`` (and, with ``cfg.store``, ``kl_to_teachers``:
     ``{head: {teacher: KL}}`` from :func:`.teacher_agreement.
-    teacher_agreement`, and ``store``)."""
+    teacher_agreement`, and ``store``; for a ``train-cakd`` student, ``transferability``: the
+    mean cosine of its and its teacher's class probabilities, :mod:`...cakd.transferability`)."""
     from ...augment.render_device import resolve_render_device
     from ...data.imageio import resolve_decoder
     from ...data.shard_set import resolve_complete_shards
@@ -165,6 +166,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             )
         convolutional = meta["kind"] == "teacher" and is_convolutional(meta["arch"])
         scored: Any = prepare_model(model, device, convolutional=convolutional, compile=cfg.compile)
+        observers = _transferability(model, meta, shard_set, device, cfg)
         if cfg.noise > 0:
             from .noise import GaussianNoise
 
@@ -178,6 +180,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             workers=cfg.workers,
             precision=policy,
             decoder=decoder,
+            observers=observers,
             zoo=zoo,
             render_device=str(render_device),
         )
@@ -212,3 +215,39 @@ def _zoo_view(checkpoint: Path, meta: dict[str, Any]) -> ZooEval:
             f"for {meta['image_size']} px"
         )
     return view
+
+
+def _transferability(
+    model: Any, meta: dict[str, Any], shard_set: Any, device: Any, cfg: EvaluateConfig
+) -> tuple[Any, ...]:
+    """For a ``train-cakd`` student: the observer of its transferability cosine against the
+    teacher its run names (:mod:`...cakd.transferability`), seeing the same (noisy) images;
+    none for other checkpoints, or when that teacher's file is gone (a warning)."""
+    from ...cakd.transferability import TransferabilityObserver, recorded_teacher
+    from ...models.heads import inference_head
+    from ...models.teacher_spec import TeacherSpec
+    from ...replay.online_teachers import load_online_teachers
+    from ...train.validate import TEACHER_HEAD
+
+    spec = recorded_teacher(meta)
+    if spec is None:
+        return ()
+    checkpoint = TeacherSpec.parse(spec).checkpoint  # None: a zoo teacher (timm:MODEL)
+    if checkpoint is not None and not Path(checkpoint).exists():
+        warn(f"the teacher of {cfg.checkpoint} ({spec}) is not there: no transferability")
+        return ()
+    online = load_online_teachers(
+        [spec],
+        device,
+        num_classes=shard_set.num_classes,
+        in_chans=shard_set.channels,
+        image_size=int(meta["image_size"]),
+    )
+    teacher: Any = next(iter(online.models.values()))
+    if cfg.noise > 0:
+        from .noise import GaussianNoise
+
+        # The same seed draws the same noise, batch for batch: both see one noisy copy.
+        teacher = GaussianNoise(teacher, std=cfg.noise, seed=cfg.noise_seed)
+    head = TEACHER_HEAD if meta["kind"] == "teacher" else inference_head(model)
+    return (TransferabilityObserver(teacher=teacher, head=head),)
