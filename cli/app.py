@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from ..pipeline import __version__
 from ..pipeline.runtime.openmp import set_openmp_defaults
@@ -52,6 +52,22 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+class PlainUsage(TyperCommand):
+    """A command whose usage line names its arguments as the docs write them
+    (``civt-pipe export [OPTIONS] CHECKPOINT OUT``), not in typer's braces."""
+
+    # Any: typer vendors its own click, whose Context this is.
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
+
+# --help is click's plain formatter (rich_markup_mode=None), not typer's rich panels: at 80
+# columns the panels squeezed option help into an 18-character column and showed <bool> on
+# every flag; click's layout keeps a 30-column option column, rewraps docstrings into
+# paragraphs, and shows flags as --x / --no-x.
 app = typer.Typer(
     cls=OneLineErrors,
     name="civt-pipe",
@@ -60,7 +76,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 
 
@@ -90,6 +106,7 @@ def _register() -> None:
         inspect_store,
         models,
         plot,
+        predict,
         quickstart,
         shards,
         student,
@@ -103,6 +120,7 @@ def _register() -> None:
     app.command("models")(user_errors(models.models_command))
     app.command("train-teacher")(user_errors(teacher.train_teacher_command))
     app.command("evaluate")(user_errors(evaluate.evaluate_command))
+    app.command("predict")(user_errors(predict.predict_command))
     app.command("dump-logits")(user_errors(dump.dump_logits_command))
     app.command("inspect-store")(user_errors(inspect_store.inspect_store_command))
     app.command("train-student")(user_errors(student.train_student_command))
@@ -110,6 +128,8 @@ def _register() -> None:
     app.command("plot")(user_errors(plot.plot_command))
     app.command("export")(user_errors(export.export_command))
     app.command("study")(user_errors(study.study_command))
+    for info in app.registered_commands:
+        info.cls = PlainUsage
 
 
 _register()

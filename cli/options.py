@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
 import typer
-from rich.markup import escape
 
 from ..pipeline.runtime.config_file import (
     SOURCES_FIELD,
@@ -61,6 +60,16 @@ def cli_fields(config_type: type) -> list[tuple[Field[Any], OptionInfo]]:
     return found
 
 
+def _optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` → ``(X, True)``; anything else → ``(tp, False)``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
 def extra_option(
     name: str,
     annotation: Any,
@@ -70,12 +79,13 @@ def extra_option(
     help: str,
 ) -> inspect.Parameter:
     """A CLI-only option (``--json``, ``--tau``...) beside the config's fields."""
+    repeated = typing.get_origin(_optional(annotation)[0]) in (list, tuple)
+    metavar = "<str>" if repeated else None
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=default,
-        # Escaped: typer renders help as rich markup, where "[default: soft]" would vanish.
-        annotation=Annotated[annotation, typer.Option(flag, help=escape(help))],
+        annotation=Annotated[annotation, typer.Option(flag, help=help, metavar=metavar)],
     )
 
 
@@ -83,16 +93,6 @@ JSON_OPTION = extra_option(
     "as_json", bool, False, "--json", help="Print the result as one JSON object on stdout."
 )
 """``--json``: every command that reports something offers it."""
-
-
-def _optional(tp: Any) -> tuple[Any, bool]:
-    """``X | None`` → ``(X, True)``; anything else → ``(tp, False)``."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
 
 
 _PLAIN = (str, int, float, bool, Path)
@@ -139,9 +139,9 @@ def _parameter(
     if checked_later:
         # Required, but it may come from --config: the command checks it once the file is read.
         default, optional, note = None, True, note + " [required]"
-    # typer renders help as rich markup, where "[x>=1]" or "[default: ...]" would vanish as tags.
-    help_text = escape(info.help + note)
-    metavar = "|".join(info.choices) if info.choices else None
+    # Plain text: the app renders help with click's formatter, not rich markup (cli/app.py).
+    help_text = info.help + note
+    metavar = "|".join(info.choices) if info.choices else "<str>" if repeated else None
     if positional:
         spec: Any = typer.Argument(help=help_text, metavar=f.name.upper(), show_default=False)
     elif cli_type is bool:

@@ -155,6 +155,10 @@ def a_file(tmp: Path, w: dict[str, Path]) -> None:
     (tmp / "file").write_text("not a directory\n")
 
 
+def a_csv(tmp: Path, w: dict[str, Path]) -> None:
+    (tmp / "file.csv").write_text("key,label\n")
+
+
 def a_directory(tmp: Path, w: dict[str, Path]) -> None:
     (tmp / "dir").mkdir()
 
@@ -222,6 +226,11 @@ def ts(
 
 def ev(*extra: str, ckpt: str = "{run}/final.pt", data: str = "{test}") -> list[str]:
     return ["evaluate", "--checkpoint", ckpt, "--data", data, *extra]
+
+
+def pr(*extra: str, ckpt: str = "{run}/final.pt") -> list[str]:
+    # The last --out wins: a case's own replaces this default.
+    return ["predict", "--checkpoint", ckpt, "--data", "{test}", "--out", "{tmp}/p.jsonl", *extra]
 
 
 def ms(*extra: str, source: str = "digits", out: str = "{tmp}/shards") -> list[str]:
@@ -392,6 +401,12 @@ CASES = [
         "evaluate-duplicate-keys", ev(data="{tmp}/shards"), "occurs in two shards", duplicate_keys
     ),
     Case("evaluate-store-of-other-shards", ev("--store", "{store}"), "store"),
+    # predict (more cases in test_predict.py)
+    Case("predict-suffix", pr("--out", "{tmp}/p.txt"), "predict writes .jsonl, .csv, .npz, .npy"),
+    Case("predict-topk-0", pr("--topk", "0"), "--topk must be at least 1"),
+    Case("predict-unknown-head", pr("--head", "x"), "unknown head 'x'"),
+    Case("predict-ckpt-missing", pr(ckpt="{tmp}/none.pt"), "none.pt"),
+    Case("predict-out-exists", pr("--out", "{tmp}/file.csv"), "--overwrite", a_csv),
     # quickstart
     Case("quickstart-topk", qs("--topk", "11"), "--topk must be at most 10"),
     Case("quickstart-epochs-0", qs("--epochs", "0"), "--epochs must be at least 1"),

@@ -184,6 +184,11 @@ def test_store_records_config_teachers_and_top1(fx: DumpFixture, dumped: Path) -
     assert store.user_attrs["seed"] == 5
     assert store.user_attrs["augment"]["image_size"] == 8
     assert store.user_attrs["dataset_fingerprint"] == resolve_shards(fx.data).fingerprint()
+    index = resolve_shards(fx.data).index
+    assert (store.user_attrs["dataset_source"], store.user_attrs["dataset_split"]) == (
+        index.source,
+        index.split,
+    )
     teachers = {t["name"]: t for t in attrs["teachers"]}
     assert set(teachers) == {"cnn", "twin"}
     for name, t in teachers.items():

@@ -89,7 +89,7 @@ def test_timm_loads_the_export_strictly_and_gives_our_logits(
     ckpt, model = _student(tmp_path, teachers, mode)
     out = tmp_path / "timm.safetensors"
     result = export(ExportConfig(checkpoint=ckpt, out=out, format="timm", head=head))
-    manifest = json.loads((tmp_path / "timm.json").read_text())
+    manifest = json.loads((tmp_path / "timm.safetensors.json").read_text())
     assert manifest["form"] == "timm" and manifest["head"] == head
     spec, cfg = manifest["timm"], manifest["pretrained_cfg"]
     assert result["timm"] == spec
@@ -109,6 +109,31 @@ def test_timm_loads_the_export_strictly_and_gives_our_logits(
     # The class head is the same arithmetic; another token in timm's class slot only reorders
     # the attention's sums.
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["vit-nano", "deit-ti"])
+def test_vit_teachers_export_to_timm_names_with_the_same_logits(tmp_path: Path, arch: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=CLASSES, in_chans=1, image_size=SIZE, patch_size=4)
+    model.eval()
+    ckpt = tmp_path / "vit.pt"
+    save_checkpoint(ckpt, make_checkpoint(model))
+    out = tmp_path / "vit.safetensors"
+    export(ExportConfig(checkpoint=ckpt, out=out, format="timm"))
+    manifest = json.loads((tmp_path / "vit.safetensors.json").read_text())
+    assert manifest["form"] == "timm" and manifest["heads"] == ["logits"]
+    spec = manifest["timm"]
+    assert (
+        spec["model_class"].endswith(".VisionTransformer") and spec["model_args"]["reg_tokens"] == 0
+    )
+    reference = timm.create_model(spec["model_name"], pretrained=False, **spec["model_args"])
+    reference.load_state_dict(load_file(out), strict=True)
+    reference.eval()
+    x = torch.rand(3, 1, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reference(_normalized(x, manifest["pretrained_cfg"])), model(x), rtol=0, atol=1e-5
+        )
 
 
 def test_timm_export_as_pth_is_a_plain_state_dict(tmp_path: Path) -> None:
@@ -159,7 +184,7 @@ def test_teacher_exports_to_torchvision_names_with_the_same_logits(
     save_checkpoint(ckpt, make_checkpoint(model))
     out = tmp_path / f"tv{suffix}"
     export(ExportConfig(checkpoint=ckpt, out=out, format="timm"))
-    manifest = json.loads((tmp_path / "tv.json").read_text())
+    manifest = json.loads((tmp_path / f"tv{suffix}.json").read_text())
     assert manifest["form"] == "torchvision" and manifest["heads"] == ["logits"]
     assert (manifest["torchvision"]["stem"] is None) == (not small and chans == 3)
     state = load_file(out) if suffix == ".safetensors" else torch.load(out, weights_only=True)
@@ -203,6 +228,51 @@ def test_torchscript_returns_the_chosen_head_from_images_in_0_1(tmp_path: Path) 
             torch.testing.assert_close(
                 _jit_load(out)(x), prediction(model(x), expect), rtol=0, atol=1e-6
             )
+
+
+# ------------------------------------------------------------------------------------- onnx
+
+
+def _onnx_logits(path: Path, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+
+
+@pytest.mark.parametrize("kind", ["student-mean", "student-token", "teacher"])
+def test_onnx_runs_in_onnxruntime_with_our_logits_at_two_batch_sizes(
+    tmp_path: Path, kind: str
+) -> None:
+    torch.manual_seed(0)
+    if kind == "teacher":
+        model = create_model("cnn-nano", num_classes=CLASSES, in_chans=1, image_size=SIZE).eval()
+        ckpt, head, expect = tmp_path / "teacher.pt", None, "logits"
+        save_checkpoint(ckpt, make_checkpoint(model))
+    else:
+        ckpt, model = _student(tmp_path, ("cnn", "inn"), "per-teacher")
+        head = expect = "mean" if kind == "student-mean" else "inn"
+    out = tmp_path / "model.onnx"
+    result = export(ExportConfig(checkpoint=ckpt, out=out, format="onnx", head=head))
+    assert result["form"] == "onnx" and result["heads"] == [expect]
+    assert json.loads((tmp_path / "model.onnx.json").read_text())["head"] == expect
+    for batch in (1, 7):  # neither is the exported example's 2: the batch axis is dynamic
+        x = torch.rand(batch, 1, SIZE, SIZE)
+        with torch.no_grad():
+            ours = model(x) if kind == "teacher" else prediction(model(x), expect)
+        got = _onnx_logits(out, x)
+        assert got.shape == (batch, CLASSES)
+        assert (got - ours).abs().max().item() <= 1e-4
+
+
+def test_exports_of_one_checkpoint_in_two_forms_keep_both_manifests(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ckpt, _ = _student(tmp_path, ("cnn",), "per-teacher")
+    for name, form in (("civt.safetensors", "safetensors"), ("civt.ts", "torchscript")):
+        export(ExportConfig(checkpoint=ckpt, out=tmp_path / name, format=form))
+    for name, form in (("civt.safetensors", "safetensors"), ("civt.ts", "torchscript")):
+        assert json.loads((tmp_path / f"{name}.json").read_text())["format"] == form
 
 
 # --------------------------------------------------------- safetensors through the pipeline
@@ -340,7 +410,7 @@ BAD = [
     ("out-exists", ["{two}", "{tmp}/taken.pth"], "taken.pth exists; pass --overwrite"),
     ("out-is-json", ["{two}", "{tmp}/o.json"], "cannot end in .json"),
     ("out-is-ckpt", ["{two}", "{two}", "--overwrite"], "is the checkpoint being exported"),
-    ("unknown-format", ["{two}", "{tmp}/o.pth", "--format", "onnx"], "--format must be one of"),
+    ("unknown-format", ["{two}", "{tmp}/o.pth", "--format", "tflite"], "--format must be one of"),
     ("missing-ckpt", ["{tmp}/none.pt", "{tmp}/o.pth"], "none.pt does not exist"),
 ]  # fmt: skip
 

@@ -31,6 +31,7 @@ from civt_pipe.pipeline.viz.runs import (
     default_plot_path,
     load_run,
     metrics_file_of,
+    panel_titles,
     read_metrics,
 )
 from civt_pipe.pipeline.viz.store import store_class_stats
@@ -136,6 +137,16 @@ def test_teacher_curves_read_train_loss_lr_and_val_top1_top5(tmp_path: Path) -> 
     assert run.loss["loss"].values == (2.0, 1.0, 2.0 / 3) and run.loss["loss"].steps == (10, 20, 30)
     assert run.lr is not None and run.lr.values == (4e-3,) * 3
     assert set(run.val) == {"top1", "top5"}
+    # Training and validation top-1 share the accuracy panel; top-5 is another quantity.
+    assert [label for label, _ in run.top1_curves()] == ["val", "train"]
+    assert run.train_top1 is not None and run.train_top1.values == pytest.approx((0.1, 0.2, 0.3))
+
+
+def test_every_head_of_a_student_is_one_curve_of_the_one_accuracy_panel() -> None:
+    run = curves_from_records("r", Path("r"), Path("r/metrics.jsonl"), _student_records())
+    assert [label for label, _ in run.top1_curves()] == ["val cls", "val mean"]
+    assert panel_titles([run]).count("top-1 accuracy") == 1
+    assert not any(t.startswith("validation accuracy") for t in panel_titles([run]))
 
 
 def test_null_figures_are_gaps_not_points() -> None:
@@ -170,14 +181,17 @@ def test_a_torn_last_line_is_skipped_but_a_bad_middle_line_is_named(tmp_path: Pa
 def test_plot_of_one_run_writes_run_dir_plot_png_of_the_grid_size(tmp_path: Path) -> None:
     run_dir = _write_run(tmp_path / "civt", _student_records())
     result = plot_runs(PlotConfig(run_dirs=(run_dir,)))
-    panels = ["loss", "loss_cls", "loss_kd_cnn", "learning rate"]
-    panels += ["validation accuracy: cls", "validation accuracy: mean"]
+    panels = ["loss", "loss_cls", "loss_kd_cnn", "learning rate", "top-1 accuracy"]
     assert result["panels"] == panels
     assert result["out"] == str(run_dir / "plot.png")
     image = _png(run_dir / "plot.png")
-    assert image.size == png_size(*grid_shape(6)) == (1440, 640)
+    assert image.size == png_size(*grid_shape(5)) == (1440, 640)
     assert (result["width"], result["height"]) == image.size
-    assert _has_colour(image, BLUE) and not _has_colour(image, ORANGE)
+    # One run: the second head's curve (val mean) takes the second colour.
+    assert _has_colour(image, BLUE) and _has_colour(image, ORANGE)
+    without_val = _write_run(tmp_path / "noval", _student_records(val=False))
+    plot_runs(PlotConfig(run_dirs=(without_val,)))
+    assert not _has_colour(_png(without_val / "plot.png"), ORANGE)
 
 
 def test_plot_overlays_several_runs_in_their_own_colours(tmp_path: Path) -> None:
@@ -192,7 +206,7 @@ def test_plot_overlays_several_runs_in_their_own_colours(tmp_path: Path) -> None
     report = json.loads(result.stdout)
     # Two runs called "civt": the legend names them by the paths given instead.
     assert [r["name"] for r in report["runs"]] == ["civt", "civt", "cnn"]
-    assert report["panels"][-2:] == ["validation accuracy: top1", "validation accuracy: top5"]
+    assert report["panels"][-2:] == ["top-1 accuracy", "top-5 accuracy"]
     image = _png(out)
     assert image.size == png_size(*grid_shape(len(report["panels"])))
     assert _has_colour(image, BLUE) and _has_colour(image, ORANGE)
@@ -223,7 +237,7 @@ def test_plot_of_a_real_train_student_run(tmp_path: Path) -> None:
     )
     result = plot_runs(PlotConfig(run_dirs=(run_dir,)))
     assert result["panels"][:4] == ["loss", "loss_cls", "loss_kd_cnn", "learning rate"]
-    assert "validation accuracy: cls" in result["panels"]
+    assert "top-1 accuracy" in result["panels"]
     assert _png(run_dir / "plot.png").size == (result["width"], result["height"])
 
 

@@ -120,6 +120,19 @@ def test_runs_every_step_in_order_then_reuses_them(
     assert [s["status"] for s in again["steps"]] == ["reuse"] * 7 + ["done"]
 
 
+def test_the_step_list_is_printed_again_as_steps_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FakeStages(monkeypatch)
+    qs.run_quickstart(qs.QuickstartConfig(out=tmp_path / "qs"))
+    err = capsys.readouterr().err
+    lists = err.split("quickstart")[1:]  # the list first, before each step, and at the end
+    assert len(lists) == 1 + 8 + 1
+    assert lists[0].count("· to do") == 8
+    assert lists[2].count("✓ done") == 1 and "▶ now" in lists[2] and lists[2].count("to do") == 6
+    assert lists[-1].count("✓ done") == 8 and "to do" not in lists[-1]
+
+
 def test_an_interrupted_quickstart_resumes_at_the_unfinished_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -237,6 +250,9 @@ SLOW_SETTINGS = {"teacher_epochs": 6, "epochs": 12, "views": 6}
 
 
 @pytest.mark.slow
+# The quickstart validates every teacher and student epoch on the test split (issue 27): more
+# than the suite's default 600 s on a loaded 2-core machine.
+@pytest.mark.timeout(1200)
 def test_real_quickstart_civt_beats_the_no_distillation_baseline(tmp_path: Path) -> None:
     args = ["quickstart", "--out", str(tmp_path / "qs"), "--device", "cpu", "--json"]
     for name, value in SLOW_SETTINGS.items():
@@ -249,3 +265,46 @@ def test_real_quickstart_civt_beats_the_no_distillation_baseline(tmp_path: Path)
     assert all(t >= 0.85 for t in result["teachers"].values()), result["teachers"]
     assert result["student"]["top1"] >= 0.70, result["student"]
     assert result["student"]["top1"] >= result["baseline"]["top1"] + 0.05, result
+
+
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+def test_validation_does_not_change_training(tmp_path: Path, stage: str) -> None:
+    """The quickstart validates on the test split every epoch; the weights must not notice."""
+    import torch
+    from toy_shards import dump_toy_store, make_toy_shards, make_toy_teacher
+
+    from civt_pipe.pipeline.models.checkpoint import load_checkpoint
+    from civt_pipe.pipeline.runtime.run_layout import FINAL
+    from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
+    from civt_pipe.pipeline.stages.student.run import train_student
+    from civt_pipe.pipeline.stages.teacher.config import TeacherTrainConfig
+    from civt_pipe.pipeline.stages.teacher.run import train_teacher
+
+    train = make_toy_shards(tmp_path, "train", per_class=6)
+    val = make_toy_shards(tmp_path / "v", "test", per_class=2, seed=1)
+    store = None
+    if stage == "student":
+        store = dump_toy_store(train, make_toy_teacher(tmp_path / "t.pt"), tmp_path / "s.zarr")
+    weights = []
+    for name, with_val in (("plain", None), ("val", str(val))):
+        out = tmp_path / name / FINAL
+        if stage == "teacher":
+            train_teacher(
+                TeacherTrainConfig(
+                    arch="cnn-nano", data=str(train), out=str(out.parent), epochs=2, batch_size=8,
+                    workers=1, device="cpu", threads=1, val=with_val,
+                )
+            )  # fmt: skip
+        else:
+            train_student(
+                StudentTrainConfig(
+                    data=str(train), store=str(store), out=str(out.parent), epochs=2,
+                    batch_size=8, warmup_epochs=0, workers=1, device="cpu", threads=1,
+                    val=with_val, progress=False,
+                )
+            )  # fmt: skip
+        weights.append(load_checkpoint(out)["state_dict"])
+    plain, validated = weights
+    assert set(plain) == set(validated)
+    for key in plain:
+        assert torch.equal(plain[key], validated[key]), key

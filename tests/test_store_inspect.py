@@ -47,7 +47,11 @@ def _known_store(path: Path, shards: list[str] | None = None) -> LogitStore:
             TeacherInfo("cnn", "resnet18", "a" * 64, C),
             TeacherInfo("inn", "rednet26", "b" * 64, C),
         ],
-        attrs={"dataset_fingerprint": "d" * 64},
+        attrs={
+            "dataset_fingerprint": "d" * 64,
+            "dataset_source": "digits",
+            "dataset_split": "train",
+        },
     )
     store = LogitStore.create(path, spec)
     for index, (name, count) in enumerate(SHARDS):
@@ -217,6 +221,7 @@ def test_cli_human_output_and_verify(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert "missing shards: s1.tar" in result.stderr and "50.00%" in result.stderr
+    assert "digits (train)" in result.stderr  # the data by name, not only its fingerprint
     failed = CliRunner().invoke(app, ["inspect-store", str(path), "--verify"])
     assert failed.exit_code == 2
     assert failed.stderr.strip().splitlines() == [

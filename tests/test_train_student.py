@@ -106,6 +106,10 @@ def test_store_mode_trains_and_writes_a_loadable_run(world: dict[str, Any], tmp_
     assert len(steps) == 2 and len(epochs) == 2
     assert {"loss", "loss_cls", "loss_kd_cnn", "loss_kd_inn", "lr", "images_per_s"} <= set(steps[0])
     assert any(k.startswith("val_") for k in epochs[-1])
+    # JSON "loss" is the last epoch's mean per term, the figures of its epoch record (not the
+    # last batch's).
+    assert summary["loss"] == {k: epochs[-1][k] for k in summary["loss"]}
+    assert {"loss", "loss_cls", "loss_kd_cnn", "loss_kd_inn"} <= set(summary["loss"])
 
 
 def test_cli_json_summary_and_refusal_to_reuse_a_run_dir(

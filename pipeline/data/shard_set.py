@@ -330,6 +330,12 @@ def check_same_classes(val: ShardSet, train: ShardSet) -> None:
             )
 
 
+def shard_keys(shard_set: ShardSet) -> list[list[str]]:
+    """Every shard's sample keys in tar order (a sample's position is its index here), read
+    from the tar headers alone (no image decoded)."""
+    return [sample_keys(tar_member_names(path), path) for path in shard_set.paths]
+
+
 def resolve_complete_shards(spec: str | os.PathLike[str]) -> ShardSet:
     """:func:`resolve_shards`, then :func:`check_shards_complete`: how every stage that reads
     shards opens them, so a damaged tar is refused before any work starts."""

@@ -21,6 +21,9 @@ from rich.progress import (
 from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
+# Not a terminal (a log file, a pipe, CI): rich would hard-wrap every line at 80 columns, mid
+# token ("(49.8 ⏎ s)"); a log line stays one line there, and a terminal keeps rich's wrapping.
+console.soft_wrap = not console.is_terminal
 
 
 def progress_enabled() -> bool:

@@ -36,6 +36,16 @@ class InspectStoreConfig:
     """Also draw the per-class figures and confusion matrices as this PNG (the [plots] extra)."""
 
 
+def dataset_name(attrs: dict[str, Any]) -> str | None:
+    """``digits (train)``: the source and split make-shards recorded (stores written before
+    they were kept have neither: None)."""
+    source = attrs.get("dataset_source")
+    if not source:
+        return None
+    split = attrs.get("dataset_split")
+    return f"{source} ({split})" if split else str(source)
+
+
 def run_inspect_store(cfg: InspectStoreConfig) -> dict[str, Any]:
     """Inspect the store, print the report unless ``cfg.tables`` is off, and return it.
 
@@ -90,7 +100,10 @@ def print_report(report: dict[str, Any]) -> None:
         ),
     ]
     if fingerprint:
-        rows.insert(0, ("dataset", str(fingerprint)[:16]))
+        rows.insert(0, ("dataset fingerprint", str(fingerprint)[:16]))
+    name = dataset_name(report["attrs"])
+    if name:
+        rows.insert(0, ("dataset", name))
     for what, value in rows:
         summary.add_row(what, value)
     console.print(summary)

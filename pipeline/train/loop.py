@@ -284,6 +284,13 @@ class FitResult:
     """Epochs finished when :attr:`LoopConfig.until_plateau` stopped the run (None: it ran
     every epoch)."""
 
+    @property
+    def epoch_loss(self) -> dict[str, float]:
+        """Each loss term of the last epoch averaged over its steps (all ranks): the figures
+        the console and ``metrics.jsonl``'s epoch record show, and every trainer's JSON
+        ``"loss"``; {} when the session trained no epoch."""
+        return dict(self.last_epoch.mean) if self.last_epoch is not None else {}
+
 
 def train_step(
     model: nn.Module,

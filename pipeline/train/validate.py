@@ -12,7 +12,9 @@ teacher logits, looked up by the batch's shard and position) ride along the same
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -20,11 +22,14 @@ from torch import Tensor, nn
 from ..data.imageio import Decoder
 from ..data.streams import EvalBatch, eval_batches
 from ..data.zoo_eval import ZooEval
-from ..runtime.console import make_progress
+from ..runtime.console import make_progress, warn
 from ..runtime.distributed import DistContext
 from ..runtime.errors import UserError
 from ..runtime.precision import FP32, PrecisionPolicy
 from .metrics import TopKCounter
+
+if TYPE_CHECKING:
+    from ..models.normalize import NormalizedModel
 
 TEACHER_HEAD = "logits"
 """Head name under which a teacher's (single) output is reported."""
@@ -67,6 +72,86 @@ def headline_head(heads: dict[str, Any], preferred: str = CLS_HEAD) -> str:
     if preferred in heads:
         return preferred
     return CLS_HEAD if CLS_HEAD in heads else next(iter(heads))
+
+
+@torch.no_grad()
+def load_for_data(
+    checkpoint: Path,
+    shard_set: Any,
+    *,
+    device: torch.device,
+    compile: bool = False,
+) -> tuple[NormalizedModel, nn.Module, dict[str, Any]]:
+    """The model in ``checkpoint``, checked against ``shard_set`` (classes, channels), for a
+    scoring pass: ``(model, scored, meta)`` where ``scored`` is what to call (channels-last for
+    a convolutional teacher on CUDA, compiled with ``compile``). Class names that differ from
+    the data's with the same count are a warning: scoring is by class index."""
+    from ..models.checkpoint import model_from_checkpoint
+    from ..models.factory import is_convolutional
+    from ..runtime.precision import prepare_model
+
+    model, meta = model_from_checkpoint(
+        checkpoint,
+        device=device,
+        expect_num_classes=shard_set.num_classes,
+        in_chans=shard_set.channels,
+    )
+    theirs = list(meta.get("class_names") or [])
+    if theirs and theirs != list(shard_set.class_names):
+        # Same count, other names: most likely another dataset; foreign shards scanned without
+        # an index.json are named "0".."C-1", so this is a warning, not an error.
+        warn(
+            f"{checkpoint} was trained on classes {theirs[:3]}... but the data names them "
+            f"{list(shard_set.class_names)[:3]}...; scoring by class index"
+        )
+    convolutional = meta["kind"] == "teacher" and is_convolutional(meta["arch"])
+    scored = prepare_model(model, device, convolutional=convolutional, compile=compile)
+    return model, scored, meta
+
+
+@torch.no_grad()
+def head_batches(
+    model: nn.Module,
+    shard_set: object,
+    *,
+    image_size: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    ctx: DistContext | None = None,
+    description: str = "evaluate",
+    precision: PrecisionPolicy = FP32,
+    decoder: Decoder = "torchvision",
+    zoo: ZooEval | None = None,
+    render_device: str = "cpu",
+) -> Iterator[tuple[dict[str, Tensor], EvalBatch]]:
+    """Every evaluation batch of this rank's share of ``shard_set`` with ``model``'s float32
+    logits per head (:func:`head_outputs`), under a progress bar (arguments as
+    :func:`evaluate_model`). The one forward pass of ``evaluate`` and ``predict``; the model is
+    put in eval mode and left there."""
+    ctx = ctx or DistContext()
+    device = torch.device(device)
+    model.eval()
+    total = shard_set.num_samples  # type: ignore[attr-defined]
+    with make_progress(disable=not ctx.is_main) as progress:
+        task = progress.add_task(description, total=total, unit="img")
+        batches = eval_batches(
+            shard_set,
+            image_size=image_size,
+            batch_size=batch_size,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            workers=workers,
+            decoder=decoder,
+            zoo=zoo,
+            render_device=render_device,
+        )
+        for batch in batches:
+            images = batch.images.to(device, non_blocking=True)
+            with precision.autocast():
+                outputs = model(images)
+            yield {name: logits.float() for name, logits in head_outputs(outputs).items()}, batch
+            progress.advance(task, len(batch.labels) * ctx.world_size)
 
 
 @torch.no_grad()
@@ -114,31 +199,24 @@ def evaluate_model(
     """
     ctx = ctx or DistContext()
     device = torch.device(device)
-    model.eval()
     counter = TopKCounter()
-    total = shard_set.num_samples  # type: ignore[attr-defined]
-    with make_progress(disable=not ctx.is_main) as progress:
-        task = progress.add_task(description, total=total, unit="img")
-        batches = eval_batches(
-            shard_set,
-            image_size=image_size,
-            batch_size=batch_size,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            workers=workers,
-            decoder=decoder,
-            zoo=zoo,
-            render_device=render_device,
-        )
-        for batch in batches:
-            images = batch.images.to(device, non_blocking=True)
-            with precision.autocast():
-                outputs = model(images)
-            heads = {name: logits.float() for name, logits in head_outputs(outputs).items()}
-            counter.update(heads, batch.labels)
-            for observer in observers:
-                observer.observe(heads, batch)
-            progress.advance(task, len(batch.labels) * ctx.world_size)
+    for heads, batch in head_batches(
+        model,
+        shard_set,
+        image_size=image_size,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        ctx=ctx,
+        description=description,
+        precision=precision,
+        decoder=decoder,
+        zoo=zoo,
+        render_device=render_device,
+    ):
+        counter.update(heads, batch.labels)
+        for observer in observers:
+            observer.observe(heads, batch)
     if ctx.is_distributed:
         _ensure_heads(counter, model, image_size, device, shard_set)
         counter.all_reduce(device if device.type == "cuda" else None)

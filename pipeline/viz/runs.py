@@ -14,6 +14,11 @@ The metric records are written by :func:`..train.loop.fit` and the stages' ``epo
 Every curve is drawn against the optimizer step (``step``, counted from 1), which both formats
 carry, so runs of different lengths and cadences overlay on one axis. Loss terms and the learning
 rate come from the step records when a run has them (finer), else from the epoch records.
+
+Each panel shows one quantity and names it on its y axis: one panel per loss term, the learning
+rate, then ONE top-1 panel with every validation head of every run (so heads compare on one
+scale) and a teacher's training top-1 beside its validation top-1, in percent; a teacher's
+top-5 has its own panel.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ DEFAULT_PLOT = "plot.png"
 
 _TEACHER_LOSS = "train_loss"
 """The teacher's epoch-mean loss, drawn in the ``loss`` panel with the students' total loss."""
+_TRAIN_TOP1 = "train_top1"
+"""The teacher's epoch-mean training top-1, drawn with the validation heads."""
+_TOP5 = "top5"
+"""A teacher's validation top-5 (``val_top5``): another quantity, so another panel."""
+ACCURACY_PANEL = "top-1 accuracy"
+TOP5_PANEL = "top-5 accuracy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +75,20 @@ class RunCurves:
     val: dict[str, Series]
     """Validation accuracy per head (``cls``, a teacher token, ``mean``; a teacher's ``top1``
     and ``top5``), one point per epoch."""
+    train_top1: Series | None = None
+    """A teacher's training top-1 per epoch (students record none)."""
+
+    def top1_curves(self) -> list[tuple[str, Series]]:
+        """The curves of the top-1 panel, each with its legend label: ``val <head>`` per
+        validation head (a teacher's is ``val``), then ``train`` for a teacher."""
+        curves = [
+            ("val" if head == "top1" else f"val {head}", series)
+            for head, series in self.val.items()
+            if head != _TOP5
+        ]
+        if self.train_top1 is not None:
+            curves.append(("train", self.train_top1))
+        return curves
 
 
 def metrics_file_of(path: Path) -> Path:
@@ -164,6 +189,7 @@ def curves_from_records(
         loss=loss,
         lr=lr,
         val=val,
+        train_top1=_series(epochs, _TRAIN_TOP1),
     )
 
 
@@ -199,41 +225,62 @@ def _legend_names(runs: Sequence[RunCurves]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class _Panel:
-    """One panel of a run figure: its title and which curve of each run it shows."""
+    """One panel of a run figure: its title, the quantity on its y axis and which curves of
+    each run it shows."""
 
     title: str
+    ylabel: str
     part: str
-    """``"loss"``, ``"lr"`` or ``"val"``."""
+    """``"loss"``, ``"lr"``, ``"top1"`` or ``"top5"``."""
     key: str = ""
-    """The loss term or validation head."""
+    """The loss term."""
 
-    def series(self, run: RunCurves) -> Series | None:
+    def curves(self, run: RunCurves) -> list[tuple[str, Series]]:
+        """``(label, series)`` of ``run`` in this panel; accuracy in percent."""
         if self.part == "lr":
-            return run.lr
-        return (run.loss if self.part == "loss" else run.val).get(self.key)
+            return [("", run.lr)] if run.lr is not None else []
+        if self.part == "loss":
+            series = run.loss.get(self.key)
+            return [("", series)] if series is not None else []
+        if self.part == "top1":
+            found = run.top1_curves()
+        else:
+            found = [("val", run.val[_TOP5])] if _TOP5 in run.val else []
+        return [(label, _percent(series)) for label, series in found]
+
+
+def _percent(series: Series) -> Series:
+    return Series(series.steps, tuple(100.0 * v for v in series.values))
 
 
 def _panels(runs: Sequence[RunCurves]) -> list[_Panel]:
     terms = dict.fromkeys(t for r in runs for t in r.loss)
-    heads = dict.fromkeys(h for r in runs for h in r.val)
-    panels = [_Panel(t, "loss", t) for t in terms]
+    panels = [_Panel(t, "loss" if t == "loss" else f"{t} (loss term)", "loss", t) for t in terms]
     if any(r.lr is not None for r in runs):
-        panels.append(_Panel("learning rate", "lr"))
-    panels += [_Panel(f"validation accuracy: {h}", "val", h) for h in heads]
+        panels.append(_Panel("learning rate", "learning rate", "lr"))
+    if any(r.top1_curves() for r in runs):
+        panels.append(_Panel(ACCURACY_PANEL, "top-1 (%)", "top1"))
+    if any(_TOP5 in r.val for r in runs):
+        panels.append(_Panel(TOP5_PANEL, "top-5 (%)", "top5"))
     return panels
 
 
 def panel_titles(runs: Sequence[RunCurves]) -> list[str]:
     """The panels a figure of ``runs`` has, in order: each loss term, the learning rate when any
-    run logged it, then validation accuracy per head."""
+    run logged it, then top-1 accuracy (every head, train and val) and a teacher's top-5."""
     return [panel.title for panel in _panels(runs)]
 
 
-def draw_runs(runs: Sequence[RunCurves], out: Path) -> dict[str, Any]:
-    """Draw ``runs`` overlaid (one colour per run, legends naming them) and write ``out`` (PNG).
+_STYLES = ("-", "--", ":", "-.")
 
-    One panel per loss term, one for the learning rate, one per validation head (see
-    :func:`panel_titles`); three panels a row. Returns ``{"panels", "width", "height"}``.
+
+def draw_runs(runs: Sequence[RunCurves], out: Path) -> dict[str, Any]:
+    """Draw ``runs`` overlaid and write ``out`` (PNG).
+
+    One panel per loss term, one for the learning rate, one for top-1 (every head) and one for
+    top-5 when a teacher has it (see :func:`panel_titles`); three panels a row, every axis
+    labelled. With one run each curve of a panel has its own colour; with several, each run has
+    its colour and its curves differ by line style. Returns ``{"panels", "width", "height"}``.
     """
     panels = _panels(runs)
     if not panels:
@@ -243,18 +290,33 @@ def draw_runs(runs: Sequence[RunCurves], out: Path) -> dict[str, Any]:
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[len(panels) :]:
         ax.remove()
-    labels = _legend_names(runs)
+    from matplotlib.ticker import MaxNLocator
+
+    names = _legend_names(runs)
     for ax, panel in zip(axes, panels, strict=False):
-        for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
-            series = panel.series(run)
-            if series is None:
-                continue
-            # A run's single point (one epoch) would be invisible as a line: mark every point
-            # of short curves.
-            marker = "o" if len(series.steps) <= 20 else None
-            ax.plot(series.steps, series.values, color=f"C{i % 10}", marker=marker, label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+            for j, (label, series) in enumerate(panel.curves(run)):
+                colour, style = (
+                    (f"C{j % 10}", "-")
+                    if len(runs) == 1
+                    else (f"C{i % 10}", _STYLES[j % len(_STYLES)])
+                )
+                legend = name if not label else label if len(runs) == 1 else f"{name}: {label}"
+                # A run's single point (one epoch) would be invisible as a line: mark every
+                # point of short curves.
+                marker = "o" if len(series.steps) <= 20 else None
+                ax.plot(
+                    series.steps,
+                    series.values,
+                    color=colour,
+                    linestyle=style,
+                    marker=marker,
+                    label=legend,
+                )
         ax.set_title(panel.title)
-        ax.set_xlabel("step")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
         if panel.part == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

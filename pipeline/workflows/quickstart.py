@@ -12,6 +12,10 @@ Steps, each one call into its stage's own function (nothing here re-implements a
    order, epochs, seed, optimizer and schedule). Only the teachers' advice differs;
 6. ``evaluate`` every model on the test shards.
 
+Teachers and students validate on the test split every epoch (``--val``), so ``civt-pipe plot``
+of a run draws its accuracy per head; validation never touches training (the weights are
+bit-identical without it: tests/test_quickstart.py), so the figures do not change.
+
 Re-running into the same ``DIR`` reuses every finished step (shards with their ``index.json``,
 a teacher checkpoint whose training reached its last epoch, a complete store, a student run
 with ``final.pt``) and resumes an unfinished one, so an interrupted quickstart picks up where it
@@ -263,6 +267,7 @@ def _train_teacher(cfg: QuickstartConfig, paths: Paths, name: str, arch: str) ->
         TeacherTrainConfig(
             arch=arch,
             data=str(paths.train),
+            val=str(paths.test),
             out=str(out),
             epochs=cfg.teacher_epochs,
             image_size=cfg.image_size,
@@ -321,6 +326,7 @@ def _train_student(
     train_student(
         StudentTrainConfig(
             data=str(paths.train),
+            val=str(paths.test),
             out=str(run_dir),
             store=str(paths.store),
             model=STUDENT,
@@ -410,13 +416,29 @@ def plan_steps(cfg: QuickstartConfig, paths: Paths, results: _Results) -> list[S
     return steps
 
 
-def _print_plan(steps: list[Step]) -> None:
+_MARKS = {
+    "reuse": "[green]✓ reuse[/green]",
+    "done": "[green]✓ done[/green] ",
+    "running": "[yellow]▶ now[/yellow]  ",
+    "pending": "[dim]· to do[/dim]",
+}
+
+
+def plan_lines(steps: list[Step]) -> list[str]:
+    """The step list as rich markup, one line a step: its mark (reuse, done with its time, now,
+    to do) and title."""
     lines = []
     for number, step in enumerate(steps, start=1):
-        mark = "[green]✓ reuse[/green]" if step.status == "reuse" else "[dim]· to do[/dim]"
-        lines.append(f"  {number:>2}. {mark}  {step.title}")
-    console.print("[bold]quickstart[/bold]: the whole pipeline on the built-in digits")
-    console.print("\n".join(lines))
+        took = f" [dim]({step.seconds:.1f} s)[/dim]" if step.status == "done" else ""
+        lines.append(f"  {number:>2}. {_MARKS[step.status]}  {step.title}{took}")
+    return lines
+
+
+def _print_plan(steps: list[Step], heading: str) -> None:
+    # Printed again at every step (not a rich Live: the stages draw their own progress bars,
+    # and rich allows one live display at a time), so the list a user scrolls back to is current.
+    console.print(heading)
+    console.print("\n".join(plan_lines(steps)))
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
@@ -441,16 +463,19 @@ def _run(cfg: QuickstartConfig, started: float) -> dict[str, Any]:
     for step in steps:
         if step.done():
             step.status = "reuse"
-    _print_plan(steps)
+    _print_plan(steps, "[bold]quickstart[/bold]: the whole pipeline on the built-in digits")
     for number, step in enumerate(steps, start=1):
         if step.status == "reuse":
             continue
+        step.status = "running"
         console.rule(f"[bold]step {number}/{len(steps)}[/bold] · {step.title}", align="left")
+        _print_plan(steps, "[bold]quickstart[/bold] steps:")
         tick = time.perf_counter()
         step.run()
         step.seconds = time.perf_counter() - tick
         step.status = "done"
         info(f"[green]✓[/green] step {number} done in {step.seconds:.1f} s")
+    _print_plan(steps, "[bold]quickstart[/bold] finished:")
     seconds = time.perf_counter() - started
 
     student, baseline = results.models["student"], results.models["baseline"]

@@ -75,6 +75,10 @@ def _store_spec(
         aug_fields=fields,
         attrs={
             "dataset_fingerprint": shards.fingerprint(),
+            # What a person calls the data (inspect-store names it): make-shards' source and
+            # split, e.g. "digits" / "train"; the fingerprint is what a replay checks.
+            "dataset_source": shards.index.source,
+            "dataset_split": shards.index.split,
             "class_names": list(shards.class_names),
             "channels": shards.channels,
             "image_size": aug.image_size,

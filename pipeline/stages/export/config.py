@@ -12,15 +12,17 @@ from ...models.checkpoint_file import checkpoint_file
 from ...runtime.errors import UserError
 from ...runtime.options import check_choices, option
 
-EXPORT_FORMATS: tuple[str, ...] = ("timm", "safetensors", "torchscript")
+EXPORT_FORMATS: tuple[str, ...] = ("timm", "safetensors", "torchscript", "onnx")
 """The file forms ``export`` writes (see docs/export.md for which heads each carries)."""
 
 MANIFEST_SUFFIX = ".json"
 
 
 def manifest_file(out: Path) -> Path:
-    """The JSON written beside an export: ``deit.safetensors`` → ``deit.json``."""
-    return out.with_suffix(MANIFEST_SUFFIX)
+    """The JSON written beside an export: OUT's whole name plus ``.json``
+    (``civt.safetensors`` → ``civt.safetensors.json``), so exports of one checkpoint in several
+    forms side by side never share a manifest."""
+    return out.with_name(out.name + MANIFEST_SUFFIX)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -30,11 +32,10 @@ class ExportConfig:
     checkpoint: Path = option(
         help="Checkpoint to export: a run directory (its final.pt), last.pt, .safetensors..."
     )
-    out: Path = option(help="File to write; OUT with the suffix .json describes it.")
+    out: Path = option(help="File to write; OUT.json beside it describes it.")
     format: str = option(
         "safetensors",
-        help="timm (students: timm ViT / DeiT names; teachers: torchvision names), "
-        "safetensors (our names, every head) or torchscript (one head, normalization inside).",
+        help="timm, safetensors, torchscript or onnx (see docs/export.md).",
         choices=EXPORT_FORMATS,
     )
     head: str | None = option(
@@ -50,8 +51,8 @@ class ExportConfig:
         check_choices(self)
         if self.out.suffix == MANIFEST_SUFFIX:
             raise UserError(
-                f"{self.out}: the export cannot end in {MANIFEST_SUFFIX}, the name of the JSON "
-                "written beside it; use e.g. .safetensors, .pth or .pt"
+                f"{self.out}: the export cannot end in {MANIFEST_SUFFIX}, the suffix of the "
+                "manifest written beside it; use e.g. .safetensors, .pt, .ts or .onnx"
             )
         if self.head == "":
             raise UserError("--head is empty; give cls, mean or a teacher's name")

@@ -2,16 +2,19 @@
 
 Three forms (docs/export.md):
 
-- ``timm``: students as timm's ``VisionTransformer`` / ``VisionTransformerDistilled`` state dict
-  (:mod:`.timm_form`), teachers as torchvision's (:mod:`.torchvision_form`); a ``.safetensors``
+- ``timm``: students and our ViT teachers as timm's ``VisionTransformer`` /
+  ``VisionTransformerDistilled`` state dict (:mod:`.timm_form`), other teachers as
+  torchvision's (:mod:`.torchvision_form`); a ``.safetensors``
   OUT is written as safetensors, any other name with ``torch.save``. The input normalization is
   not folded in: ``pretrained_cfg`` says which mean/std the inputs need, as timm's own do;
 - ``safetensors``: our checkpoint's weights and metadata (every head), which ``evaluate``,
   ``--init`` and teacher specs load like the ``.pt`` (:func:`..models.checkpoint.save_safetensors`);
 - ``torchscript``: the traced model returning one head's logits from images in [0, 1]
-  (normalization inside), for ``torch.jit.load``.
+  (normalization inside), for ``torch.jit.load``;
+- ``onnx``: the same module as an ONNX graph (:mod:`.onnx_form`) with a dynamic batch axis,
+  for onnxruntime and serving stacks (the ``[onnx]`` extra).
 
-``OUT.json`` (OUT with the suffix ``.json``) records the form, the head(s) the file carries, the
+``OUT.json`` (OUT's name plus ``.json``) records the form, the head(s) the file carries, the
 arguments that build the model, ``pretrained_cfg`` (input size, mean, std, crop, interpolation,
 classes), the class names and the source checkpoint's sha256.
 """
@@ -39,7 +42,7 @@ from ...models.normalize import NormalizedModel
 from ...runtime.atomic import atomic_write_bytes, atomic_write_json, check_output_file
 from ...runtime.errors import UserError
 from .config import ExportConfig, manifest_file
-from .timm_form import timm_form
+from .timm_form import has_timm_form, timm_form
 from .torchvision_form import torchvision_form
 
 TEACHER_HEAD = "logits"
@@ -102,6 +105,18 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
             input="images in [0, 1]: the weights hold normalize.mean/std",
             pretrained_cfg=pretrained_cfg(model),
             civt_pipe={"arch": model.arch, "model_args": dict(model.model_args)},
+        )
+    elif cfg.format == "onnx":
+        from .onnx_form import onnx_bytes
+
+        data = onnx_bytes(HeadLogits(model, head).eval(), _example(model))
+        manifest.update(
+            form="onnx",
+            heads=[head],
+            input="images in [0, 1], float32 NCHW named 'images', any batch size: the "
+            "normalization is inside the graph",
+            output="'logits' [batch, num_classes] float32",
+            pretrained_cfg=pretrained_cfg(model),
         )
     else:
         data = _torchscript(model, head)
@@ -174,7 +189,7 @@ def _timm_or_torchvision(
 ) -> bytes:
     """Bytes of the timm (student) or torchvision (teacher) form; fills in ``manifest``."""
     normalized = "normalized with pretrained_cfg mean/std (not folded into the weights)"
-    if model.kind == "teacher":
+    if model.kind == "teacher" and not has_timm_form(model):
         tv = torchvision_form(model)
         first = "conv1" if "conv1.weight" in tv.state_dict else "stem.0"
         manifest.update(
@@ -203,13 +218,18 @@ def _timm_or_torchvision(
     return _state_bytes(form.state_dict, out)
 
 
-def _torchscript(model: NormalizedModel, head: str) -> bytes:
-    """The traced :class:`HeadLogits` of ``model`` (batch size free, input side fixed)."""
+def _example(model: NormalizedModel) -> Tensor:
+    """A seeded batch of two images in [0, 1] of ``model``'s input shape (to trace or export)."""
     args = model.model_args
     size = int(args["image_size"])
-    example = torch.rand(
+    return torch.rand(
         2, int(args["in_chans"]), size, size, generator=torch.Generator().manual_seed(0)
     )
+
+
+def _torchscript(model: NormalizedModel, head: str) -> bytes:
+    """The traced :class:`HeadLogits` of ``model`` (batch size free, input side fixed)."""
+    example = _example(model)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # torch >= 2.9 marks TorchScript deprecated in favour of torch.export; it still writes

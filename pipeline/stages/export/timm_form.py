@@ -1,4 +1,5 @@
-"""A CivT student under timm's names: a plain ``VisionTransformer`` or DeiT's distilled ViT.
+"""A CivT student or ViT teacher under timm's names: a plain ``VisionTransformer`` or DeiT's
+distilled ViT.
 
 Our ViT blocks, patch embedding, norms and heads already carry timm's parameter names (the
 model files follow timm's layout), so the form is a renaming of the prefix tokens and heads:
@@ -12,7 +13,10 @@ model files follow timm's layout), so the form is a renaming of the prefix token
   linear head becomes ``head``. The chosen head's logits are then exact;
 - ``mean`` with one distillation token (one teacher, or the shared token) →
   ``timm.models.deit.VisionTransformerDistilled``, whose eval output is the mean of its class
-  and distillation heads, our ``mean``. With no distillation token ``mean`` is ``cls``.
+  and distillation heads, our ``mean``. With no distillation token ``mean`` is ``cls``;
+- our ViT teachers (``vit-nano``, ``deit-ti``, ``deit-s``: a :class:`..models.vit.
+  VisionTransformer` read out by its class token) → ``VisionTransformer`` with the same names,
+  no register tokens: the mapping is direct.
 
 timm itself is not imported: this writes state dicts with its names and the arguments that
 build the matching model (``timm.create_model(name, pretrained=False, **model_args)``).
@@ -30,7 +34,8 @@ from ...models.civt import CivT
 from ...models.civt_aligned import AlignedCivT
 from ...models.heads import CLS, MEAN
 from ...models.normalize import NormalizedModel
-from ...models.vit import Block
+from ...models.vit import Block, VisionTransformer
+from ...models.vit_teachers import ViTTeacher
 from ...runtime.errors import UserError
 
 _NAMES = {192: "tiny", 384: "small", 768: "base"}
@@ -56,13 +61,16 @@ class TimmForm:
 
 
 def timm_form(model: NormalizedModel, head: str) -> TimmForm:
-    """The timm form of ``model`` (a CivT student) that outputs head ``head``.
+    """The timm form of ``model`` (a CivT student, or one of our ViT teachers, whose one head is
+    ``head``) that outputs head ``head``.
 
     Raises:
         UserError: for the aligned CivT, students that are not ViTs, and ``mean`` over more
             than two distinct heads (timm's distilled ViT averages two).
     """
     body = model.body
+    if isinstance(body, ViTTeacher):
+        return _plain(model, body.vit, 0, head)
     if isinstance(body, AlignedCivT):
         raise UserError(
             f"{model.arch} with token mode 'aligned' (convolution and involution stems) has no "
@@ -92,7 +100,14 @@ def timm_form(model: NormalizedModel, head: str) -> TimmForm:
     return _plain(model, body, front, exported)
 
 
-def _common(model: NormalizedModel, body: CivT) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def has_timm_form(model: NormalizedModel) -> bool:
+    """Whether a teacher is one of our ViTs (timm form) rather than a torchvision model."""
+    return isinstance(model.body, ViTTeacher)
+
+
+def _common(
+    model: NormalizedModel, body: VisionTransformer
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Architecture arguments shared by both forms, and the weights whose names already match."""
     block = body.blocks[0]
     assert isinstance(block, Block) and isinstance(body.patch_embed.proj, nn.Conv2d)
@@ -123,10 +138,13 @@ def _name(kind: str, args: dict[str, Any]) -> str:
     return f"deit_{size}_distilled_patch16_224" if kind == "deit" else f"vit_{size}_patch16_224"
 
 
-def _plain(model: NormalizedModel, body: CivT, front: int, exported: str) -> TimmForm:
+def _plain(model: NormalizedModel, body: VisionTransformer, front: int, exported: str) -> TimmForm:
     """``VisionTransformer`` with the prefix token ``front`` in the class slot."""
     args, state = _common(model, body)
-    prefix = torch.cat([body.cls_token, body.dist_tokens], dim=1).detach()
+    parts: list[Tensor] = [body.cls_token]
+    if isinstance(body, CivT):
+        parts.append(body.dist_tokens)
+    prefix = torch.cat(parts, dim=1).detach()
     num_prefix = prefix.shape[1]
     order = [front, *(i for i in range(num_prefix) if i != front)]
     tokens = prefix[:, order]
@@ -135,7 +153,11 @@ def _plain(model: NormalizedModel, body: CivT, front: int, exported: str) -> Tim
     if num_prefix > 1:
         state["reg_token"] = tokens[:, 1:].clone()
     state["pos_embed"] = torch.cat([pos[:, order], pos[:, num_prefix:]], dim=1).clone()
-    linear = body.head if front == 0 else body.dist_heads[front - 1]
+    if front == 0:
+        linear: nn.Module = body.head
+    else:
+        assert isinstance(body, CivT)
+        linear = body.dist_heads[front - 1]
     assert isinstance(linear, nn.Linear)
     state["head.weight"] = linear.weight.detach().clone()
     state["head.bias"] = linear.bias.detach().clone()

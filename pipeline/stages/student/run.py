@@ -306,7 +306,6 @@ class _StudentSpec:
     def summary(
         self, env: RunEnv, bound: DataBinding, plan: RunPlan, result: FitResult
     ) -> dict[str, Any]:
-        last = result.last_epoch
         if env.ctx.is_main:
             info(
                 f"trained {self.cfg.model} for {result.stopped_at or self.cfg.epochs} epoch(s), "
@@ -315,7 +314,7 @@ class _StudentSpec:
                 f"-> {env.run_dir / FINAL}"
             )
         return {
-            "loss": last.last if last is not None else {},
+            "loss": result.epoch_loss,
             "teachers": bound.teacher_names,
             "mode": "online" if bound.online else "store",
             "weights_sha256": state_digest(plan.model),

@@ -1,0 +1,1 @@
+"""``civt-pipe predict``: per-image predictions of a checkpoint."""
