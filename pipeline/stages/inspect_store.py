@@ -29,7 +29,7 @@ class InspectStoreConfig:
     """Check every invariant first (a violation is a ``StoreError`` naming it)."""
     data: str | None = None
     """With ``verify``: the shards the store was dumped from; every recorded label is compared
-    with theirs (:func:`..replay.labels.check_store_labels`)."""
+    with theirs (:func:`..replay.store_labels.check_store_labels`)."""
     tables: bool = True
     """Print the human report on stderr (off when the caller prints JSON instead)."""
     plot: Path | None = None
@@ -60,7 +60,7 @@ def run_inspect_store(cfg: InspectStoreConfig) -> dict[str, Any]:
         check_png_path(cfg.plot)
     report = inspect_store(cfg.store, verify=cfg.verify)
     if cfg.data is not None:
-        from ..replay.labels import check_store_labels
+        from ..replay.store_labels import check_store_labels
 
         report["labels_checked"] = check_store_labels(str(cfg.store), cfg.data)
     if cfg.plot is not None:
