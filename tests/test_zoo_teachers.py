@@ -281,7 +281,8 @@ def _dump(tmp_path: Path, teacher: str, *options: str) -> Any:
 
 
 def test_without_timm_the_cli_prints_one_line(tmp_path: Path, timm_missing: None) -> None:
-    result = _dump(tmp_path, "t=timm:resnet18:w.pth")
+    weights = _save(_timm_model("resnet18", num_classes=3).state_dict(), tmp_path / "w.pth")
+    result = _dump(tmp_path, f"t=timm:resnet18:{weights}")
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "[timm]" in lines[0], result.output
@@ -513,6 +514,30 @@ def test_evaluate_preprocess_zoo_on_the_cli(tmp_path: Path) -> None:
         "zoo",
         3,
     )
+
+
+def test_predict_takes_a_published_file_like_evaluate(tmp_path: Path) -> None:
+    # predict and evaluate load through one function (train/validate.load_for_data): a timm
+    # file with --arch gives the same top-1 from predict's rows as evaluate reports.
+    data, _ = _photo_shards(tmp_path)
+    path = _save(_timm_model("resnet18", num_classes=3).state_dict(), tmp_path / "r18.safetensors")
+    common = ["--checkpoint", str(path), "--data", str(data), "--arch", "timm:resnet18"]
+    common += ["--device", "cpu", "--threads", "1"]
+    evaluated = CliRunner().invoke(app, ["evaluate", *common, "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    out = tmp_path / "rows.jsonl"
+    predicted = CliRunner().invoke(app, ["predict", *common, "--out", str(out), "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3
+    assert json.loads(predicted.output)["checkpoint"] == str(path)
+    hits = [row["logits"]["classes"][0] == row["label"] for row in rows]
+    assert sum(hits) / len(rows) == json.loads(evaluated.output)["top1"]
+    # Without a checkpoint, only a timm model may look in timm's cache: one line, before torch.
+    refused = CliRunner().invoke(
+        app, ["predict", "--data", str(data), "--arch", "rednet26", "--out", str(out)]
+    )
+    assert refused.exit_code == 2 and "--checkpoint is required" in refused.stderr
 
 
 def test_preprocess_zoo_for_our_own_teacher_is_one_line(tmp_path: Path) -> None:

@@ -67,3 +67,35 @@ class TeacherSpec:
                 "NAME=timm:MODEL[:WEIGHTS]"
             )
         return cls(name=m["name"], arch=m["arch"], checkpoint=Path(m["ckpt"]))
+
+
+CHECKPOINT_WITH_ARCH_HELP = (
+    "Teacher or student checkpoint: a run directory (its final.pt), last.pt, final.pt; or a "
+    "published weights file with --arch (required, except for --arch timm:MODEL with weights "
+    "in timm's offline cache)."
+)
+ARCH_HELP = (
+    "Architecture of a published weights file: a preset (regnety-600mf, rednet26, ...) or "
+    "timm:MODEL; loaded as dump-logits loads a teacher."
+)
+
+
+def check_model_source(checkpoint: Path | None, arch: str | None) -> None:
+    """``--checkpoint``/``--arch`` of a scoring command (evaluate, predict): a checkpoint is
+    required unless ``arch`` is a timm model, whose weights may come from timm's offline cache.
+    Torch-free; the file itself is checked by :meth:`TeacherSpec.preflight` or
+    :func:`.checkpoint_file.checkpoint_file`."""
+    if checkpoint is None and (arch is None or not arch.startswith("timm:")):
+        raise UserError(
+            "--checkpoint is required (only --arch timm:MODEL may take its weights from "
+            "timm's offline cache)"
+        )
+
+
+def preflight_model_source(checkpoint: Path | None, arch: str | None) -> None:
+    """The torch-free refusals of :func:`check_model_source`'s pair: the architecture and the
+    file, as dump-logits checks a teacher spec."""
+    if arch is not None:
+        TeacherSpec(name="teacher", arch=arch, checkpoint=checkpoint).preflight()
+    elif checkpoint is not None:
+        checkpoint_file(checkpoint)

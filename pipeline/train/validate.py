@@ -76,37 +76,54 @@ def headline_head(heads: dict[str, Any], preferred: str = CLS_HEAD) -> str:
 
 @torch.no_grad()
 def load_for_data(
-    checkpoint: Path,
+    checkpoint: Path | None,
     shard_set: Any,
     *,
     device: torch.device,
     compile: bool = False,
-) -> tuple[NormalizedModel, nn.Module, dict[str, Any]]:
-    """The model in ``checkpoint``, checked against ``shard_set`` (classes, channels), for a
-    scoring pass: ``(model, scored, meta)`` where ``scored`` is what to call (channels-last for
-    a convolutional teacher on CUDA, compiled with ``compile``). Class names that differ from
-    the data's with the same count are a warning: scoring is by class index."""
+    arch: str | None = None,
+) -> tuple[NormalizedModel, nn.Module, dict[str, Any], Path]:
+    """The model in ``checkpoint`` (with ``arch``: a published weights file or timm model,
+    loaded as dump-logits loads a teacher), checked against ``shard_set`` (classes, channels),
+    for a scoring pass: ``(model, scored, meta, weights)`` where ``scored`` is what to call
+    (channels-last for a convolutional teacher on CUDA, compiled with ``compile``) and
+    ``weights`` the file the weights came from (a timm model's may be in timm's cache). Class
+    names that differ from the data's with the same count are a warning: scoring is by class
+    index."""
     from ..models.checkpoint import model_from_checkpoint
     from ..models.factory import is_convolutional
+    from ..models.teacher_spec import TeacherSpec, check_model_source
     from ..runtime.precision import prepare_model
 
-    model, meta = model_from_checkpoint(
-        checkpoint,
-        device=device,
-        expect_num_classes=shard_set.num_classes,
-        in_chans=shard_set.channels,
-    )
+    check_model_source(checkpoint, arch)
+    if arch is not None:
+        from ..models.teachers import load_teacher, teacher_weights
+
+        spec = TeacherSpec(name="teacher", arch=arch, checkpoint=checkpoint)
+        weights = teacher_weights(spec)
+        model, meta = load_teacher(
+            spec, device, num_classes=shard_set.num_classes, channels=shard_set.channels
+        )
+    else:
+        assert checkpoint is not None  # check_model_source
+        weights = checkpoint
+        model, meta = model_from_checkpoint(
+            checkpoint,
+            device=device,
+            expect_num_classes=shard_set.num_classes,
+            in_chans=shard_set.channels,
+        )
     theirs = list(meta.get("class_names") or [])
     if theirs and theirs != list(shard_set.class_names):
         # Same count, other names: most likely another dataset; foreign shards scanned without
         # an index.json are named "0".."C-1", so this is a warning, not an error.
         warn(
-            f"{checkpoint} was trained on classes {theirs[:3]}... but the data names them "
+            f"{weights} was trained on classes {theirs[:3]}... but the data names them "
             f"{list(shard_set.class_names)[:3]}...; scoring by class index"
         )
     convolutional = meta["kind"] == "teacher" and is_convolutional(meta["arch"])
     scored = prepare_model(model, device, convolutional=convolutional, compile=compile)
-    return model, scored, meta
+    return model, scored, meta, Path(weights)
 
 
 @torch.no_grad()

@@ -19,8 +19,13 @@ from typing import TYPE_CHECKING, Any
 from ...augment.config import RENDER_DEVICE_CHOICES, RENDER_DEVICE_HELP
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP
 from ...data.shard_set import check_shard_spec
-from ...models.checkpoint_file import checkpoint_file
-from ...models.teacher_spec import TeacherSpec
+from ...models.teacher_spec import (
+    ARCH_HELP,
+    CHECKPOINT_WITH_ARCH_HELP,
+    TeacherSpec,
+    check_model_source,
+    preflight_model_source,
+)
 from ...runtime.console import warn
 from ...runtime.device import check_device
 from ...runtime.errors import UserError
@@ -40,17 +45,8 @@ if TYPE_CHECKING:
 class EvaluateConfig:
     """What ``civt-pipe evaluate`` runs."""
 
-    checkpoint: Path | None = option(
-        None,
-        help="Teacher or student checkpoint: a run directory (its final.pt), last.pt, final.pt; "
-        "or a published weights file with --arch (required, except for --arch timm:MODEL "
-        "with weights in timm's offline cache).",
-    )
-    arch: str | None = option(
-        None,
-        help="Architecture of a published weights file: a preset (regnety-600mf, rednet26, "
-        "...) or timm:MODEL; loaded as dump-logits loads a teacher.",
-    )
+    checkpoint: Path | None = option(None, help=CHECKPOINT_WITH_ARCH_HELP)
+    arch: str | None = option(None, help=ARCH_HELP)
     preprocess: str = option(
         "ours",
         help="ours: resize to side/0.875 (bilinear), centre crop; zoo: a zoo teacher's own "
@@ -93,11 +89,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
             self.checkpoint = Path(self.checkpoint)
-        elif self.arch is None or not self.arch.startswith("timm:"):
-            raise UserError(
-                "--checkpoint is required (only --arch timm:MODEL may take its weights from "
-                "timm's offline cache)"
-            )
+        check_model_source(self.checkpoint, self.arch)
         if self.store is not None:
             self.store = os.fspath(self.store)
         check_numbers(self)
@@ -108,10 +100,7 @@ class EvaluateConfig:
     def preflight(self) -> None:
         """The refusals that need no data, torch-free (run by the command line before it
         imports the stage)."""
-        if self.arch is not None:
-            TeacherSpec(name="teacher", arch=self.arch, checkpoint=self.checkpoint).preflight()
-        elif self.checkpoint is not None:
-            checkpoint_file(self.checkpoint)
+        preflight_model_source(self.checkpoint, self.arch)
         check_shard_spec(self.data)
         check_device(self.device)
         check_precision(self.precision, self.device)
@@ -126,11 +115,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from ...augment.render_device import resolve_render_device
     from ...data.imageio import resolve_decoder
     from ...data.shard_set import resolve_complete_shards
-    from ...models.checkpoint import model_from_checkpoint
-    from ...models.factory import is_convolutional
     from ...runtime.device import cpu_threads, resolve_device
-    from ...runtime.precision import PrecisionPolicy, check_compile, prepare_model
-    from ...train.validate import evaluate_model
+    from ...runtime.precision import PrecisionPolicy, check_compile
+    from ...train.validate import evaluate_model, load_for_data
 
     device = resolve_device(cfg.device)
     policy = PrecisionPolicy.resolve(cfg.precision, device)
@@ -139,32 +126,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
     render_device = resolve_render_device(cfg.render_device, device, workers=cfg.workers)
     shard_set = resolve_complete_shards(cfg.data)
-    checkpoint = cfg.checkpoint
-    if cfg.arch is not None:
-        from ...models.teachers import load_teacher, teacher_weights
-
-        spec = TeacherSpec(name="teacher", arch=cfg.arch, checkpoint=cfg.checkpoint)
-        checkpoint = teacher_weights(spec)  # a timm model's may come from timm's cache
-        model, meta = load_teacher(
-            spec, device, num_classes=shard_set.num_classes, channels=shard_set.channels
-        )
-    else:
-        assert checkpoint is not None  # __post_init__ requires it without a timm --arch
-        model, meta = model_from_checkpoint(
-            checkpoint,
-            device=device,
-            expect_num_classes=shard_set.num_classes,
-            in_chans=shard_set.channels,
-        )
+    model, scored_model, meta, checkpoint = load_for_data(
+        cfg.checkpoint, shard_set, device=device, compile=cfg.compile, arch=cfg.arch
+    )
     zoo = _zoo_view(checkpoint, meta) if cfg.preprocess == "zoo" else None
-    theirs = list(meta.get("class_names") or [])
-    if theirs and theirs != list(shard_set.class_names):
-        # Same count, other names: most likely another dataset; foreign shards scanned without
-        # an index.json are named "0".."C-1", so this is a warning, not an error.
-        warn(
-            f"{checkpoint} was trained on classes {theirs[:3]}... but {cfg.data} names them "
-            f"{list(shard_set.class_names)[:3]}...; scoring by class index"
-        )
     with cpu_threads(cfg.threads, cfg.workers, device):
         agreement = None
         if cfg.store is not None:
@@ -183,8 +148,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 decoder=cfg.decoder,
                 render_device=cfg.render_device,
             )
-        convolutional = meta["kind"] == "teacher" and is_convolutional(meta["arch"])
-        scored: Any = prepare_model(model, device, convolutional=convolutional, compile=cfg.compile)
+        scored: Any = scored_model
         observers = _transferability(model, meta, shard_set, device, cfg)
         if cfg.noise > 0:
             from .noise import GaussianNoise
@@ -244,7 +208,6 @@ def _transferability(
     none for other checkpoints, or when that teacher's file is gone (a warning)."""
     from ...cakd.transferability import TransferabilityObserver, recorded_teacher
     from ...models.heads import inference_head
-    from ...models.teacher_spec import TeacherSpec
     from ...replay.online_teachers import load_online_teachers
     from ...train.validate import TEACHER_HEAD
 

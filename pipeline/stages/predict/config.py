@@ -10,9 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...data.imageio import DECODER_CHOICES, DECODER_HELP
+from ...data.shard_set import check_shard_spec
+from ...models.teacher_spec import (
+    ARCH_HELP,
+    CHECKPOINT_WITH_ARCH_HELP,
+    check_model_source,
+    preflight_model_source,
+)
+from ...runtime.device import check_device
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, MAX_WORKERS, check_choices, check_numbers, option
-from ...runtime.precision import PRECISION_CHOICES, PRECISION_HELP
+from ...runtime.precision import PRECISION_CHOICES, PRECISION_HELP, check_precision
 
 PREDICT_SUFFIXES: tuple[str, ...] = (".jsonl", ".csv", ".npz", ".npy")
 """The forms ``predict`` writes, chosen by OUT's suffix (docs/commands.md#predict)."""
@@ -22,9 +30,8 @@ PREDICT_SUFFIXES: tuple[str, ...] = (".jsonl", ".csv", ".npz", ".npy")
 class PredictConfig:
     """What ``civt-pipe predict`` runs."""
 
-    checkpoint: Path = option(
-        help="Teacher or student checkpoint: a run directory (its final.pt), last.pt, final.pt."
-    )
+    checkpoint: Path | None = option(None, help=CHECKPOINT_WITH_ARCH_HELP)
+    arch: str | None = option(None, help=ARCH_HELP)
     data: str = option(help="Shards to predict: a directory or a brace pattern.")
     out: Path = option(help="File to write: .jsonl, .csv, .npz or .npy (see docs/commands.md).")
     head: str | None = option(
@@ -48,7 +55,9 @@ class PredictConfig:
     overwrite: bool = option(False, help="Replace an existing OUT.")
 
     def __post_init__(self) -> None:
-        self.checkpoint = Path(self.checkpoint)
+        if self.checkpoint is not None:
+            self.checkpoint = Path(self.checkpoint)
+        check_model_source(self.checkpoint, self.arch)
         self.out = Path(self.out)
         self.data = os.fspath(self.data)
         check_numbers(self)
@@ -60,3 +69,11 @@ class PredictConfig:
             )
         if self.head == "":
             raise UserError("--head is empty; give cls, mean or a teacher's name")
+
+    def preflight(self) -> None:
+        """The refusals that need no data, torch-free (run by the command line before it
+        imports the stage)."""
+        preflight_model_source(self.checkpoint, self.arch)
+        check_shard_spec(self.data)
+        check_device(self.device)
+        check_precision(self.precision, self.device)

@@ -38,7 +38,9 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
     policy = PrecisionPolicy.resolve(cfg.precision, device)
     decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
     shard_set = resolve_complete_shards(cfg.data)
-    model, scored, meta = load_for_data(cfg.checkpoint, shard_set, device=device)
+    model, scored, meta, weights = load_for_data(
+        cfg.checkpoint, shard_set, device=device, arch=cfg.arch
+    )
     wanted = cfg.head
     if wanted is None and cfg.out.suffix == ".npy":
         wanted = TEACHER_HEAD if meta["kind"] == "teacher" else inference_head(model)
@@ -94,7 +96,7 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
             name: float((head.classes[:, 0] == rows.labels).mean())
             for name, head in rows.heads.items()
         },
-        "checkpoint": str(cfg.checkpoint),
+        "checkpoint": str(weights),
         "arch": meta["arch"],
         "kind": meta["kind"],
         "precision": policy.precision,
