@@ -100,6 +100,7 @@ class LogitStore:
             for s in self._attrs["shards"]
         ]
         self._by_name = {s.name: i for i, s in enumerate(self._layout)}
+        self._pid = os.getpid()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -251,6 +252,17 @@ class LogitStore:
         if check:
             store.check_whole()
         return store
+
+    def in_this_process(self) -> LogitStore:
+        """This store, ready to read in the calling process. A DataLoader worker forked from the
+        process that opened a store at a URL holds fsspec clients bound to its parent's event
+        loop, which a fork does not copy: the first call in the child opens the store's group
+        again (without the whole-store check the parent made). A local store needs nothing."""
+        if self._pid != os.getpid() and self.location.local is None:
+            again = _reopen(self.path, self.mode)
+            self.location, self._group, self._arrays = again.location, again._group, {}
+            self._pid = os.getpid()
+        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Data-loader workers and spawned ranks reopen the store instead of pickling zarr state;

@@ -156,4 +156,5 @@ def test_states_of_older_versions_still_read() -> None:
         "identity": {"world_size": 1},
     }
     state = TrainState.from_dict(student_v1)
-    assert state.to_dict() == {**student_v1, "version": 2}
+    # A state of before the fp16 loss scale was kept (issue 22) reads with no scaler state.
+    assert state.to_dict() == {**student_v1, "version": 2, "scaler": None}

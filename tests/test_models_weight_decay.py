@@ -34,6 +34,9 @@ SPLITS: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("civt-nano", "none"): (26, 669120, 55, 14122),
     ("regnety-600mf", "per-teacher"): (81, 5416864, 131, 35386),
     ("regnety-4gf", "per-teacher"): (116, 19494368, 187, 74178),
+    # The zoo presets of issue 23, recorded when they came (same hooks as their families).
+    ("rednet152", "per-teacher"): (209, 31761840, 468, 194232),
+    ("regnety-16gf", "per-teacher"): (96, 80449792, 155, 145598),
     # cls mode has no distillation token: the same split as "none".
     ("civt-nano", "cls"): (26, 669120, 55, 14122),
     # aligned: the stems' convolutions decay, their BN parameters and biases do not.

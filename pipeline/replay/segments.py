@@ -221,7 +221,8 @@ def render_segment(
 class ViewSegments:
     """The training segment renderer of the stream: :func:`render_segment` at one view.
 
-    Runs in DataLoader workers, each with its copy of the source's opened store.
+    Runs in DataLoader workers, each with its copy of the source's opened store (one at a
+    URL reopens its group in a forked worker: :meth:`LogitStore.in_this_process`).
     """
 
     source: ViewSource
@@ -230,7 +231,8 @@ class ViewSegments:
     def __call__(
         self, shard: ShardRows, segment: Segment, needed: np.ndarray
     ) -> Iterator[StreamBlock]:
-        return render_segment(self.source, self.source.store, shard, segment, self.view, needed)
+        store = self.source.store.in_this_process() if self.source.store is not None else None
+        return render_segment(self.source, store, shard, segment, self.view, needed)
 
 
 @dataclass(slots=True)
