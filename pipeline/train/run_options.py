@@ -111,11 +111,12 @@ class RunOptions:
         """The refusals of the shared options that need no data, torch-free: the command line
         runs a config's ``preflight`` before it imports the stage (and torch); a trainer's
         config adds its own (architecture, checkpoints) and calls this."""
+        # Settings before paths: a wrong device or precision is named whatever the paths say.
+        check_device(self.device)
+        check_precision(self.precision, self.device)
         check_shard_spec(self.data)
         if self.val is not None:
             check_shard_spec(self.val)
-        check_device(self.device)
-        check_precision(self.precision, self.device)
 
     def check_run_options(self) -> None:
         """The checks of the shared options (each trainer's ``__post_init__`` calls it)."""

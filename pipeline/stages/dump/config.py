@@ -117,11 +117,12 @@ class DumpConfig:
     def preflight(self) -> None:
         """The refusals that need no data, torch-free (run by the command line before it
         imports the stage)."""
+        # Settings before paths: a wrong device or precision is named whatever the paths say.
+        check_device(self.device)
+        check_precision(self.precision, self.device)
         check_shard_spec(self.data)
         for spec in self.teachers:
             spec.preflight()
-        check_device(self.device)
-        check_precision(self.precision, self.device)
 
 
 def resolve_augment(cfg: DumpConfig, image_size: int) -> AugmentConfig:

@@ -73,7 +73,8 @@ class PredictConfig:
     def preflight(self) -> None:
         """The refusals that need no data, torch-free (run by the command line before it
         imports the stage)."""
-        preflight_model_source(self.checkpoint, self.arch)
-        check_shard_spec(self.data)
+        # Settings before paths: a wrong device or precision is named whatever the paths say.
         check_device(self.device)
         check_precision(self.precision, self.device)
+        preflight_model_source(self.checkpoint, self.arch)
+        check_shard_spec(self.data)
