@@ -70,7 +70,8 @@ def test_unknown_preset_lists_the_known_ones() -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"image_size": 2}, "image_size"),
+        # The size is the one field a user sets directly: its message names the option.
+        ({"image_size": 2}, "--image-size"),
         ({"scale": (0.5, 0.2)}, "scale"),
         ({"scale": (0.0, 1.0)}, "scale"),
         ({"scale": 0.5}, "scale"),
