@@ -259,7 +259,7 @@ class LogitStore:
         loop, which a fork does not copy: the first call in the child opens the store's group
         again (without the whole-store check the parent made). A local store needs nothing."""
         if self._pid != os.getpid() and self.location.local is None:
-            again = _reopen(self.path, self.mode)
+            again = _reopen(self.path, "r+" if self.mode == "r+" else "r")
             self.location, self._group, self._arrays = again.location, again._group, {}
             self._pid = os.getpid()
         return self
