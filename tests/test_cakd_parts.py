@@ -434,7 +434,8 @@ def test_each_transform_changes_a_gray_batch(name: str) -> None:
 
 
 def test_vit_teachers_train_with_adamw_recipes_not_the_cnn_ones() -> None:
-    from civt_pipe.pipeline.stages.teacher.config import RECIPES, recipe_family
+    from civt_pipe.pipeline.stages.teacher.config import recipe_family
+    from civt_pipe.pipeline.train.recipes import TEACHER_RECIPES as RECIPES
 
     assert recipe_family("vit-nano") == "vit-nano" and recipe_family("deit-ti") == "vit"
     assert recipe_family("vit-b-16") == "vit" and recipe_family("cnn-nano") == "nano"

@@ -14,6 +14,15 @@ from civt_pipe.pipeline.runtime.options import option_info
 from civt_pipe.pipeline.stages.cakd.config import CakdTrainConfig
 from civt_pipe.pipeline.stages.student.config import StudentTrainConfig
 from civt_pipe.pipeline.stages.teacher.config import TeacherTrainConfig
+from civt_pipe.pipeline.train.recipes import (
+    CAKD_RECIPES,
+    RECIPE_TABLES,
+    STUDENT_RECIPES,
+    TEACHER_RECIPES,
+    Recipe,
+    recipes_markdown,
+    resolve_hyperparameters,
+)
 from civt_pipe.pipeline.train.run_options import (
     RunOptions,
     scaled_lr,
@@ -38,6 +47,33 @@ def test_commands_md_shows_the_generated_shared_options() -> None:
     begin = text.index("<!-- shared-options:begin")
     body = text[text.index("\n", begin) + 1 : text.index("<!-- shared-options:end -->")]
     assert body == shared_options_markdown()
+
+
+def test_commands_md_shows_every_recipe_in_the_one_table_format() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    begin = text.index("<!-- recipes:begin")
+    body = text[text.index("\n", begin) + 1 : text.index("<!-- recipes:end -->")]
+    assert body == recipes_markdown()
+    # One type for every trainer's table, and each trainer reads its own table.
+    for table in RECIPE_TABLES.values():
+        assert table and all(type(recipe) is Recipe for recipe in table.values())
+    assert "| `paper-cifar` | sgd | 0.8 × global batch / 512 |" in body
+    assert "| `resnet` | sgd | 0.2 × global batch / 512 | 0.0001 | 100 | 256 | 5 | yes |" in body
+
+
+def test_each_trainer_resolves_its_recipe_from_the_shared_table() -> None:
+    """The values a run resolves come from the one table (a copy elsewhere would drift)."""
+    from civt_pipe.pipeline.stages.cakd.config import resolve_optimization
+
+    cakd = CakdTrainConfig(teacher="vit=vit-nano:t.pt", data="d", out="o", recipe="paper-cifar")
+    opt = resolve_optimization(cakd, world_size=2)
+    recipe = CAKD_RECIPES["paper-cifar"]
+    assert opt.lr == scaled_lr(recipe.lr, 64 * 2) and opt.milestones == recipe.milestones
+    assert opt.nesterov is recipe.nesterov is False and opt.epochs == recipe.epochs
+    hyper = resolve_hyperparameters("deit", {}, global_batch=256, preset_drop_path=0.0)
+    assert hyper["lr"].value == STUDENT_RECIPES["deit"].lr * 256 / 512
+    assert hyper["min_lr"].value == STUDENT_RECIPES["deit"].min_lr  # not scaled in DeiT
+    assert TEACHER_RECIPES["resnet"].nesterov and not CAKD_RECIPES["paper-imagenet"].nesterov
 
 
 @pytest.mark.parametrize("config", TRAINERS)

@@ -1,23 +1,11 @@
-"""``train-cakd``'s configuration: the options, the named recipes, the resolved run.
+"""``train-cakd``'s configuration: the options, the resolved run.
 
 Torch-free, so the command line builds its options without loading torch.
 
-Recipes (``--recipe``) fill every optimization setting the command line leaves out; what the
-user gives always wins, and ``RUN_DIR/config.json`` records each value with its source (the
-``{"value": ..., "from": ...}`` form ``train-student`` writes for its recipes):
-
-Learning rates follow the rule every trainer shares (:mod:`...train.run_options`): a recipe
-states its rate for a global batch of 512 and it scales with the global batch (batch per rank ×
-ranks); the values below are the published ones at the recipe's own batch.
-
-- ``small`` (the default): a CPU-scale recipe for tiny data (digits at 16 px) that trains a
-  ``cnn-nano``-size student in minutes: AdamW, lr 4e-3 at batch 64 (3.2e-2 per 512), weight
-  decay 0.05, 15 epochs of batch 64, one warm-up epoch, then cosine (measured against SGD on
-  digits: see docs/cakd.md);
-- ``paper-cifar`` / ``paper-imagenet``: Liu et al. (ACCV 2022), Sec. 4.1: SGD momentum 0.9
-  (no Nesterov), weight decay 1e-4, lr 0.1 divided by 10 at the milestones; CIFAR 200 epochs of
-  batch 64 (0.8 per 512) with milestones 100 and 150, ImageNet 120 epochs of batch 256 (0.2 per
-  512) with milestones 60 and 90.
+Recipes (``--recipe``, :data:`..train.recipes.CAKD_RECIPES`, in the one recipe format every
+trainer shares) fill every optimization setting the command line leaves out; what the user
+gives always wins, and ``RUN_DIR/config.json`` records each value with its source (the
+``{"value": ..., "from": ...}`` form ``train-student`` writes for its recipes).
 """
 
 from __future__ import annotations
@@ -33,6 +21,7 @@ from ...runtime.config_file import Origin, given_in
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_WORKERS, check_choices, check_numbers, option
 from ...train.choices import OPTIMIZERS
+from ...train.recipes import CAKD_RECIPE_NAMES, CAKD_RECIPES, CakdRecipeName, recipe_help
 from ...train.run_options import (
     BATCH_SIZE_HELP,
     LR_BASE_BATCH,
@@ -49,76 +38,6 @@ METHODS: tuple[Method, ...] = get_args(Method)
 ProjectorSet = Literal["both", "pca", "gl"]
 """Which projectors ``cakd`` trains (the paper's Fig. 3a ablation): ``both`` = PCA + GL."""
 PROJECTOR_SETS: tuple[ProjectorSet, ...] = get_args(ProjectorSet)
-
-CakdRecipeName = Literal["small", "paper-cifar", "paper-imagenet"]
-CAKD_RECIPES: tuple[CakdRecipeName, ...] = get_args(CakdRecipeName)
-
-
-@dataclass(frozen=True, slots=True)
-class CakdRecipe:
-    """One recipe's optimization settings (see the module docstring)."""
-
-    source: str
-    optimizer: str
-    lr: float
-    """Peak learning rate for a global batch of 512, scaled with the global batch."""
-    weight_decay: float
-    epochs: int
-    batch_size: int
-    """Per rank."""
-    warmup_epochs: float
-    milestones: tuple[int, ...]
-    """Epochs at which the rate drops ×0.1; empty: cosine decay instead."""
-    nesterov: bool
-
-
-RECIPE_TABLE: dict[CakdRecipeName, CakdRecipe] = {
-    "small": CakdRecipe(
-        source="civt-pipe's CPU-scale defaults for digits",
-        optimizer="adamw",
-        lr=3.2e-2,
-        weight_decay=0.05,
-        epochs=15,
-        batch_size=64,
-        warmup_epochs=1.0,
-        milestones=(),
-        nesterov=False,
-    ),
-    "paper-cifar": CakdRecipe(
-        source="Liu et al. ACCV 2022, CIFAR-100",
-        optimizer="sgd",
-        lr=0.8,
-        weight_decay=1e-4,
-        epochs=200,
-        batch_size=64,
-        warmup_epochs=0.0,
-        milestones=(100, 150),
-        nesterov=False,
-    ),
-    "paper-imagenet": CakdRecipe(
-        source="Liu et al. ACCV 2022, ImageNet",
-        optimizer="sgd",
-        lr=0.2,
-        weight_decay=1e-4,
-        epochs=120,
-        batch_size=256,
-        warmup_epochs=0.0,
-        milestones=(60, 90),
-        nesterov=False,
-    ),
-}
-
-
-def _recipe_help(name: str) -> str:
-    parts = []
-    for recipe_name, recipe in RECIPE_TABLE.items():
-        value = getattr(recipe, name)
-        if name == "milestones":
-            text = ",".join(str(m) for m in value) if value else "none (cosine)"
-        else:
-            text = f"{value:g}" if isinstance(value, float) else str(value)
-        parts.append(f"{recipe_name} {text}")
-    return f"[default: by --recipe: {'; '.join(parts)}]"
 
 
 @dataclass(kw_only=True)
@@ -220,31 +139,34 @@ class CakdTrainConfig(RunOptions):
         "small",
         help="Where the optimization defaults come from: small (digits on a CPU), paper-cifar "
         "or paper-imagenet (Liu et al.). Options given override it.",
-        choices=CAKD_RECIPES,
+        choices=CAKD_RECIPE_NAMES,
     )
-    epochs: int | None = option(None, help="Epochs " + _recipe_help("epochs"), minimum=1)
+    epochs: int | None = option(
+        None, help="Epochs " + recipe_help("epochs", CAKD_RECIPES), minimum=1
+    )
     batch_size: int | None = option(
-        None, help=BATCH_SIZE_HELP[:-1] + " " + _recipe_help("batch_size"), minimum=1
+        None, help=BATCH_SIZE_HELP[:-1] + " " + recipe_help("batch_size", CAKD_RECIPES), minimum=1
     )
     optimizer: str | None = option(
-        None, help="sgd or adamw " + _recipe_help("optimizer"), choices=OPTIMIZERS
+        None, help="sgd or adamw " + recipe_help("optimizer", CAKD_RECIPES), choices=OPTIMIZERS
     )
     lr: float | None = option(
         None,
-        help=f"Peak learning rate (recipe: per {LR_BASE_BATCH} images × global batch / "
-        f"{LR_BASE_BATCH}) " + _recipe_help("lr"),
+        help="Peak learning rate " + recipe_help("lr", CAKD_RECIPES),
         minimum=0,
     )
     weight_decay: float | None = option(
-        None, help="Weight decay " + _recipe_help("weight_decay"), minimum=0
+        None, help="Weight decay " + recipe_help("weight_decay", CAKD_RECIPES), minimum=0
     )
     warmup_epochs: float | None = option(
-        None, help=f"Linear warm-up, {WARMUP_RULE} " + _recipe_help("warmup_epochs"), minimum=0
+        None,
+        help=f"Linear warm-up, {WARMUP_RULE} " + recipe_help("warmup_epochs", CAKD_RECIPES),
+        minimum=0,
     )
     milestones: tuple[int, ...] | None = option(
         None,
         help="Epoch at which the lr drops ×0.1, repeatable (0 alone: cosine) "
-        + _recipe_help("milestones"),
+        + recipe_help("milestones", CAKD_RECIPES),
         flag="--milestone",
         minimum=0,
     )
@@ -361,7 +283,7 @@ def resolve_optimization(cfg: CakdTrainConfig, world_size: int = 1) -> ResolvedO
     A recipe's rate scales with the global batch (``batch_size × world_size``); a given
     ``--lr`` is used as is. ``--milestone 0`` alone asks for the cosine decay (no milestones).
     """
-    recipe = RECIPE_TABLE[cfg.recipe]
+    recipe = CAKD_RECIPES[cfg.recipe]
     tag = f"recipe {cfg.recipe} ({recipe.source})"
     provenance: dict[str, Any] = {"recipe": cfg.recipe}
     values: dict[str, Any] = {}

@@ -17,6 +17,7 @@ from ...runtime.config_file import Origin
 from ...runtime.errors import UserError
 from ...runtime.options import MAX_WORKERS, check_choices, check_numbers, option
 from ...train.choices import OPTIMIZERS
+from ...train.recipes import TEACHER_RECIPES
 from ...train.run_options import (
     BATCH_SIZE_HELP,
     LR_BASE_BATCH,
@@ -28,41 +29,9 @@ from ...train.run_options import (
 # ----------------------------------------------------------------------------------- recipes
 
 
-@dataclass(frozen=True, slots=True)
-class Recipe:
-    """Default hyper-parameters of an architecture family."""
-
-    optimizer: str
-    lr: float
-    """Peak learning rate for a global batch of 512 (``LR_BASE_BATCH``); scaled linearly with
-    the global batch."""
-    weight_decay: float
-    epochs: int
-    batch_size: int
-    """Per rank."""
-    warmup_epochs: float
-
-
-# Rates per 512 images (the one base of every recipe: train/run_options.py). ImageNet-scale
-# recipes follow the usual practice (Goyal et al.: SGD, Nesterov, 0.1 per 256 images = 0.2 per
-# 512; RedNet paper and torchvision references for the decay). The nano presets are tuned to
-# reach >= 95 % on the built-in digits in a couple of CPU minutes (4e-3 at batch 64): AdamW
-# converges in far fewer steps than SGD there.
-RECIPES: dict[str, Recipe] = {
-    "nano": Recipe("adamw", 3.2e-2, 0.05, 15, 64, 1.0),
-    "resnet": Recipe("sgd", 0.2, 1e-4, 100, 256, 5.0),
-    "rednet": Recipe("sgd", 0.2, 1e-4, 100, 256, 5.0),
-    "regnet": Recipe("sgd", 0.2, 5e-5, 100, 256, 5.0),
-    # ViT teachers (cross-architecture distillation): DeiT's AdamW 5e-4 per 512 images, batch
-    # 1024, 300 epochs; vit-nano at the rate civt-nano trains with on digits (2e-3 at batch 64:
-    # 91 % on the 16 px digits in 30 epochs; the nano CNNs' 4e-3 stalled it near 50 %).
-    "vit": Recipe("adamw", 5e-4, 0.05, 300, 1024, 5.0),
-    "vit-nano": Recipe("adamw", 1.6e-2, 0.05, 30, 64, 2.0),
-}
-
-
 def recipe_family(arch: str) -> str:
-    """Which :data:`RECIPES` entry an architecture uses (a timm model: by its family)."""
+    """Which :data:`..train.recipes.TEACHER_RECIPES` entry an architecture uses (a timm model:
+    by its family)."""
     if arch.startswith("timm:"):
         from ...models.zoo_timm import family as timm_family
 
@@ -227,7 +196,8 @@ def resolve_config(
 
     get_preset(cfg.arch, kind="teacher")
     family = recipe_family(cfg.arch)
-    recipe = RECIPES[family]
+    recipe = TEACHER_RECIPES[family]
+    assert recipe.epochs is not None and recipe.batch_size is not None
     batch = cfg.batch_size or recipe.batch_size  # per rank
     image_size = cfg.image_size or default_image_size(index)
     native = max(index.image_size) if index.image_size is not None else image_size
@@ -243,7 +213,7 @@ def resolve_config(
         batch_size=batch,
         optimizer=cfg.optimizer or recipe.optimizer,
         lr=cfg.lr if cfg.lr is not None else scaled_lr(recipe.lr, batch * world_size),
-        min_lr=0.0,
+        min_lr=recipe.min_lr,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else recipe.weight_decay,
         warmup_epochs=(
             cfg.warmup_epochs if cfg.warmup_epochs is not None else recipe.warmup_epochs

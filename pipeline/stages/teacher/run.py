@@ -34,6 +34,7 @@ from ...runtime.errors import UserError
 from ...runtime.precision import prepare_model
 from ...runtime.run_layout import FINAL
 from ...train.loop import EpochSummary, FitResult, StepResult
+from ...train.recipes import TEACHER_RECIPES
 from ...train.skeleton import Optimization, RunEnv, RunPlan, fresh_views, run_training
 from ...train.steps import ClassificationStep
 from .config import ResolvedTeacherConfig, TeacherTrainConfig, resolve_config
@@ -176,6 +177,7 @@ class _TeacherSpec:
                 min_lr=resolved.min_lr,
                 weight_decay=resolved.weight_decay,
                 warmup_epochs=resolved.warmup_epochs,
+                nesterov=TEACHER_RECIPES[resolved.recipe].nesterov,
             ),
             kind="teacher",
             class_names=list(index.class_names),
