@@ -113,7 +113,7 @@ class Recipe:
     """Stochastic depth of the student; ``None``: the preset's own default."""
 
 
-STUDENT_RECIPES: dict[RecipeName, Recipe] = {
+STUDENT_RECIPES: dict[str, Recipe] = {
     "small": Recipe(
         source="civt-pipe's small-data defaults",
         optimizer="adamw",
@@ -215,7 +215,7 @@ TEACHER_RECIPES: dict[str, Recipe] = {
 """``train-teacher``'s recipe of each architecture family (``recipe_family`` picks one). A
 ``--optimizer sgd`` given over an AdamW family uses Nesterov momentum, as ``nesterov`` says."""
 
-CAKD_RECIPES: dict[CakdRecipeName, Recipe] = {
+CAKD_RECIPES: dict[str, Recipe] = {
     "small": Recipe(
         source="civt-pipe's CPU-scale defaults for digits",
         optimizer="adamw",
@@ -367,7 +367,7 @@ def resolve_hyperparameters(
     ``clip_grad`` 0 (given) means no clipping and resolves to ``None``. ``min_lr`` is capped at
     the resolved ``lr``.
     """
-    recipe = STUDENT_RECIPES[recipe_name]  # type: ignore[index]
+    recipe = STUDENT_RECIPES[recipe_name]
     tag = f"recipe {recipe_name}"
     out: dict[str, Resolved] = {}
     for name in HYPERPARAMETERS:
