@@ -27,9 +27,10 @@ pytestmark = pytest.mark.slow
 
 # The pins are exact bytes, and float kernels differ in their last bits between CPU kernel
 # families (torch.backends.cpu.get_cpu_capability(): AVX2 and AVX512 hosts pick other ATen and
-# oneDNN code paths), so each family has its own record. On a host of an unrecorded family the
-# figures are still compared (rounded) and the exact digests are skipped with a line that says
-# how to record them: run this file, copy the printed values into PINS.
+# oneDNN code paths), so each family has its own record (AVX2 and AVX512 so far). On a host of
+# an unrecorded family the store's figures are still compared (rounded) and every run's final
+# loss (LOSSES, within 0.01), and the exact digests are skipped with a line that says how to
+# record them: run this file, copy the printed values into PINS.
 #
 # History (why a pin moved; every move kept the other pins):
 # - Store format 3 (issue 16) and 4 (issue 14, sharding) moved only byte counts, never the
@@ -41,10 +42,18 @@ pytestmark = pytest.mark.slow
 #   Per-rank --batch-size (one rank here) and the rate per 512 images (3.2e-2 × 32/512 equals
 #   the former 1.6e-2 × 32/256 exactly) leave it unchanged; the new code with the former rule
 #   gave the former weights to the bit. Store and student pins held through issue 22.
-# - The first record (store 6ffcd458…, student 5faeff0c…, inn bytes_on_disk 16596) was taken on a
-#   host of another kernel family than AVX512, whose value was not written down; on an AVX512
-#   host the same commit gives the AVX512 record below (the inn-nano teacher's logits differ in
-#   the last bits, so its compressed bytes differ by 2 B).
+# - The first record (store 6ffcd458…, student 5faeff0c…, inn bytes_on_disk 16596) was taken on an
+#   AVX2 host (confirmed: an AVX2 host at issue 22's code gives exactly these, recorded below with
+#   the teacher's weights after issue 22); on an AVX512 host the same commits give the AVX512
+#   record (the inn-nano teacher's logits differ in the last bits, so its compressed bytes differ
+#   by 2 B).
+# - LOSSES (every family, within 0.01) was recorded on the AVX2 host; the same runs with
+#   ATEN_CPU_CAPABILITY=default (the plain kernels, whose random initialization and logits
+#   already differ) end 0.002 (teacher) and 0.001 (student) away. A change of what the runs
+#   compute moves them further.
+LOSSES: dict[str, float] = {"teacher": 2.1615, "student": 3.5493}
+"""Each pinned run's last-epoch training loss, within 0.01 on every kernel family."""
+
 PINS: dict[str, dict[str, str]] = {
     "AVX512": {
         "teacher": "36b5c0ca17b271bb674c1e9e889de64740eaad9b86c13759b7c926514a614186",
@@ -60,6 +69,22 @@ PINS: dict[str, dict[str, str]] = {
             'ha256": "d796006cbfd04d86098fb9728a29ccbfdb436ecdc65080ec37922b4a8b543'
             '239", "mean_entropy": 0.139683, "mean_leftover": 0.012852, "name": "in'
             'n", "top1": 0.083565}], "topk": 5}'
+        ),
+    },
+    "AVX2": {
+        "teacher": "fc131ac01687e5ba95806a7560e19d66a2fecf9b20ef0d78680c21e238d493f9",
+        "store": "6ffcd458965999692e0249bf6d1c69f03009502c9512762a16732b8f137e1aee",
+        "student": "5faeff0c84a5afcb1b13b51086be871b45848841650d6e6163212033f7298a6a",
+        "figures": (
+            '{"num_classes": 10, "num_samples": 359, "num_views": 2, "teachers": [{"a'
+            'rch": "cnn-nano", "bytes_on_disk": 12551, "bytes_per_sample_view": 17.48'
+            '0501, "checkpoint_sha256": "ac9ad5c7dfea6b9b0c6945b60ae7f2f1f8e193362180'
+            '11382d9bc8e5bf582321", "mean_entropy": 2.258571, "mean_leftover": 0.3946'
+            '93, "name": "cnn", "top1": 0.107242}, {"arch": "inn-nano", "bytes_on_dis'
+            'k": 16596, "bytes_per_sample_view": 23.114206, "checkpoint_sha256": "d79'
+            '6006cbfd04d86098fb9728a29ccbfdb436ecdc65080ec37922b4a8b543239", "mean_en'
+            'tropy": 0.139683, "mean_leftover": 0.012852, "name": "inn", "top1": 0.08'
+            '3565}], "topk": 5}'
         ),
     },
 }
@@ -126,7 +151,13 @@ def pinned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "train-student", "--data", str(data), "--store", str(store), "--model", "civt-nano",
         "--out", str(root / "run"), "--epochs", "2", "--batch-size", "32", *common,
     )  # fmt: skip
-    return {"teacher": trained, "store": store, "report": report, "student": student}
+    return {
+        "teacher": trained,
+        "store": store,
+        "report": report,
+        "student": student,
+        "student_run": root / "run",
+    }
 
 
 def _figures(report: dict[str, Any]) -> str:
@@ -152,6 +183,26 @@ def _rounded(figures: str) -> str:
             if isinstance(value, float):
                 teacher[key] = round(value, 3)
     return json.dumps(report, sort_keys=True)
+
+
+def _last_epoch_loss(run_dir: Path) -> float:
+    """The training loss of a run's last epoch, from its ``metrics.jsonl`` (train-teacher
+    writes one record an epoch with ``train_loss``; train-student also step records, and its
+    epoch records say ``"kind": "epoch"`` and ``loss``)."""
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    last = [r for r in records if r.get("kind", "epoch") == "epoch"][-1]
+    return float(last["loss"] if "loss" in last else last["train_loss"])
+
+
+def test_every_host_trains_the_pinned_runs_to_the_same_losses(pinned: dict[str, Any]) -> None:
+    """The weaker pin that holds on every CPU kernel family, recorded or not: each run's
+    last-epoch loss within 0.01 (the kernels' last-bit differences stay well below that)."""
+    losses = {
+        "teacher": _last_epoch_loss(pinned["teacher"]),
+        "student": _last_epoch_loss(pinned["student_run"]),
+    }
+    assert losses == pytest.approx(LOSSES, abs=0.01), losses
 
 
 def test_train_teacher_weights_are_pinned(pinned: dict[str, Any]) -> None:

@@ -209,6 +209,7 @@ def test_cnn_nano_reaches_95_percent_on_digits(tmp_path: Path) -> None:
             data=str(tmp_path / "train"),
             val=str(tmp_path / "test"),
             out=tmp_path / "cnn",
+            epochs=10,  # the quickstart's teacher epochs; the recipe's other values as they are
             device="cpu",
             threads=1,
         )

@@ -335,27 +335,12 @@ class FreshViews:
     live models (train-teacher, train-cakd): a :class:`ViewStream` whose view is keyed by
     ``(seed, view = epoch, key)``, never stored, given as ``(images, labels)``."""
 
-    source: ViewSource
-    shards: Sequence[ShardRows]
-    rank: int
-    world_size: int
-    batch_size: int
-    """Per rank."""
-    shuffle_buffer: int
-    workers: int
+    stream: ViewStream
+    """The underlying stream; its ``num_views`` is None (view = epoch, never repeated)."""
 
-    @property
-    def stream(self) -> ViewStream:
-        """The underlying stream (view = epoch)."""
-        return ViewStream(
-            self.source,
-            self.shards,
-            rank=self.rank,
-            world_size=self.world_size,
-            batch_size=self.batch_size,
-            shuffle_buffer=self.shuffle_buffer,
-            workers=self.workers,
-        )
+    def __post_init__(self) -> None:
+        if self.stream.num_views is not None:
+            raise ValueError("fresh views never repeat: the stream's num_views must be None")
 
     def plan(self, epoch: int) -> StreamPlan:
         """This rank's plan of ``epoch``."""

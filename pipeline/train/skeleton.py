@@ -233,19 +233,19 @@ def fresh_views(env: RunEnv, aug: Any, seed: int, batch_size: int, shuffle_buffe
     train on labels with live models (train-teacher, train-cakd): ``batch_size`` per rank,
     views keyed by ``(seed, view = epoch, key)`` (:class:`..replay.segments.FreshViews`)."""
     from ..data.planning import shard_rows_for
-    from ..replay.segments import FreshViews, ViewSource
+    from ..replay.segments import FreshViews, ViewSource, ViewStream
 
     index = env.train_set.index
     return FreshViews(
-        source=ViewSource(
-            aug=aug, seed=seed, num_classes=index.num_classes, channels=index.channels
-        ),
-        shards=shard_rows_for(env.train_set.paths, [s.num_samples for s in index.shards]),
-        rank=env.ctx.rank,
-        world_size=env.ctx.world_size,
-        batch_size=batch_size,
-        shuffle_buffer=shuffle_buffer,
-        workers=env.workers,
+        ViewStream(
+            ViewSource(aug=aug, seed=seed, num_classes=index.num_classes, channels=index.channels),
+            shard_rows_for(env.train_set.paths, [s.num_samples for s in index.shards]),
+            rank=env.ctx.rank,
+            world_size=env.ctx.world_size,
+            batch_size=batch_size,
+            shuffle_buffer=shuffle_buffer,
+            workers=env.workers,
+        )
     )
 
 
