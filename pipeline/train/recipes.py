@@ -51,7 +51,7 @@ No torch here: the command line imports the recipe names and help texts.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 from ..runtime.config_file import given_in
@@ -148,7 +148,17 @@ STUDENT_RECIPES: dict[str, Recipe] = {
 }
 """``train-student``'s ``--recipe``."""
 
-_GOYAL = "Goyal et al. 2017 (SGD, Nesterov, 0.1 per 256 images)"
+_IMAGENET_SGD = Recipe(
+    source="Goyal et al. 2017 (SGD, Nesterov, 0.1 per 256 images)",
+    optimizer="sgd",
+    lr=0.2,
+    weight_decay=1e-4,
+    epochs=100,
+    batch_size=256,
+    warmup_epochs=5.0,
+    nesterov=True,
+)
+"""The ImageNet-scale CNN recipe the resnet, rednet and regnet families share."""
 
 TEACHER_RECIPES: dict[str, Recipe] = {
     "nano": Recipe(
@@ -161,35 +171,12 @@ TEACHER_RECIPES: dict[str, Recipe] = {
         warmup_epochs=1.0,
         nesterov=True,
     ),
-    "resnet": Recipe(
-        source=_GOYAL,
-        optimizer="sgd",
-        lr=0.2,
-        weight_decay=1e-4,
-        epochs=100,
-        batch_size=256,
-        warmup_epochs=5.0,
-        nesterov=True,
-    ),
-    "rednet": Recipe(
-        source=_GOYAL + "; RedNet paper",
-        optimizer="sgd",
-        lr=0.2,
-        weight_decay=1e-4,
-        epochs=100,
-        batch_size=256,
-        warmup_epochs=5.0,
-        nesterov=True,
-    ),
-    "regnet": Recipe(
-        source=_GOYAL + "; torchvision references",
-        optimizer="sgd",
-        lr=0.2,
+    "resnet": _IMAGENET_SGD,
+    "rednet": replace(_IMAGENET_SGD, source=_IMAGENET_SGD.source + "; RedNet paper"),
+    "regnet": replace(
+        _IMAGENET_SGD,
+        source=_IMAGENET_SGD.source + "; torchvision references",
         weight_decay=5e-5,
-        epochs=100,
-        batch_size=256,
-        warmup_epochs=5.0,
-        nesterov=True,
     ),
     "vit": Recipe(
         source="facebookresearch/deit main.py",
