@@ -203,14 +203,11 @@ TEACHER_RECIPES: dict[str, Recipe] = {
 ``--optimizer sgd`` given over an AdamW family uses Nesterov momentum, as ``nesterov`` says."""
 
 CAKD_RECIPES: dict[str, Recipe] = {
-    "small": Recipe(
-        source="civt-pipe's CPU-scale defaults for digits",
-        optimizer="adamw",
-        lr=3.2e-2,
-        weight_decay=0.05,
-        epochs=15,
-        batch_size=64,
-        warmup_epochs=1.0,
+    # The recipe the nano teachers train with, with plain momentum should --optimizer sgd be given.
+    "small": replace(
+        TEACHER_RECIPES["nano"],
+        source="civt-pipe's CPU-scale defaults for digits (the nano teachers' recipe)",
+        nesterov=False,
     ),
     "paper-cifar": Recipe(
         source="Liu et al. ACCV 2022, CIFAR-100",
