@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 # families (torch.backends.cpu.get_cpu_capability(): AVX2 and AVX512 hosts pick other ATen and
 # oneDNN code paths), so each family has its own record (AVX2 and AVX512 so far). On a host of
 # an unrecorded family the store's figures are still compared (rounded) and every run's final
-# loss (LOSSES, within 0.01), and the exact digests are skipped with a line that says how to
+# loss (LOSSES, within 0.01), and the exact digests are left out with a warning that says how to
 # record them: run this file, copy the printed values into PINS.
 #
 # History (why a pin moved; every move kept the other pins):
@@ -90,14 +91,18 @@ PINS: dict[str, dict[str, str]] = {
 }
 
 
-def _pins() -> dict[str, str]:
+def _exact(name: str) -> str | None:
+    """This kernel family's exact pin ``name``; None on a family with no record (then the test
+    checks only what holds on every family, and warns how to record the rest)."""
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in PINS:
-        pytest.skip(
+        warnings.warn(
             f"no exact pins recorded for CPU kernel family {capability}: run "
-            "tests/test_behaviour_pins.py and record this family's values in PINS"
+            "tests/test_behaviour_pins.py and record this family's values in PINS",
+            stacklevel=2,
         )
-    return PINS[capability]
+        return None
+    return PINS[capability][name]
 
 
 def _cli(*args: str) -> dict[str, Any]:
@@ -195,16 +200,6 @@ def _last_epoch_loss(run_dir: Path) -> float:
     return float(last["loss"] if "loss" in last else last["train_loss"])
 
 
-def test_every_host_trains_the_pinned_runs_to_the_same_losses(pinned: dict[str, Any]) -> None:
-    """The weaker pin that holds on every CPU kernel family, recorded or not: each run's
-    last-epoch loss within 0.01 (the kernels' last-bit differences stay well below that)."""
-    losses = {
-        "teacher": _last_epoch_loss(pinned["teacher"]),
-        "student": _last_epoch_loss(pinned["student_run"]),
-    }
-    assert losses == pytest.approx(LOSSES, abs=0.01), losses
-
-
 def test_train_teacher_weights_are_pinned(pinned: dict[str, Any]) -> None:
     final = pinned["teacher"] / "final.pt"
     state = torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
@@ -212,7 +207,10 @@ def test_train_teacher_weights_are_pinned(pinned: dict[str, Any]) -> None:
     for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    assert digest.hexdigest() == _pins()["teacher"], digest.hexdigest()
+    assert _last_epoch_loss(pinned["teacher"]) == pytest.approx(LOSSES["teacher"], abs=0.01)
+    expected = _exact("teacher")
+    if expected is not None:
+        assert digest.hexdigest() == expected, digest.hexdigest()
 
 
 def test_dump_logits_store_bytes_are_pinned(pinned: dict[str, Any]) -> None:
@@ -220,10 +218,13 @@ def test_dump_logits_store_bytes_are_pinned(pinned: dict[str, Any]) -> None:
     # Any host: the store's figures agree to 3 decimals (bytes on disk aside), whatever the kernels.
     assert _rounded(figures) == _rounded(_any_figures()), figures
     store = _store_digest(pinned["store"])
-    assert store == _pins()["store"], store
-    assert figures == _pins()["figures"], figures
+    if (expected := _exact("store")) is not None:
+        assert store == expected, store
+        assert figures == _exact("figures"), figures
 
 
 def test_train_student_weights_are_pinned(pinned: dict[str, Any]) -> None:
     weights = pinned["student"]["weights_sha256"]
-    assert weights == _pins()["student"], weights
+    assert _last_epoch_loss(pinned["student_run"]) == pytest.approx(LOSSES["student"], abs=0.01)
+    if (expected := _exact("student")) is not None:
+        assert weights == expected, weights
