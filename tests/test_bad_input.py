@@ -577,29 +577,41 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
 
 
 _WATCH_TORCH = """
-import sys
+import contextlib, io, json, os, sys
 from civt_pipe.cli.app import app
-try:
-    app(args=sys.argv[1:], prog_name="civt-pipe")
-except SystemExit as stop:
-    code = stop.code
-else:
-    code = 0
-print(f"exit={code} torch={'torch' in sys.modules}")
+results = {}
+for case, where, args in json.loads(sys.argv[1]):
+    os.chdir(where)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            app(args=args, prog_name="civt-pipe")
+        except SystemExit as stop:
+            code = stop.code
+        else:
+            code = 0
+    results[case] = {"exit": code, "torch": "torch" in sys.modules, "stderr": err.getvalue()}
+print(json.dumps(results))
 """
-"""Runs the command line in a fresh interpreter and says whether torch was ever imported."""
+"""Runs command lines one after another in one fresh interpreter and says, after each, whether
+torch was ever imported: a case that imports torch shows in its own result (every case after
+it would too, so the cases that may import torch run in processes of their own)."""
 
 
-def _cli_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _cli_processes(cases: list[tuple[str, Path, list[str]]]) -> dict[str, dict[str, Any]]:
+    """``{case: {"exit", "torch", "stderr"}}`` for ``(case, working directory, args)``, and under
+    ``""`` what the process itself wrote to its stderr (C libraries write there directly)."""
     env = {**os.environ, "CIVT_PIPE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-c", _WATCH_TORCH, *args],
+    payload = json.dumps([(case, str(where), args) for case, where, args in cases])
+    done = subprocess.run(
+        [sys.executable, "-c", _WATCH_TORCH, payload],
         capture_output=True,
         text=True,
         env=env,
-        cwd=cwd,
         timeout=300,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "": {"stderr": done.stderr}}
 
 
 CUDA = "--device", "cuda"
@@ -686,31 +698,55 @@ NO_TORCH_REFUSALS: list[tuple[str, list[str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("args", "expect"), [pytest.param(a, e, id=i) for i, a, e in NO_TORCH_REFUSALS]
-)
-def test_refusals_that_need_no_data_come_before_torch_is_imported(
-    args: list[str], expect: str, tmp_path: Path
-) -> None:
+def _may_import_torch(args: list[str]) -> bool:
+    """Where a GPU may exist the torch-free check must not refuse ``--device cuda``: only torch
+    can tell, so the command gets past its preflight and imports torch."""
     from civt_pipe.pipeline.runtime.device import gpu_may_exist
 
-    (tmp_path / "d").mkdir()  # shards that exist (nothing is read before the refusal)
-    (tmp_path / "empty.pt").write_bytes(b"")
-    (tmp_path / "ckpt.pt").write_bytes(b"not read before the refusal")
-    before = _tree(tmp_path)
+    return "cuda" in args and gpu_may_exist()
 
-    done = _cli_process(args, tmp_path)
 
-    if "cuda" in args and gpu_may_exist():
-        # Where a GPU may exist the torch-free check must not refuse --device cuda: only torch
-        # can tell, so the command gets past its preflight and imports torch.
-        assert done.stdout.strip().splitlines()[-1].endswith("torch=True"), done.stdout
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Every case of :data:`NO_TORCH_REFUSALS`, run in one interpreter (each in a directory of
+    its own holding shards that exist, an empty checkpoint and one that is never read), plus
+    each directory's files before and after (``"before"``, ``"after"``). Each process costs
+    seconds of start-up, so one serves every case that must not import torch; a case that may
+    gets a process of its own."""
+    root = tmp_path_factory.mktemp("no-torch")
+    cases: list[tuple[str, Path, list[str]]] = []
+    before: dict[str, dict[str, str]] = {}
+    for case, args, _ in NO_TORCH_REFUSALS:
+        where = root / case
+        (where / "d").mkdir(parents=True)  # nothing is read before the refusal
+        (where / "empty.pt").write_bytes(b"")
+        (where / "ckpt.pt").write_bytes(b"not read before the refusal")
+        before[case] = _tree(where)
+        cases.append((case, where, args))
+    results = _cli_processes([c for c in cases if not _may_import_torch(c[2])])
+    for case in (c for c in cases if _may_import_torch(c[2])):
+        results.update(_cli_processes([case]))
+    assert results.pop("")["stderr"] == "", "only the cases' own lines go to stderr"
+    for case, where, _ in cases:
+        results[case].update(before=before[case], after=_tree(where))
+    return results
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "expect"), [pytest.param(*c, id=c[0]) for c in NO_TORCH_REFUSALS]
+)
+def test_refusals_that_need_no_data_come_before_torch_is_imported(
+    refusals: dict[str, dict[str, Any]], case: str, args: list[str], expect: str
+) -> None:
+    done = refusals[case]
+    if _may_import_torch(args):
+        assert done["torch"], done
         return
-    assert done.stdout.strip().splitlines()[-1] == "exit=2 torch=False", (done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("civt-pipe: error: "), done.stderr
+    assert (done["exit"], done["torch"]) == (2, False), done
+    lines = done["stderr"].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("civt-pipe: error: "), done["stderr"]
     assert expect.lower() in lines[0].lower(), lines[0]
-    assert _tree(tmp_path) == before
+    assert done["after"] == done["before"]
 
 
 def test_the_torch_free_architecture_names_are_the_registry() -> None:
@@ -736,9 +772,11 @@ def test_a_damaged_png_is_the_tools_one_line_without_libpngs(tmp_path: Path) -> 
     damaged[good.index(b"IDAT") + 6] ^= 0xFF  # inside the deflate stream: libpng's to find
     (source / "1.png").write_bytes(bytes(damaged))
 
-    done = _cli_process(["make-shards", f"folder:{tmp_path / 'src'}", "out"], tmp_path)
+    args = ["make-shards", f"folder:{tmp_path / 'src'}", "out"]
+    results = _cli_processes([("png", tmp_path, args)])
 
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 0 and done.stdout.strip().endswith("exit=2 torch=True"), done
-    assert len(lines) == 1 and lines[0].startswith("civt-pipe: error: "), done.stderr
-    assert "1.png" in lines[0] and "libpng" not in done.stderr
+    done, process = results["png"], results[""]
+    lines = done["stderr"].strip().splitlines()
+    assert (done["exit"], done["torch"]) == (2, True), done
+    assert len(lines) == 1 and lines[0].startswith("civt-pipe: error: "), done["stderr"]
+    assert "1.png" in lines[0] and "libpng" not in done["stderr"] + process["stderr"]

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from test_dump import DumpFixture, assert_same_store, build_fixture
+from typer.testing import CliRunner
 
+from civt_pipe.cli.app import app
 from civt_pipe.pipeline.stages.dump.run import run_dump
 from civt_pipe.stores.logit_store import LogitStore
 
@@ -99,14 +101,9 @@ def test_sigkill_mid_dump_then_rerun_equals_uninterrupted_run(
     written = int(store.written_flags().sum())
     assert 1 <= written < len(store.shards), "the kill must land mid-dump"
 
-    rerun = subprocess.run(
-        [*cmd, "--batch-size", "48", "--json"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # The rerun in this process: only the killed run needs a process of its own.
+    rerun = CliRunner().invoke(app, [*cmd[3:], "--batch-size", "48", "--json"])
+    assert rerun.exit_code == 0, rerun.output[-3000:]
     assert f"resuming after {written} written" in rerun.stderr
 
     full = tmp_path / "uninterrupted.zarr"

@@ -276,16 +276,14 @@ def test_sigkill_then_the_same_command_gives_the_uninterrupted_result(tmp_path: 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (tmp_path / "out" / INCOMPLETE_MARKER).exists()
-    rerun = subprocess.run([*cli, *args, "--workers", "2"], env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
+    # The rerun and the fresh run in this process: only the killed run needs its own.
+    rerun = runner.invoke(app, [*args, "--workers", "2"])
+    assert rerun.exit_code == 0, rerun.output
     assert "shards finished by an interrupted run" in rerun.stderr
-    fresh = subprocess.run(
-        [*cli, "make-shards", f"folder:{src}", str(tmp_path / "fresh"), "--shard-size", "4"],
-        env=env,
-        capture_output=True,
-        text=True,
+    fresh = runner.invoke(
+        app, ["make-shards", f"folder:{src}", str(tmp_path / "fresh"), "--shard-size", "4"]
     )
-    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.exit_code == 0, fresh.output
     assert shard_bytes(tmp_path / "out") == shard_bytes(tmp_path / "fresh")
 
 

@@ -244,11 +244,11 @@ def test_cli_user_error_is_one_line(tmp_path: Path) -> None:
 
 # The full quickstart (30 student epochs) takes ~330 CPU-seconds, too much of CI's budget, so the
 # slow test runs the real pipeline shorter (smoke.sh runs the full one). Measured with exactly
-# these settings (seed 0, issue 22's code, AVX2 host): teachers cnn 95.3 %, inn 85.2 %;
-# baseline 27.6 %; CivT 57.1 % (+29.5 points); 171 CPU-seconds of user time. The former settings
-# (6 teacher epochs, 12 student epochs, 6 views) gave CivT 69.9 % against 52.9 % for 30 % more
-# CPU. The thresholds keep a margin for floating-point differences between hosts.
-SLOW_SETTINGS = {"teacher_epochs": 6, "epochs": 8, "views": 4}
+# these settings (seed 0, AVX2 host, 2026-12-07): teachers cnn 95.8 %, inn 71.3 %; baseline
+# 27.6 %; CivT 51.3 % (+23.7 points). Six teacher epochs gave inn 85.2 % and CivT 57.1 %
+# (+29.5 points) for about 30 CPU-seconds more of the suite's longest test. The thresholds keep
+# a margin for floating-point differences between hosts.
+SLOW_SETTINGS = {"teacher_epochs": 4, "epochs": 8, "views": 4}
 
 
 @pytest.mark.slow
@@ -264,9 +264,9 @@ def test_real_quickstart_civt_beats_the_no_distillation_baseline(tmp_path: Path)
     result = json.loads(res.stdout)
     assert set(result["teachers"]) == {"cnn", "inn"}
     assert set(result["student"]["heads"]) == {"cls", "cnn", "inn", "mean"}
-    assert all(t >= 0.80 for t in result["teachers"].values()), result["teachers"]
-    # Measured at these settings: CivT 57.1 %, baseline 27.6 %.
-    assert result["student"]["top1"] >= 0.50, result["student"]
+    # Measured at these settings: cnn 95.8 %, inn 71.3 %; CivT 51.3 %, baseline 27.6 %.
+    assert result["teachers"]["cnn"] >= 0.90 and result["teachers"]["inn"] >= 0.65, result
+    assert result["student"]["top1"] >= 0.45, result["student"]
     assert result["student"]["top1"] >= result["baseline"]["top1"] + 0.15, result
 
 

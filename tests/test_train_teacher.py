@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -202,7 +201,6 @@ def test_cli_json_reports_the_run(toy: tuple[Path, Path], tmp_path: Path) -> Non
 def test_cnn_nano_reaches_95_percent_on_digits(tmp_path: Path) -> None:
     for split in ("train", "test"):
         make_shards(MakeShardsConfig(source="digits", out_dir=tmp_path / split, split=split))
-    started = time.perf_counter()
     result = train_teacher(
         TeacherTrainConfig(
             arch="cnn-nano",
@@ -215,7 +213,6 @@ def test_cnn_nano_reaches_95_percent_on_digits(tmp_path: Path) -> None:
         )
     )
     assert result["val_top1"] >= 0.95, result
-    assert time.perf_counter() - started < 300
 
 
 @pytest.mark.slow
