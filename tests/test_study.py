@@ -20,6 +20,7 @@ from toy_shards import make_toy_shards
 from typer.testing import CliRunner
 
 from civt_pipe.cli.app import app
+from civt_pipe.pipeline.runtime.errors import UserError
 from civt_pipe.pipeline.stages.dump import run as dump_run
 from civt_pipe.pipeline.stages.evaluate import run as evaluate_run
 from civt_pipe.pipeline.stages.student import run as student_run
@@ -130,6 +131,32 @@ def test_minor_seeds_cut_table_3_and_figure_3_only(tmp_path: Path) -> None:
     # 5 seeds of Tables 5 and 6, 2 of Table 3's other students and of Figure 3's stores.
     assert kinds.count("student") == 5 * (5 + 3) + 2 * (4 + 2)
     assert kinds.count("dump") == 5 + 2 * 2
+
+
+def test_seed_ranges_split_a_study_into_the_same_runs(tmp_path: Path) -> None:
+    """--first-seed: ranges run on two machines are, together, exactly the whole study's runs
+    (same ids, so copying their runs/ into one DIR reuses all of them); a range past
+    --minor-seeds has no Table 3 or Figure 3."""
+    whole = _book(tmp_path, epochs=4, teacher_epochs=3, seeds=5, minor_seeds=3)
+    assert whole.cfg.seed_range == range(0, 5)
+    full = PLAN_BUILDERS["tables"](whole, whole.cfg.seed_range)
+    parts = []
+    for first, last in ((0, 3), (3, 5)):
+        book = _book(
+            tmp_path, epochs=4, teacher_epochs=3, seeds=last, first_seed=first, minor_seeds=3
+        )
+        parts.append(PLAN_BUILDERS["tables"](book, book.cfg.seed_range))
+    ids = [{r.id for r in part.runs} for part in parts]
+    assert ids[0] | ids[1] == {r.id for r in full.runs}
+    assert not ids[0] & ids[1]
+    assert [t.id for t in parts[1].tables] == ["table5", "table6", "table4"]
+    assert parts[1].series == [] and parts[1].seeds == [3, 4]
+    assert [t.id for t in parts[0].tables] == ["table5", "table6", "table3", "table4"]
+
+
+def test_first_seed_past_the_seeds_is_refused() -> None:
+    with pytest.raises(UserError, match="--first-seed 3 leaves no seed of --seeds 3"):
+        StudyConfig(data="/d", val="/v", out=Path("/o"), seeds=3, first_seed=3)
 
 
 def test_student_subset_feeds_stores_and_students_but_not_teachers(tmp_path: Path) -> None:

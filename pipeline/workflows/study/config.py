@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...runtime.errors import UserError
 from ...runtime.options import MAX_THREADS, check_choices, check_numbers, option
 
 PLANS: tuple[str, ...] = ("tables", "alignment", "views", "cost")
@@ -25,10 +26,16 @@ class StudyConfig:
     out: Path = option(help="Study directory (runs/, results.json, results.md).", flag="--out")
     plan: str = option("tables", help="Which plan to run.", choices=PLANS)
     seeds: int = option(3, help="Seeds 0..N-1; tables show mean ± std over them.", minimum=1)
+    first_seed: int = option(
+        0,
+        help="Run only seeds S..N-1 of --seeds: to spread one study over machines, give each a "
+        "range, then copy their runs/ into one --out and run it with every seed (all reused).",
+        minimum=0,
+    )
     minor_seeds: int | None = option(
         None,
-        help="Seeds of the tables plan's Table 3 and Figure 3, the first N of --seeds (each "
-        "seed of them adds 4 students, 4 teachers and 2 stores) [default: every seed].",
+        help="Seeds of the tables plan's Table 3 and Figure 3: seeds 0..N-1 only (each seed of "
+        "them adds 4 students, 4 teachers and 2 stores) [default: every seed].",
         minimum=1,
     )
     epochs: int = option(
@@ -69,6 +76,16 @@ class StudyConfig:
         self.out = Path(self.out)
         check_numbers(self)
         check_choices(self)
+        if self.first_seed >= self.seeds:
+            raise UserError(
+                f"--first-seed {self.first_seed} leaves no seed of --seeds {self.seeds} "
+                f"(seeds {self.first_seed}..{self.seeds - 1})"
+            )
+
+    @property
+    def seed_range(self) -> range:
+        """The seeds this invocation runs."""
+        return range(self.first_seed, self.seeds)
 
     @property
     def table_views(self) -> int:

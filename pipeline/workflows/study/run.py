@@ -89,10 +89,13 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     data, num_classes = training_shards(cfg)
     cfg = dataclasses.replace(cfg, val=_local(cfg.val))
     book = RunBook(cfg, root, data, num_classes, student_shards(cfg, data))
-    spec = PLAN_BUILDERS[cfg.plan](book, range(cfg.seeds))
+    spec = PLAN_BUILDERS[cfg.plan](book, cfg.seed_range)
     root.mkdir(parents=True, exist_ok=True)
     reused = sum(read_done(run.dir(root)) is not None for run in spec.runs)
-    console.rule(f"[bold]study {cfg.plan}[/bold] · {cfg.seeds} seed(s) in {root}", align="left")
+    seeds = cfg.seed_range
+    console.rule(
+        f"[bold]study {cfg.plan}[/bold] · seeds {seeds[0]}..{seeds[-1]} in {root}", align="left"
+    )
     info(f"{len(spec.runs)} runs: {reused} finished earlier, {len(spec.runs) - reused} to run")
     records = execute(spec.runs, root)
     settings = {**cfg.settings(num_classes), "data": data}
