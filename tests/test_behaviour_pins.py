@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 # The pins are exact bytes, and float kernels differ in their last bits between hosts: ATen's
 # vectorized kernels by CPU capability (torch.backends.cpu.get_cpu_capability()), MKL's and
-# oneDNN's by the CPU itself (an AMD AVX512 host gave a third set of digests, neither the Intel
+# oneDNN's by the CPU itself (an AMD AVX512 host gave a third set of digests, neither the earlier
 # AVX512 host's nor the AVX2 host's). So each kernel family has its own record, keyed by
 # kernel_family(): the capability and a digest of a fixed probe through the kernels the pinned
 # runs use. On a host of an unrecorded family the store's figures are still compared (rounded)
