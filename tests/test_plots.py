@@ -53,7 +53,7 @@ def _student_records(scale: float = 1.0, val: bool = True) -> list[dict[str, Any
             records.append(
                 {
                     "kind": "step",
-                    "epoch": epoch,
+                    "epoch": epoch + 1,
                     "step": step,
                     "lr": 1e-3 / step,
                     "images_per_s": 100.0,
@@ -64,8 +64,9 @@ def _student_records(scale: float = 1.0, val: bool = True) -> list[dict[str, Any
             )
         epoch_record: dict[str, Any] = {
             "kind": "epoch",
-            "epoch": epoch,
+            "epoch": epoch + 1,
             "step": 2 * epoch + 2,
+            "lr": 1e-3 / (2 * epoch + 2),
             "loss": scale * 2.0,
             "loss_cls": scale * 1.5,
             "loss_kd_cnn": scale * 0.5,
@@ -128,7 +129,7 @@ def test_student_curves_fall_back_to_epoch_records_without_step_records() -> Non
     epochs_only = [r for r in _student_records() if r["kind"] == "epoch"]
     run = curves_from_records("r", Path("r"), Path("r/m"), epochs_only)
     assert run.loss["loss"].steps == (2, 4) and run.loss["loss"].values == (2.0, 2.0)
-    assert run.lr is None  # student epoch records carry no learning rate
+    assert run.lr is not None and run.lr.steps == (2, 4)  # every epoch record carries its rate
 
 
 def test_teacher_curves_read_train_loss_lr_and_val_top1_top5(tmp_path: Path) -> None:
@@ -140,6 +141,20 @@ def test_teacher_curves_read_train_loss_lr_and_val_top1_top5(tmp_path: Path) -> 
     # Training and validation top-1 share the accuracy panel; top-5 is another quantity.
     assert [label for label, _ in run.top1_curves()] == ["val", "train"]
     assert run.train_top1 is not None and run.train_top1.values == pytest.approx((0.1, 0.2, 0.3))
+
+
+def test_a_teacher_run_directory_plots_from_the_one_record_format(tmp_path: Path) -> None:
+    """train-teacher now writes the records every trainer writes: its training top-1 is the
+    epoch record's ``top1``, its loss ``loss``."""
+    records = [
+        {"kind": "epoch", "epoch": e, "step": 10 * e, "lr": 4e-3, "images_per_s": 50.0}
+        | {"epoch_seconds": 1.0, "loss": 2.0 / e, "top1": 0.1 * e, "val_top1": 0.2 * e}
+        for e in (1, 2, 3)
+    ]
+    run = load_run(_write_run(tmp_path / "teacher", records))
+    assert list(run.loss) == ["loss"] and run.loss["loss"].steps == (10, 20, 30)
+    assert run.train_top1 is not None and run.train_top1.values == pytest.approx((0.1, 0.2, 0.3))
+    assert [label for label, _ in run.top1_curves()] == ["val", "train"]
 
 
 def test_every_head_of_a_student_is_one_curve_of_the_one_accuracy_panel() -> None:

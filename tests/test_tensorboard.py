@@ -77,14 +77,12 @@ def test_train_teacher_writes_its_epoch_records_to_the_run_dir(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     board = _read(out / "tb")
-    for tag in ("train_loss", "train_top1", "lr", "images_per_s", "val_top1"):
+    for tag in ("loss", "top1", "lr", "images_per_s", "val_top1"):
         assert [step for step, _ in board[f"epoch/{tag}"]] == [3, 6], tag
     sources = json.loads((out / "config.json").read_text())["sources"]
     assert sources["tensorboard"] == "command-line" and sources["seed"] == "default"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [v for _, v in board["epoch/train_loss"]] == pytest.approx(
-        [r["train_loss"] for r in records]
-    )
+    assert [v for _, v in board["epoch/loss"]] == pytest.approx([r["loss"] for r in records])
 
 
 def test_train_student_writes_step_and_epoch_records_to_the_run_dir(

@@ -71,14 +71,6 @@ class ToyTask:
             return {"top1": 0.5}
         return {"top1": self.val_by_epoch[self.seen[-1][0]]}
 
-    def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
-        return {
-            "kind": "epoch",
-            "epoch": summary.epoch,
-            "step": summary.global_step,
-            **summary.mean,
-        }
-
     def checkpoint_metrics(self, summary: EpochSummary | None) -> dict[str, Any]:
         return {"val": summary.val if summary else {}}
 
@@ -161,7 +153,11 @@ def test_fit_logs_at_its_cadence_and_checkpoints_each_epoch(tmp_path: Path) -> N
     steps = [r["step"] for r in records if r["kind"] == "step"]
     assert steps == [2, 4, 6, 8]
     assert {"loss", "top1", "lr", "images_per_s", "epoch"} <= set(records[0])
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
+    # One record format for every trainer: epochs counted from 1 in step and epoch records.
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+    assert [r["epoch"] for r in records if r["kind"] == "step"] == [1, 1, 2, 2]
+    epoch_keys = {"kind", "epoch", "step", "lr", "images_per_s", "epoch_seconds", "loss", "top1"}
+    assert [set(r) for r in records if r["kind"] == "epoch"] == [epoch_keys | {"val_top1"}] * 2
     state = torch.load(tmp_path / "last.pt", weights_only=True)["train_state"]
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (2, 0, 8)
     final = torch.load(tmp_path / "final.pt", weights_only=True)
@@ -346,7 +342,7 @@ def test_until_plateau_stops_keeping_the_schedule_laid_out_for_all_epochs(tmp_pa
     _, result = _run(tmp_path, task, epochs=6, until_plateau=2)
     assert result.stopped_at == 4 and result.global_step == 4 * STEPS
     epochs = [r for r in _records(tmp_path) if r["kind"] == "epoch"]
-    assert [(r["epoch"], r[PLATEAU_SINCE]) for r in epochs] == [(0, 0), (1, 0), (2, 1), (3, 2)]
+    assert [(r["epoch"], r[PLATEAU_SINCE]) for r in epochs] == [(1, 0), (2, 0), (3, 1), (4, 2)]
     assert (tmp_path / "final.pt").is_file()
     # The last step ran at the 6-epoch cosine's rate for its step: stopping did not squeeze it.
     last_step = [r for r in _records(tmp_path) if r["kind"] == "step"][-1]

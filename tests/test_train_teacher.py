@@ -63,11 +63,13 @@ def test_short_run_writes_a_loadable_checkpoint_metrics_and_config(
     assert len(ckpt["mean"]) == 1 and 0 < ckpt["mean"][0] < 1
     assert ckpt["metrics"]["val_top1"] == result["val_top1"]
     assert 0.0 <= result["val_top1"] <= 1.0
+    # The JSON names the record's training loss and top-1 as such.
+    assert result["train_loss"] == ckpt["metrics"]["loss"] and "top1" not in result
     assert ckpt["train_state"]["epoch"] == 2 and ckpt["train_state"]["global_step"] == 2 * 3
 
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
-    assert {"train_loss", "lr", "images_per_s", "val_top1", "val_top5"} <= set(lines[0])
+    assert {"kind", "loss", "top1", "lr", "images_per_s", "val_top1", "val_top5"} <= set(lines[0])
 
     config = json.loads((out / "config.json").read_text())
     assert config["optimizer"] == "adamw" and config["image_size"] == 16

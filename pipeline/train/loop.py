@@ -1,8 +1,8 @@
 """The one training loop: ``train-teacher`` and ``train-student`` both run :func:`fit`.
 
 A stage builds its model and optimizer and hands :func:`fit` a :class:`TrainTask`: the batches
-of an epoch (from a step on), one ``step`` (batch → loss terms), validation, and how its metric
-records and checkpoint metrics look. The loop owns the rest, the same way for every stage:
+of an epoch (from a step on), one ``step`` (batch → loss terms), validation, and its checkpoint
+metrics. The loop owns the rest, the same way for every stage:
 
 - epochs, and inside the interrupted epoch the stream from the saved step on;
 - torch re-seeded before every step from ``(seed, epoch, step, rank)`` (:func:`step_seed`), so
@@ -11,8 +11,9 @@ records and checkpoint metrics look. The loop owns the rest, the same way for ev
 - loss terms accumulated on the device and synced to the host only when logged (a ``step``
   record every ``log_every`` steps, an epoch record at every epoch end), not every step;
 - the resumable checkpoint every ``save_every`` steps and at every epoch end, after validation;
-- metric records to ``metrics_file`` and, with ``tensorboard``, as TensorBoard scalars
-  (:mod:`.tensorboard`);
+- metric records to ``metrics_file``, one format for every trainer (:func:`epoch_record`, and
+  step records with the same keys less the epoch's), and, with ``tensorboard``, as TensorBoard
+  scalars (:mod:`.tensorboard`);
 - a loss that is not finite stops the run with one line naming the step and the term, and
   nothing poisoned is saved (:class:`Diverged`, :func:`first_non_finite`);
 - DDP under torchrun (rank 0 writes, every rank validates its share), barriers at epoch ends,
@@ -174,6 +175,23 @@ class EpochSummary:
     """What :meth:`TrainTask.validate` returned ({} without validation data)."""
 
 
+def epoch_record(summary: EpochSummary) -> dict[str, Any]:
+    """The metrics-file line of an epoch, one format for every trainer: ``epoch`` counts from 1
+    (the epochs finished, as the console shows them), then the step, the learning rate, the
+    throughput, each term of the step averaged over the epoch under its own name (``loss``,
+    ``loss_cls``, a teacher's training ``top1``...) and ``val_<name>`` per validation figure."""
+    return {
+        "kind": "epoch",
+        "epoch": summary.epoch + 1,
+        "step": summary.global_step,
+        "lr": summary.lr,
+        "images_per_s": summary.images / max(summary.seconds, 1e-9),
+        "epoch_seconds": summary.seconds,
+        **summary.mean,
+        **{f"val_{name}": value for name, value in summary.val.items()},
+    }
+
+
 class TrainTask(Protocol):
     """What a stage supplies to :func:`fit`."""
 
@@ -187,10 +205,6 @@ class TrainTask(Protocol):
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Figures on validation data after an epoch, on every rank ({} when there is none)."""
-        ...
-
-    def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
-        """The metrics-file line of an epoch."""
         ...
 
     def checkpoint_metrics(self, summary: EpochSummary | None) -> dict[str, Any]:
@@ -492,7 +506,7 @@ def fit(
                         log(
                             {
                                 "kind": "step",
-                                "epoch": epoch,
+                                "epoch": epoch + 1,  # counted from 1, as in epoch records
                                 "step": global_step,
                                 "lr": lr,
                                 "images_per_s": log_images / max(now - log_started, 1e-9),
@@ -538,7 +552,7 @@ def fit(
                 seconds=seconds,
                 val=val,
             )
-            record = task.epoch_record(last_epoch)
+            record = epoch_record(last_epoch)
             if cfg.until_plateau is not None:
                 if cfg.plateau_metric not in val:
                     raise UserError(

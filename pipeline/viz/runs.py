@@ -1,15 +1,13 @@
 """Training curves of ``train-student`` and ``train-teacher`` runs, read from their metric files.
 
-The metric records are written by :func:`..train.loop.fit` and the stages' ``epoch_record``:
-
-- ``train-student --out RUN_DIR`` writes ``RUN_DIR/metrics.jsonl`` with ``"kind": "step"``
-  records every ``--log-every`` steps (``step``, ``lr``, ``images_per_s`` and the loss terms
-  ``loss``, ``loss_cls``, ``loss_kd_<teacher>``...) and a ``"kind": "epoch"`` record per epoch
-  (the epoch's mean loss terms and, with ``--val``, ``val_<head>``: top-1 of each head);
-- ``train-teacher --out RUN_DIR`` writes ``RUN_DIR/metrics.jsonl`` too: one record per epoch,
-  without a ``kind``, with ``step``, ``lr``, ``train_loss``, ``train_top1`` and
-  ``val_top1``/``val_top5``; ``train-cakd``'s records are the student's kinds. A teacher file
-  of earlier versions (``X.pt`` with ``X.metrics.jsonl`` beside it) still plots.
+The metric records are written by :func:`..train.loop.fit`, in one format for every trainer
+(``train-teacher``, ``train-student``, ``train-cakd``): ``RUN_DIR/metrics.jsonl`` holds
+``"kind": "step"`` records every ``--log-every`` steps (``step``, ``lr``, ``images_per_s`` and
+the step's terms: ``loss``, ``loss_cls``, ``loss_kd_<teacher>``..., a teacher's training
+``top1``) and a ``"kind": "epoch"`` record per epoch (the terms' epoch means and, with ``--val``,
+``val_<name>``: each head's top-1, a teacher's ``val_top1``/``val_top5``). Records of earlier
+versions still plot: a teacher's had no ``kind`` and named its terms ``train_loss`` and
+``train_top1``, and a teacher file (``X.pt``) kept them in ``X.metrics.jsonl`` beside it.
 
 Every curve is drawn against the optimizer step (``step``, counted from 1), which both formats
 carry, so runs of different lengths and cadences overlay on one axis. Loss terms and the learning
@@ -39,10 +37,11 @@ TEACHER_METRICS_SUFFIX = ".metrics.jsonl"
 DEFAULT_PLOT = "plot.png"
 """The picture of one run: ``RUN_DIR/plot.png``, or ``X.plot.png`` beside a teacher's ``X.pt``."""
 
-_TEACHER_LOSS = "train_loss"
-"""The teacher's epoch-mean loss, drawn in the ``loss`` panel with the students' total loss."""
-_TRAIN_TOP1 = "train_top1"
-"""The teacher's epoch-mean training top-1, drawn with the validation heads."""
+_OLD_TEACHER_LOSS = "train_loss"
+"""An earlier version's teacher epoch-mean loss, drawn in the ``loss`` panel as ``loss``."""
+_TRAIN_TOP1 = ("top1", "train_top1")
+"""The epoch-mean training top-1 (a teacher's step measures it; ``train_top1`` in earlier
+versions), drawn with the validation heads."""
 _TOP5 = "top5"
 """A teacher's validation top-5 (``val_top5``): another quantity, so another panel."""
 ACCURACY_PANEL = "top-1 accuracy"
@@ -163,18 +162,18 @@ def curves_from_records(
 ) -> RunCurves:
     """The curves of a run from its metric records (pure: no file is read)."""
     steps = [r for r in records if r.get("kind") == "step"]
-    # Teacher records have no kind; each is an epoch's.
+    # An earlier version's teacher records have no kind; each is an epoch's.
     epochs = [r for r in records if r.get("kind", "epoch") == "epoch"]
 
     def is_loss(key: str) -> bool:
-        return key.startswith("loss") or key == _TEACHER_LOSS
+        return key.startswith("loss") or key == _OLD_TEACHER_LOSS
 
     loss_source = steps if _keys(steps, is_loss) else epochs
     loss: dict[str, Series] = {}
     for key in _keys(loss_source, is_loss):
         series = _series(loss_source, key)
         if series is not None:
-            loss["loss" if key == _TEACHER_LOSS else key] = series
+            loss["loss" if key == _OLD_TEACHER_LOSS else key] = series
     lr = _series(steps, "lr") or _series(epochs, "lr")
     val: dict[str, Series] = {}
     for key in _keys(epochs, lambda k: k.startswith("val_")):
@@ -189,7 +188,9 @@ def curves_from_records(
         loss=loss,
         lr=lr,
         val=val,
-        train_top1=_series(epochs, _TRAIN_TOP1),
+        train_top1=next(
+            (series for key in _TRAIN_TOP1 if (series := _series(epochs, key)) is not None), None
+        ),
     )
 
 

@@ -46,7 +46,7 @@ from ...cakd.training import CakdExtraState, CakdStep, CakdTrainee, Discriminato
 from ...models.factory import count_parameters, create_model
 from ...replay.online_teachers import OnlineTeachers, load_online_teachers
 from ...runtime.console import info
-from ...train.loop import EpochSummary, FitResult, StepResult
+from ...train.loop import EpochSummary, FitResult, StepResult, epoch_record
 from ...train.skeleton import Optimization, RunEnv, RunPlan, fresh_views, run_training
 from .config import CakdTrainConfig, ResolvedOptimization, resolve_optimization
 
@@ -76,15 +76,8 @@ class _CakdTask:
         )
         return {} if val is None else {"top1": float(val["top1"]), "top5": float(val["top5"])}
 
-    def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
-        record: dict[str, Any] = {"kind": "epoch", "epoch": summary.epoch + 1}
-        record.update(step=summary.global_step, lr=summary.lr, **summary.mean)
-        record["images_per_s"] = summary.images / max(summary.seconds, 1e-9)
-        record.update({f"val_{k}": v for k, v in summary.val.items()})
-        return record
-
     def checkpoint_metrics(self, summary: EpochSummary | None) -> dict[str, Any]:
-        return self.epoch_record(summary) if summary is not None else {}
+        return epoch_record(summary) if summary is not None else {}
 
 
 # ------------------------------------------------------------------------------------- the run

@@ -156,12 +156,6 @@ class _StudentTask:
             return {}
         return {str(name): float(head["top1"]) for name, head in result["heads"].items()}
 
-    def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
-        record: dict[str, Any] = {"kind": "epoch", "epoch": summary.epoch}
-        record.update(step=summary.global_step, **summary.mean)
-        record.update({f"val_{k}": v for k, v in summary.val.items()})
-        return record
-
     def checkpoint_metrics(self, summary: EpochSummary | None) -> dict[str, Any]:
         return {"val": summary.val if summary is not None else {}}
 

@@ -33,7 +33,7 @@ from ...runtime.console import info
 from ...runtime.errors import UserError
 from ...runtime.precision import prepare_model
 from ...runtime.run_layout import FINAL
-from ...train.loop import EpochSummary, FitResult, StepResult
+from ...train.loop import EpochSummary, FitResult, StepResult, epoch_record
 from ...train.recipes import TEACHER_RECIPES
 from ...train.skeleton import Optimization, RunEnv, RunPlan, fresh_views, run_training
 from ...train.steps import ClassificationStep
@@ -81,22 +81,9 @@ class _TeacherTask:
         val = self.env.validate(model, image_size=self.image_size, batch_size=self.val_batch_size)
         return {} if val is None else {"top1": float(val["top1"]), "top5": float(val["top5"])}
 
-    def epoch_record(self, summary: EpochSummary) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "epoch": summary.epoch + 1,
-            "step": summary.global_step,
-            "lr": summary.lr,
-            "train_loss": summary.mean.get("loss", float("nan")),
-            "train_top1": summary.mean.get("top1", float("nan")),
-            "images_per_s": summary.images / max(summary.seconds, 1e-9),
-            "epoch_seconds": summary.seconds,
-        }
-        record.update({f"val_{k}": v for k, v in summary.val.items()})
-        return record
-
     def checkpoint_metrics(self, summary: EpochSummary | None) -> dict[str, Any]:
         # The checkpoint carries the last epoch's figures (quickstart and evaluate show them).
-        return self.epoch_record(summary) if summary is not None else {}
+        return epoch_record(summary) if summary is not None else {}
 
 
 def train_teacher(
@@ -196,9 +183,19 @@ class _TeacherSpec:
     def summary(self, env: RunEnv, bound: _Bound, plan: RunPlan, result: FitResult) -> dict:
         last = {}
         if result.last_epoch is not None:
-            assert isinstance(plan.task, _TeacherTask)
-            last = plan.task.epoch_record(result.last_epoch)
+            last = epoch_record(result.last_epoch)
         elif (env.run_dir / FINAL).is_file():  # a resumed finished run: its recorded figures
             last = dict(load_checkpoint(env.run_dir / FINAL).get("metrics") or {})
-        figures = {k: v for k, v in last.items() if k != "epoch_seconds"}
-        return {"checkpoint": str(env.run_dir / FINAL), "arch": self.cfg.arch, **figures}
+        return {"checkpoint": str(env.run_dir / FINAL), "arch": self.cfg.arch, **_figures(last)}
+
+
+def _figures(record: dict[str, Any]) -> dict[str, Any]:
+    """train-teacher's JSON figures from its last epoch record: the training loss and top-1 as
+    ``train_loss`` and ``train_top1`` (the record's ``loss`` and ``top1``; checkpoints of earlier
+    versions recorded them under these names already)."""
+    renamed = {"loss": "train_loss", "top1": "train_top1"}
+    return {
+        renamed.get(key, key): value
+        for key, value in record.items()
+        if key not in ("kind", "epoch_seconds")
+    }
