@@ -31,9 +31,10 @@ pytestmark = pytest.mark.slow
 # oneDNN's by the CPU itself (an AMD AVX512 host gave a third set of digests, neither the earlier
 # AVX512 host's nor the AVX2 host's). So each kernel family has its own record, keyed by
 # kernel_family(): the capability and a digest of a fixed probe through the kernels the pinned
-# runs use. On a host of an unrecorded family the store's figures are still compared (rounded)
-# and every run's final loss (LOSSES, within 0.01), and the exact digests are left out with a
-# warning that says how to record them: run this file, copy the printed values into PINS.
+# runs use. On a host of an unrecorded family the store's figures are still compared (within
+# FIGURE_TOLERANCE) and every run's final loss (LOSSES, within 0.01), and the exact digests are
+# left out with a warning that says how to record them: run this file, copy the printed values
+# into PINS.
 #
 # History (why a pin moved; every move kept the other pins):
 # - Store format 3 (issue 16) and 4 (issue 14, sharding) moved only byte counts, never the
@@ -189,16 +190,29 @@ def _any_figures() -> str:
     return next(iter(PINS.values()))["figures"]
 
 
-def _rounded(figures: str) -> str:
-    """The figures at 3 decimals without byte counts: equal on every CPU kernel family."""
-    report = json.loads(figures)
-    for teacher in report["teachers"]:
-        for key in ("bytes_on_disk", "bytes_per_sample_view"):
+FIGURE_TOLERANCE = 0.005
+"""How far a store figure may move between kernel families: one image of the 359 is 0.0028 of
+top-1. With ATEN_CPU_CAPABILITY=default (the plain kernels, as on a non-x86 host) the dump's
+random-init teachers already get other weights, and the figures move by up to one image."""
+
+
+def _assert_figures_close(figures: str, reference: str) -> None:
+    """The store's figures on any kernel family: counts, names and architectures equal, every
+    float within FIGURE_TOLERANCE (byte counts and the teachers' checkpoint digests aside: they
+    follow the bits)."""
+    ours, theirs = json.loads(figures), json.loads(reference)
+    ours_teachers, their_teachers = ours.pop("teachers"), theirs.pop("teachers")
+    assert len(ours_teachers) == len(their_teachers), figures
+    for teacher in (*ours_teachers, *their_teachers):
+        for key in ("bytes_on_disk", "bytes_per_sample_view", "checkpoint_sha256"):
             teacher.pop(key)
-        for key, value in teacher.items():
+    for a, b in zip([ours, *ours_teachers], [theirs, *their_teachers], strict=True):
+        assert a.keys() == b.keys(), figures
+        for key, value in a.items():
             if isinstance(value, float):
-                teacher[key] = round(value, 3)
-    return json.dumps(report, sort_keys=True)
+                assert value == pytest.approx(b[key], abs=FIGURE_TOLERANCE), (key, figures)
+            else:
+                assert value == b[key], (key, figures)
 
 
 def _last_epoch_loss(run_dir: Path) -> float:
@@ -226,8 +240,8 @@ def test_train_teacher_weights_are_pinned(pinned: dict[str, Any]) -> None:
 
 def test_dump_logits_store_bytes_are_pinned(pinned: dict[str, Any]) -> None:
     figures = _figures(pinned["report"])
-    # Any host: the store's figures agree to 3 decimals (bytes on disk aside), whatever the kernels.
-    assert _rounded(figures) == _rounded(_any_figures()), figures
+    # Any host: the store's figures agree within a tolerance, whatever the kernels.
+    _assert_figures_close(figures, _any_figures())
     store = _store_digest(pinned["store"])
     if (expected := _exact("store")) is not None:
         assert store == expected, store
