@@ -316,12 +316,14 @@ def run(s: BenchSettings, work: Path) -> dict[str, Any]:
                     topk=k,
                     seed=s.seed,
                     batch_size=s.dump_batch_size,
-                    workers=s.workers,
-                    threads=s.threads,
+                    # dump-logits' own defaults, what a user gets (on the CPU: no worker
+                    # process, a read-ahead thread renders, the forward has every core).
+                    workers=None,
+                    threads=None,
                 )
             )
-            # The run's thread count and every core; a full dump batch is long enough that
-            # a few calls give a steady median.
+            # One thread and every core; a full dump batch is long enough that a few calls
+            # give a steady median.
             bare = bare_forward_views_per_s(
                 bare_dump,
                 s.dump_batch_size,

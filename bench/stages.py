@@ -104,7 +104,7 @@ def dump_config_kwargs(
     topk: int,
     seed: int,
     batch_size: int,
-    workers: int,
+    workers: int | None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """JSON-able keyword arguments of ``DumpConfig`` (also passed to the RSS subprocess)."""

@@ -370,6 +370,17 @@ def test_threads_option_must_be_positive(fx: DumpFixture, tmp_path: Path) -> Non
         fx.config(tmp_path / "x.zarr", threads=0)
 
 
+def test_default_workers_follow_the_device(fx: DumpFixture, tmp_path: Path) -> None:
+    """On the CPU no worker process by default (a read-ahead thread renders beside the forward,
+    which gets every core); on CUDA one, unless decoding or rendering is on the GPU (the main
+    process's work); a given --workers always wins."""
+    cfg = dataclasses.replace(fx.config(tmp_path / "x.zarr"), workers=None)
+    assert cfg.loader_workers("cpu") == 0 and cfg.loader_workers("cuda") == 1
+    assert dataclasses.replace(cfg, decoder="nvjpeg").loader_workers("cuda") == 0
+    assert dataclasses.replace(cfg, render_device="cuda").loader_workers("cuda") == 0
+    assert dataclasses.replace(cfg, workers=3).loader_workers("cpu") == 3
+
+
 # --------------------------------------------------------------------------- background work
 
 

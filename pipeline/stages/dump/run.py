@@ -208,6 +208,7 @@ def _dump_shards(
         render_device=str(render_device),
     )
     dataset = PlannedStream(missing, plan, render)
+    assert cfg.workers is not None  # made concrete by run_dump
     loader = make_loader(dataset, workers=cfg.workers, pin_memory=device.type == "cuda")
     runner = TeacherRunner(
         teachers=teachers, topk=cfg.topk, batch_size=cfg.batch_size, device=device, policy=policy
@@ -275,6 +276,8 @@ def run_dump(cfg: DumpConfig) -> dict[str, Any]:
     policy = PrecisionPolicy.resolve(cfg.precision, device)
     if cfg.compile:
         check_compile(device)
+    cfg = dataclasses.replace(cfg, workers=cfg.loader_workers(device.type))
+    assert cfg.workers is not None
     decoder = resolve_decoder(cfg.decoder, device_type=device.type, workers=cfg.workers)
     render_device = resolve_render_device(cfg.render_device, device, workers=cfg.workers)
     with cpu_threads(cfg.threads, cfg.workers, device):
