@@ -13,6 +13,7 @@ def test_thread_budget_leaves_a_core_per_worker(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.9, 0.5, 0.2))  # less than a core busy
     assert cpu_thread_budget(None, workers=3) == 5
     assert cpu_thread_budget(None, workers=12) == 1
     assert cpu_thread_budget(2, workers=3) == 2
@@ -20,6 +21,21 @@ def test_thread_budget_leaves_a_core_per_worker(monkeypatch: pytest.MonkeyPatch)
     assert cpu_thread_budget(None, workers=1) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     assert cpu_thread_budget(None, workers=1) is None
+
+
+def test_thread_budget_leaves_the_cores_other_work_keeps_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(2)), raising=False)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.4, 0.3, 0.2))
+    assert cpu_thread_budget(None, workers=0) == 2  # idle: every core
+    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 0.6))  # one CPU-bound process
+    assert cpu_thread_budget(None, workers=0) == 1
+    monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))  # never below one thread
+    assert cpu_thread_budget(None, workers=0) == 1
+    assert cpu_thread_budget(2, workers=0) == 2  # --threads wins
 
 
 def test_cpu_threads_sets_then_restores_torch_threads() -> None:

@@ -72,6 +72,23 @@ def test_batches_do_not_depend_on_worker_count(digit_shards: ShardSet, mixing: b
     assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
 
 
+def test_without_workers_the_blocks_render_ahead_on_a_thread(digit_shards: ShardSet) -> None:
+    """--workers 0 renders the next blocks on the read-ahead thread while the caller trains
+    (the batches above are equal to a worker process's)."""
+    import threading
+
+    rows = _rows(digit_shards)
+    source = ViewSource(aug=crop_flip(16), seed=5, num_classes=10, channels=1)
+    plan = plan_training(
+        rows, seed=5, epoch=1, rank=0, world_size=1, batch_size=8, shuffle_buffer=20
+    )
+    batches = iter_view_batches(source, rows, plan, view=1, workers=0)
+    next(batches)
+    assert "civt-read-ahead" in {t.name for t in threading.enumerate()}
+    assert len(list(batches)) == 72 // 8 - 1
+    assert "civt-read-ahead" not in {t.name for t in threading.enumerate()}
+
+
 @pytest.mark.parametrize("mixing", [True, False], ids=["student", "teacher"])
 def test_resuming_mid_epoch_yields_the_remaining_batches_exactly(
     digit_shards: ShardSet, mixing: bool

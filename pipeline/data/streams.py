@@ -250,11 +250,12 @@ def planned_batches(
     start_step: int = 0,
     workers: int = 0,
 ) -> Iterator[_Batch]:
-    """The plan's batches from ``start_step`` on, identical for any number of ``workers``."""
+    """The plan's batches from ``start_step`` on, identical for any number of ``workers``
+    (with none, the blocks are rendered ahead on a thread while the caller trains)."""
     dataset = PlannedStream(shards, plan, render, needed_from(plan, start_step))
-    return iter_planned_batches(
-        make_loader(dataset, workers=workers), plan, assemble, start_step=start_step
-    )
+    loader = make_loader(dataset, workers=workers)
+    blocks = loader if workers else read_ahead(loader)
+    return iter_planned_batches(blocks, plan, assemble, start_step=start_step)
 
 
 def default_image_size(index: ShardIndex) -> int:

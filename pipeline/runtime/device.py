@@ -86,9 +86,12 @@ def cpu_thread_budget(requested: int | None, workers: int) -> int | None:
     """Intra-op threads for torch on the CPU; None leaves torch's setting alone.
 
     ``requested`` (a ``--threads`` option) wins; an explicit ``OMP_NUM_THREADS`` is respected;
-    otherwise this rank's share of the cores minus one per DataLoader worker. More threads than
-    free cores makes every forward wait on preempted threads: on a busy 2-core machine, two
-    threads beside a worker ran the nano models about 10x slower than one.
+    otherwise this rank's share of the free cores minus one per DataLoader worker, where the
+    free cores are the cores less those other work keeps busy (the 1-minute load average,
+    rounded down). More threads than free cores makes every forward wait on preempted threads:
+    on a busy 2-core machine, two threads beside a worker ran the nano models about 10x slower
+    than one (before OpenMP's passive waiting), and beside one CPU-bound process train-student's
+    two threads still ran at 0.79 of one thread's speed.
     """
     if requested is not None:
         return requested
@@ -98,8 +101,18 @@ def cpu_thread_budget(requested: int | None, workers: int) -> int | None:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    per_rank = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    free = max(1, cores - _busy_cores())
+    per_rank = max(1, free // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, per_rank - workers)
+
+
+def _busy_cores() -> int:
+    """Cores other work keeps busy: the 1-minute load average rounded down (0 where the
+    platform has none). It lags by design: a burst of a few seconds does not count."""
+    try:
+        return int(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0
 
 
 @contextmanager
