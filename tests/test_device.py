@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
+from civt_pipe.pipeline.runtime import device
 from civt_pipe.pipeline.runtime.device import cpu_thread_budget, cpu_threads, resolve_device
 from civt_pipe.pipeline.runtime.errors import UserError
 
@@ -13,7 +20,7 @@ def test_thread_budget_leaves_a_core_per_worker(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
-    monkeypatch.setattr("os.getloadavg", lambda: (0.9, 0.5, 0.2))  # less than a core busy
+    monkeypatch.setattr(device, "_busy_cores", lambda: 0)
     assert cpu_thread_budget(None, workers=3) == 5
     assert cpu_thread_budget(None, workers=12) == 1
     assert cpu_thread_budget(2, workers=3) == 2
@@ -29,13 +36,27 @@ def test_thread_budget_leaves_the_cores_other_work_keeps_busy(
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(2)), raising=False)
-    monkeypatch.setattr("os.getloadavg", lambda: (0.4, 0.3, 0.2))
+    monkeypatch.setattr(device, "_busy_cores", lambda: 0)
     assert cpu_thread_budget(None, workers=0) == 2  # idle: every core
-    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 0.6))  # one CPU-bound process
+    monkeypatch.setattr(device, "_busy_cores", lambda: 1)  # one CPU-bound process
     assert cpu_thread_budget(None, workers=0) == 1
-    monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))  # never below one thread
+    monkeypatch.setattr(device, "_busy_cores", lambda: 9)  # never below one thread
     assert cpu_thread_budget(None, workers=0) == 1
     assert cpu_thread_budget(2, workers=0) == 2  # --threads wins
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="measures through /proc (Linux)")
+def test_busy_cores_sees_a_cpu_bound_process_and_not_this_one() -> None:
+    """A spinning child counts as one busy core; this process's own work does not."""
+    alone = device._busy_cores(window=0.5)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        beside = device._busy_cores(window=0.5)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert beside >= min(alone + 1, len(os.sched_getaffinity(0))), (alone, beside)
 
 
 def test_cpu_threads_sets_then_restores_torch_threads() -> None:

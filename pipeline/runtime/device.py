@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,11 +88,11 @@ def cpu_thread_budget(requested: int | None, workers: int) -> int | None:
 
     ``requested`` (a ``--threads`` option) wins; an explicit ``OMP_NUM_THREADS`` is respected;
     otherwise this rank's share of the free cores minus one per DataLoader worker, where the
-    free cores are the cores less those other work keeps busy (the 1-minute load average,
-    rounded down). More threads than free cores makes every forward wait on preempted threads:
-    on a busy 2-core machine, two threads beside a worker ran the nano models about 10x slower
-    than one (before OpenMP's passive waiting), and beside one CPU-bound process train-student's
-    two threads still ran at 0.79 of one thread's speed.
+    free cores are the cores less those other processes keep busy right now (measured over
+    0.2 s: :func:`_busy_cores`). More threads than free cores makes every forward wait on
+    preempted threads: on a busy 2-core machine two threads beside a worker ran the nano
+    models about 10x slower than one (before OpenMP's passive waiting), and beside one
+    CPU-bound process train-student's two threads ran at 0.79 of one thread's speed.
     """
     if requested is not None:
         return requested
@@ -106,13 +107,39 @@ def cpu_thread_budget(requested: int | None, workers: int) -> int | None:
     return max(1, per_rank - workers)
 
 
-def _busy_cores() -> int:
-    """Cores other work keeps busy: the 1-minute load average rounded down (0 where the
-    platform has none). It lags by design: a burst of a few seconds does not count."""
+def _busy_cores(window: float = 0.2) -> int:
+    """Cores other processes keep busy now, rounded to the nearest: the machine's busy CPU time
+    less this process's own over a short ``window`` (0 where /proc is missing). Measured, not
+    the load average: that lags a minute, so a stage right after another (train-teacher, then
+    dump-logits) would count its predecessor as other work."""
     try:
-        return int(os.getloadavg()[0])
-    except (AttributeError, OSError):
+        machine0, own0 = _cpu_ticks(), _own_ticks()
+        time.sleep(window)
+        machine1, own1 = _cpu_ticks(), _own_ticks()
+    except (OSError, ValueError, IndexError):
         return 0
+    busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
+    if total <= 0:
+        return 0
+    cores = total / max(window * os.sysconf("SC_CLK_TCK"), 1e-9)
+    others = max(0, busy - (own1 - own0)) / total * cores
+    return int(others + 0.5)
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU since boot, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return total - idle, total
+
+
+def _own_ticks() -> int:
+    """This process's user + system clock ticks (every thread), from /proc/self/stat."""
+    with open("/proc/self/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
 
 
 @contextmanager
