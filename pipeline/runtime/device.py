@@ -89,7 +89,7 @@ def cpu_thread_budget(requested: int | None, workers: int) -> int | None:
     ``requested`` (a ``--threads`` option) wins; an explicit ``OMP_NUM_THREADS`` is respected;
     otherwise this rank's share of the free cores minus one per DataLoader worker, where the
     free cores are the cores less those other processes keep busy right now (measured over
-    0.2 s: :func:`_busy_cores`). More threads than free cores makes every forward wait on
+    0.1 s: :func:`_busy_cores`). More threads than free cores makes every forward wait on
     preempted threads: on a busy 2-core machine two threads beside a worker ran the nano
     models about 10x slower than one (before OpenMP's passive waiting), and beside one
     CPU-bound process train-student's two threads ran at 0.79 of one thread's speed.
@@ -107,7 +107,7 @@ def cpu_thread_budget(requested: int | None, workers: int) -> int | None:
     return max(1, per_rank - workers)
 
 
-def _busy_cores(window: float = 0.2) -> int:
+def _busy_cores(window: float = 0.1) -> int:
     """Cores other processes keep busy now, rounded to the nearest: the machine's busy CPU time
     less this process's own over a short ``window`` (0 where /proc is missing). Measured, not
     the load average: that lags a minute, so a stage right after another (train-teacher, then
