@@ -39,9 +39,9 @@ DEFAULT_PLOT = "plot.png"
 
 _OLD_TEACHER_LOSS = "train_loss"
 """An earlier version's teacher epoch-mean loss, drawn in the ``loss`` panel as ``loss``."""
-_TRAIN_TOP1 = ("top1", "train_top1")
-"""The epoch-mean training top-1 (a teacher's step measures it; ``train_top1`` in earlier
-versions), drawn with the validation heads."""
+_OLD_TRAIN_TOP1 = "train_top1"
+"""An earlier version's name for a teacher's epoch-mean training top-1 (now ``top1``), drawn
+with the validation heads."""
 _TOP5 = "top5"
 """A teacher's validation top-5 (``val_top5``): another quantity, so another panel."""
 ACCURACY_PANEL = "top-1 accuracy"
@@ -188,9 +188,7 @@ def curves_from_records(
         loss=loss,
         lr=lr,
         val=val,
-        train_top1=next(
-            (series for key in _TRAIN_TOP1 if (series := _series(epochs, key)) is not None), None
-        ),
+        train_top1=_series(epochs, "top1") or _series(epochs, _OLD_TRAIN_TOP1),
     )
 
 

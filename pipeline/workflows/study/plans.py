@@ -463,11 +463,10 @@ def tables_plan(book: RunBook, seeds: Sequence[int]) -> PlanSpec:
         points,
         baseline=points[-1],
     )
-    if not minor:  # a --first-seed range past --minor-seeds: Tables 5, 6 and 4 only
-        return PlanSpec("tables", list(seeds), list(book.runs.values()), [table5, table6, table4])
-    return PlanSpec(
-        "tables", list(seeds), list(book.runs.values()), [table5, table6, table3, table4], [figure3]
-    )
+    # A --first-seed range past --minor-seeds has no Table 3 or Figure 3.
+    tables = [table5, table6, table3, table4] if minor else [table5, table6, table4]
+    series = [figure3] if minor else []
+    return PlanSpec("tables", list(seeds), list(book.runs.values()), tables, series)
 
 
 # ------------------------------------------------------------------------------- alignment

@@ -89,10 +89,10 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     data, num_classes = training_shards(cfg)
     cfg = dataclasses.replace(cfg, val=_local(cfg.val))
     book = RunBook(cfg, root, data, num_classes, student_shards(cfg, data))
-    spec = PLAN_BUILDERS[cfg.plan](book, cfg.seed_range)
+    seeds = cfg.seed_range
+    spec = PLAN_BUILDERS[cfg.plan](book, seeds)
     root.mkdir(parents=True, exist_ok=True)
     reused = sum(read_done(run.dir(root)) is not None for run in spec.runs)
-    seeds = cfg.seed_range
     console.rule(
         f"[bold]study {cfg.plan}[/bold] · seeds {seeds[0]}..{seeds[-1]} in {root}", align="left"
     )
